@@ -1,0 +1,142 @@
+/* libferry: run, checkpoint and restore Linux programs as components (public API). */
+#pragma once
+
+#include <limits.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+struct json_object;
+
+/*
+ * Every fallible call takes a struct ferry_error owned by the caller. On failure the call
+ * returns -errno and fills it with the same code and a message naming what failed, on which
+ * object (pid, fd, address, path) and why. The library never prints.
+ */
+#define FERRY_ERROR_MAX 1024
+struct ferry_error {
+	int code;		     /* -errno, 0 when unset */
+	char msg[FERRY_ERROR_MAX];   /* human-readable, no trailing newline */
+};
+
+/* The runtime: where component state lives. Plain data, no hidden globals. */
+struct ferry_runtime {
+	char state_dir[PATH_MAX];
+};
+
+/*
+ * ferry_runtime_init - select the state directory: state_dir if not NULL, else
+ * $FERRY_STATE_DIR, else /run/ferry. Creates it (0700) when missing.
+ */
+int ferry_runtime_init(struct ferry_runtime *rt, const char *state_dir, struct ferry_error *err);
+
+/* Component lifecycle states as recorded by its monitor. */
+enum ferry_state {
+	FERRY_STATE_STARTING = 0,
+	FERRY_STATE_RUNNING = 1,
+	FERRY_STATE_EXITED = 2,
+};
+
+#define FERRY_NAME_MAX 64
+
+struct ferry_component {
+	char name[FERRY_NAME_MAX];
+	pid_t pid;	   /* host pid of the component's first process (pid 1 in its namespace) */
+	pid_t monitor_pid; /* host pid of the monitor that is its parent */
+	enum ferry_state state;
+	int exit_status;   /* wait status when EXITED */
+	int64_t started;   /* unix seconds */
+	int restored;	   /* 1 when this incarnation came from an image */
+	char log_path[PATH_MAX];
+};
+
+/* ferry_name_valid - 1 if NAME may name a component ([A-Za-z0-9_.-], 1..63, not . or ..). */
+int ferry_name_valid(const char *name);
+
+/*
+ * ferry_run - start argv as component NAME. The component runs in new PID and mount
+ * namespaces (it is pid 1 there), with stdin from /dev/null and stdout/stderr appended to
+ * the component's log. Its parent is a detached monitor process, so the caller may exit.
+ * Returns once the program has been exec'd, with its host pid in *ret_pid.
+ */
+int ferry_run(const struct ferry_runtime *rt, const char *name, char *const argv[], pid_t *ret_pid,
+	      struct ferry_error *err);
+
+/* ferry_component_get - read the record of component NAME (-ENOENT if none). */
+int ferry_component_get(const struct ferry_runtime *rt, const char *name,
+			struct ferry_component *ret, struct ferry_error *err);
+
+/* ferry_list - all recorded components, sorted by name; *ret is malloc'd, caller frees. */
+int ferry_list(const struct ferry_runtime *rt, struct ferry_component **ret, size_t *ret_n,
+	       struct ferry_error *err);
+
+/*
+ * ferry_kill - end component NAME (SIGKILL to its namespace init, which ends the namespace),
+ * wait until it is gone and forget its record. A component that already exited is just forgotten.
+ */
+int ferry_kill(const struct ferry_runtime *rt, const char *name, struct ferry_error *err);
+
+/* Flags of ferry_checkpoint. */
+#define FERRY_CKPT_STOP (1u << 0) /* end the component once the image is durable */
+
+/* Figures of one checkpoint, all times in nanoseconds. */
+struct ferry_ckpt_stats {
+	uint64_t freeze_ns;	  /* all threads stopped -> all threads running again */
+	uint64_t total_ns;	  /* call start -> image committed */
+	uint64_t write_ns;	  /* page data copy + write */
+	uint64_t pages_scanned;	  /* pages in dumpable mappings */
+	uint64_t pages_written;	  /* pages whose contents went into the image */
+	uint64_t bytes_written;	  /* bytes of all image files */
+	uint32_t threads;
+	uint32_t vmas;
+	uint32_t fds;
+};
+
+/*
+ * ferry_checkpoint - freeze every thread of NAME, capture it into image directory DIR and
+ * let it run on (or end it with FERRY_CKPT_STOP once the image is durable). On any failure
+ * the component is left running unharmed and any earlier image in DIR stays valid.
+ */
+int ferry_checkpoint(const struct ferry_runtime *rt, const char *name, const char *dir,
+		     unsigned flags, struct ferry_ckpt_stats *ret_stats, struct ferry_error *err);
+
+struct ferry_restore_stats {
+	uint64_t total_ns;	/* call start -> component running */
+	uint64_t verify_ns;	/* image verification (part of total) */
+	uint64_t pages_ns;	/* page data load (part of total) */
+	uint64_t pages_loaded;
+};
+
+/*
+ * ferry_restore - recreate the component saved in DIR as NAME (NULL: the name in the image),
+ * with the same pids, tids, addresses, fds and registers, as a child of a new monitor.
+ * The image is verified completely before the component executes anything; a bad image is
+ * refused with a message naming the file and what is wrong. -EEXIST if NAME is running.
+ */
+int ferry_restore(const struct ferry_runtime *rt, const char *dir, const char *name,
+		  pid_t *ret_pid, struct ferry_restore_stats *ret_stats, struct ferry_error *err);
+
+/*
+ * ferry_inspect - describe the image in DIR (threads, registers, memory map, fds and their
+ * meaning) as a JSON object; caller owns *ret (json_object_put).
+ */
+int ferry_inspect(const char *dir, struct json_object **ret, struct ferry_error *err);
+
+/*
+ * ferry_caps - the same description for running component NAME, taken with a brief freeze
+ * and no page contents.
+ */
+int ferry_caps(const struct ferry_runtime *rt, const char *name, struct json_object **ret,
+	       struct ferry_error *err);
+
+/* ferry_check - probe every kernel feature ferry relies on; JSON array of {feature, ok, detail}. */
+int ferry_check(struct json_object **ret, struct ferry_error *err);
+
+#ifdef __cplusplus
+}
+#endif
