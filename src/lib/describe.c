@@ -1,1 +1,346 @@
-/* placeholder: being written */
+/* The capability space made readable: JSON descriptions of images and running components. */
+#include <fcntl.h>
+#include <inttypes.h>
+#include <json-c/json.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/ptrace.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <sys/ioctl.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
+#include <sys/uio.h>
+
+#include "checkpoint.h"
+#include "fds.h"
+#include "model.h"
+#include "runtime.h"
+#include "threads.h"
+#include "util.h"
+
+static json_object *hex(uint64_t v)
+{
+	char buf[24];
+	snprintf(buf, sizeof(buf), "0x%" PRIx64, v);
+	return json_object_new_string(buf);
+}
+
+static const char *vma_kind_name(const struct vma *v, const struct component *c)
+{
+	if (v->flags & VMA_F_HEAP)
+		return "heap";
+	if (v->flags & VMA_F_STACK)
+		return "stack";
+	switch (v->kind) {
+	case VMA_ANON: return "anon";
+	case VMA_FILE_PRIVATE: return "file";
+	case VMA_FILE_SHARED: return "file-shared";
+	case VMA_SHMEM:
+		return (v->shmem >= 0 && c->shmems[v->shmem].kind == SHMEM_MEMFD) ? "memfd"
+										    : "shared-anon";
+	case VMA_VDSO: return "vdso";
+	case VMA_VVAR: return "vvar";
+	case VMA_VVAR_VCLOCK: return "vvar_vclock";
+	default: return "?";
+	}
+}
+
+static json_object *describe_thread(const struct thread *t)
+{
+	json_object *o = json_object_new_object(), *regs = json_object_new_object();
+	const struct user_regs_struct *r = &t->regs;
+	char state[96];
+	const struct {
+		const char *n;
+		uint64_t v;
+	} rv[] = {{"rip", r->rip}, {"rsp", r->rsp}, {"rbp", r->rbp}, {"rax", r->rax},
+		  {"rbx", r->rbx}, {"rcx", r->rcx}, {"rdx", r->rdx}, {"rsi", r->rsi},
+		  {"rdi", r->rdi}, {"r8", r->r8},   {"r9", r->r9},   {"r10", r->r10},
+		  {"r11", r->r11}, {"r12", r->r12}, {"r13", r->r13}, {"r14", r->r14},
+		  {"r15", r->r15}, {"eflags", r->eflags}, {"orig_rax", r->orig_rax},
+		  {"fs_base", r->fs_base}, {"gs_base", r->gs_base}};
+
+	for (size_t i = 0; i < ARRAY_SIZE(rv); i++)
+		json_object_object_add(regs, rv[i].n, hex(rv[i].v));
+	thread_state_describe(t, state, sizeof(state));
+	json_object_object_add(o, "tid", json_object_new_int(t->tid));
+	json_object_object_add(o, "comm", json_object_new_string(t->comm));
+	json_object_object_add(o, "state", json_object_new_string(state));
+	json_object_object_add(o, "regs", regs);
+	json_object_object_add(o, "xstate_bytes", json_object_new_int((int)t->xstate_len));
+	json_object_object_add(o, "sigmask", hex(t->sigmask));
+	if (!(t->ss_flags & SS_DISABLE)) {
+		char buf[96];
+		snprintf(buf, sizeof(buf), "0x%" PRIx64 " size %" PRIu64, t->ss_sp, t->ss_size);
+		json_object_object_add(o, "altstack", json_object_new_string(buf));
+	} else {
+		json_object_object_add(o, "altstack", NULL);
+	}
+	if (t->rseq_ptr) {
+		char buf[96];
+		snprintf(buf, sizeof(buf), "0x%" PRIx64 " len %u sig 0x%x", t->rseq_ptr, t->rseq_len,
+			 t->rseq_sig);
+		json_object_object_add(o, "rseq", json_object_new_string(buf));
+	} else {
+		json_object_object_add(o, "rseq", NULL);
+	}
+	json_object_object_add(o, "clear_child_tid", hex(t->clear_tid));
+	return o;
+}
+
+static json_object *describe_vma(const struct vma *v, const struct component *c)
+{
+	json_object *o = json_object_new_object();
+	char prot[5] = {v->prot & PROT_READ ? 'r' : '-', v->prot & PROT_WRITE ? 'w' : '-',
+			v->prot & PROT_EXEC ? 'x' : '-', v->flags & VMA_F_SHARED ? 's' : 'p', 0};
+	uint64_t pages = 0;
+	const struct page_run *runs = v->runs;
+	size_t nruns = v->nruns;
+
+	if (v->kind == VMA_SHMEM && v->shmem >= 0) {
+		runs = c->shmems[v->shmem].runs;
+		nruns = c->shmems[v->shmem].nruns;
+	}
+	for (size_t i = 0; i < nruns; i++)
+		pages += runs[i].npages;
+	json_object_object_add(o, "start", hex(v->start));
+	json_object_object_add(o, "end", hex(v->end));
+	json_object_object_add(o, "size", json_object_new_int64((int64_t)(v->end - v->start)));
+	json_object_object_add(o, "prot", json_object_new_string(prot));
+	json_object_object_add(o, "kind", json_object_new_string(vma_kind_name(v, c)));
+	json_object_object_add(o, "path", v->path ? json_object_new_string(v->path) : NULL);
+	json_object_object_add(o, "pages", json_object_new_int64((int64_t)pages));
+	return o;
+}
+
+static json_object *describe_fd(const struct fd_entry *e)
+{
+	json_object *o = json_object_new_object();
+	const struct fd_ops *ops = fds_ops_of(e->kind);
+	char flags[128], meaning[PATH_MAX + 64] = "?";
+
+	fds_flags_str(e->flags, flags, sizeof(flags));
+	if (ops)
+		ops->describe(e, meaning, sizeof(meaning));
+	json_object_object_add(o, "fd", json_object_new_int(e->fd));
+	json_object_object_add(o, "kind", json_object_new_string(ops ? ops->name : "?"));
+	json_object_object_add(o, "path", e->path ? json_object_new_string(e->path) : NULL);
+	json_object_object_add(o, "flags", json_object_new_string(flags));
+	json_object_object_add(o, "pos", json_object_new_int64((int64_t)e->pos));
+	json_object_object_add(o, "cloexec", json_object_new_boolean(e->cloexec));
+	json_object_object_add(o, "meaning", json_object_new_string(meaning));
+	return o;
+}
+
+static void sig_name(int sig, char *buf, size_t len)
+{
+	const char *abbrev = sigabbrev_np(sig);
+	if (abbrev)
+		snprintf(buf, len, "SIG%s", abbrev);
+	else if (sig >= SIGRTMIN && sig <= SIGRTMAX)
+		snprintf(buf, len, "SIGRTMIN+%d", sig - SIGRTMIN);
+	else
+		snprintf(buf, len, "%d", sig);
+}
+
+static json_object *describe_process(const struct process *p, const struct component *c)
+{
+	json_object *o = json_object_new_object();
+	json_object *th = json_object_new_array(), *mem = json_object_new_array();
+	json_object *fds = json_object_new_array(), *sigs = json_object_new_array();
+	json_object *pend = json_object_new_array(), *rl = json_object_new_object();
+	static const char *rnames[MODEL_NRLIMITS] = {
+		"cpu", "fsize", "data", "stack", "core", "rss", "nproc", "nofile", "memlock", "as",
+		"locks", "sigpending", "msgqueue", "nice", "rtprio", "rttime"};
+	char buf[128];
+
+	json_object_object_add(o, "pid", json_object_new_int(p->pid));
+	if (p->host_pid)
+		json_object_object_add(o, "host_pid", json_object_new_int(p->host_pid));
+	json_object_object_add(o, "comm", json_object_new_string(p->comm));
+	json_object_object_add(o, "exe", json_object_new_string(p->exe ? p->exe : ""));
+	json_object_object_add(o, "cwd", json_object_new_string(p->cwd ? p->cwd : ""));
+	json_object_object_add(o, "root", json_object_new_string(p->root ? p->root : ""));
+	json_object_object_add(o, "umask", json_object_new_int((int)p->umask));
+	json_object_object_add(o, "brk", hex(p->brk));
+	for (size_t i = 0; i < p->nthreads; i++)
+		json_object_array_add(th, describe_thread(&p->threads[i]));
+	for (size_t i = 0; i < p->nvmas; i++)
+		json_object_array_add(mem, describe_vma(&p->vmas[i], c));
+	for (size_t i = 0; i < p->nfds; i++)
+		json_object_array_add(fds, describe_fd(&p->fds[i]));
+	for (size_t i = 0; i < p->nsigacts; i++) {
+		const struct sigact *s = &p->sigacts[i];
+		json_object *so = json_object_new_object();
+		sig_name(s->sig, buf, sizeof(buf));
+		json_object_object_add(so, "signal", json_object_new_string(buf));
+		json_object_object_add(so, "handler",
+				       s->handler == 1 ? json_object_new_string("SIG_IGN")
+						       : hex(s->handler));
+		json_object_object_add(so, "flags", hex(s->flags));
+		json_object_object_add(so, "mask", hex(s->mask));
+		json_object_array_add(sigs, so);
+	}
+	for (size_t i = 0; i < p->npending; i++) {
+		json_object *so = json_object_new_object();
+		int32_t signo;
+		memcpy(&signo, p->pending[i].info, sizeof(signo));
+		sig_name(signo, buf, sizeof(buf));
+		json_object_object_add(so, "signal", json_object_new_string(buf));
+		if (p->pending[i].tid)
+			snprintf(buf, sizeof(buf), "thread %d", p->pending[i].tid);
+		else
+			snprintf(buf, sizeof(buf), "process");
+		json_object_object_add(so, "scope", json_object_new_string(buf));
+		json_object_array_add(pend, so);
+	}
+	for (int i = 0; i < MODEL_NRLIMITS; i++) {
+		json_object *lo = json_object_new_array();
+		json_object_array_add(lo, json_object_new_int64((int64_t)p->rlim[i].rlim_cur));
+		json_object_array_add(lo, json_object_new_int64((int64_t)p->rlim[i].rlim_max));
+		json_object_object_add(rl, rnames[i], lo);
+	}
+	json_object_object_add(o, "threads", th);
+	json_object_object_add(o, "memory", mem);
+	json_object_object_add(o, "fds", fds);
+	json_object_object_add(o, "signals", sigs);
+	json_object_object_add(o, "pending", pend);
+	json_object_object_add(o, "rlimits", rl);
+	return o;
+}
+
+static json_object *describe(const struct component *c)
+{
+	json_object *o = json_object_new_object(), *procs = json_object_new_array();
+	json_object_object_add(o, "name", json_object_new_string(c->name));
+	json_object_object_add(o, "format_version", json_object_new_int(FERRY_IMAGE_VERSION));
+	json_object_object_add(o, "created", json_object_new_int64(c->created));
+	json_object_object_add(o, "log_offset", json_object_new_int64((int64_t)c->log_offset));
+	for (size_t i = 0; i < c->nprocs; i++)
+		json_object_array_add(procs, describe_process(&c->procs[i], c));
+	json_object_object_add(o, "processes", procs);
+	return o;
+}
+
+int ferry_inspect(const char *dir, struct json_object **ret, struct ferry_error *err)
+{
+	struct image_reader *rd = NULL;
+	struct component *c = NULL;
+	struct stat sb;
+	char path[PATH_MAX];
+	int r = image_reader_open(dir, &rd, err);
+
+	if (r < 0)
+		return r;
+	r = model_load(rd, &c, err);
+	if (r < 0) {
+		image_reader_free(rd);
+		return ferr_prefix(err, "image %s", dir);
+	}
+	json_object *o = describe(c);
+	json_object_object_add(o, "generation",
+			       json_object_new_int64((int64_t)image_reader_generation(rd)));
+	snprintf(path, sizeof(path), "%s/MANIFEST", dir);
+	uint64_t bytes = image_reader_pages_size(rd);
+	if (stat(path, &sb) == 0)
+		bytes += (uint64_t)sb.st_size;
+	json_object_object_add(o, "image_bytes", json_object_new_int64((int64_t)bytes));
+	model_free(c);
+	image_reader_free(rd);
+	*ret = o;
+	return 0;
+}
+
+int ferry_caps(const struct ferry_runtime *rt, const char *name, struct json_object **ret,
+	       struct ferry_error *err)
+{
+	struct ferry_component rec;
+	struct component *c = NULL;
+	struct mem_stats st = {0};
+	struct frozen fz = {0};
+	int r = ferry_component_get(rt, name, &rec, err);
+
+	if (r < 0)
+		return r;
+	if (rec.state != FERRY_STATE_RUNNING)
+		return ferr(err, -ESRCH, "component %s is not running", name);
+	r = checkpoint_capture(rec.pid, rec.log_path, NULL, &fz, &c, &st, err);
+	checkpoint_thaw(&fz);
+	if (r < 0)
+		return r;
+	snprintf(c->name, sizeof(c->name), "%s", name);
+	*ret = describe(c);
+	model_free(c);
+	return 0;
+}
+
+/* ---- ferry check: the kernel features ferry stands on ---- */
+
+static void check_add(json_object *arr, const char *feature, bool ok, const char *detail)
+{
+	json_object *o = json_object_new_object();
+	json_object_object_add(o, "feature", json_object_new_string(feature));
+	json_object_object_add(o, "ok", json_object_new_boolean(ok));
+	json_object_object_add(o, "detail", json_object_new_string(detail));
+	json_object_array_add(arr, o);
+}
+
+int ferry_check(struct json_object **ret, struct ferry_error *err)
+{
+	json_object *arr = json_object_new_array();
+	char buf[256];
+	int fd;
+
+	/* PAGEMAP_SCAN on our own pagemap */
+	fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+	struct {
+		uint64_t size, flags, start, end, walk_end, vec, vec_len, max_pages, inv, mask,
+			anyof, ret;
+	} a = {sizeof(a), 0, 0, 4096, 0, 0, 0, 0, 0, 0, 0, 0};
+	uint64_t region[3];
+	a.start = (uint64_t)(uintptr_t)buf & ~4095ULL;
+	a.end = a.start + 4096;
+	a.vec = (uint64_t)(uintptr_t)region;
+	a.vec_len = 1;
+	a.anyof = 1 << 3;
+	a.ret = 1 << 3;
+	bool scan_ok = fd >= 0 && ioctl(fd, _IOWR('f', 16, typeof(a)), &a) >= 0;
+	snprintf(buf, sizeof(buf), "%s", scan_ok ? "present pages found by PAGEMAP_SCAN"
+						 : "PAGEMAP_SCAN missing (Linux >= 6.7 needed)");
+	check_add(arr, "pagemap_scan", scan_ok, buf);
+	safe_close(fd);
+	/* clone3 with set_tid needs a pid namespace of our own: checked by ferry run itself */
+	long r = syscall(SYS_clone3, NULL, 0);
+	check_add(arr, "clone3", r < 0 && errno == EINVAL, "clone3 system call present");
+	/* PR_SET_MM_MAP size query */
+	unsigned int size = 0;
+	bool mm_ok = prctl(PR_SET_MM, PR_SET_MM_MAP_SIZE, &size, 0, 0) == 0 && size > 0;
+	snprintf(buf, sizeof(buf), "PR_SET_MM_MAP (struct of %u bytes)", size);
+	check_add(arr, "prctl_mm_map", mm_ok, buf);
+	/* process_vm_readv on ourselves */
+	struct iovec l = {buf, 8}, rv = {buf + 64, 8};
+	check_add(arr, "process_vm_readv", process_vm_readv(getpid(), &l, 1, &rv, 1, 0) == 8,
+		  "copy from another process's memory");
+	/* ptrace: seize a child, interrupt, read xstate */
+	pid_t child = fork();
+	if (child == 0) {
+		pause();
+		_exit(0);
+	}
+	bool pt_ok = false;
+	if (child > 0) {
+		int st;
+		pt_ok = ptrace(PTRACE_SEIZE, child, NULL, NULL) == 0 &&
+			ptrace(PTRACE_INTERRUPT, child, NULL, NULL) == 0 &&
+			waitpid(child, &st, __WALL) == child && (st >> 16) == PTRACE_EVENT_STOP;
+		(void)safe_kill(child, SIGKILL);
+		waitpid(child, NULL, __WALL);
+	}
+	check_add(arr, "ptrace_seize", pt_ok, "PTRACE_SEIZE and PTRACE_INTERRUPT stop a thread");
+	(void)err;
+	*ret = arr;
+	return 0;
+}

@@ -1,1 +1,717 @@
-/* placeholder: being written */
+/* Memory: capture of every mapping and its pages, and their re-creation in a restored process. */
+#include <fcntl.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/uio.h>
+
+#include "mem.h"
+#include "procfs.h"
+#include "util.h"
+
+/* PAGEMAP_SCAN (Linux 6.7); Debian 12's headers predate it. */
+#ifndef PAGEMAP_SCAN
+struct page_region {
+	uint64_t start;
+	uint64_t end;
+	uint64_t categories;
+};
+struct pm_scan_arg {
+	uint64_t size;
+	uint64_t flags;
+	uint64_t start;
+	uint64_t end;
+	uint64_t walk_end;
+	uint64_t vec;
+	uint64_t vec_len;
+	uint64_t max_pages;
+	uint64_t category_inverted;
+	uint64_t category_mask;
+	uint64_t category_anyof_mask;
+	uint64_t return_mask;
+};
+#define PAGEMAP_SCAN	_IOWR('f', 16, struct pm_scan_arg)
+#define PAGE_IS_FILE	(1 << 2)
+#define PAGE_IS_PRESENT (1 << 3)
+#define PAGE_IS_SWAPPED (1 << 4)
+#define PAGE_IS_PFNZERO (1 << 5)
+#endif
+
+/* Page data moves in chunks of this size; each chunk is one page run with its own checksum. */
+#define CHUNK (1024UL * 1024)
+#define NSLOTS 4
+
+/* ---- the copy pipeline: a reader fills and checksums, a writer thread writes ---- */
+
+struct copy_job {
+	int src_fd;	  /* -1: read pid's memory at src; else pread src_fd at src */
+	uint64_t src;
+	uint64_t len;
+	struct page_run *run; /* off and csum are filled in */
+};
+
+struct pipeline {
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	uint8_t *buf[NSLOTS];
+	uint64_t len[NSLOTS];
+	uint64_t off[NSLOTS];
+	int full[NSLOTS];
+	int done;
+	int out_fd;
+	int werr;
+};
+
+static void *writer_main(void *arg)
+{
+	struct pipeline *pl = arg;
+	for (unsigned i = 0;; i = (i + 1) % NSLOTS) {
+		pthread_mutex_lock(&pl->lock);
+		while (!pl->full[i] && !pl->done)
+			pthread_cond_wait(&pl->cond, &pl->lock);
+		if (!pl->full[i]) {
+			pthread_mutex_unlock(&pl->lock);
+			return NULL;
+		}
+		pthread_mutex_unlock(&pl->lock);
+		int r = pl->werr ? 0 : pwrite_full(pl->out_fd, pl->buf[i], pl->len[i], (off_t)pl->off[i]);
+		pthread_mutex_lock(&pl->lock);
+		if (r < 0 && !pl->werr)
+			pl->werr = r;
+		pl->full[i] = 0;
+		pthread_cond_broadcast(&pl->cond);
+		pthread_mutex_unlock(&pl->lock);
+	}
+}
+
+/* Read one chunk of a process's memory; /proc/PID/mem reaches pages that are not readable. */
+static int read_mem(pid_t pid, int memfd, uint64_t addr, void *buf, size_t len)
+{
+	struct iovec l = {buf, len}, r = {(void *)addr, len};
+	ssize_t n = process_vm_readv(pid, &l, 1, &r, 1, 0);
+	if (n == (ssize_t)len)
+		return 0;
+	return pread_full(memfd, buf, len, (off_t)addr);
+}
+
+static int run_pipeline(pid_t pid, struct copy_job *jobs, size_t njobs, struct image_writer *w,
+			struct ferry_error *err)
+{
+	struct pipeline pl = {.lock = PTHREAD_MUTEX_INITIALIZER,
+			      .cond = PTHREAD_COND_INITIALIZER,
+			      .out_fd = -1};
+	_cleanup_close_ int memfd = -EBADF;
+	pthread_t th;
+	int r = 0;
+
+	if (njobs == 0 || !w)
+		return 0; /* no pages wanted (a description only) */
+	pl.out_fd = image_pages_fd(w);
+	if (pid > 0) {
+		char path[64];
+		snprintf(path, sizeof(path), "/proc/%d/mem", pid);
+		memfd = open(path, O_RDONLY | O_CLOEXEC);
+		if (memfd < 0)
+			return ferr(err, -errno, "%s: %m", path);
+	}
+	for (int i = 0; i < NSLOTS; i++) {
+		pl.buf[i] = mmap(NULL, CHUNK, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		if (pl.buf[i] == MAP_FAILED) {
+			pl.buf[i] = NULL;
+			r = ferr(err, -errno, "allocating copy buffers: %m");
+			goto out;
+		}
+	}
+	if ((r = -pthread_create(&th, NULL, writer_main, &pl)) < 0) {
+		ferr(err, r, "starting the image writer thread: %s", strerror(-r));
+		goto out;
+	}
+	for (size_t j = 0, slot = 0; j < njobs; j++, slot = (slot + 1) % NSLOTS) {
+		struct copy_job *jb = &jobs[j];
+		pthread_mutex_lock(&pl.lock);
+		while (pl.full[slot])
+			pthread_cond_wait(&pl.cond, &pl.lock);
+		pthread_mutex_unlock(&pl.lock);
+		if (jb->src_fd < 0)
+			r = read_mem(pid, memfd, jb->src, pl.buf[slot], jb->len);
+		else
+			r = pread_full(jb->src_fd, pl.buf[slot], jb->len, (off_t)jb->src);
+		if (r < 0) {
+			ferr(err, r, "reading %s 0x%" PRIx64 "+0x%" PRIx64 ": %s",
+			     jb->src_fd < 0 ? "memory at" : "shared memory object at offset", jb->src,
+			     jb->len, strerror(-r));
+			break;
+		}
+		jb->run->csum = image_checksum(pl.buf[slot], jb->len);
+		jb->run->off = image_pages_alloc(w, jb->len);
+		pthread_mutex_lock(&pl.lock);
+		pl.len[slot] = jb->len;
+		pl.off[slot] = jb->run->off;
+		pl.full[slot] = 1;
+		pthread_cond_broadcast(&pl.cond);
+		pthread_mutex_unlock(&pl.lock);
+	}
+	pthread_mutex_lock(&pl.lock);
+	pl.done = 1;
+	pthread_cond_broadcast(&pl.cond);
+	pthread_mutex_unlock(&pl.lock);
+	pthread_join(th, NULL);
+	if (r == 0 && pl.werr)
+		r = ferr(err, pl.werr, "writing page data: %s", strerror(-pl.werr));
+out:
+	for (int i = 0; i < NSLOTS; i++)
+		if (pl.buf[i])
+			munmap(pl.buf[i], CHUNK);
+	return r;
+}
+
+/* ---- finding the pages to save ---- */
+
+static int add_run(struct page_run **runs, size_t *n, uint64_t addr, uint64_t len)
+{
+	/* split into chunks so each carries its own checksum */
+	while (len > 0) {
+		uint64_t l = MIN(len, CHUNK);
+		if (*n > 0) {
+			struct page_run *last = &(*runs)[*n - 1];
+			uint64_t lastlen = last->npages * MODEL_PAGE;
+			if (last->addr + lastlen == addr && lastlen + l <= CHUNK) {
+				last->npages += l / MODEL_PAGE;
+				addr += l;
+				len -= l;
+				continue;
+			}
+		}
+		if (grow((void **)runs, n, sizeof(**runs)) < 0)
+			return -ENOMEM;
+		(*runs)[(*n)++] = (struct page_run){.addr = addr, .npages = l / MODEL_PAGE};
+		addr += l;
+		len -= l;
+	}
+	return 0;
+}
+
+/* Pages of a private mapping that hold data of their own: present or swapped, not file pages
+ * and not the shared zero page. */
+static int scan_private(int pagemap_fd, struct vma *v, struct ferry_error *err)
+{
+	struct page_region regs[256];
+	uint64_t cursor = v->start;
+
+	while (cursor < v->end) {
+		struct pm_scan_arg a = {
+			.size = sizeof(a),
+			.start = cursor,
+			.end = v->end,
+			.vec = (uint64_t)(uintptr_t)regs,
+			.vec_len = ARRAY_SIZE(regs),
+			.category_anyof_mask = PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
+			.return_mask = PAGE_IS_PRESENT | PAGE_IS_SWAPPED | PAGE_IS_FILE | PAGE_IS_PFNZERO,
+		};
+		long n = ioctl(pagemap_fd, PAGEMAP_SCAN, &a);
+		if (n < 0)
+			return ferr(err, -errno, "PAGEMAP_SCAN 0x%" PRIx64 "-0x%" PRIx64 ": %m",
+				    cursor, v->end);
+		for (long i = 0; i < n; i++) {
+			uint64_t s = MAX(regs[i].start, cursor), e = regs[i].end;
+			uint64_t cat = regs[i].categories;
+			if (e <= s)
+				continue; /* a range reported twice */
+			if (!(cat & PAGE_IS_SWAPPED) && (cat & (PAGE_IS_FILE | PAGE_IS_PFNZERO)))
+				continue;
+			if (add_run(&v->runs, &v->nruns, s, e - s) < 0)
+				return ferr(err, -ENOMEM, "out of memory");
+			cursor = e;
+		}
+		if (a.walk_end <= cursor && n == 0)
+			break;
+		cursor = MAX(cursor, a.walk_end);
+	}
+	return 0;
+}
+
+int shmem_lookup(struct component *c, int fd, uint32_t kind, const char *name,
+		 struct image_writer *w, struct mem_stats *st, struct ferry_error *err)
+{
+	struct stat sb;
+	struct shmem *s;
+	_cleanup_free_ struct copy_job *jobs = NULL;
+	size_t njobs = 0;
+	off_t pos = 0;
+	int r;
+
+	if (fstat(fd, &sb) < 0)
+		return ferr(err, -errno, "fstat of shared memory object: %m");
+	for (size_t i = 0; i < c->nshmems; i++)
+		if (c->shmems[i].dev == (uint64_t)sb.st_dev && c->shmems[i].ino == sb.st_ino) {
+			if (kind == SHMEM_MEMFD)
+				c->shmems[i].kind = SHMEM_MEMFD;
+			return (int)i;
+		}
+	if (GROW(c->shmems, c->nshmems) < 0)
+		return ferr(err, -ENOMEM, "out of memory");
+	s = &c->shmems[c->nshmems];
+	memset(s, 0, sizeof(*s));
+	s->kind = kind;
+	s->dev = (uint64_t)sb.st_dev;
+	s->ino = sb.st_ino;
+	s->size = (uint64_t)sb.st_size;
+	s->name = name ? strdup(name) : NULL;
+	c->nshmems++;
+	/* the object's data: every extent SEEK_DATA finds */
+	while (pos < sb.st_size) {
+		off_t d = lseek(fd, pos, SEEK_DATA);
+		if (d < 0)
+			break; /* ENXIO: no data past pos */
+		off_t h = lseek(fd, d, SEEK_HOLE);
+		if (h < 0)
+			h = sb.st_size;
+		d &= ~(off_t)(MODEL_PAGE - 1);
+		h = (h + (off_t)MODEL_PAGE - 1) & ~(off_t)(MODEL_PAGE - 1);
+		if (add_run(&s->runs, &s->nruns, (uint64_t)d, (uint64_t)(h - d)) < 0)
+			return ferr(err, -ENOMEM, "out of memory");
+		pos = h;
+	}
+	jobs = calloc(s->nruns ? s->nruns : 1, sizeof(*jobs));
+	if (!jobs)
+		return ferr(err, -ENOMEM, "out of memory");
+	for (size_t i = 0; i < s->nruns; i++) {
+		jobs[njobs++] = (struct copy_job){.src_fd = fd,
+						  .src = s->runs[i].addr,
+						  .len = s->runs[i].npages * MODEL_PAGE,
+						  .run = &s->runs[i]};
+		st->pages_written += s->runs[i].npages;
+	}
+	st->pages_scanned += (uint64_t)(sb.st_size + (off_t)MODEL_PAGE - 1) / MODEL_PAGE;
+	r = run_pipeline(-1, jobs, njobs, w, err);
+	if (r < 0)
+		return r;
+	return (int)(c->nshmems - 1);
+}
+
+static int file_identity(const char *path, struct file_id *id)
+{
+	struct stat sb;
+	if (stat(path, &sb) < 0)
+		return -errno;
+	id->dev = (uint64_t)sb.st_dev;
+	id->ino = sb.st_ino;
+	id->size = (uint64_t)sb.st_size;
+	id->mtime_ns = (int64_t)sb.st_mtim.tv_sec * 1000000000LL + sb.st_mtim.tv_nsec;
+	return 0;
+}
+
+static int classify(struct component *c, pid_t pid, const struct proc_map *m, struct vma *v,
+		    struct image_writer *w, struct mem_stats *st, struct ferry_error *err)
+{
+	static const struct {
+		const char *code;
+		uint32_t flag;
+	} vmflags[] = {{"gd", VMA_F_GROWSDOWN}, {"hg", VMA_F_HUGEPAGE}, {"nh", VMA_F_NOHUGEPAGE},
+		       {"dd", VMA_F_DONTDUMP},	{"dc", VMA_F_DONTFORK}, {"wf", VMA_F_WIPEONFORK},
+		       {"lo", VMA_F_LOCKED}};
+	bool shared = m->perms[3] == 's';
+
+	v->start = m->start;
+	v->end = m->end;
+	v->pgoff = m->pgoff;
+	v->shmem = -1;
+	v->prot = (m->perms[0] == 'r' ? PROT_READ : 0) | (m->perms[1] == 'w' ? PROT_WRITE : 0) |
+		  (m->perms[2] == 'x' ? PROT_EXEC : 0);
+	v->flags = shared ? VMA_F_SHARED : 0;
+	for (size_t i = 0; i < ARRAY_SIZE(vmflags); i++)
+		if (procfs_vmflag(m, vmflags[i].code))
+			v->flags |= vmflags[i].flag;
+	if (strcmp(m->path, "[vdso]") == 0)
+		v->kind = VMA_VDSO;
+	else if (strcmp(m->path, "[vvar]") == 0)
+		v->kind = VMA_VVAR;
+	else if (strcmp(m->path, "[vvar_vclock]") == 0)
+		v->kind = VMA_VVAR_VCLOCK;
+	else if (procfs_vmflag(m, "io") || procfs_vmflag(m, "pf"))
+		return ferr(err, -ENOTSUP,
+			    "mapping 0x%" PRIx64 "-0x%" PRIx64 " %s: device memory (unsupported)",
+			    m->start, m->end, m->path);
+	else if (m->ino == 0 && !shared) {
+		v->kind = VMA_ANON;
+		if (strcmp(m->path, "[heap]") == 0)
+			v->flags |= VMA_F_HEAP;
+		if (strcmp(m->path, "[stack]") == 0)
+			v->flags |= VMA_F_STACK;
+	} else if (shared && (strncmp(m->path, "/dev/zero", 9) == 0 ||
+			      strncmp(m->path, "/memfd:", 7) == 0 || m->ino == 0)) {
+		char mf[96];
+		bool memfd = strncmp(m->path, "/memfd:", 7) == 0;
+		char name[256] = "";
+		v->kind = VMA_SHMEM;
+		snprintf(mf, sizeof(mf), "/proc/%d/map_files/%" PRIx64 "-%" PRIx64, pid, m->start,
+			 m->end);
+		_cleanup_close_ int fd = open(mf, O_RDONLY | O_CLOEXEC);
+		if (fd < 0)
+			return ferr(err, -errno, "mapping 0x%" PRIx64 "-0x%" PRIx64 " %s: %s: %m",
+				    m->start, m->end, m->path, mf);
+		if (memfd) {
+			snprintf(name, sizeof(name), "%s", m->path + 7);
+			char *del = strstr(name, " (deleted)");
+			if (del)
+				*del = '\0';
+		}
+		int idx = shmem_lookup(c, fd, memfd ? SHMEM_MEMFD : SHMEM_ANON,
+				       memfd ? name : NULL, w, st, err);
+		if (idx < 0)
+			return idx;
+		v->shmem = idx;
+	} else if (m->path[0] == '/') {
+		if (strstr(m->path, " (deleted)"))
+			return ferr(err, -ENOTSUP,
+				    "mapping 0x%" PRIx64 "-0x%" PRIx64 " %s: the file was deleted "
+				    "(unsupported)",
+				    m->start, m->end, m->path);
+		v->kind = shared ? VMA_FILE_SHARED : VMA_FILE_PRIVATE;
+		v->path = strdup(m->path);
+		if (!v->path)
+			return ferr(err, -ENOMEM, "out of memory");
+		int r = file_identity(m->path, &v->fid);
+		if (r < 0)
+			return ferr(err, r, "mapping 0x%" PRIx64 "-0x%" PRIx64 " %s: %s", m->start,
+				    m->end, m->path, strerror(-r));
+	} else {
+		return ferr(err, -ENOTSUP, "mapping 0x%" PRIx64 "-0x%" PRIx64 " %s: unsupported kind",
+			    m->start, m->end, m->path);
+	}
+	return 0;
+}
+
+int mem_capture(struct component *c, struct process *p, struct image_writer *w,
+		struct mem_stats *st, struct ferry_error *err)
+{
+	_cleanup_free_ struct proc_map *maps = NULL;
+	_cleanup_free_ struct copy_job *jobs = NULL;
+	_cleanup_close_ int pagemap = -EBADF;
+	size_t nmaps = 0, njobs = 0;
+	char path[64];
+	int r;
+
+	r = procfs_maps(p->host_pid, &maps, &nmaps);
+	if (r < 0)
+		return ferr(err, r, "reading /proc/%d/smaps: %s", p->host_pid, strerror(-r));
+	snprintf(path, sizeof(path), "/proc/%d/pagemap", p->host_pid);
+	pagemap = open(path, O_RDONLY | O_CLOEXEC);
+	if (pagemap < 0)
+		return ferr(err, -errno, "%s: %m", path);
+	p->vmas = calloc(nmaps ? nmaps : 1, sizeof(*p->vmas));
+	if (!p->vmas)
+		return ferr(err, -ENOMEM, "out of memory");
+	for (size_t i = 0; i < nmaps; i++) {
+		if (strcmp(maps[i].path, "[vsyscall]") == 0)
+			continue;
+		struct vma *v = &p->vmas[p->nvmas++];
+		r = classify(c, p->host_pid, &maps[i], v, w, st, err);
+		if (r < 0)
+			return r;
+		if (v->kind == VMA_ANON || v->kind == VMA_FILE_PRIVATE) {
+			st->pages_scanned += (v->end - v->start) / MODEL_PAGE;
+			r = scan_private(pagemap, v, err);
+			if (r < 0)
+				return r;
+		}
+	}
+	for (size_t i = 0; i < p->nvmas; i++)
+		njobs += p->vmas[i].nruns;
+	jobs = calloc(njobs ? njobs : 1, sizeof(*jobs));
+	if (!jobs)
+		return ferr(err, -ENOMEM, "out of memory");
+	njobs = 0;
+	for (size_t i = 0; i < p->nvmas; i++)
+		for (size_t j = 0; j < p->vmas[i].nruns; j++) {
+			struct page_run *run = &p->vmas[i].runs[j];
+			jobs[njobs++] = (struct copy_job){.src_fd = -1,
+							  .src = run->addr,
+							  .len = run->npages * MODEL_PAGE,
+							  .run = run};
+			st->pages_written += run->npages;
+		}
+	uint64_t t0 = now_ns();
+	r = run_pipeline(p->host_pid, jobs, njobs, w, err);
+	st->write_ns += now_ns() - t0;
+	return r;
+}
+
+/* ---- verification of page data before a restored component runs ---- */
+
+static int verify_runs(const struct page_run *runs, size_t n, int fd, uint8_t *buf,
+		       struct ferry_error *err)
+{
+	for (size_t i = 0; i < n; i++) {
+		uint64_t len = runs[i].npages * MODEL_PAGE;
+		int r;
+		if (len > CHUNK)
+			return ferr(err, -EPROTO, "page run at 0x%" PRIx64 " is too long", runs[i].addr);
+		r = pread_full(fd, buf, len, (off_t)runs[i].off);
+		if (r < 0)
+			return ferr(err, r, "pages file offset %" PRIu64 ": %s", runs[i].off,
+				    r == -EIO ? "truncated" : strerror(-r));
+		if (image_checksum(buf, len) != runs[i].csum)
+			return ferr(err, -EBADMSG,
+				    "pages file offset %" PRIu64 " (data of 0x%" PRIx64
+				    "): checksum mismatch, image corrupted",
+				    runs[i].off, runs[i].addr);
+	}
+	return 0;
+}
+
+int mem_verify_pages(const struct component *c, int pages_fd, struct ferry_error *err)
+{
+	uint8_t *buf = mmap(NULL, CHUNK, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	int r = 0;
+
+	if (buf == MAP_FAILED)
+		return ferr(err, -errno, "allocating a verify buffer: %m");
+	for (size_t i = 0; i < c->nshmems && r == 0; i++)
+		r = verify_runs(c->shmems[i].runs, c->shmems[i].nruns, pages_fd, buf, err);
+	for (size_t i = 0; i < c->nprocs && r == 0; i++)
+		for (size_t j = 0; j < c->procs[i].nvmas && r == 0; j++)
+			r = verify_runs(c->procs[i].vmas[j].runs, c->procs[i].vmas[j].nruns, pages_fd,
+					buf, err);
+	munmap(buf, CHUNK);
+	return r;
+}
+
+/* ---- restore ---- */
+
+#define TASK_TOP 0x7ffffffff000ULL
+
+static int find_vma_kind(const struct process *p, uint32_t kind)
+{
+	for (size_t i = 0; i < p->nvmas; i++)
+		if (p->vmas[i].kind == kind)
+			return (int)i;
+	return -1;
+}
+
+/* Move the helper's [vvar] [vvar_vclock] [vdso] to the image's addresses. */
+static int move_vdso(struct restorer *rs, const struct process *p, const struct proc_map *cur,
+		     size_t ncur, struct ferry_error *err)
+{
+	static const uint32_t kinds[] = {VMA_VVAR, VMA_VVAR_VCLOCK, VMA_VDSO};
+	static const char *names[] = {"[vvar]", "[vvar_vclock]", "[vdso]"};
+	uint64_t from[3] = {0}, len[3] = {0};
+
+	for (size_t k = 0; k < 3; k++)
+		for (size_t i = 0; i < ncur; i++)
+			if (strcmp(cur[i].path, names[k]) == 0) {
+				from[k] = cur[i].start;
+				len[k] = cur[i].end - cur[i].start;
+			}
+	for (size_t k = 0; k < 3; k++) {
+		int vi = find_vma_kind(p, kinds[k]);
+		if (vi < 0 || !from[k]) {
+			if (vi < 0 && !from[k])
+				continue;
+			return ferr(err, -ENOTSUP, "%s: present in %s only; the image was made on "
+						   "another kernel",
+				    names[k], vi < 0 ? "this kernel" : "the image");
+		}
+		const struct vma *v = &p->vmas[vi];
+		if (v->end - v->start != len[k])
+			return ferr(err, -ENOTSUP, "%s: size %" PRIu64 " in the image, %" PRIu64
+						   " here; the image was made on another kernel",
+				    names[k], v->end - v->start, len[k]);
+		if (v->start == from[k])
+			continue;
+		/* through a parking address if the old and new places overlap */
+		uint64_t park = 0x100000000ULL + k * 0x100000ULL;
+		if (from[k] < v->end && v->start < from[k] + len[k]) {
+			long r = rs_sys(rs, "mremap vdso (park)", SYS_mremap, from[k], len[k], len[k],
+					MREMAP_MAYMOVE | MREMAP_FIXED, park, 0, err);
+			if (r < 0)
+				return (int)r;
+			from[k] = park;
+		}
+		long r = rs_sys(rs, "mremap vdso", SYS_mremap, from[k], len[k], len[k],
+				MREMAP_MAYMOVE | MREMAP_FIXED, v->start, 0, err);
+		if (r < 0)
+			return (int)r;
+		if (kinds[k] == VMA_VDSO)
+			rs->main.syscall_ip = rs->main.syscall_ip - from[k] + v->start;
+	}
+	return 0;
+}
+
+/* Load the page runs of a mapping: the helper reads the pages file into its own memory. */
+static int load_runs(struct restorer *rs, const struct page_run *runs, size_t n, uint64_t base,
+		     struct ferry_error *err)
+{
+	for (size_t i = 0; i < n;) {
+		/* coalesce runs contiguous both in memory and in the file */
+		size_t j = i + 1;
+		uint64_t len = runs[i].npages * MODEL_PAGE;
+		while (j < n && runs[j].addr == runs[i].addr + len &&
+		       runs[j].off == runs[i].off + len) {
+			len += runs[j].npages * MODEL_PAGE;
+			j++;
+		}
+		uint64_t dst = runs[i].addr + base;
+		long r = rs_sys(rs, "pread of page data", SYS_pread64, (uint64_t)rs->pages_fd, dst,
+				len, runs[i].off, 0, 0, err);
+		if (r >= 0 && (uint64_t)r != len)
+			return ferr(err, -EIO, "loading 0x%" PRIx64 ": short read (%ld of %" PRIu64 ")",
+				    dst, r, len);
+		if (r < 0)
+			return ferr_prefix(err, "loading 0x%" PRIx64 "+%" PRIu64, dst, len);
+		rs->pages_loaded += len / MODEL_PAGE;
+		i = j;
+	}
+	return 0;
+}
+
+static const uint32_t madv_flags[][2] = {
+	{VMA_F_HUGEPAGE, MADV_HUGEPAGE},   {VMA_F_NOHUGEPAGE, MADV_NOHUGEPAGE},
+	{VMA_F_DONTDUMP, MADV_DONTDUMP},   {VMA_F_DONTFORK, MADV_DONTFORK},
+	{VMA_F_WIPEONFORK, MADV_WIPEONFORK},
+};
+
+static int map_one(struct restorer *rs, const struct component *c, const struct process *p,
+		   size_t idx, struct ferry_error *err)
+{
+	const struct vma *v = &p->vmas[idx];
+	uint64_t len = v->end - v->start;
+	uint64_t flags = MAP_FIXED, fd = (uint64_t)-1, off = 0;
+	long r;
+
+	switch (v->kind) {
+	case VMA_VDSO:
+	case VMA_VVAR:
+	case VMA_VVAR_VCLOCK:
+		return 0;
+	case VMA_ANON:
+		flags |= MAP_PRIVATE | MAP_ANONYMOUS;
+		if (v->flags & VMA_F_GROWSDOWN)
+			flags |= MAP_GROWSDOWN;
+		break;
+	case VMA_FILE_PRIVATE:
+	case VMA_FILE_SHARED:
+		flags |= v->kind == VMA_FILE_SHARED ? MAP_SHARED : MAP_PRIVATE;
+		fd = (uint64_t)rs->vma_fd[idx];
+		off = v->pgoff;
+		break;
+	case VMA_SHMEM:
+		flags |= MAP_SHARED;
+		fd = (uint64_t)rs->shmem_fd[v->shmem];
+		off = v->pgoff;
+		if (rs->shmem_fd[v->shmem] < 0) {
+			/* a shared anonymous mapping of its own: map it and fill it directly */
+			flags |= MAP_ANONYMOUS;
+			off = 0;
+		}
+		break;
+	default:
+		return ferr(err, -EPROTO, "mapping 0x%" PRIx64 ": unknown kind %u", v->start, v->kind);
+	}
+	uint64_t prot = PROT_READ | PROT_WRITE | (v->prot & PROT_EXEC);
+	if (v->kind == VMA_FILE_SHARED)
+		prot = v->prot; /* the file may be open read-only */
+	r = rs_sys(rs, "mmap", SYS_mmap, v->start, len, prot, flags, fd, off, err);
+	if (r < 0)
+		return ferr_prefix(err, "mapping 0x%" PRIx64 "-0x%" PRIx64 " %s", v->start, v->end,
+				   v->path ? v->path : "");
+	if (v->kind == VMA_SHMEM && rs->shmem_fd[v->shmem] < 0) {
+		r = load_runs(rs, c->shmems[v->shmem].runs, c->shmems[v->shmem].nruns,
+			      v->start - v->pgoff, err);
+		if (r < 0)
+			return (int)r;
+	} else {
+		r = load_runs(rs, v->runs, v->nruns, 0, err);
+		if (r < 0)
+			return (int)r;
+	}
+	for (size_t i = 0; i < ARRAY_SIZE(madv_flags); i++) {
+		if (!(v->flags & madv_flags[i][0]))
+			continue;
+		r = rs_sys(rs, "madvise", SYS_madvise, v->start, len, madv_flags[i][1], 0, 0, 0, err);
+		if (r < 0)
+			return ferr_prefix(err, "mapping 0x%" PRIx64, v->start);
+	}
+	if (v->flags & VMA_F_LOCKED) {
+		r = rs_sys(rs, "mlock", SYS_mlock, v->start, len, 0, 0, 0, 0, err);
+		if (r < 0)
+			return ferr_prefix(err, "mapping 0x%" PRIx64, v->start);
+	}
+	if (prot != v->prot) {
+		r = rs_sys(rs, "mprotect", SYS_mprotect, v->start, len, v->prot, 0, 0, 0, err);
+		if (r < 0)
+			return ferr_prefix(err, "mapping 0x%" PRIx64, v->start);
+	}
+	return 0;
+}
+
+/* A page-aligned address with room for one page, used by no mapping of the image. */
+static uint64_t free_page(const struct process *p)
+{
+	for (uint64_t a = 0x10000; a < TASK_TOP; a += MODEL_PAGE) {
+		bool used = false;
+		for (size_t i = 0; i < p->nvmas && !used; i++)
+			if (a >= p->vmas[i].start && a < p->vmas[i].end) {
+				used = true;
+				a = p->vmas[i].end - MODEL_PAGE;
+			}
+		if (!used)
+			return a;
+	}
+	return 0;
+}
+
+int mem_restore(struct restorer *rs, const struct component *c, const struct process *p,
+		struct ferry_error *err)
+{
+	_cleanup_free_ struct proc_map *cur = NULL;
+	size_t ncur = 0;
+	uint64_t keep_lo = 0, keep_hi = 0;
+	long r;
+
+	r = procfs_maps(rs->pid, &cur, &ncur);
+	if (r < 0)
+		return ferr(err, (int)r, "reading the helper's mappings: %s", strerror((int)-r));
+	for (size_t i = 0; i < ncur; i++) {
+		if (strcmp(cur[i].path, "[vvar]") && strcmp(cur[i].path, "[vvar_vclock]") &&
+		    strcmp(cur[i].path, "[vdso]"))
+			continue;
+		keep_lo = keep_lo ? MIN(keep_lo, cur[i].start) : cur[i].start;
+		keep_hi = MAX(keep_hi, cur[i].end);
+	}
+	if (!keep_lo)
+		return ferr(err, -ENOTSUP, "the helper has no vdso");
+	/* 1. everything of the helper goes, but the vdso through which we make system calls */
+	r = rs_sys(rs, "munmap below the vdso", SYS_munmap, 0, keep_lo, 0, 0, 0, 0, err);
+	if (r < 0)
+		return (int)r;
+	r = rs_sys(rs, "munmap above the vdso", SYS_munmap, keep_hi, TASK_TOP - keep_hi, 0, 0, 0, 0,
+		   err);
+	if (r < 0)
+		return (int)r;
+	/* 2. the vdso to its place in the image */
+	r = move_vdso(rs, p, cur, ncur, err);
+	if (r < 0)
+		return (int)r;
+	/* 3. a scratch page for system call arguments */
+	rs->scratch = free_page(p);
+	r = rs_sys(rs, "mmap scratch page", SYS_mmap, rs->scratch, MODEL_PAGE,
+		   PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE,
+		   (uint64_t)-1, 0, err);
+	if (r < 0)
+		return (int)r;
+	/* 4. every mapping, filled, with its final protection */
+	uint64_t t0 = now_ns();
+	for (size_t i = 0; i < p->nvmas; i++) {
+		r = map_one(rs, c, p, i, err);
+		if (r < 0)
+			return (int)r;
+	}
+	rs->pages_ns += now_ns() - t0;
+	return 0;
+}

@@ -1,1 +1,450 @@
-/* placeholder: being written */
+/* Restore: the helper process that becomes the component, driven from its monitor by ptrace. */
+#include <fcntl.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/ptrace.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <linux/sched.h>
+
+#include "fds.h"
+#include "mem.h"
+#include "procfs.h"
+#include "restore.h"
+#include "runtime.h"
+#include "task.h"
+#include "threads.h"
+#include "util.h"
+
+#ifndef PTRACE_GET_RSEQ_CONFIGURATION
+#define PTRACE_GET_RSEQ_CONFIGURATION 0x420f
+#endif
+#define RSEQ_FLAG_UNREGISTER 1
+
+/* Fixed temporary fd slots in the helper, from temp_lo up. */
+enum { SLOT_SYNC = 0, SLOT_REPORT = 1, SLOT_PAGES = 2, SLOT_EXE = 3, SLOT_FIRST_FREE = 4 };
+/* Where the helper parks inherited fds while it clears its table. */
+#define STAGING 4000
+
+struct restore_arg {
+	const struct component *c;
+	int pages_fd; /* the reader's, inherited by the monitor and the helper */
+	int temp_lo;
+	int *vma_fd;   /* per vma of process 0 */
+	int *shmem_fd; /* per shmem object */
+	struct ferry_restore_stats stats;
+};
+
+long rs_sys(struct restorer *rs, const char *what, long nr, uint64_t a0, uint64_t a1, uint64_t a2,
+	    uint64_t a3, uint64_t a4, uint64_t a5, struct ferry_error *err)
+{
+	long ret;
+	int r = tracee_syscall(&rs->main, &ret, NULL, nr, a0, a1, a2, a3, a4, a5, err);
+	if (r < 0)
+		return ferr_prefix(err, "%s", what);
+	if (ret < 0 && ret > -4096)
+		return ferr(err, (int)ret, "%s: %s", what, strerror((int)-ret));
+	return ret;
+}
+
+/* ---- the helper: plain C in the new namespaces, before it is seized ---- */
+
+static int helper_shmem(const struct shmem *s, int pages_fd, struct ferry_error *err)
+{
+	int fd = memfd_create(s->name ? s->name : "ferry-shared-anon", MFD_CLOEXEC);
+	if (fd < 0)
+		return ferr(err, -errno, "memfd_create: %m");
+	if (ftruncate(fd, (off_t)s->size) < 0) {
+		int r = -errno;
+		safe_close(fd);
+		return ferr(err, r, "memfd size %" PRIu64 ": %s", s->size, strerror(-r));
+	}
+	for (size_t i = 0; i < s->nruns; i++) {
+		loff_t in = (loff_t)s->runs[i].off, out = (loff_t)s->runs[i].addr;
+		size_t len = s->runs[i].npages * MODEL_PAGE;
+		while (len > 0) {
+			ssize_t n = copy_file_range(pages_fd, &in, fd, &out, len, 0);
+			if (n <= 0) {
+				int r = n < 0 ? -errno : -EIO;
+				safe_close(fd);
+				return ferr(err, r, "filling memfd: %s", strerror(-r));
+			}
+			len -= (size_t)n;
+		}
+	}
+	return fd;
+}
+
+/* Put fd at exactly slot (closing what was there). */
+static int place(int fd, int slot, struct ferry_error *err)
+{
+	if (fd == slot)
+		return 0;
+	if (dup2(fd, slot) < 0)
+		return ferr(err, -errno, "dup2 to fd %d: %m", slot);
+	safe_close(fd);
+	return 0;
+}
+
+static int helper_prepare(struct restore_arg *a, int sync_rd, int rep_wr, const char *log_path,
+			  struct ferry_error *err)
+{
+	const struct process *p = &a->c->procs[0];
+	struct rlimit rl;
+	sigset_t all;
+	int r, fd;
+
+	sigfillset(&all);
+	sigprocmask(SIG_SETMASK, &all, NULL);
+	r = runtime_ns_setup(err);
+	if (r < 0)
+		return r;
+	/* room for the temporary slots whatever the image's limit */
+	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+		rl.rlim_cur = rl.rlim_max;
+		(void)setrlimit(RLIMIT_NOFILE, &rl);
+	}
+	/* clear the fd table but for our three: park them high, close the rest */
+	if (dup2(sync_rd, STAGING) < 0 || dup2(rep_wr, STAGING + 1) < 0 ||
+	    dup2(a->pages_fd, STAGING + 2) < 0)
+		return ferr(err, -errno, "parking fds: %m");
+	syscall(SYS_close_range, 0, STAGING - 1, 0);
+	if ((r = place(STAGING, a->temp_lo + SLOT_SYNC, err)) < 0 ||
+	    (r = place(STAGING + 1, a->temp_lo + SLOT_REPORT, err)) < 0 ||
+	    (r = place(STAGING + 2, a->temp_lo + SLOT_PAGES, err)) < 0)
+		return r;
+	syscall(SYS_close_range, STAGING, ~0U, 0);
+	/* files the mappings need */
+	fd = open(p->exe, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return ferr(err, -errno, "executable %s: %m", p->exe);
+	if ((r = place(fd, a->temp_lo + SLOT_EXE, err)) < 0)
+		return r;
+	for (size_t i = 0; i < a->c->nshmems; i++) {
+		if (a->shmem_fd[i] < 0)
+			continue;
+		fd = helper_shmem(&a->c->shmems[i], a->temp_lo + SLOT_PAGES, err);
+		if (fd < 0)
+			return fd;
+		if ((r = place(fd, a->shmem_fd[i], err)) < 0)
+			return r;
+	}
+	for (size_t i = 0; i < p->nvmas; i++) {
+		const struct vma *v = &p->vmas[i];
+		if (a->vma_fd[i] < 0)
+			continue;
+		int mode = (v->kind == VMA_FILE_SHARED && (v->prot & PROT_WRITE)) ? O_RDWR : O_RDONLY;
+		fd = open(v->path, mode | O_CLOEXEC);
+		if (fd < 0)
+			return ferr(err, -errno, "mapped file %s: %m", v->path);
+		if ((r = place(fd, a->vma_fd[i], err)) < 0)
+			return r;
+	}
+	r = task_restore_early(p, err);
+	if (r < 0)
+		return r;
+	struct fd_restore_ctx fctx = {.log_path = log_path, .shmem_fd = a->shmem_fd};
+	return fds_restore(p, &fctx, err);
+}
+
+static void helper_main(struct restore_arg *a, int sync_rd, int rep_wr, const char *log_path)
+{
+	struct ferry_error err = {0};
+	char ok = 0, buf;
+
+	if (helper_prepare(a, sync_rd, rep_wr, log_path, &err) < 0) {
+		(void)write_full(rep_wr < 0 ? a->temp_lo + SLOT_REPORT : a->temp_lo + SLOT_REPORT,
+				 err.msg, strlen(err.msg) + 1);
+		_exit(1);
+	}
+	(void)write_full(a->temp_lo + SLOT_REPORT, &ok, 1);
+	/* wait here; the monitor seizes us and replaces everything */
+	for (;;)
+		if (read(a->temp_lo + SLOT_SYNC, &buf, 1) <= 0)
+			_exit(1);
+}
+
+/* ---- the monitor side ---- */
+
+struct verify {
+	const struct component *c;
+	int fd;
+	struct ferry_error err;
+	int r;
+	uint64_t ns;
+};
+
+static void *verify_main(void *arg)
+{
+	struct verify *v = arg;
+	uint64_t t0 = now_ns();
+	v->r = mem_verify_pages(v->c, v->fd, &v->err);
+	v->ns = now_ns() - t0;
+	return NULL;
+}
+
+static int unregister_rseq(struct restorer *rs, struct ferry_error *err)
+{
+	struct {
+		uint64_t ptr;
+		uint32_t size, sig, flags, pad;
+	} rc = {0};
+	if (ptrace(PTRACE_GET_RSEQ_CONFIGURATION, rs->pid, (void *)sizeof(rc), &rc) <= 0 || !rc.ptr)
+		return 0;
+	long r = rs_sys(rs, "rseq unregister", SYS_rseq, rc.ptr, rc.size, RSEQ_FLAG_UNREGISTER, rc.sig,
+			0, 0, err);
+	return r < 0 ? (int)r : 0;
+}
+
+static int rebuild(struct restorer *rs, struct restore_arg *a, struct tracee *threads,
+		   struct ferry_error *err)
+{
+	const struct process *p = &a->c->procs[0];
+	_cleanup_free_ struct proc_map *maps = NULL;
+	size_t nmaps = 0;
+	int r;
+
+	r = procfs_maps(rs->pid, &maps, &nmaps);
+	if (r < 0)
+		return ferr(err, r, "helper mappings: %s", strerror(-r));
+	for (size_t i = 0; i < nmaps && !rs->main.syscall_ip; i++)
+		if (strcmp(maps[i].path, "[vdso]") == 0)
+			(void)tracee_find_syscall_insn(rs->pid, maps[i].start, maps[i].end,
+						       &rs->main.syscall_ip);
+	if (!rs->main.syscall_ip)
+		return ferr(err, -ENOTSUP, "no syscall instruction in the helper's vdso");
+	if ((r = unregister_rseq(rs, err)) < 0 || (r = mem_restore(rs, a->c, p, err)) < 0 ||
+	    (r = task_restore_mm(rs, p, err)) < 0 || (r = threads_restore(rs, p, threads, err)) < 0)
+		return r;
+	r = task_restore_late(rs, p, NULL, err);
+	if (r < 0)
+		return r;
+	/* the temporary fds and the scratch page go; then the main thread's final registers */
+	long ret = rs_sys(rs, "close_range of temporary fds", SYS_close_range,
+			  (uint64_t)a->temp_lo, ~0U, 0, 0, 0, 0, err);
+	if (ret < 0)
+		return (int)ret;
+	ret = rs_sys(rs, "munmap scratch page", SYS_munmap, rs->scratch, MODEL_PAGE, 0, 0, 0, 0,
+		     err);
+	if (ret < 0)
+		return (int)ret;
+	r = tracee_setregs(rs->main.tid, &threads[0].regs, err);
+	rs->main.clobbered = false;
+	threads[0] = rs->main;
+	threads[0].regs = rs->main.regs;
+	return r;
+}
+
+static int restore_start(void *arg, const char *log_path, pid_t *ret_pid, void *extra,
+			 struct ferry_error *err)
+{
+	struct restore_arg *a = arg;
+	const struct process *p = &a->c->procs[0];
+	struct restorer rs = {0};
+	struct verify ver = {.c = a->c, .fd = a->pages_fd};
+	_cleanup_free_ struct tracee *threads = calloc(p->nthreads ? p->nthreads : 1,
+						       sizeof(struct tracee));
+	int sync[2], rep[2], status, r;
+	pthread_t vth;
+	bool vstarted = false;
+	char msg[FERRY_ERROR_MAX] = "";
+	uint64_t t0 = now_ns();
+
+	if (!threads)
+		return ferr(err, -ENOMEM, "out of memory");
+	if (pipe2(sync, O_CLOEXEC) < 0)
+		return ferr(err, -errno, "pipe: %m");
+	if (pipe2(rep, O_CLOEXEC) < 0) {
+		safe_close(sync[0]);
+		safe_close(sync[1]);
+		return ferr(err, -errno, "pipe: %m");
+	}
+	pid_t pid = runtime_clone_ns(CLONE_NEWPID | CLONE_NEWNS);
+	if (pid == 0)
+		helper_main(a, sync[0], rep[1], log_path);
+	safe_close(sync[0]);
+	safe_close(rep[1]);
+	if (pid < 0) {
+		r = ferr(err, -errno, "clone3 (new pid and mount namespaces): %m");
+		goto out;
+	}
+	/* the helper reports once: a NUL byte when prepared, or a message */
+	ssize_t n = read(rep[0], msg, sizeof(msg) - 1);
+	if (n != 1 || msg[0] != 0) {
+		r = ferr(err, -EIO, "preparing the process: %s", n > 0 ? msg : "helper died");
+		goto fail;
+	}
+	rs.pid = pid;
+	rs.temp_lo = a->temp_lo;
+	rs.pages_fd = a->temp_lo + SLOT_PAGES;
+	rs.exe_fd = a->temp_lo + SLOT_EXE;
+	rs.vma_fd = a->vma_fd;
+	rs.shmem_fd = a->shmem_fd;
+	r = tracee_seize_stop(&rs.main, pid,
+			      PTRACE_O_TRACESYSGOOD | PTRACE_O_TRACECLONE | PTRACE_O_EXITKILL, err);
+	if (r < 0)
+		goto fail;
+	/* page data is verified on another CPU while the helper loads it; nothing of the
+	 * component runs before both are done */
+	if (pthread_create(&vth, NULL, verify_main, &ver) == 0)
+		vstarted = true;
+	else
+		verify_main(&ver);
+	r = rebuild(&rs, a, threads, err);
+	if (vstarted)
+		pthread_join(vth, NULL);
+	if (r == 0 && ver.r < 0) {
+		r = ver.r;
+		*err = ver.err;
+	}
+	if (r < 0)
+		goto fail;
+	for (size_t i = p->nthreads; i-- > 0;) {
+		r = tracee_detach(&threads[i], err);
+		if (r < 0)
+			goto fail;
+	}
+	a->stats.verify_ns = ver.ns;
+	a->stats.pages_ns = rs.pages_ns;
+	a->stats.pages_loaded = rs.pages_loaded;
+	a->stats.total_ns = now_ns() - t0;
+	memcpy(extra, &a->stats, sizeof(a->stats));
+	*ret_pid = pid;
+	safe_close(sync[1]);
+	safe_close(rep[0]);
+	return 0;
+fail:
+	if (pid > 0) {
+		(void)safe_kill(pid, SIGKILL);
+		while (waitpid(pid, &status, __WALL) < 0 && errno == EINTR)
+			;
+	}
+out:
+	safe_close(sync[1]);
+	safe_close(rep[0]);
+	return r;
+}
+
+/* Checks that need no process: the files the image refers to are the same. */
+static int check_files(const struct component *c, struct ferry_error *err)
+{
+	for (size_t i = 0; i < c->nprocs; i++) {
+		const struct process *p = &c->procs[i];
+		int r = task_check_file("executable", p->exe, &p->exe_id, err);
+		if (r < 0)
+			return r;
+		for (size_t j = 0; j < p->nvmas; j++) {
+			const struct vma *v = &p->vmas[j];
+			if (v->kind != VMA_FILE_PRIVATE)
+				continue;
+			r = task_check_file("mapped file", v->path, &v->fid, err);
+			if (r < 0)
+				return r;
+		}
+	}
+	return 0;
+}
+
+int ferry_restore(const struct ferry_runtime *rt, const char *dir, const char *name,
+		  pid_t *ret_pid, struct ferry_restore_stats *ret_stats, struct ferry_error *err)
+{
+	struct image_reader *rd = NULL;
+	struct component *c = NULL;
+	struct restore_arg a = {0};
+	struct ferry_restore_stats st = {0};
+	char log[PATH_MAX];
+	uint64_t t0 = now_ns();
+	bool keep_log = false;
+	int r;
+
+	r = image_reader_open(dir, &rd, err);
+	if (r < 0)
+		return r;
+	r = model_load(rd, &c, err);
+	if (r < 0) {
+		ferr_prefix(err, "image %s", dir);
+		goto out;
+	}
+	if (!name)
+		name = c->name;
+	if (c->nprocs != 1 || c->procs[0].pid != 1) {
+		r = ferr(err, -ENOTSUP, "image %s: %zu processes, first pid %d: only one process, "
+					"pid 1 of its namespace, is supported",
+			 dir, c->nprocs, c->procs[0].pid);
+		goto out;
+	}
+	r = check_files(c, err);
+	if (r < 0) {
+		ferr_prefix(err, "image %s", dir);
+		goto out;
+	}
+	st.verify_ns = now_ns() - t0;
+	/* the log continues from the checkpoint: what the original wrote after it goes */
+	runtime_log_path(rt, name, log, sizeof(log));
+	if (c->log_id && runtime_log_id(rt, name) == c->log_id) {
+		struct stat sb;
+		keep_log = true;
+		if (stat(log, &sb) == 0 && (uint64_t)sb.st_size > c->log_offset &&
+		    truncate(log, (off_t)c->log_offset) < 0) {
+			r = ferr(err, -errno, "log %s: truncating to %" PRIu64 ": %m", log,
+				 c->log_offset);
+			goto out;
+		}
+	}
+	/* temporary fd slots above every fd of the image */
+	const struct process *p = &c->procs[0];
+	int top = 3;
+	for (size_t i = 0; i < p->nfds; i++)
+		top = MAX(top, p->fds[i].fd + 1);
+	a.c = c;
+	a.pages_fd = image_reader_pages_fd(rd);
+	a.temp_lo = top;
+	a.vma_fd = calloc(p->nvmas ? p->nvmas : 1, sizeof(int));
+	a.shmem_fd = calloc(c->nshmems ? c->nshmems : 1, sizeof(int));
+	if (!a.vma_fd || !a.shmem_fd) {
+		r = ferr(err, -ENOMEM, "out of memory");
+		goto out;
+	}
+	int slot = top + SLOT_FIRST_FREE;
+	for (size_t i = 0; i < c->nshmems; i++) {
+		size_t users = 0;
+		bool whole = false;
+		for (size_t j = 0; j < p->nvmas; j++)
+			if (p->vmas[j].kind == VMA_SHMEM && p->vmas[j].shmem == (int)i) {
+				users++;
+				whole = p->vmas[j].pgoff == 0 &&
+					p->vmas[j].end - p->vmas[j].start == c->shmems[i].size;
+			}
+		for (size_t j = 0; j < p->nfds; j++)
+			if (p->fds[j].kind == FD_MEMFD && p->fds[j].shmem == (int)i)
+				users = 2;
+		/* a shared anonymous mapping of its own is mapped anonymously again */
+		a.shmem_fd[i] = (c->shmems[i].kind == SHMEM_ANON && users == 1 && whole) ? -1
+											 : slot++;
+	}
+	for (size_t i = 0; i < p->nvmas; i++) {
+		uint32_t k = p->vmas[i].kind;
+		a.vma_fd[i] = (k == VMA_FILE_PRIVATE || k == VMA_FILE_SHARED) ? slot++ : -1;
+	}
+	r = monitor_launch(rt, name, true, c->log_id, keep_log, restore_start, &a, ret_pid, &a.stats,
+			   sizeof(a.stats), err);
+	if (r < 0) {
+		ferr_prefix(err, "restoring %s from %s", name, dir);
+		goto out;
+	}
+	a.stats.verify_ns += st.verify_ns;
+	a.stats.total_ns = now_ns() - t0;
+	if (ret_stats)
+		*ret_stats = a.stats;
+out:
+	free(a.vma_fd);
+	free(a.shmem_fd);
+	model_free(c);
+	image_reader_free(rd);
+	return r;
+}

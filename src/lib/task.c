@@ -1,1 +1,288 @@
-/* placeholder: being written */
+/* Process-wide state: exe, cwd, umask, rlimits, mm fields, signal dispositions, pending signals. */
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/personality.h>
+#include <sys/prctl.h>
+#include <sys/ptrace.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <linux/prctl.h>
+
+#include "procfs.h"
+#include "task.h"
+#include "util.h"
+
+#ifndef PTRACE_PEEKSIGINFO
+#define PTRACE_PEEKSIGINFO 0x4209
+#endif
+#define PTRACE_PEEKSIGINFO_SHARED (1 << 0)
+
+struct kernel_sigaction {
+	uint64_t handler;
+	uint64_t flags;
+	uint64_t restorer;
+	uint64_t mask;
+};
+
+int task_file_identity(const char *path, struct file_id *id)
+{
+	struct stat sb;
+	if (stat(path, &sb) < 0)
+		return -errno;
+	id->dev = (uint64_t)sb.st_dev;
+	id->ino = sb.st_ino;
+	id->size = (uint64_t)sb.st_size;
+	id->mtime_ns = (int64_t)sb.st_mtim.tv_sec * 1000000000LL + sb.st_mtim.tv_nsec;
+	return 0;
+}
+
+int task_check_file(const char *what, const char *path, const struct file_id *id,
+		    struct ferry_error *err)
+{
+	struct file_id now;
+	int r = task_file_identity(path, &now);
+	if (r < 0)
+		return ferr(err, r, "%s %s: %s", what, path, strerror(-r));
+	if (now.size != id->size || now.mtime_ns != id->mtime_ns)
+		return ferr(err, -ESTALE,
+			    "%s %s: changed since the checkpoint (size %" PRIu64 " -> %" PRIu64
+			    ", mtime %" PRId64 " -> %" PRId64 ")",
+			    what, path, id->size, now.size, id->mtime_ns, now.mtime_ns);
+	return 0;
+}
+
+static int read_link(pid_t pid, const char *name, char **ret)
+{
+	char path[64], buf[PATH_MAX];
+	ssize_t n;
+
+	snprintf(path, sizeof(path), "/proc/%d/%s", pid, name);
+	n = readlink(path, buf, sizeof(buf) - 1);
+	if (n < 0)
+		return -errno;
+	buf[n] = '\0';
+	*ret = strdup(buf);
+	return *ret ? 0 : -ENOMEM;
+}
+
+/* Inject one call in the main thread, scratch memory below its stack red zone. */
+static int inject(struct tracee *t, long *ret, long nr, uint64_t a0, uint64_t a1, uint64_t a2,
+		  uint64_t a3, struct ferry_error *err)
+{
+	return tracee_syscall(t, ret, NULL, nr, a0, a1, a2, a3, 0, 0, err);
+}
+
+static int capture_signals(struct tracee *main, struct process *p, struct ferry_error *err)
+{
+	uint64_t caught = 0, ignored = 0;
+	uint64_t scratch = (main->regs.rsp - 128 - 256) & ~15ULL;
+	uint8_t saved[256];
+	int r;
+
+	if (procfs_status_u64(p->host_pid, "SigCgt", 16, &caught) < 0 ||
+	    procfs_status_u64(p->host_pid, "SigIgn", 16, &ignored) < 0)
+		return ferr(err, -EIO, "pid %d: reading signal dispositions", p->host_pid);
+	r = tracee_peek(p->host_pid, scratch, saved, sizeof(saved));
+	if (r < 0)
+		return ferr(err, r, "pid %d: reading stack: %s", p->host_pid, strerror(-r));
+	for (int sig = 1; sig <= 64 && r == 0; sig++) {
+		struct kernel_sigaction ka;
+		long ret;
+		if (!((caught | ignored) & (1ULL << (sig - 1))))
+			continue;
+		r = inject(main, &ret, SYS_rt_sigaction, (uint64_t)sig, 0, scratch, 8, err);
+		if (r == 0 && ret < 0)
+			r = ferr(err, (int)ret, "rt_sigaction(%d): %s", sig, strerror((int)-ret));
+		if (r == 0)
+			r = tracee_peek(p->host_pid, scratch, &ka, sizeof(ka));
+		if (r == 0) {
+			if (GROW(p->sigacts, p->nsigacts) < 0)
+				r = ferr(err, -ENOMEM, "out of memory");
+			else
+				p->sigacts[p->nsigacts++] = (struct sigact){sig, ka.handler, ka.flags,
+									    ka.restorer, ka.mask};
+		}
+	}
+	int r2 = tracee_poke(p->host_pid, scratch, saved, sizeof(saved));
+	if (r == 0 && r2 < 0)
+		r = ferr(err, r2, "pid %d: restoring stack bytes", p->host_pid);
+	return r;
+}
+
+/* Pending signals of one queue (shared or one thread's), without dequeuing them. */
+static int capture_pending(struct process *p, pid_t host_tid, int32_t tid, bool shared,
+			   struct ferry_error *err)
+{
+	for (uint64_t off = 0;; off++) {
+		struct {
+			uint64_t off;
+			uint32_t flags;
+			int32_t nr;
+		} arg = {off, shared ? PTRACE_PEEKSIGINFO_SHARED : 0, 1};
+		uint8_t info[128];
+		long n = ptrace(PTRACE_PEEKSIGINFO, host_tid, &arg, info);
+		if (n < 0)
+			return ferr(err, -errno, "thread %d: PTRACE_PEEKSIGINFO: %m", host_tid);
+		if (n == 0)
+			return 0;
+		if (GROW(p->pending, p->npending) < 0)
+			return ferr(err, -ENOMEM, "out of memory");
+		p->pending[p->npending].tid = shared ? 0 : tid;
+		memcpy(p->pending[p->npending].info, info, sizeof(info));
+		p->npending++;
+	}
+}
+
+int task_capture(struct tracee *main, struct process *p, struct ferry_error *err)
+{
+	uint64_t f[PROCFS_STAT_FIELDS];
+	char path[64];
+	_cleanup_free_ char *buf = NULL;
+	size_t len;
+	uint64_t v;
+	long ret;
+	int r;
+
+	if ((r = read_link(p->host_pid, "exe", &p->exe)) < 0 ||
+	    (r = read_link(p->host_pid, "cwd", &p->cwd)) < 0 ||
+	    (r = read_link(p->host_pid, "root", &p->root)) < 0)
+		return ferr(err, r, "pid %d: reading exe/cwd/root: %s", p->host_pid, strerror(-r));
+	if (strstr(p->exe, " (deleted)"))
+		return ferr(err, -ENOTSUP, "pid %d: executable %s was deleted (unsupported)",
+			    p->host_pid, p->exe);
+	r = task_file_identity(p->exe, &p->exe_id);
+	if (r < 0)
+		return ferr(err, r, "pid %d: executable %s: %s", p->host_pid, p->exe, strerror(-r));
+	snprintf(path, sizeof(path), "/proc/%d/comm", p->host_pid);
+	if (read_file(path, &buf, NULL) == 0) {
+		buf[strcspn(buf, "\n")] = '\0';
+		snprintf(p->comm, sizeof(p->comm), "%s", buf);
+		free(TAKE_PTR(buf));
+	}
+	if (procfs_status_u64(p->host_pid, "Umask", 8, &v) == 0)
+		p->umask = (uint32_t)v;
+	snprintf(path, sizeof(path), "/proc/%d/personality", p->host_pid);
+	if (read_file(path, &buf, NULL) == 0) {
+		p->personality = (uint32_t)strtoul(buf, NULL, 16);
+		free(TAKE_PTR(buf));
+	}
+	for (int i = 0; i < MODEL_NRLIMITS; i++)
+		if (prlimit(p->host_pid, i, NULL, &p->rlim[i]) < 0)
+			return ferr(err, -errno, "pid %d: prlimit(%d): %m", p->host_pid, i);
+	r = procfs_stat(p->host_pid, f);
+	if (r < 0)
+		return ferr(err, r, "pid %d: reading stat: %s", p->host_pid, strerror(-r));
+	p->start_code = f[26];
+	p->end_code = f[27];
+	p->start_stack = f[28];
+	p->start_data = f[45];
+	p->end_data = f[46];
+	p->start_brk = f[47];
+	p->arg_start = f[48];
+	p->arg_end = f[49];
+	p->env_start = f[50];
+	p->env_end = f[51];
+	snprintf(path, sizeof(path), "/proc/%d/auxv", p->host_pid);
+	r = read_file(path, (char **)&p->auxv, &len);
+	if (r < 0)
+		return ferr(err, r, "%s: %s", path, strerror(-r));
+	p->auxv_len = (uint32_t)len;
+	r = inject(main, &ret, SYS_brk, 0, 0, 0, 0, err);
+	if (r < 0)
+		return r;
+	p->brk = (uint64_t)ret;
+	r = capture_signals(main, p, err);
+	if (r < 0)
+		return r;
+	return capture_pending(p, main->tid, 0, true, err);
+}
+
+int task_restore_early(const struct process *p, struct ferry_error *err)
+{
+	for (size_t i = 0; i < p->nsigacts; i++) {
+		const struct sigact *s = &p->sigacts[i];
+		struct kernel_sigaction ka = {s->handler, s->flags, s->restorer, s->mask};
+		if (s->sig == SIGKILL || s->sig == SIGSTOP)
+			continue;
+		if (syscall(SYS_rt_sigaction, s->sig, &ka, NULL, 8) < 0)
+			return ferr(err, -errno, "rt_sigaction(%d): %m", s->sig);
+	}
+	umask(p->umask);
+	if (personality(p->personality) < 0)
+		return ferr(err, -errno, "personality(0x%x): %m", p->personality);
+	if (p->root && strcmp(p->root, "/") != 0 && chroot(p->root) < 0)
+		return ferr(err, -errno, "chroot %s: %m", p->root);
+	if (p->cwd && chdir(p->cwd) < 0)
+		return ferr(err, -errno, "chdir %s: %m", p->cwd);
+	return 0;
+}
+
+int task_restore_mm(struct restorer *rs, const struct process *p, struct ferry_error *err)
+{
+	struct prctl_mm_map map = {
+		.start_code = p->start_code,
+		.end_code = p->end_code,
+		.start_data = p->start_data,
+		.end_data = p->end_data,
+		.start_brk = p->start_brk,
+		.brk = p->brk,
+		.start_stack = p->start_stack,
+		.arg_start = p->arg_start,
+		.arg_end = p->arg_end,
+		.env_start = p->env_start,
+		.env_end = p->env_end,
+		.auxv = (__u64 *)(uintptr_t)(rs->scratch + 512),
+		.auxv_size = p->auxv_len,
+		.exe_fd = (uint32_t)rs->exe_fd,
+	};
+	int r;
+
+	if (p->auxv_len > 3000)
+		return ferr(err, -EPROTO, "auxv of %u bytes is too large", p->auxv_len);
+	r = tracee_poke(rs->pid, rs->scratch, &map, sizeof(map));
+	if (r == 0 && p->auxv_len)
+		r = tracee_poke(rs->pid, rs->scratch + 512, p->auxv, p->auxv_len);
+	if (r < 0)
+		return ferr(err, r, "scratch write: %s", strerror(-r));
+	long ret = rs_sys(rs, "prctl(PR_SET_MM_MAP)", SYS_prctl, PR_SET_MM, PR_SET_MM_MAP, rs->scratch,
+			  sizeof(map), 0, 0, err);
+	return ret < 0 ? (int)ret : 0;
+}
+
+int task_restore_late(struct restorer *rs, const struct process *p, const pid_t *host_tids,
+		      struct ferry_error *err)
+{
+	for (size_t i = 0; i < p->npending; i++) {
+		const struct pending_sig *s = &p->pending[i];
+		int32_t signo;
+		long ret;
+		int r;
+
+		memcpy(&signo, s->info, sizeof(signo));
+		r = tracee_poke(rs->pid, rs->scratch, s->info, sizeof(s->info));
+		if (r < 0)
+			return ferr(err, r, "scratch write: %s", strerror(-r));
+		if (s->tid == 0)
+			ret = rs_sys(rs, "rt_sigqueueinfo", SYS_rt_sigqueueinfo, (uint64_t)p->pid,
+				     (uint64_t)signo, rs->scratch, 0, 0, 0, err);
+		else
+			ret = rs_sys(rs, "rt_tgsigqueueinfo", SYS_rt_tgsigqueueinfo,
+				     (uint64_t)p->pid, (uint64_t)s->tid, (uint64_t)signo,
+				     rs->scratch, 0, 0, err);
+		if (ret < 0)
+			return ferr_prefix(err, "pending signal %d", signo);
+	}
+	(void)host_tids;
+	for (int i = 0; i < MODEL_NRLIMITS; i++)
+		if (prlimit(rs->pid, i, &p->rlim[i], NULL) < 0)
+			return ferr(err, -errno, "prlimit(%d): %m", i);
+	return 0;
+}
+
+int task_capture_thread_pending(struct process *p, pid_t host_tid, int32_t tid,
+				struct ferry_error *err)
+{
+	return capture_pending(p, host_tid, tid, false, err);
+}

@@ -1,0 +1,60 @@
+/* The fd table: one ops table per kind of kernel object, dispatched from here. */
+#pragma once
+
+#include <stdbool.h>
+#include <sys/stat.h>
+
+#include "mem.h"
+#include "model.h"
+
+/* What capture knows of one fd before any kind claims it. */
+struct fd_info {
+	int fd;
+	char link[PATH_MAX]; /* readlink of /proc/PID/fd/N */
+	struct stat st;	     /* stat through that link */
+	uint32_t flags;	     /* fdinfo flags without O_CLOEXEC */
+	uint32_t cloexec;
+	uint64_t pos;
+};
+
+struct fd_capture_ctx {
+	struct component *c;
+	struct process *p;
+	struct image_writer *w;
+	struct mem_stats *st;
+	const char *log_path; /* this component's log in the runtime */
+};
+
+struct fd_restore_ctx {
+	const char *log_path; /* the restoring runtime's log for the component */
+	const int *shmem_fd;  /* fds of shmem objects in the helper */
+};
+
+struct fd_ops {
+	const char *name;
+	uint32_t kind;
+	/* probe: does this kind handle the fd? */
+	bool (*probe)(const struct fd_info *fi, const struct fd_capture_ctx *ctx);
+	int (*capture)(struct fd_capture_ctx *ctx, const struct fd_info *fi, struct fd_entry *e,
+		       struct ferry_error *err);
+	/* restore: runs in the restore helper; returns a new fd for e (placed by the caller) */
+	int (*restore)(const struct fd_entry *e, const struct fd_restore_ctx *ctx,
+		       struct ferry_error *err);
+	/* describe: the fd's meaning in words, for inspect and caps */
+	void (*describe)(const struct fd_entry *e, char *buf, size_t len);
+};
+
+extern const struct fd_ops fd_file_ops, fd_log_ops, fd_memfd_ops, fd_chr_ops;
+
+/* fds_capture - every fd of p; an fd no kind handles fails with "fd N: LINK: unsupported ...". */
+int fds_capture(struct fd_capture_ctx *ctx, struct ferry_error *err);
+
+/* fds_restore - open every fd of p at its number (in the helper); fds >= limit are untouched. */
+int fds_restore(const struct process *p, const struct fd_restore_ctx *ctx,
+		struct ferry_error *err);
+
+/* fds_ops_of - the ops of an fd_entry's kind (NULL if unknown). */
+const struct fd_ops *fds_ops_of(uint32_t kind);
+
+/* fds_flags_str - "O_WRONLY|O_APPEND" style rendering of open flags. */
+void fds_flags_str(uint32_t flags, char *buf, size_t len);

@@ -1,0 +1,192 @@
+/* The model of a captured component: what capture produces, the image stores and restore reads. */
+#pragma once
+
+#include <signal.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/resource.h>
+#include <sys/user.h>
+
+#include "image.h"
+
+/* Size of pages in page runs; the image always uses 4 KiB units. */
+#define MODEL_PAGE 4096UL
+
+/* A run of page data in the pages file: npages pages for addr (or shmem offset) at file off. */
+struct page_run {
+	uint64_t addr;
+	uint64_t npages;
+	uint64_t off;
+	uint64_t csum;
+};
+
+enum vma_kind {
+	VMA_ANON = 1,	      /* private anonymous (heap, stacks, malloc arenas) */
+	VMA_FILE_PRIVATE = 2, /* private file mapping: only pages differing from the file are saved */
+	VMA_FILE_SHARED = 3,  /* shared file mapping: the file holds the data */
+	VMA_SHMEM = 4,	      /* shared anonymous or memfd: data in the shmem object */
+	VMA_VVAR = 5,
+	VMA_VVAR_VCLOCK = 6,
+	VMA_VDSO = 7,
+};
+
+/* Mapping flags beyond protection, from smaps VmFlags. */
+#define VMA_F_SHARED	 (1u << 0) /* MAP_SHARED */
+#define VMA_F_GROWSDOWN	 (1u << 1) /* stack-like, MAP_GROWSDOWN */
+#define VMA_F_HUGEPAGE	 (1u << 2) /* MADV_HUGEPAGE */
+#define VMA_F_NOHUGEPAGE (1u << 3) /* MADV_NOHUGEPAGE */
+#define VMA_F_DONTDUMP	 (1u << 4) /* MADV_DONTDUMP */
+#define VMA_F_DONTFORK	 (1u << 5) /* MADV_DONTFORK */
+#define VMA_F_WIPEONFORK (1u << 6) /* MADV_WIPEONFORK */
+#define VMA_F_LOCKED	 (1u << 7) /* mlock */
+#define VMA_F_HEAP	 (1u << 8) /* [heap] */
+#define VMA_F_STACK	 (1u << 9) /* [stack] */
+
+/* Identity of a file at checkpoint; restore refuses a file that changed. */
+struct file_id {
+	uint64_t dev;
+	uint64_t ino;
+	uint64_t size;
+	int64_t mtime_ns;
+};
+
+struct vma {
+	uint64_t start;
+	uint64_t end;
+	uint64_t pgoff; /* in bytes */
+	uint32_t prot;	/* PROT_* */
+	uint32_t flags; /* VMA_F_* */
+	uint32_t kind;	/* enum vma_kind */
+	int32_t shmem;	/* index into component.shmems for VMA_SHMEM, else -1 */
+	char *path;	/* file path for file mappings, NULL otherwise */
+	struct file_id fid;
+	struct page_run *runs;
+	size_t nruns;
+};
+
+enum shmem_kind {
+	SHMEM_ANON = 1,	 /* MAP_SHARED|MAP_ANONYMOUS */
+	SHMEM_MEMFD = 2, /* memfd_create */
+};
+
+struct shmem {
+	uint32_t kind;
+	uint64_t ino; /* identity at checkpoint (dedup key with dev) */
+	uint64_t dev;
+	uint64_t size;
+	char *name; /* memfd name (without "memfd:"), NULL for anon */
+	struct page_run *runs; /* addr = offset in the object */
+	size_t nruns;
+};
+
+/* One pending signal, the kernel's 128-byte siginfo kept as bytes. */
+struct pending_sig {
+	int32_t tid; /* 0: process-wide queue */
+	uint8_t info[128];
+};
+
+struct sigact {
+	int32_t sig;
+	uint64_t handler;
+	uint64_t flags;
+	uint64_t restorer;
+	uint64_t mask;
+};
+
+#define XSTATE_MAX 16384
+
+struct thread {
+	int32_t tid;	  /* in the component's pid namespace */
+	int32_t host_tid; /* at capture, not stored */
+	char comm[16];
+	struct user_regs_struct regs; /* as captured (syscall restart not applied) */
+	uint8_t *xstate;
+	uint32_t xstate_len;
+	uint64_t sigmask;
+	uint64_t ss_sp;
+	uint64_t ss_size;
+	int32_t ss_flags;
+	uint64_t rseq_ptr;
+	uint32_t rseq_len;
+	uint32_t rseq_sig;
+	uint64_t clear_tid;
+	uint64_t robust_head;
+	uint64_t robust_len;
+};
+
+enum fd_kind {
+	FD_FILE = 1,  /* regular file or directory, reopened by path */
+	FD_CHR = 2,   /* character device, reopened by path (same rdev required) */
+	FD_LOG = 3,   /* the runtime's log of this component */
+	FD_MEMFD = 4, /* a memfd, shared with mappings through the shmem table */
+};
+
+struct fd_entry {
+	int32_t fd;
+	uint32_t kind;	/* enum fd_kind */
+	uint32_t flags; /* F_GETFL */
+	uint32_t cloexec;
+	uint64_t pos;
+	char *path;
+	struct file_id fid;
+	uint64_t rdev;
+	uint32_t mode;	/* st_mode */
+	int32_t shmem;	/* FD_MEMFD: index into component.shmems */
+};
+
+#define MODEL_NRLIMITS 16
+
+struct process {
+	int32_t pid;
+	int32_t host_pid; /* at capture, not stored */
+	char comm[16];
+	char *exe;
+	struct file_id exe_id;
+	char *cwd;
+	char *root;
+	uint32_t umask;
+	uint32_t personality;
+	struct rlimit rlim[MODEL_NRLIMITS];
+	/* mm fields for PR_SET_MM_MAP */
+	uint64_t start_code, end_code, start_data, end_data;
+	uint64_t start_brk, brk, start_stack;
+	uint64_t arg_start, arg_end, env_start, env_end;
+	uint8_t *auxv;
+	uint32_t auxv_len;
+
+	struct thread *threads;
+	size_t nthreads;
+	struct vma *vmas;
+	size_t nvmas;
+	struct fd_entry *fds;
+	size_t nfds;
+	struct sigact *sigacts;
+	size_t nsigacts;
+	struct pending_sig *pending;
+	size_t npending;
+};
+
+struct component {
+	char name[64];
+	int64_t created;
+	uint64_t log_offset; /* log length at checkpoint */
+	uint64_t log_id;     /* identity of the log history */
+	struct process *procs;
+	size_t nprocs;
+	struct shmem *shmems;
+	size_t nshmems;
+};
+
+/* model_free - release everything a component owns (NULL ok); returns NULL. */
+struct component *model_free(struct component *c);
+void process_clear(struct process *p);
+
+/* model_save - write every record of c into the image writer. */
+int model_save(const struct component *c, struct image_writer *w, struct ferry_error *err);
+
+/* model_load - rebuild a component from an opened image. *ret owned by caller (model_free). */
+int model_load(struct image_reader *r, struct component **ret, struct ferry_error *err);
+
+/* Growable-array helper: ensure room for one more element; 0 or -ENOMEM. */
+int grow(void **arr, size_t *n, size_t elem);
+#define GROW(arr, n) grow((void **)&(arr), &(n), sizeof(*(arr)))

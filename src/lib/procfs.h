@@ -1,0 +1,34 @@
+/* Readers of /proc/PID: mappings with their flags, stat fields, status lines. */
+#pragma once
+
+#include <stdint.h>
+#include <sys/types.h>
+
+/* One line of /proc/PID/smaps with its VmFlags. */
+struct proc_map {
+	uint64_t start, end, pgoff;
+	uint32_t dev_major, dev_minor;
+	uint64_t ino;
+	char perms[5];
+	char vmflags[128];
+	char path[4096]; /* "" for anonymous; "[heap]", "[vdso]" etc. for specials */
+};
+
+/* procfs_maps - all mappings of pid from smaps; *ret malloc'd. 0 or -errno. */
+int procfs_maps(pid_t pid, struct proc_map **ret, size_t *ret_n);
+
+/* procfs_stat - fields of /proc/PID/stat, 1-based as in proc(5); fields[0] unused. */
+#define PROCFS_STAT_FIELDS 53
+int procfs_stat(pid_t pid, uint64_t fields[PROCFS_STAT_FIELDS]);
+
+/* procfs_status_u64 - the number after "Key:" in /proc/PID/status (base 10, or 16 with hex). */
+int procfs_status_u64(pid_t pid, const char *key, int base, uint64_t *ret);
+
+/* procfs_tids - thread ids of pid (host view); *ret malloc'd. */
+int procfs_tids(pid_t pid, pid_t **ret, size_t *ret_n);
+
+/* procfs_ns_pid - the pid of host pid as seen in its innermost pid namespace (NSpid). */
+int procfs_ns_tid(pid_t pid, pid_t tid, pid_t *ret);
+
+/* procfs_vmflag - 1 if the two-letter VmFlags code is present. */
+int procfs_vmflag(const struct proc_map *m, const char *code);

@@ -1,0 +1,34 @@
+/* Restore: the helper process that becomes the component, driven from its monitor by ptrace. */
+#pragma once
+
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "model.h"
+#include "tracee.h"
+
+/*
+ * The state of one process being restored. The helper (a clone of the monitor, pid 1 of a new
+ * pid namespace) first prepares in plain C what it can (fds, cwd, signal dispositions) and
+ * opens the files its mappings need at fixed temporary fd numbers; then it blocks and the
+ * monitor seizes it and replaces its memory, threads and registers by injected system calls.
+ */
+struct restorer {
+	pid_t pid;		 /* host pid of the helper */
+	struct tracee main;	 /* its main thread, seized and stopped */
+	uint64_t scratch;	 /* a page in the helper for system call arguments */
+	int temp_lo;		 /* first temporary fd number in the helper */
+	int pages_fd;		 /* the image's page file, in the helper */
+	int exe_fd;		 /* the executable, in the helper */
+	int *vma_fd;		 /* per vma: fd of its file in the helper, or -1 */
+	int *shmem_fd;		 /* per shmem object: fd in the helper, or -1 */
+	uint64_t pages_loaded;
+	uint64_t pages_ns;
+};
+
+/*
+ * rs_sys - run one system call in the helper's main thread; returns its result (>= 0) or
+ * -errno with err naming the call (what) and the reason.
+ */
+long rs_sys(struct restorer *rs, const char *what, long nr, uint64_t a0, uint64_t a1, uint64_t a2,
+	    uint64_t a3, uint64_t a4, uint64_t a5, struct ferry_error *err);

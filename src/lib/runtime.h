@@ -1,0 +1,42 @@
+/* The runtime: component records in the state directory and the monitor that parents each one. */
+#pragma once
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "ferry/ferry.h"
+
+/*
+ * A monitor start function runs inside the freshly forked monitor process and must create
+ * the component as a child of the calling process, returning its host pid. extra (extra_len
+ * bytes) travels back to the caller of monitor_launch with the result.
+ */
+typedef int (*monitor_start_fn)(void *arg, const char *log_path, pid_t *ret_pid, void *extra,
+				struct ferry_error *err);
+
+#define MONITOR_EXTRA_MAX 256
+
+/*
+ * monitor_launch - fork a detached monitor (double fork, own session) for component name;
+ * in it run start, record the component as running and report back; then the monitor waits
+ * for the component and records its exit. Returns once start has succeeded or failed.
+ */
+int monitor_launch(const struct ferry_runtime *rt, const char *name, bool restored,
+		   uint64_t log_id, bool keep_log, monitor_start_fn start, void *arg,
+		   pid_t *ret_pid, void *ret_extra, size_t extra_len, struct ferry_error *err);
+
+/* runtime_paths - the component's directory, log and log-id files. */
+void runtime_dir(const struct ferry_runtime *rt, const char *name, char *buf, size_t len);
+void runtime_log_path(const struct ferry_runtime *rt, const char *name, char *buf, size_t len);
+
+/* runtime_log_id - identity of the log history of name (0 if none). */
+uint64_t runtime_log_id(const struct ferry_runtime *rt, const char *name);
+
+/* runtime_is_live - the record says running and its processes exist. */
+bool runtime_is_live(const struct ferry_component *c);
+
+/* runtime_clone_ns - clone3 like fork, with namespace flags; 0 in the child, -1 on failure. */
+pid_t runtime_clone_ns(uint64_t flags);
+
+/* runtime_ns_setup - in a new pid+mount namespace: private mounts, a /proc of its own. */
+int runtime_ns_setup(struct ferry_error *err);

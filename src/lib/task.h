@@ -1,0 +1,30 @@
+/* Process-wide state: exe, cwd, umask, rlimits, mm fields, signal dispositions, pending signals. */
+#pragma once
+
+#include "model.h"
+#include "restore.h"
+#include "tracee.h"
+
+/* task_capture - fill p (host_pid set, all threads seized; main is the seized main thread). */
+int task_capture(struct tracee *main, struct process *p, struct ferry_error *err);
+
+/* task_restore_early - in the helper itself, before it is seized: dispositions, umask, cwd. */
+int task_restore_early(const struct process *p, struct ferry_error *err);
+
+/* task_restore_mm - injected PR_SET_MM_MAP (code/data/brk/stack/args/env bounds, auxv, exe). */
+int task_restore_mm(struct restorer *rs, const struct process *p, struct ferry_error *err);
+
+/* task_restore_late - pending signals (injected) and rlimits (prlimit), just before resuming. */
+int task_restore_late(struct restorer *rs, const struct process *p, const pid_t *host_tids,
+		      struct ferry_error *err);
+
+/* task_file_identity - stat path into id; 0 or -errno. */
+int task_file_identity(const char *path, struct file_id *id);
+
+/* task_check_file - -ESTALE with a message if path no longer matches id. */
+int task_check_file(const char *what, const char *path, const struct file_id *id,
+		    struct ferry_error *err);
+
+/* task_capture_thread_pending - signals pending for one thread (not the process queue). */
+int task_capture_thread_pending(struct process *p, pid_t host_tid, int32_t tid,
+				struct ferry_error *err);

@@ -1,0 +1,64 @@
+/* Ptrace mechanics: seizing threads, injecting system calls, putting registers back. */
+#pragma once
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
+#include <sys/user.h>
+
+#include "ferry/ferry.h"
+
+/* A thread under our control. */
+struct tracee {
+	pid_t tid;
+	bool seized;
+	bool stopped;
+	struct user_regs_struct regs; /* as found at the stop (what resume puts back) */
+	uint64_t syscall_ip;	      /* address of a `syscall` instruction in its address space */
+	bool clobbered;		      /* registers changed by injection: put back on detach */
+};
+
+/* tracee_seize - PTRACE_SEIZE tid with opts (PTRACE_O_*), then interrupt it and wait for the stop. */
+int tracee_seize_stop(struct tracee *t, pid_t tid, unsigned long opts, struct ferry_error *err);
+
+/* tracee_wait_stop - wait for the next ptrace stop of tid; *ret_status is waitpid's status. */
+int tracee_wait(pid_t tid, int *ret_status, struct ferry_error *err);
+
+/*
+ * tracee_syscall - run one system call nr(a0..a5) in thread t, which must be stopped and have
+ * syscall_ip set. The thread's registers are changed; callers put t->regs back with
+ * tracee_setregs when done. *ret gets the raw return value (-errno on failure).
+ * Handles PTRACE_EVENT_CLONE stops on the way (new tids in *ret_new_tid when not NULL).
+ */
+int tracee_syscall(struct tracee *t, long *ret, pid_t *ret_new_tid, long nr, uint64_t a0,
+		   uint64_t a1, uint64_t a2, uint64_t a3, uint64_t a4, uint64_t a5,
+		   struct ferry_error *err);
+
+/* tracee_setregs / tracee_getregs - PTRACE_SETREGS / GETREGS with context in err. */
+int tracee_setregs(pid_t tid, const struct user_regs_struct *regs, struct ferry_error *err);
+int tracee_getregs(pid_t tid, struct user_regs_struct *regs, struct ferry_error *err);
+
+/* tracee_detach - PTRACE_DETACH (resumes the thread). */
+int tracee_detach(struct tracee *t, struct ferry_error *err);
+
+/* tracee_find_syscall_insn - address of a `syscall` instruction in the vdso of pid (0 if none). */
+int tracee_find_syscall_insn(pid_t pid, uint64_t vdso_start, uint64_t vdso_end, uint64_t *ret);
+
+/* tracee_poke / tracee_peek - copy to / from another process's memory (process_vm_*v). */
+int tracee_poke(pid_t pid, uint64_t addr, const void *buf, size_t len);
+int tracee_peek(pid_t pid, uint64_t addr, void *buf, size_t len);
+
+/*
+ * regs_for_resume - the registers a thread must get so that a system call it was interrupted
+ * in is restarted correctly when it resumes outside the kernel's restart logic.
+ * restored: the thread is being restored (the kernel's restart block is lost), so a
+ * -ERESTART_RESTARTBLOCK call is restarted as the original call with its remaining time
+ * where that is known (nanosleep), else made to return -EINTR.
+ */
+void regs_for_resume(struct user_regs_struct *r, bool restored);
+
+/* Kernel-internal restart codes, visible to ptrace in rax. */
+#define ERESTARTSYS	      512
+#define ERESTARTNOINTR	      513
+#define ERESTARTNOHAND	      514
+#define ERESTART_RESTARTBLOCK 516
