@@ -105,6 +105,11 @@ def ratio(a, b):
     return f"{a / b:.2f}x" if a is not None and b else "-"
 
 
+def ratio_cell(med, floor_med, minimum, floor_min):
+    """Ratio of the medians, with the ratio of the minimums (the steadier one when busy)."""
+    return f"{ratio(med, floor_med)} ({ratio(minimum, floor_min)})"
+
+
 def floor_cell(s, key):
     if s.fl(key + "_ms") is None:
         return "-"
@@ -124,9 +129,9 @@ def main_rows(sizes):
             row += [
                 ms_cell(s.ckpt_stat("freeze_ms"), s.ckpt_stat("freeze_ms", min)),
                 ms_cell(ck, s.ckpt_stat("total_ms", min)),
-                ratio(ck, s.fl("save_ms")),
+                ratio_cell(ck, s.fl("save_ms"), s.ckpt_stat("total_ms", min), s.fl("save_min_ms")),
                 ms_cell(rs, s.rest_stat("total_ms", min)),
-                ratio(rs, s.fl("load_ms")),
+                ratio_cell(rs, s.fl("load_ms"), s.rest_stat("total_ms", min), s.fl("load_min_ms")),
                 f"{s.ckpt_stat('bytes_written') / MIB:.1f}",
             ]
         row += [floor_cell(s, "save"), floor_cell(s, "load")]
@@ -197,7 +202,7 @@ def verdicts(sizes):
             continue
         val = s.ckpt_stat(key) if what == "checkpoint" else s.rest_stat(key)
         r = val / s.fl(floor)
-        out.append(head + f"{'met' if r <= target else 'not met'} ({r:.2f}x: "
+        out.append(head + f"{'met' if r <= target else 'not met'} ({r:.2f}x: median "
                    f"{val:.1f} ms against {s.fl(floor):.1f} ms)")
     return out
 
@@ -249,7 +254,7 @@ Reproduce (as root): `make bench`, or `./bench/run.sh BUILD_DIR`. `SIZES` and `R
 environment change the sizes (MiB) and the number of rounds."""
 
 
-def markdown(sizes, rounds, floors_only):
+def markdown(sizes, rounds, floors_only, loadavg):
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     md = [
         "# Performance",
@@ -259,6 +264,7 @@ def markdown(sizes, rounds, floors_only):
         f"- Date: {now}",
         f"- Machine: {machine()}",
         f"- Rounds: {rounds} after a warm-up; median (minimum) in every time cell",
+        f"- Load average (1, 5, 15 min) at start and end of the run: {loadavg}",
         "",
         "## Method",
         "",
@@ -268,7 +274,9 @@ def markdown(sizes, rounds, floors_only):
         "",
         md_table(MAIN_HEAD, main_rows(sizes)),
         "",
-        "Ratios divide the medians: checkpoint by the save floor, restore by the load floor.",
+        "Checkpoint is divided by the save floor, restore by the load floor: the ratio of the",
+        "medians, and in parentheses the ratio of the minimums, which other load on the machine",
+        "disturbs less.",
         "At small sizes fixed costs (ptrace, namespaces, process creation) weigh more than",
         "memory, so the 1 GiB row is the one the targets are judged on.",
     ]
@@ -306,6 +314,7 @@ def main():
     ap.add_argument("--out", required=True)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--floors-only", action="store_true")
+    ap.add_argument("--loadavg-start", default="?", help="/proc/loadavg when the run began")
     ap.add_argument("sizes", nargs="+", type=int)
     a = ap.parse_args()
 
@@ -321,7 +330,9 @@ def main():
     print("\n".join(verdicts(sizes)))
 
     with open(a.out, "w") as f:
-        f.write(markdown(sizes, a.rounds, a.floors_only))
+        end = " ".join((read_text("/proc/loadavg") or "? ? ?").split()[:3])
+        start = " ".join(a.loadavg_start.split()[:3])
+        f.write(markdown(sizes, a.rounds, a.floors_only, f"{start} / {end}"))
     print(f"\nwrote {a.out}")
     failed = [s for s in sizes if s.error or (s.verify and not s.verify.startswith("PASS"))]
     return 1 if failed else 0

@@ -51,6 +51,10 @@ IMGROOT=$(mktemp -d /dev/shm/ferry-bench-img.XXXXXX)
 RES=$WORK/results
 mkdir "$RES"
 export FERRY_STATE_DIR=$WORK/state
+LOADAVG_START=$(cat /proc/loadavg)
+if awk -v n="$(nproc)" '{ exit !($1 > n / 2) }' /proc/loadavg; then
+	echo "bench: load average ${LOADAVG_START%% *} on $(nproc) CPUs: other work will disturb the figures" >&2
+fi
 
 # Every component this script started is ended through ferry, never with a raw signal.
 STARTED=""
@@ -137,7 +141,7 @@ for size in $SIZES; do
 	[ "$FLOORS_ONLY" = 1 ] || bench_ferry "$size"
 done
 
-args=(--results "$RES" --out "$OUT" --rounds "$ROUNDS")
+args=(--results "$RES" --out "$OUT" --rounds "$ROUNDS" --loadavg-start "$LOADAVG_START")
 [ "$FLOORS_ONLY" = 1 ] && args+=(--floors-only)
 echo
 # shellcheck disable=SC2086 # SIZES is a list of words

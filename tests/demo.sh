@@ -24,8 +24,10 @@ cleanup() {
 }
 trap cleanup EXIT
 
+BOLD='' PLAIN=''
+if [ -t 1 ]; then BOLD=$'\033[1m' PLAIN=$'\033[0m'; fi
 step() {
-	printf '\n\033[1m==== %s\033[0m\n' "$1"
+	printf '\n%s==== %s%s\n' "$BOLD" "$1" "$PLAIN"
 	shift
 	for line in "$@"; do echo "     $line"; done
 }

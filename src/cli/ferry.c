@@ -361,16 +361,16 @@ static void describe_print(struct json_object *o, const char *what)
 	char sz[16], when[32];
 	int64_t v;
 
-	printf("%s: component %s", what, jstr(o, "name", "?"));
+	printf("%s: component %s\n ", what, jstr(o, "name", "?"));
 	if ((v = jint(o, "format_version", -1)) >= 0)
-		printf(", format %" PRId64, v);
+		printf(" format %" PRId64 ",", v);
 	if ((v = jint(o, "generation", -1)) >= 0)
-		printf(", generation %" PRId64, v);
+		printf(" generation %" PRId64 ",", v);
 	if ((v = jint(o, "created", -1)) >= 0)
-		printf(", created %s", time_str(v, when));
+		printf(" created %s,", time_str(v, when));
 	if ((v = jint(o, "image_bytes", -1)) >= 0)
-		printf(", image %s", size_str((uint64_t)v, sz));
-	printf(", %zu process%s\n", n, n == 1 ? "" : "es");
+		printf(" image %s,", size_str((uint64_t)v, sz));
+	printf(" %zu process%s\n", n, n == 1 ? "" : "es");
 
 	for (size_t i = 0; i < n; i++) {
 		struct json_object *p = json_object_array_get_idx(procs, i);

@@ -4,6 +4,7 @@
 #include <string.h>
 #include <sys/ptrace.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <time.h>
 
 #include "checkpoint.h"
@@ -140,6 +141,23 @@ static int capture_frozen(struct frozen *fz, struct component *c, struct process
 	return 0;
 }
 
+/* As the tracer of a killed component we see its threads die first, and only then can its
+ * monitor reap it. The leader's exit is reported after every other thread's: wait it last. */
+static void reap_killed(struct frozen *fz, pid_t leader)
+{
+	for (int pass = 0; pass < 2; pass++)
+		for (size_t i = 0; i < fz->n; i++) {
+			struct tracee *t = &fz->t[i];
+			int status;
+			if (!t->seized || (t->tid == leader) != (pass == 1))
+				continue;
+			while (waitpid(t->tid, &status, __WALL) == t->tid && !WIFEXITED(status) &&
+			       !WIFSIGNALED(status))
+				(void)ptrace(PTRACE_CONT, t->tid, NULL, NULL);
+			t->seized = false;
+		}
+}
+
 int checkpoint_capture(pid_t pid, const char *log_path, struct image_writer *w,
 		       struct frozen *fz, struct component **ret, struct mem_stats *st,
 		       struct ferry_error *err)
@@ -215,6 +233,8 @@ int ferry_checkpoint(const struct ferry_runtime *rt, const char *name, const cha
 	if (flags & FERRY_CKPT_STOP) {
 		s.freeze_ns = now_ns() - tf;
 		r = safe_kill(rec.pid, SIGKILL);
+		/* as its tracer we see its threads die first; only then can its monitor reap it */
+		reap_killed(&fz, rec.pid);
 		checkpoint_thaw(&fz);
 		if (r == 0)
 			r = ferry_kill(rt, name, err);

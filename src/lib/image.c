@@ -408,18 +408,15 @@ static int writer_open(const char *dir, struct image_writer *w, struct ferry_err
 	w->lock_fd = openat(w->dirfd, ".lock", O_RDWR | O_CREAT | O_CLOEXEC, 0600);
 	if (w->lock_fd < 0)
 		return ferr(err, -errno, ".lock: %m");
-	/* flock, not fcntl locks: owned by the open file, so two writers in one process conflict.
-	 */
+	/* flock, not fcntl: owned by the open file, so two writers in one process conflict. */
 	if (flock(w->lock_fd, LOCK_EX | LOCK_NB) < 0) {
 		if (errno == EWOULDBLOCK)
-			return ferr(err, -EBUSY,
-			            "another checkpoint is writing this image (%s/.lock "
-			            "is held)",
-			            dir);
+			return ferr(
+			        err, -EBUSY,
+			        "busy: another checkpoint is writing this image (.lock is held)");
 		return ferr(err, -errno, ".lock: %m");
 	}
-	/* Past every generation named or left behind, so leftovers are never reused or clobbered.
-	 */
+	/* Past every generation named or left behind: leftovers are never reused or clobbered. */
 	w->gen = scan_dir(w, 0, 0);
 	if (manifest_read(w->dirfd, &m, NULL) == 0)
 		w->gen = MAX(w->gen, m.gen);
@@ -687,43 +684,39 @@ static int verify_state(struct image_reader *r, const struct manifest *m, struct
 	if (get_le(p + 12, 8) != m->gen)
 		return ferr(err, -EPROTO, "%s: generation %" PRIu64 ", MANIFEST says %" PRIu64,
 		            name, get_le(p + 12, 8), m->gen);
-	for (uint32_t i = 0;; i++) {
+	for (unsigned i = 0;; i++) {
 		const uint8_t *f = p + off;
 		uint16_t kind;
 		uint32_t plen;
 
 		if (off == len)
 			return ferr(err, -EPROTO,
-			            "%s: no IMG_END record after %" PRIu32
-			            " records (state file truncated)",
-			            name, i);
+			            "%s: no IMG_END record after %u records (truncated)", name, i);
 		if (len - off < FRAME_LEN)
 			return ferr(err, -EPROTO,
-			            "%s: record %" PRIu32 " at offset %zu: frame header "
-			            "truncated (%zu bytes left)",
-			            name, i, off, len - off);
+			            "%s: record %u at offset %zu: frame header truncated", name, i,
+			            off);
 		kind = (uint16_t)get_le(f + 4, 2);
 		plen = (uint32_t)get_le(f + 8, 4);
 		if (get_le(f, 4) != FRAME_MAGIC || kind == 0)
 			return ferr(err, -EPROTO,
-			            "%s: record %" PRIu32 " at offset %zu: bad frame "
-			            "header (magic %08" PRIx64 ", kind %u)",
-			            name, i, off, get_le(f, 4), kind);
+			            "%s: record %u at offset %zu: bad frame header (kind %u)", name,
+			            i, off, kind);
 		if (plen > len - off - FRAME_LEN)
-			return ferr(err, -EPROTO,
-			            "%s: record %" PRIu32 " (kind %u) at offset %zu: "
-			            "payload of %" PRIu32 " bytes runs past the end of the file",
-			            name, i, kind, off, plen);
+			return ferr(
+			        err, -EPROTO,
+			        "%s: record %u (kind %u) at offset %zu: %u bytes of payload run "
+			        "past the end of the file",
+			        name, i, kind, off, plen);
 		if (image_checksum(f + FRAME_LEN, plen) != get_le(f + 12, 8))
-			return ferr(err, -EPROTO,
-			            "%s: record %" PRIu32 " (kind %u) at offset %zu: "
-			            "payload checksum mismatch",
-			            name, i, kind, off);
+			return ferr(
+			        err, -EPROTO,
+			        "%s: record %u (kind %u) at offset %zu: payload checksum mismatch",
+			        name, i, kind, off);
 		off += FRAME_LEN + plen;
 		if (kind == IMG_END) {
 			if (off != len)
-				return ferr(err, -EPROTO,
-				            "%s: %zu bytes after IMG_END (record %" PRIu32 ")",
+				return ferr(err, -EPROTO, "%s: %zu bytes after IMG_END (record %u)",
 				            name, len - off, i);
 			break;
 		}

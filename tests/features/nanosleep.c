@@ -4,6 +4,7 @@
 #define SLEEP_S 3
 
 struct sleeper {
+	const char *dir;
 	double start, end, deadline;
 	int ret, err, retries, done;
 };
@@ -23,6 +24,7 @@ static void *rel_sleeper(void *arg)
 	s->err = s->ret < 0 ? errno : 0;
 	s->end = feature_now(CLOCK_MONOTONIC);
 	__atomic_store_n(&s->done, 2, __ATOMIC_RELEASE);
+	feature_wait_go(s->dir); /* stay alive: the thread count must not change before go */
 	return NULL;
 }
 
@@ -42,6 +44,7 @@ static void *abs_sleeper(void *arg)
 	s->err = s->ret;
 	s->end = feature_now(CLOCK_MONOTONIC);
 	__atomic_store_n(&s->done, 2, __ATOMIC_RELEASE);
+	feature_wait_go(s->dir);
 	return NULL;
 }
 
@@ -62,7 +65,7 @@ static void check(const char *what, pthread_t th, struct sleeper *s)
 int main(int argc, char **argv)
 {
 	const char *dir = feature_dir(argc, argv);
-	struct sleeper rel = {0}, abst = {0};
+	struct sleeper rel = {.dir = dir}, abst = {.dir = dir};
 	pthread_t trel, tabs;
 
 	if (pthread_create(&trel, NULL, rel_sleeper, &rel) != 0 ||

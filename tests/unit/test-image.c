@@ -702,7 +702,7 @@ static const struct fault {
         {"wrong version in the state file", m_state_version,
          "state-1.img: format version 2, this ferry reads version 1"},
         {"missing IMG_END", m_no_end, "state-1.img: no IMG_END record"},
-        {"record cut short", m_cut_record, "runs past the end of the file"},
+        {"record cut short", m_cut_record, "run past the end of the file"},
         {"missing MANIFEST", m_no_manifest, "no MANIFEST"},
         {"empty MANIFEST", m_empty_manifest, "MANIFEST: truncated"},
         {"missing pages file", m_no_pages, "pages-1.img: missing"},
@@ -733,6 +733,19 @@ static int test_fault(const char *base, const struct fault *f, char *why)
 	return 1;
 }
 
+static int count_fds(void)
+{
+	DIR *d = opendir("/proc/self/fd");
+	int n = 0;
+
+	if (!d)
+		return -1;
+	while (readdir(d))
+		n++;
+	closedir(d);
+	return n;
+}
+
 static int test_no_dir(const char *base, char *why)
 {
 	char dir[PATH_MAX];
@@ -749,6 +762,7 @@ int main(void)
 {
 	char base[] = "/tmp/ferry-test-image-XXXXXX", why[WHY_MAX], name[128];
 	struct tally t = {0};
+	int fds = count_fds();
 
 	if (!mkdtemp(base)) {
 		perror("mkdtemp");
@@ -767,6 +781,8 @@ int main(void)
 		RUN(name, test_fault(base, &faults[i], why));
 	}
 	rm_rf(base);
+	snprintf(why, sizeof(why), "%d open fds at the start, %d at the end", fds, count_fds());
+	report(&t, "no fd leaks", fds == count_fds(), why);
 	printf("%d passed, %d failed\n", t.passed, t.failed);
 	return t.failed ? 1 : 0;
 }

@@ -1,0 +1,612 @@
+#!/usr/bin/env python3
+"""ferry's test harness: unit tests, then feature programs, foreign programs and refusals
+checkpointed and restored through the ferry CLI of every --build directory.
+
+Prints `PASS name` or `FAIL name: reason` per test and ends with `N passed, N failed`.
+Exit status 1 if any test failed.
+"""
+
+import argparse
+import difflib
+import glob
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+TEST_TIMEOUT = 30  # seconds per test
+FOREIGN_TIMEOUT = 60  # foreign programs run twice (reference and checkpointed)
+POLL = 0.05
+
+# Feature programs that change files in their scratch directory: a checkpoint that lets them
+# run on would let them write past the image, so their "restore" variant stops them.
+WRITES_FILES = {"append_file"}
+# Feature programs used by the refusal tests only.
+REFUSAL_ONLY = {"unsupported_fd"}
+# /proc/PID/status fields that must be equal before checkpoint and after restore.
+STATUS_FIELDS = ("Threads", "SigBlk", "SigIgn", "SigCgt", "ShdPnd", "Umask")
+
+VERBOSE = False
+
+
+def safe_kill(pid, sig):
+    """The only way this harness sends a signal: never to pid <= 0 (kill(-1) ends the machine)."""
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+        raise ValueError(f"safe_kill: refusing to signal pid {pid!r}")
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def say(msg):
+    if VERBOSE:
+        print(f"  .. {msg}", flush=True)
+
+
+class Fail(Exception):
+    """A test failure: a one-line reason and optional detail lines."""
+
+    def __init__(self, reason, details=""):
+        super().__init__(reason)
+        self.reason = reason
+        self.details = details
+
+
+def tail(text, n=12):
+    lines = text.rstrip("\n").split("\n") if text.strip() else []
+    return "\n".join(lines[-n:])
+
+
+def run_cmd(argv, env=None, cwd=None, timeout=20):
+    """Run argv to completion with output in files (a detached monitor may inherit them, so
+    pipes could stay open forever). Returns (rc, stdout, stderr); rc None on timeout."""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=env,
+                             cwd=cwd)
+        try:
+            rc = p.wait(timeout=max(timeout, 0.5))
+        except subprocess.TimeoutExpired:
+            safe_kill(p.pid, signal.SIGKILL)
+            p.wait()
+            rc = None
+        out.seek(0)
+        err.seek(0)
+        return rc, out.read(), err.read()
+
+
+# ---------------------------------------------------------------------------------------------
+# /proc snapshots
+
+
+def _read(path):
+    with open(path, errors="replace") as f:
+        return f.read()
+
+
+def proc_snapshot(pid):
+    """What must not change across checkpoint/restore: memory map, fds, signal state, threads."""
+    base = f"/proc/{pid}"
+    snap = {}
+    try:
+        maps = []
+        for line in _read(f"{base}/maps").splitlines():
+            parts = line.split(None, 5)
+            path = parts[5].strip() if len(parts) > 5 else ""
+            maps.append(f"{parts[0]} {parts[1]} {parts[2]} {path}")  # addr perms offset path
+        snap["maps"] = maps
+        fds = []
+        for fd in sorted(os.listdir(f"{base}/fd"), key=int):
+            target = re.sub(r"^(socket|pipe):\[\d+\]$", r"\1:[*]", os.readlink(f"{base}/fd/{fd}"))
+            flags = re.search(r"^flags:\s*(\S+)", _read(f"{base}/fdinfo/{fd}"), re.M)
+            fds.append(f"{fd} -> {target} flags {flags.group(1) if flags else '?'}")
+        snap["fds"] = fds
+        status = dict(re.findall(r"^(\w+):\s*(.*)$", _read(f"{base}/status"), re.M))
+        snap["status"] = [f"{k}: {status.get(k)}" for k in STATUS_FIELDS]
+        snap["links"] = [f"exe -> {os.readlink(base + '/exe')}",
+                         f"cwd -> {os.readlink(base + '/cwd')}"]
+        tasks = []
+        for t in os.listdir(f"{base}/task"):
+            st = dict(re.findall(r"^(\w+):\s*(.*)$", _read(f"{base}/task/{t}/status"), re.M))
+            nstid = st.get("NSpid", "?").split()[-1]
+            tasks.append((int(nstid) if nstid.isdigit() else -1, st.get("SigBlk")))
+        snap["threads"] = [f"tid {t} SigBlk {b}" for t, b in sorted(tasks)]
+    except (OSError, ValueError, IndexError) as e:
+        raise Fail(f"cannot read /proc/{pid}: {e}")
+    return snap
+
+
+def compare_snapshots(before, after, when):
+    diffs = []
+    for key in before:
+        if before[key] != after.get(key):
+            d = list(difflib.unified_diff(before[key], after.get(key, []), "before", when,
+                                          lineterm="", n=0))
+            diffs.append(f"[{key}]\n" + "\n".join(d[2:22]))
+    if diffs:
+        raise Fail(f"/proc differs {when} ({', '.join(k for k in before if before[k] != after.get(k))})",
+                   "\n".join(diffs))
+
+
+def stray_processes(marker):
+    """Processes (other than us) whose command line or cwd names marker."""
+    found = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit() or int(d) == os.getpid():
+            continue
+        try:
+            cmd = _read(f"/proc/{d}/cmdline").replace("\0", " ").strip()
+            cwd = os.readlink(f"/proc/{d}/cwd")
+        except OSError:
+            continue
+        if cmd and (marker in cmd or cwd == marker or cwd.startswith(marker + "/")):
+            found.append((int(d), cmd))
+    return found
+
+
+# ---------------------------------------------------------------------------------------------
+# One test's world: a state dir, a scratch dir, the components it started.
+
+
+class Ctx:
+    def __init__(self, tmp, ferry, features, timeout):
+        self.root = tempfile.mkdtemp(prefix="t-", dir=tmp)
+        self.state = os.path.join(self.root, "state")
+        self.scratch = os.path.join(self.root, "scratch")
+        os.makedirs(self.scratch)
+        self.ferry_bin = ferry
+        self.features = features
+        self.env = dict(os.environ, FERRY_STATE_DIR=self.state)
+        self.names = []
+        self.deadline = time.monotonic() + timeout
+        self.last_cmd = ""
+        self.last_err = ""
+
+    def left(self):
+        return self.deadline - time.monotonic()
+
+    def ferry(self, *args, ok=True, cwd=None):
+        """Run `ferry ARGS`; with ok, a non-zero exit is a failure. Returns (rc, out, err)."""
+        if self.left() <= 0:
+            raise Fail(f"test timed out before `ferry {' '.join(args)}`")
+        say("ferry " + " ".join(args))
+        rc, out, err = run_cmd([self.ferry_bin, *args], env=self.env, cwd=cwd or self.scratch,
+                               timeout=min(20, self.left()))
+        self.last_cmd, self.last_err = "ferry " + " ".join(args), err
+        if rc is None:
+            raise Fail(f"`ferry {' '.join(args)}` did not finish in time")
+        if ok and rc != 0:
+            raise Fail(f"`ferry {' '.join(args)}` exited {rc}: {tail(err, 1)}")
+        return rc, out, err
+
+    def start(self, name, argv, cwd=None):
+        self.names.append(name)
+        self.ferry("run", "--name", name, "--", *argv, cwd=cwd)
+
+    def feature(self, prog):
+        return [os.path.join(self.features, f"feature-{prog}"), self.scratch]
+
+    def ps(self):
+        _, out, _ = self.ferry("ps", "--json")
+        try:
+            return json.loads(out)
+        except ValueError as e:
+            raise Fail(f"`ferry ps --json` is not JSON ({e}): {out[:200]!r}")
+
+    def component(self, name):
+        return next((c for c in self.ps() if c.get("name") == name), None)
+
+    def pid(self, name):
+        c = self.component(name)
+        if (not c or c.get("state") == "exited" or not isinstance(c.get("pid"), int)
+                or c["pid"] <= 0):
+            raise Fail(f"no running component {name} in `ferry ps`: {c}")
+        return c["pid"]
+
+    def log(self, name):
+        return self.ferry("logs", name)[1]
+
+    def wait_for(self, what, probe, limit=None):
+        """Poll probe() until it returns something true; fail after the test's time or limit."""
+        end = self.deadline if limit is None else min(self.deadline, time.monotonic() + limit)
+        while True:
+            r = probe()
+            if r:
+                return r
+            if time.monotonic() > end:
+                raise Fail(f"timed out waiting for {what}")
+            time.sleep(POLL)
+
+    def wait_line(self, name, pattern):
+        rx = re.compile(pattern, re.M)
+
+        def probe():
+            log = self.log(name)
+            return log if rx.search(log) else None
+        return self.wait_for(f"{pattern!r} in the log of {name}", probe)
+
+    def wait_exited(self, name):
+        def probe():
+            c = self.component(name)
+            if c is None:
+                raise Fail(f"component {name} vanished from `ferry ps`")
+            return c if c.get("state") == "exited" else None
+        return self.wait_for(f"{name} to exit", probe)
+
+    def go(self):
+        open(os.path.join(self.scratch, "go"), "w").close()
+
+    def details(self):
+        parts = []
+        for n in self.names:
+            try:
+                rc, out, _ = run_cmd([self.ferry_bin, "logs", n], env=self.env, timeout=5)
+                if rc == 0:
+                    parts.append(f"log of {n}:\n{tail(out, 8)}")
+            except OSError:
+                pass
+        if self.last_err.strip():
+            parts.append(f"stderr of `{self.last_cmd}`:\n{tail(self.last_err, 8)}")
+        return "\n".join(parts)
+
+    def cleanup(self):
+        """ferry kill every component; then end (by pid) anything still naming our dirs."""
+        problems = []
+        for n in dict.fromkeys(self.names):
+            rc, _, err = run_cmd([self.ferry_bin, "kill", n], env=self.env, timeout=15)
+            if rc not in (0, None) and "no such" not in err.lower() and "not found" not in err.lower():
+                say(f"ferry kill {n}: {tail(err, 1)}")
+        end = time.monotonic() + 3
+        strays = stray_processes(self.root)
+        while strays and time.monotonic() < end:
+            time.sleep(0.1)
+            strays = stray_processes(self.root)
+        for pid, cmd in strays:
+            problems.append(f"left running after ferry kill: pid {pid}: {cmd[:120]}")
+            safe_kill(pid, signal.SIGKILL)
+        shutil.rmtree(self.root, ignore_errors=True)
+        return problems
+
+
+# ---------------------------------------------------------------------------------------------
+# Feature programs
+
+
+def expect_log(ctx, name, want):
+    log = ctx.wait_line(name, r"^(PASS|FAIL.*)$")
+    if log != want:
+        fail = re.search(r"^FAIL.*$", log, re.M)
+        raise Fail(fail.group(0) if fail else f"log is {log!r}, expected {want!r}")
+    c = ctx.wait_exited(name)
+    if c.get("exit_status") != 0:
+        raise Fail(f"{name} exited with status {c.get('exit_status')}")
+
+
+def snapshot_dir(src, dst):
+    shutil.rmtree(dst, ignore_errors=True)
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("go"))
+
+
+def restore_dir(src, dst):
+    shutil.rmtree(dst)
+    shutil.copytree(src, dst)
+
+
+def feature_restore(ctx, prog):
+    """run -> READY -> checkpoint -> kill -> restore -> go -> PASS; /proc equal across."""
+    img = os.path.join(ctx.root, "img")
+    ctx.start("c", ctx.feature(prog))
+    ctx.wait_line("c", "^READY$")
+    before = proc_snapshot(ctx.pid("c"))
+    ctx.ferry("checkpoint", "c", "--dir", img, *(["--stop"] if prog in WRITES_FILES else []))
+    ctx.ferry("kill", "c")
+    ctx.ferry("restore", "--dir", img, "--name", "c")
+    compare_snapshots(before, proc_snapshot(ctx.pid("c")), "after restore")
+    ctx.go()
+    expect_log(ctx, "c", "READY\nPASS\n")
+
+
+def feature_twice(ctx, prog):
+    """checkpoint --stop -> restore -> kill -> restore again from the same image -> PASS."""
+    img = os.path.join(ctx.root, "img")
+    saved = os.path.join(ctx.root, "scratch-at-checkpoint")
+    ctx.start("c", ctx.feature(prog))
+    ctx.wait_line("c", "^READY$")
+    before = proc_snapshot(ctx.pid("c"))
+    ctx.ferry("checkpoint", "c", "--dir", img, "--stop")
+    c = ctx.component("c")
+    if c and c.get("state") != "exited":
+        raise Fail(f"after checkpoint --stop the component is {c.get('state')}")
+    snapshot_dir(ctx.scratch, saved)  # files as they were at the checkpoint
+    ctx.ferry("restore", "--dir", img)
+    compare_snapshots(before, proc_snapshot(ctx.pid("c")), "after first restore")
+    ctx.ferry("kill", "c")
+    restore_dir(saved, ctx.scratch)
+    ctx.ferry("restore", "--dir", img)
+    compare_snapshots(before, proc_snapshot(ctx.pid("c")), "after second restore")
+    ctx.go()
+    expect_log(ctx, "c", "READY\nPASS\n")
+
+
+def feature_live(ctx, prog):
+    """checkpoint without --stop leaves the program as it was: /proc equal, PASS after go."""
+    img = os.path.join(ctx.root, "img")
+    ctx.start("c", ctx.feature(prog))
+    ctx.wait_line("c", "^READY$")
+    pid = ctx.pid("c")
+    before = proc_snapshot(pid)
+    ctx.ferry("checkpoint", "c", "--dir", img)
+    if ctx.pid("c") != pid:
+        raise Fail(f"pid changed from {pid} to {ctx.pid('c')} by a checkpoint")
+    compare_snapshots(before, proc_snapshot(pid), "after checkpoint")
+    ctx.go()
+    expect_log(ctx, "c", "READY\nPASS\n")
+
+
+# ---------------------------------------------------------------------------------------------
+# Programs nobody here wrote: run once uninterrupted, once checkpointed mid-way; same output.
+
+
+def sqlite_script(path, steps=40, rows=20000):
+    lines = ["CREATE TABLE t(step INTEGER, x INTEGER, y INTEGER);", "CREATE INDEX t_y ON t(y);"]
+    for s in range(1, steps + 1):
+        lines.append(f"BEGIN; INSERT INTO t SELECT {s}, x, (x * x * {s} + 7) % 1000003 FROM "
+                     f"(WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c "
+                     f"WHERE x < {rows}) SELECT x FROM c); COMMIT;")
+        lines.append(f"SELECT 'step', {s}, count(*), sum(y) FROM t;")
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+def db_summary(ctx, sqlite, db):
+    rc, out, err = run_cmd([sqlite, db, "PRAGMA integrity_check; SELECT count(*), sum(y), "
+                            "sum(x * step) FROM t;"], timeout=max(ctx.left(), 1))
+    if rc != 0:
+        raise Fail(f"reading {db}: {tail(err, 1)}")
+    return out
+
+
+def foreign_test(ctx, argv, mid_pattern, setup=None, db=None):
+    ref_dir = os.path.join(ctx.scratch, "ref")
+    run_dir = os.path.join(ctx.scratch, "ckpt")
+    img = os.path.join(ctx.root, "img")
+    for d in (ref_dir, run_dir):
+        os.makedirs(d)
+        if setup:
+            setup(d)
+    ctx.start("ref", argv, cwd=ref_dir)
+    c = ctx.wait_exited("ref")
+    want = ctx.log("ref")
+    if c.get("exit_status") != 0 or not re.search(mid_pattern, want, re.M):
+        raise Fail(f"the uninterrupted run exited {c.get('exit_status')}", tail(want, 5))
+
+    ctx.start("c", argv, cwd=run_dir)
+    ctx.wait_line("c", mid_pattern)
+    ctx.ferry("checkpoint", "c", "--dir", img, "--stop")
+    at_ckpt = ctx.log("c")
+    ctx.ferry("kill", "c")
+    ctx.ferry("restore", "--dir", img, "--name", "c")
+    c = ctx.wait_exited("c")
+    got = ctx.log("c")
+    if got != want:
+        d = difflib.unified_diff(want.splitlines(), got.splitlines(), "uninterrupted",
+                                 "restored", lineterm="", n=1)
+        raise Fail("output differs from the uninterrupted run's",
+                   f"{len(at_ckpt.splitlines())} lines at checkpoint\n" + "\n".join(list(d)[:20]))
+    if c.get("exit_status") != 0:
+        raise Fail(f"restored run exited with status {c.get('exit_status')}")
+    if db:
+        a = db_summary(ctx, db[0], os.path.join(ref_dir, db[1]))
+        b = db_summary(ctx, db[0], os.path.join(run_dir, db[1]))
+        if a != b:
+            raise Fail(f"database differs: uninterrupted {a.split()} restored {b.split()}")
+
+
+def need(prog):
+    path = shutil.which(prog)
+    if not path:
+        raise Fail(f"{prog} is not installed (make check installs it)")
+    return os.path.realpath(path)
+
+
+def foreign_python(ctx):
+    py = "/usr/bin/python3" if os.access("/usr/bin/python3", os.X_OK) else need("python3")
+    foreign_test(ctx, [py, os.path.join(HERE, "e2e", "compute.py")], r"^step 10 ")
+
+
+def foreign_bash(ctx):
+    foreign_test(ctx, [need("bash"), os.path.join(HERE, "e2e", "loop.sh")], r"^line 10$")
+
+
+def foreign_sqlite(ctx):
+    sqlite = need("sqlite3")
+    foreign_test(ctx, [sqlite, "test.db", ".read inserts.sql"], r"^step\|10\|",
+                 setup=lambda d: sqlite_script(os.path.join(d, "inserts.sql")),
+                 db=(sqlite, "test.db"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Refusals
+
+
+def flip(path, offset):
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        b = f.read(1)
+        f.seek(offset)
+        f.write(bytes([b[0] ^ 0x40]))
+
+
+def truncate(path, keep):
+    os.truncate(path, keep(os.path.getsize(path)))
+
+
+def image_file(img, pattern):
+    found = sorted(glob.glob(os.path.join(img, pattern)))
+    if not found:
+        raise Fail(f"no {pattern} in the image (files: {sorted(os.listdir(img))})")
+    return found[-1]
+
+
+CORRUPTIONS = {
+    "pages-byte": lambda img: flip(image_file(img, "pages-*.img"), 2048),
+    "state-byte": lambda img: flip(image_file(img, "state-*.img"),
+                                   os.path.getsize(image_file(img, "state-*.img")) // 2),
+    "pages-truncated": lambda img: truncate(image_file(img, "pages-*.img"), lambda n: n // 2),
+    "state-truncated": lambda img: truncate(image_file(img, "state-*.img"), lambda n: n - 16),
+    "manifest-byte": lambda img: flip(image_file(img, "MANIFEST"), 10),
+}
+
+
+def refuse_corrupt(ctx):
+    """Each corrupted copy of a good image is refused with a message and leaves nothing running;
+    the good image then restores and passes (so the refusals were not for another reason)."""
+    img = os.path.join(ctx.root, "img")
+    ctx.start("c", ctx.feature("heap_stack"))
+    ctx.wait_line("c", "^READY$")
+    ctx.ferry("checkpoint", "c", "--dir", img, "--stop")
+    ctx.ferry("kill", "c")
+    for what, corrupt in CORRUPTIONS.items():
+        bad = os.path.join(ctx.root, "img-" + what)
+        shutil.copytree(img, bad)
+        corrupt(bad)
+        ctx.names.append("bad")
+        rc, _, err = ctx.ferry("restore", "--dir", bad, "--name", "bad", ok=False)
+        if rc == 0:
+            raise Fail(f"restore of an image with {what} succeeded")
+        if not err.strip():
+            raise Fail(f"restore of an image with {what} failed without a message")
+        say(f"{what}: {tail(err, 1)}")
+        c = ctx.component("bad")
+        if c and c.get("state") != "exited":
+            raise Fail(f"after the refused restore ({what}) component bad is {c.get('state')}")
+        strays = stray_processes(ctx.root)
+        if strays:
+            raise Fail(f"after the refused restore ({what}) processes remain: {strays}")
+        run_cmd([ctx.ferry_bin, "kill", "bad"], env=ctx.env, timeout=10)
+    ctx.ferry("restore", "--dir", img, "--name", "c")
+    ctx.go()
+    expect_log(ctx, "c", "READY\nPASS\n")
+
+
+def refuse_unsupported_fd(ctx):
+    """A checkpoint of a program holding a netlink socket fails naming the fd; the program is
+    left as it was and still passes after go."""
+    img = os.path.join(ctx.root, "img")
+    ctx.start("c", ctx.feature("unsupported_fd"))
+    log = ctx.wait_line("c", "^READY$")
+    fd = re.search(r"^FD (\d+)$", log, re.M).group(1)
+    pid = ctx.pid("c")
+    before = proc_snapshot(pid)
+    rc, _, err = ctx.ferry("checkpoint", "c", "--dir", img, ok=False)
+    if rc == 0:
+        raise Fail("checkpoint of a component holding a netlink socket succeeded")
+    if not re.search(rf"\bfd\D{{0,3}}{fd}\b", err, re.I):
+        raise Fail(f"the refusal does not name fd {fd}: {tail(err, 1)!r}")
+    c = ctx.component("c")
+    if not c or c.get("state") != "running" or c.get("pid") != pid:
+        raise Fail(f"after the refused checkpoint the component is {c}")
+    compare_snapshots(before, proc_snapshot(pid), "after the refused checkpoint")
+    ctx.go()
+    expect_log(ctx, "c", f"FD {fd}\nREADY\nPASS\n")
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def unit_test(path):
+    def test(ctx):
+        rc, out, err = run_cmd([path], cwd=ctx.scratch, timeout=ctx.left())
+        if rc != 0:
+            raise Fail(f"exited {rc}" if rc is not None else "timed out", tail(out + err, 12))
+    return test
+
+
+def executables(pattern):
+    return sorted(p for p in glob.glob(pattern) if os.path.isfile(p) and os.access(p, os.X_OK))
+
+
+def collect(builds):
+    """(name, ferry binary or None, function, timeout) for every test, in order."""
+    features_dir = os.path.join(builds[0], "tests")
+    features = [os.path.basename(p)[len("feature-"):]
+                for p in executables(os.path.join(features_dir, "feature-*"))]
+    tests = []
+    for b in builds:
+        tag = os.path.basename(os.path.normpath(b))
+        for u in executables(os.path.join(b, "tests", "test-*")):
+            tests.append((f"{tag}/unit/{os.path.basename(u)}", None, unit_test(u), 120))
+        ferry = os.path.join(b, "ferry")
+        for prog in features:
+            if prog in REFUSAL_ONLY:
+                continue
+            for variant, fn in (("restore", feature_restore), ("twice", feature_twice),
+                                ("live", feature_live)):
+                tests.append((f"{tag}/{prog}/{variant}", ferry,
+                              lambda ctx, fn=fn, prog=prog: fn(ctx, prog), TEST_TIMEOUT))
+        for name, fn in (("python3", foreign_python), ("bash", foreign_bash),
+                         ("sqlite3", foreign_sqlite)):
+            tests.append((f"{tag}/foreign/{name}", ferry, fn, FOREIGN_TIMEOUT))
+        tests.append((f"{tag}/refuse/corrupt-image", ferry, refuse_corrupt, TEST_TIMEOUT))
+        tests.append((f"{tag}/refuse/unsupported-fd", ferry, refuse_unsupported_fd, TEST_TIMEOUT))
+    return tests, features_dir
+
+
+def main():
+    global VERBOSE
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--build", action="append", required=True,
+                    help="build directory (repeatable); feature programs come from the first")
+    ap.add_argument("-k", metavar="PATTERN", help="run only tests whose name matches (regex)")
+    ap.add_argument("-v", action="store_true", help="print each step")
+    args = ap.parse_args()
+    VERBOSE = args.v
+
+    builds = [os.path.abspath(b) for b in args.build]
+    tests, features_dir = collect(builds)
+    if args.k:
+        tests = [t for t in tests if re.search(args.k, t[0])]
+    passed = failed = 0
+    tmp = tempfile.mkdtemp(prefix="ferry-tests-")
+    try:
+        for name, ferry, fn, timeout in tests:
+            if ferry is not None and not os.access(ferry, os.X_OK):
+                print(f"FAIL {name}: no ferry binary at {ferry}", flush=True)
+                failed += 1
+                continue
+            say(f"{name}")
+            ctx = Ctx(tmp, ferry, features_dir, timeout)
+            error, details = None, ""
+            try:
+                fn(ctx)
+            except Fail as e:
+                error, details = e.reason, e.details
+            except Exception as e:  # a harness bug or an unexpected answer: still a failure
+                error = f"{type(e).__name__}: {e}"
+            if error and ferry:
+                details = "\n".join(x for x in (details, ctx.details()) if x)
+            problems = ctx.cleanup() if ferry else (shutil.rmtree(ctx.root) or [])
+            if not error and problems:
+                error, details = problems[0], "\n".join(problems[1:])
+            if error:
+                failed += 1
+                print(f"FAIL {name}: {error}", flush=True)
+                if details:
+                    print("    " + details.replace("\n", "\n    "), flush=True)
+            else:
+                passed += 1
+                print(f"PASS {name}", flush=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(f"{passed} passed, {failed} failed", flush=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
