@@ -88,16 +88,19 @@ int tracee_detach(struct tracee *t, struct ferry_error *err)
 		(void)tracee_setregs(t->tid, &r, err);
 		t->clobbered = false;
 	}
-	if (ptrace(PTRACE_DETACH, t->tid, NULL, NULL) < 0 && errno != ESRCH)
+	if (ptrace(PTRACE_DETACH, t->tid, NULL, (void *)(long)t->deferred_sig) < 0 &&
+	    errno != ESRCH)
 		return ferr(err, -errno, "thread %d: PTRACE_DETACH: %m", t->tid);
 	t->seized = false;
 	t->stopped = false;
 	return 0;
 }
 
-/* Resume with PTRACE_SYSCALL until the next syscall stop, passing event stops. */
-static int step_to_syscall_stop(pid_t tid, pid_t *ret_new_tid, struct ferry_error *err)
+/* Resume with PTRACE_SYSCALL until the next syscall stop, passing event stops. A signal
+ * arriving meanwhile is held back and delivered when the thread is detached. */
+static int step_to_syscall_stop(struct tracee *t, pid_t *ret_new_tid, struct ferry_error *err)
 {
+	pid_t tid = t->tid;
 	int status, r;
 
 	for (;;) {
@@ -120,9 +123,10 @@ static int step_to_syscall_stop(pid_t tid, pid_t *ret_new_tid, struct ferry_erro
 		}
 		if ((status >> 16) == PTRACE_EVENT_STOP)
 			continue;
-		/* A signal arrived mid-injection: it stays pending (blocked or re-raised later). */
-		return ferr(err, -EINTR, "thread %d: signal %d during injected system call", tid,
-			    WSTOPSIG(status));
+		if (t->deferred_sig && t->deferred_sig != WSTOPSIG(status))
+			return ferr(err, -EINTR, "thread %d: second signal %d during injection", tid,
+				    WSTOPSIG(status));
+		t->deferred_sig = WSTOPSIG(status);
 	}
 }
 
@@ -148,10 +152,10 @@ int tracee_syscall(struct tracee *t, long *ret, pid_t *ret_new_tid, long nr, uin
 	rc = tracee_setregs(t->tid, &r, err);
 	if (rc < 0)
 		return rc;
-	rc = step_to_syscall_stop(t->tid, ret_new_tid, err); /* entry */
+	rc = step_to_syscall_stop(t, ret_new_tid, err); /* entry */
 	if (rc < 0)
 		return ferr_prefix(err, "injecting syscall %ld", nr);
-	rc = step_to_syscall_stop(t->tid, ret_new_tid, err); /* exit */
+	rc = step_to_syscall_stop(t, ret_new_tid, err); /* exit */
 	if (rc < 0)
 		return ferr_prefix(err, "injecting syscall %ld", nr);
 	rc = tracee_getregs(t->tid, &r, err);

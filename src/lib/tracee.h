@@ -16,6 +16,7 @@ struct tracee {
 	struct user_regs_struct regs; /* as found at the stop (what resume puts back) */
 	uint64_t syscall_ip;	      /* address of a `syscall` instruction in its address space */
 	bool clobbered;		      /* registers changed by injection: put back on detach */
+	int deferred_sig;	      /* a signal that arrived mid-injection, delivered on detach */
 };
 
 /* tracee_seize - PTRACE_SEIZE tid with opts (PTRACE_O_*), then interrupt it and wait for the stop. */

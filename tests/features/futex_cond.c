@@ -62,7 +62,10 @@ static int task_dir(pid_t tid, char *buf, size_t size)
 	return found;
 }
 
-/* in_futex - 1 when thread tid sits in the futex system call. */
+/*
+ * in_futex - 1 when thread tid sits in the futex system call, or in restart_syscall: a timed
+ * futex wait interrupted by a tracer (a checkpoint) resumes through the restart block.
+ */
 static int in_futex(pid_t tid)
 {
 	char path[320], buf[64] = "";
@@ -77,7 +80,7 @@ static int in_futex(pid_t tid)
 	if (!fgets(buf, sizeof(buf), f))
 		buf[0] = 0;
 	fclose(f);
-	return atoi(buf) == SYS_futex;
+	return atoi(buf) == SYS_futex || atoi(buf) == SYS_restart_syscall;
 }
 
 /* back_in_futex - in_futex within a second (a restored thread may need a moment). */
