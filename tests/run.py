@@ -461,7 +461,9 @@ def image_file(img, pattern):
 
 
 CORRUPTIONS = {
-    "pages-byte": lambda img: flip(image_file(img, "pages-*.img"), 2048),
+    "pages-first-byte": lambda img: flip(image_file(img, "pages-*.img"), 2048),
+    "pages-last-byte": lambda img: flip(image_file(img, "pages-*.img"),
+                                        os.path.getsize(image_file(img, "pages-*.img")) - 100),
     "state-byte": lambda img: flip(image_file(img, "state-*.img"),
                                    os.path.getsize(image_file(img, "state-*.img")) // 2),
     "pages-truncated": lambda img: truncate(image_file(img, "pages-*.img"), lambda n: n // 2),

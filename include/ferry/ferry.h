@@ -20,8 +20,8 @@ struct json_object;
  */
 #define FERRY_ERROR_MAX 1024
 struct ferry_error {
-	int code;		     /* -errno, 0 when unset */
-	char msg[FERRY_ERROR_MAX];   /* human-readable, no trailing newline */
+	int code;                  /* -errno, 0 when unset */
+	char msg[FERRY_ERROR_MAX]; /* human-readable, no trailing newline */
 };
 
 /* The runtime: where component state lives. Plain data, no hidden globals. */
@@ -46,12 +46,12 @@ enum ferry_state {
 
 struct ferry_component {
 	char name[FERRY_NAME_MAX];
-	pid_t pid;	   /* host pid of the component's first process (pid 1 in its namespace) */
+	pid_t pid;         /* host pid of the component's first process (pid 1 in its namespace) */
 	pid_t monitor_pid; /* host pid of the monitor that is its parent */
 	enum ferry_state state;
-	int exit_status;   /* wait status when EXITED */
-	int64_t started;   /* unix seconds */
-	int restored;	   /* 1 when this incarnation came from an image */
+	int exit_status; /* wait status when EXITED */
+	int64_t started; /* unix seconds */
+	int restored;    /* 1 when this incarnation came from an image */
 	char log_path[PATH_MAX];
 };
 
@@ -65,15 +65,15 @@ int ferry_name_valid(const char *name);
  * Returns once the program has been exec'd, with its host pid in *ret_pid.
  */
 int ferry_run(const struct ferry_runtime *rt, const char *name, char *const argv[], pid_t *ret_pid,
-	      struct ferry_error *err);
+              struct ferry_error *err);
 
 /* ferry_component_get - read the record of component NAME (-ENOENT if none). */
 int ferry_component_get(const struct ferry_runtime *rt, const char *name,
-			struct ferry_component *ret, struct ferry_error *err);
+                        struct ferry_component *ret, struct ferry_error *err);
 
 /* ferry_list - all recorded components, sorted by name; *ret is malloc'd, caller frees. */
 int ferry_list(const struct ferry_runtime *rt, struct ferry_component **ret, size_t *ret_n,
-	       struct ferry_error *err);
+               struct ferry_error *err);
 
 /*
  * ferry_kill - end component NAME (SIGKILL to its namespace init, which ends the namespace),
@@ -86,12 +86,12 @@ int ferry_kill(const struct ferry_runtime *rt, const char *name, struct ferry_er
 
 /* Figures of one checkpoint, all times in nanoseconds. */
 struct ferry_ckpt_stats {
-	uint64_t freeze_ns;	  /* all threads stopped -> all threads running again */
-	uint64_t total_ns;	  /* call start -> image committed */
-	uint64_t write_ns;	  /* page data copy + write */
-	uint64_t pages_scanned;	  /* pages in dumpable mappings */
-	uint64_t pages_written;	  /* pages whose contents went into the image */
-	uint64_t bytes_written;	  /* bytes of all image files */
+	uint64_t freeze_ns;     /* all threads stopped -> all threads running again */
+	uint64_t total_ns;      /* call start -> image committed */
+	uint64_t write_ns;      /* page data copy + write */
+	uint64_t pages_scanned; /* pages in dumpable mappings */
+	uint64_t pages_written; /* pages whose contents went into the image */
+	uint64_t bytes_written; /* bytes of all image files */
 	uint32_t threads;
 	uint32_t vmas;
 	uint32_t fds;
@@ -103,12 +103,12 @@ struct ferry_ckpt_stats {
  * the component is left running unharmed and any earlier image in DIR stays valid.
  */
 int ferry_checkpoint(const struct ferry_runtime *rt, const char *name, const char *dir,
-		     unsigned flags, struct ferry_ckpt_stats *ret_stats, struct ferry_error *err);
+                     unsigned flags, struct ferry_ckpt_stats *ret_stats, struct ferry_error *err);
 
 struct ferry_restore_stats {
-	uint64_t total_ns;	/* call start -> component running */
-	uint64_t verify_ns;	/* image verification (part of total) */
-	uint64_t pages_ns;	/* page data load (part of total) */
+	uint64_t total_ns;  /* call start -> component running */
+	uint64_t verify_ns; /* image verification (part of total) */
+	uint64_t pages_ns;  /* page data load (part of total) */
 	uint64_t pages_loaded;
 };
 
@@ -118,8 +118,8 @@ struct ferry_restore_stats {
  * The image is verified completely before the component executes anything; a bad image is
  * refused with a message naming the file and what is wrong. -EEXIST if NAME is running.
  */
-int ferry_restore(const struct ferry_runtime *rt, const char *dir, const char *name,
-		  pid_t *ret_pid, struct ferry_restore_stats *ret_stats, struct ferry_error *err);
+int ferry_restore(const struct ferry_runtime *rt, const char *dir, const char *name, pid_t *ret_pid,
+                  struct ferry_restore_stats *ret_stats, struct ferry_error *err);
 
 /*
  * ferry_inspect - describe the image in DIR (threads, registers, memory map, fds and their
@@ -132,7 +132,7 @@ int ferry_inspect(const char *dir, struct json_object **ret, struct ferry_error 
  * and no page contents.
  */
 int ferry_caps(const struct ferry_runtime *rt, const char *name, struct json_object **ret,
-	       struct ferry_error *err);
+               struct ferry_error *err);
 
 /* ferry_check - probe every kernel feature ferry relies on; JSON array of {feature, ok, detail}. */
 int ferry_check(struct json_object **ret, struct ferry_error *err);

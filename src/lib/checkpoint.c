@@ -51,7 +51,7 @@ static int freeze(pid_t pid, struct frozen *fz, struct ferry_error *err)
 			r = tracee_seize_stop(&fz->t[fz->n], tids[i], PTRACE_O_TRACESYSGOOD, err);
 			if (r == -ESRCH)
 				continue; /* exited meanwhile */
-			fz->n++; /* seized (maybe not stopped): detach it on the way out */
+			fz->n++;          /* seized (maybe not stopped): detach it on the way out */
 			if (r < 0)
 				return r;
 			more = true;
@@ -73,16 +73,16 @@ static int refuse_children(pid_t pid, struct ferry_error *err)
 		snprintf(path, sizeof(path), "/proc/%d/task/%d/children", pid, tids[i]);
 		if (read_file(path, &kids, NULL) == 0 && kids[0] && kids[0] != '\n')
 			return ferr(err, -ENOTSUP,
-				    "pid %d has child processes (%.*s): process trees are not "
-				    "supported yet",
-				    pid, (int)strcspn(kids, "\n"), kids);
+			            "pid %d has child processes (%.*s): process trees are not "
+			            "supported yet",
+			            pid, (int)strcspn(kids, "\n"), kids);
 	}
 	return 0;
 }
 
 static int capture_frozen(struct frozen *fz, struct component *c, struct process *p,
-			  const char *log_path, struct image_writer *w, struct mem_stats *st,
-			  struct ferry_error *err)
+                          const char *log_path, struct image_writer *w, struct mem_stats *st,
+                          struct ferry_error *err)
 {
 	_cleanup_free_ struct proc_map *maps = NULL;
 	size_t nmaps = 0;
@@ -99,9 +99,10 @@ static int capture_frozen(struct frozen *fz, struct component *c, struct process
 	for (size_t i = 0; i < nmaps && !sys_ip; i++)
 		if (strcmp(maps[i].path, "[vdso]") == 0)
 			(void)tracee_find_syscall_insn(p->host_pid, maps[i].start, maps[i].end,
-						       &sys_ip);
+			                               &sys_ip);
 	if (!sys_ip)
-		return ferr(err, -ENOTSUP, "pid %d: no vdso with a syscall instruction", p->host_pid);
+		return ferr(err, -ENOTSUP, "pid %d: no vdso with a syscall instruction",
+		            p->host_pid);
 	for (size_t i = 0; i < fz->n; i++) {
 		fz->t[i].syscall_ip = sys_ip;
 		if (fz->t[i].tid == p->host_pid)
@@ -158,16 +159,16 @@ static void reap_killed(struct frozen *fz, pid_t leader)
 		}
 }
 
-int checkpoint_capture(pid_t pid, const char *log_path, struct image_writer *w,
-		       struct frozen *fz, struct component **ret, struct mem_stats *st,
-		       struct ferry_error *err)
+int checkpoint_capture(pid_t pid, const char *log_path, struct image_writer *w, struct frozen *fz,
+                       struct component **ret, struct mem_stats *st, struct ferry_error *err)
 {
 	struct component *c = calloc(1, sizeof(*c));
 	int r;
 
 	if (!c || !(c->procs = calloc(1, sizeof(*c->procs)))) {
 		free(c);
-		return ferr(err, -ENOMEM, "out of memory");
+		ferr_set(err, -ENOMEM, "out of memory");
+		return -ENOMEM;
 	}
 	c->nprocs = 1;
 	c->procs[0].host_pid = pid;
@@ -184,7 +185,7 @@ int checkpoint_capture(pid_t pid, const char *log_path, struct image_writer *w,
 }
 
 int ferry_checkpoint(const struct ferry_runtime *rt, const char *name, const char *dir,
-		     unsigned flags, struct ferry_ckpt_stats *ret_stats, struct ferry_error *err)
+                     unsigned flags, struct ferry_ckpt_stats *ret_stats, struct ferry_error *err)
 {
 	struct ferry_component rec;
 	struct image_writer *w = NULL;

@@ -16,9 +16,8 @@ void checkpoint_thaw(struct frozen *fz);
 
 /*
  * checkpoint_capture - freeze every thread of the component whose init is host pid, capture
- * it into a new model (*ret), leaving it frozen in fz: the caller thaws it (also on failure). With w NULL no page data
- * is read (the model still lists which pages hold data). log_path identifies the runtime's
- * log among the fds. */
-int checkpoint_capture(pid_t pid, const char *log_path, struct image_writer *w,
-		       struct frozen *fz, struct component **ret, struct mem_stats *st,
-		       struct ferry_error *err);
+ * it into a new model (*ret), leaving it frozen in fz: the caller thaws it (also on failure). With
+ * w NULL no page data is read (the model still lists which pages hold data). log_path identifies
+ * the runtime's log among the fds. */
+int checkpoint_capture(pid_t pid, const char *log_path, struct image_writer *w, struct frozen *fz,
+                       struct component **ret, struct mem_stats *st, struct ferry_error *err);

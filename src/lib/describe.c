@@ -35,16 +35,23 @@ static const char *vma_kind_name(const struct vma *v, const struct component *c)
 	if (v->flags & VMA_F_STACK)
 		return "stack";
 	switch (v->kind) {
-	case VMA_ANON: return "anon";
-	case VMA_FILE_PRIVATE: return "file";
-	case VMA_FILE_SHARED: return "file-shared";
+	case VMA_ANON:
+		return "anon";
+	case VMA_FILE_PRIVATE:
+		return "file";
+	case VMA_FILE_SHARED:
+		return "file-shared";
 	case VMA_SHMEM:
 		return (v->shmem >= 0 && c->shmems[v->shmem].kind == SHMEM_MEMFD) ? "memfd"
-										    : "shared-anon";
-	case VMA_VDSO: return "vdso";
-	case VMA_VVAR: return "vvar";
-	case VMA_VVAR_VCLOCK: return "vvar_vclock";
-	default: return "?";
+		                                                                  : "shared-anon";
+	case VMA_VDSO:
+		return "vdso";
+	case VMA_VVAR:
+		return "vvar";
+	case VMA_VVAR_VCLOCK:
+		return "vvar_vclock";
+	default:
+		return "?";
 	}
 }
 
@@ -56,12 +63,27 @@ static json_object *describe_thread(const struct thread *t)
 	const struct {
 		const char *n;
 		uint64_t v;
-	} rv[] = {{"rip", r->rip}, {"rsp", r->rsp}, {"rbp", r->rbp}, {"rax", r->rax},
-		  {"rbx", r->rbx}, {"rcx", r->rcx}, {"rdx", r->rdx}, {"rsi", r->rsi},
-		  {"rdi", r->rdi}, {"r8", r->r8},   {"r9", r->r9},   {"r10", r->r10},
-		  {"r11", r->r11}, {"r12", r->r12}, {"r13", r->r13}, {"r14", r->r14},
-		  {"r15", r->r15}, {"eflags", r->eflags}, {"orig_rax", r->orig_rax},
-		  {"fs_base", r->fs_base}, {"gs_base", r->gs_base}};
+	} rv[] = {{"rip", r->rip},
+	          {"rsp", r->rsp},
+	          {"rbp", r->rbp},
+	          {"rax", r->rax},
+	          {"rbx", r->rbx},
+	          {"rcx", r->rcx},
+	          {"rdx", r->rdx},
+	          {"rsi", r->rsi},
+	          {"rdi", r->rdi},
+	          {"r8", r->r8},
+	          {"r9", r->r9},
+	          {"r10", r->r10},
+	          {"r11", r->r11},
+	          {"r12", r->r12},
+	          {"r13", r->r13},
+	          {"r14", r->r14},
+	          {"r15", r->r15},
+	          {"eflags", r->eflags},
+	          {"orig_rax", r->orig_rax},
+	          {"fs_base", r->fs_base},
+	          {"gs_base", r->gs_base}};
 
 	for (size_t i = 0; i < ARRAY_SIZE(rv); i++)
 		json_object_object_add(regs, rv[i].n, hex(rv[i].v));
@@ -81,8 +103,8 @@ static json_object *describe_thread(const struct thread *t)
 	}
 	if (t->rseq_ptr) {
 		char buf[96];
-		snprintf(buf, sizeof(buf), "0x%" PRIx64 " len %u sig 0x%x", t->rseq_ptr, t->rseq_len,
-			 t->rseq_sig);
+		snprintf(buf, sizeof(buf), "0x%" PRIx64 " len %u sig 0x%x", t->rseq_ptr,
+		         t->rseq_len, t->rseq_sig);
 		json_object_object_add(o, "rseq", json_object_new_string(buf));
 	} else {
 		json_object_object_add(o, "rseq", NULL);
@@ -95,7 +117,7 @@ static json_object *describe_vma(const struct vma *v, const struct component *c)
 {
 	json_object *o = json_object_new_object();
 	char prot[5] = {v->prot & PROT_READ ? 'r' : '-', v->prot & PROT_WRITE ? 'w' : '-',
-			v->prot & PROT_EXEC ? 'x' : '-', v->flags & VMA_F_SHARED ? 's' : 'p', 0};
+	                v->prot & PROT_EXEC ? 'x' : '-', v->flags & VMA_F_SHARED ? 's' : 'p', 0};
 	uint64_t pages = 0;
 	const struct page_run *runs = v->runs;
 	size_t nruns = v->nruns;
@@ -153,8 +175,8 @@ static json_object *describe_process(const struct process *p, const struct compo
 	json_object *fds = json_object_new_array(), *sigs = json_object_new_array();
 	json_object *pend = json_object_new_array(), *rl = json_object_new_object();
 	static const char *rnames[MODEL_NRLIMITS] = {
-		"cpu", "fsize", "data", "stack", "core", "rss", "nproc", "nofile", "memlock", "as",
-		"locks", "sigpending", "msgqueue", "nice", "rtprio", "rttime"};
+	        "cpu",     "fsize", "data",  "stack",      "core",     "rss",  "nproc",  "nofile",
+	        "memlock", "as",    "locks", "sigpending", "msgqueue", "nice", "rtprio", "rttime"};
 	char buf[128];
 
 	json_object_object_add(o, "pid", json_object_new_int(p->pid));
@@ -178,8 +200,8 @@ static json_object *describe_process(const struct process *p, const struct compo
 		sig_name(s->sig, buf, sizeof(buf));
 		json_object_object_add(so, "signal", json_object_new_string(buf));
 		json_object_object_add(so, "handler",
-				       s->handler == 1 ? json_object_new_string("SIG_IGN")
-						       : hex(s->handler));
+		                       s->handler == 1 ? json_object_new_string("SIG_IGN")
+		                                       : hex(s->handler));
 		json_object_object_add(so, "flags", hex(s->flags));
 		json_object_object_add(so, "mask", hex(s->mask));
 		json_object_array_add(sigs, so);
@@ -242,7 +264,7 @@ int ferry_inspect(const char *dir, struct json_object **ret, struct ferry_error 
 	}
 	json_object *o = describe(c);
 	json_object_object_add(o, "generation",
-			       json_object_new_int64((int64_t)image_reader_generation(rd)));
+	                       json_object_new_int64((int64_t)image_reader_generation(rd)));
 	snprintf(path, sizeof(path), "%s/MANIFEST", dir);
 	uint64_t bytes = image_reader_pages_size(rd);
 	if (stat(path, &sb) == 0)
@@ -255,7 +277,7 @@ int ferry_inspect(const char *dir, struct json_object **ret, struct ferry_error 
 }
 
 int ferry_caps(const struct ferry_runtime *rt, const char *name, struct json_object **ret,
-	       struct ferry_error *err)
+               struct ferry_error *err)
 {
 	struct ferry_component rec;
 	struct component *c = NULL;
@@ -298,7 +320,7 @@ int ferry_check(struct json_object **ret, struct ferry_error *err)
 	fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
 	struct {
 		uint64_t size, flags, start, end, walk_end, vec, vec_len, max_pages, inv, mask,
-			anyof, ret;
+		        anyof, ret;
 	} a = {sizeof(a), 0, 0, 4096, 0, 0, 0, 0, 0, 0, 0, 0};
 	uint64_t region[3];
 	a.start = (uint64_t)(uintptr_t)buf & ~4095ULL;
@@ -308,8 +330,9 @@ int ferry_check(struct json_object **ret, struct ferry_error *err)
 	a.anyof = 1 << 3;
 	a.ret = 1 << 3;
 	bool scan_ok = fd >= 0 && ioctl(fd, _IOWR('f', 16, typeof(a)), &a) >= 0;
-	snprintf(buf, sizeof(buf), "%s", scan_ok ? "present pages found by PAGEMAP_SCAN"
-						 : "PAGEMAP_SCAN missing (Linux >= 6.7 needed)");
+	snprintf(buf, sizeof(buf), "%s",
+	         scan_ok ? "present pages found by PAGEMAP_SCAN"
+	                 : "PAGEMAP_SCAN missing (Linux >= 6.7 needed)");
 	check_add(arr, "pagemap_scan", scan_ok, buf);
 	safe_close(fd);
 	/* clone3 with set_tid needs a pid namespace of our own: checked by ferry run itself */
@@ -323,7 +346,7 @@ int ferry_check(struct json_object **ret, struct ferry_error *err)
 	/* process_vm_readv on ourselves */
 	struct iovec l = {buf, 8}, rv = {buf + 64, 8};
 	check_add(arr, "process_vm_readv", process_vm_readv(getpid(), &l, 1, &rv, 1, 0) == 8,
-		  "copy from another process's memory");
+	          "copy from another process's memory");
 	/* ptrace: seize a child, interrupt, read xstate */
 	pid_t child = fork();
 	if (child == 0) {
@@ -334,8 +357,8 @@ int ferry_check(struct json_object **ret, struct ferry_error *err)
 	if (child > 0) {
 		int st;
 		pt_ok = ptrace(PTRACE_SEIZE, child, NULL, NULL) == 0 &&
-			ptrace(PTRACE_INTERRUPT, child, NULL, NULL) == 0 &&
-			waitpid(child, &st, __WALL) == child && (st >> 16) == PTRACE_EVENT_STOP;
+		        ptrace(PTRACE_INTERRUPT, child, NULL, NULL) == 0 &&
+		        waitpid(child, &st, __WALL) == child && (st >> 16) == PTRACE_EVENT_STOP;
 		(void)safe_kill(child, SIGKILL);
 		waitpid(child, NULL, __WALL);
 	}

@@ -17,7 +17,7 @@ static bool file_probe(const struct fd_info *fi, const struct fd_capture_ctx *ct
 }
 
 static int file_capture(struct fd_capture_ctx *ctx, const struct fd_info *fi, struct fd_entry *e,
-			struct ferry_error *err)
+                        struct ferry_error *err)
 {
 	e->path = strdup(fi->link);
 	if (!e->path)
@@ -42,7 +42,7 @@ static int reopen(const char *path, const struct fd_entry *e, struct ferry_error
 }
 
 static int file_restore(const struct fd_entry *e, const struct fd_restore_ctx *ctx,
-			struct ferry_error *err)
+                        struct ferry_error *err)
 {
 	return reopen(e->path, e, err);
 }
@@ -50,16 +50,16 @@ static int file_restore(const struct fd_entry *e, const struct fd_restore_ctx *c
 static void file_describe(const struct fd_entry *e, char *buf, size_t len)
 {
 	snprintf(buf, len, "%s %s, offset %" PRIu64, S_ISDIR(e->mode) ? "directory" : "file",
-		 e->path ? e->path : "?", e->pos);
+	         e->path ? e->path : "?", e->pos);
 }
 
 const struct fd_ops fd_file_ops = {
-	.name = "file",
-	.kind = FD_FILE,
-	.probe = file_probe,
-	.capture = file_capture,
-	.restore = file_restore,
-	.describe = file_describe,
+        .name = "file",
+        .kind = FD_FILE,
+        .probe = file_probe,
+        .capture = file_capture,
+        .restore = file_restore,
+        .describe = file_describe,
 };
 
 /* The log: the component's stdout/stderr, a file the runtime owns and re-points on restore. */
@@ -71,7 +71,7 @@ static bool log_probe(const struct fd_info *fi, const struct fd_capture_ctx *ctx
 }
 
 static int log_restore(const struct fd_entry *e, const struct fd_restore_ctx *ctx,
-		       struct ferry_error *err)
+                       struct ferry_error *err)
 {
 	if (!ctx->log_path)
 		return ferr(err, -EINVAL, "no log to attach to");
@@ -84,12 +84,12 @@ static void log_describe(const struct fd_entry *e, char *buf, size_t len)
 }
 
 const struct fd_ops fd_log_ops = {
-	.name = "log",
-	.kind = FD_LOG,
-	.probe = log_probe,
-	.capture = file_capture,
-	.restore = log_restore,
-	.describe = log_describe,
+        .name = "log",
+        .kind = FD_LOG,
+        .probe = log_probe,
+        .capture = file_capture,
+        .restore = log_restore,
+        .describe = log_describe,
 };
 
 /* memfd: its data lives in the shmem table, shared with any mapping of it. */
@@ -99,7 +99,7 @@ static bool memfd_probe(const struct fd_info *fi, const struct fd_capture_ctx *c
 }
 
 static int memfd_capture(struct fd_capture_ctx *ctx, const struct fd_info *fi, struct fd_entry *e,
-			 struct ferry_error *err)
+                         struct ferry_error *err)
 {
 	char path[64], name[256];
 	snprintf(path, sizeof(path), "/proc/%d/fd/%d", ctx->p->host_pid, fi->fd);
@@ -119,7 +119,7 @@ static int memfd_capture(struct fd_capture_ctx *ctx, const struct fd_info *fi, s
 }
 
 static int memfd_restore(const struct fd_entry *e, const struct fd_restore_ctx *ctx,
-			 struct ferry_error *err)
+                         struct ferry_error *err)
 {
 	char path[64];
 	int src = ctx->shmem_fd[e->shmem];
@@ -131,14 +131,14 @@ static int memfd_restore(const struct fd_entry *e, const struct fd_restore_ctx *
 static void memfd_describe(const struct fd_entry *e, char *buf, size_t len)
 {
 	snprintf(buf, len, "memfd %s (shared memory object #%d), offset %" PRIu64,
-		 e->path ? e->path : "?", e->shmem, e->pos);
+	         e->path ? e->path : "?", e->shmem, e->pos);
 }
 
 const struct fd_ops fd_memfd_ops = {
-	.name = "memfd",
-	.kind = FD_MEMFD,
-	.probe = memfd_probe,
-	.capture = memfd_capture,
-	.restore = memfd_restore,
-	.describe = memfd_describe,
+        .name = "memfd",
+        .kind = FD_MEMFD,
+        .probe = memfd_probe,
+        .capture = memfd_capture,
+        .restore = memfd_restore,
+        .describe = memfd_describe,
 };

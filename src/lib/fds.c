@@ -8,8 +8,7 @@
 #include "util.h"
 
 /* Adding a kind = adding its file and a line here. Order matters: first probe wins. */
-static const struct fd_ops *const kinds[] = {&fd_log_ops, &fd_memfd_ops, &fd_file_ops,
-					    &fd_chr_ops};
+static const struct fd_ops *const kinds[] = {&fd_log_ops, &fd_memfd_ops, &fd_file_ops, &fd_chr_ops};
 
 const struct fd_ops *fds_ops_of(uint32_t kind)
 {
@@ -24,12 +23,13 @@ void fds_flags_str(uint32_t flags, char *buf, size_t len)
 	static const struct {
 		uint32_t f;
 		const char *n;
-	} names[] = {{O_APPEND, "O_APPEND"},	 {O_NONBLOCK, "O_NONBLOCK"}, {O_DIRECT, "O_DIRECT"},
-		     {O_DIRECTORY, "O_DIRECTORY"}, {O_NOATIME, "O_NOATIME"}, {O_SYNC, "O_SYNC"},
-		     {O_DSYNC, "O_DSYNC"},	 {O_PATH, "O_PATH"},	     {O_LARGEFILE, ""}};
+	} names[] = {
+	        {O_APPEND, "O_APPEND"},       {O_NONBLOCK, "O_NONBLOCK"}, {O_DIRECT, "O_DIRECT"},
+	        {O_DIRECTORY, "O_DIRECTORY"}, {O_NOATIME, "O_NOATIME"},   {O_SYNC, "O_SYNC"},
+	        {O_DSYNC, "O_DSYNC"},         {O_PATH, "O_PATH"},         {O_LARGEFILE, ""}};
 	const char *acc = (flags & O_ACCMODE) == O_RDONLY   ? "O_RDONLY"
-			  : (flags & O_ACCMODE) == O_WRONLY ? "O_WRONLY"
-							    : "O_RDWR";
+	                  : (flags & O_ACCMODE) == O_WRONLY ? "O_WRONLY"
+	                                                    : "O_RDWR";
 	size_t n = (size_t)snprintf(buf, len, "%s", acc);
 	for (size_t i = 0; i < ARRAY_SIZE(names) && n < len; i++)
 		if ((flags & names[i].f) == names[i].f && names[i].n[0] &&
@@ -70,13 +70,20 @@ static int fd_info_read(pid_t pid, int fd, struct fd_info *fi)
 static const char *kind_word(mode_t m)
 {
 	switch (m & S_IFMT) {
-	case S_IFSOCK: return "socket";
-	case S_IFIFO: return "pipe or FIFO";
-	case S_IFBLK: return "block device";
-	case S_IFCHR: return "character device";
-	case S_IFDIR: return "directory";
-	case S_IFREG: return "regular file";
-	default: return "anonymous inode";
+	case S_IFSOCK:
+		return "socket";
+	case S_IFIFO:
+		return "pipe or FIFO";
+	case S_IFBLK:
+		return "block device";
+	case S_IFCHR:
+		return "character device";
+	case S_IFDIR:
+		return "directory";
+	case S_IFREG:
+		return "regular file";
+	default:
+		return "anonymous inode";
 	}
 }
 
@@ -113,7 +120,7 @@ int fds_capture(struct fd_capture_ctx *ctx, struct ferry_error *err)
 				ops = kinds[i];
 		if (!ops) {
 			r = ferr(err, -ENOTSUP, "fd %d: %s: unsupported kind (%s)", fd, fi.link,
-				 kind_word(fi.st.st_mode));
+			         kind_word(fi.st.st_mode));
 			break;
 		}
 		if (GROW(p->fds, p->nfds) < 0) {
@@ -137,8 +144,7 @@ int fds_capture(struct fd_capture_ctx *ctx, struct ferry_error *err)
 	return r;
 }
 
-int fds_restore(const struct process *p, const struct fd_restore_ctx *ctx,
-		struct ferry_error *err)
+int fds_restore(const struct process *p, const struct fd_restore_ctx *ctx, struct ferry_error *err)
 {
 	for (size_t i = 0; i < p->nfds; i++) {
 		const struct fd_entry *e = &p->fds[i];
@@ -146,7 +152,8 @@ int fds_restore(const struct process *p, const struct fd_restore_ctx *ctx,
 		int fd, r;
 
 		if (!ops)
-			return ferr(err, -EPROTO, "fd %d: unknown kind %u in the image", e->fd, e->kind);
+			return ferr(err, -EPROTO, "fd %d: unknown kind %u in the image", e->fd,
+			            e->kind);
 		fd = ops->restore(e, ctx, err);
 		if (fd < 0)
 			return ferr_prefix(err, "fd %d (%s)", e->fd, ops->name);

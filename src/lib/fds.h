@@ -11,8 +11,8 @@
 struct fd_info {
 	int fd;
 	char link[PATH_MAX]; /* readlink of /proc/PID/fd/N */
-	struct stat st;	     /* stat through that link */
-	uint32_t flags;	     /* fdinfo flags without O_CLOEXEC */
+	struct stat st;      /* stat through that link */
+	uint32_t flags;      /* fdinfo flags without O_CLOEXEC */
 	uint32_t cloexec;
 	uint64_t pos;
 };
@@ -36,10 +36,10 @@ struct fd_ops {
 	/* probe: does this kind handle the fd? */
 	bool (*probe)(const struct fd_info *fi, const struct fd_capture_ctx *ctx);
 	int (*capture)(struct fd_capture_ctx *ctx, const struct fd_info *fi, struct fd_entry *e,
-		       struct ferry_error *err);
+	               struct ferry_error *err);
 	/* restore: runs in the restore helper; returns a new fd for e (placed by the caller) */
 	int (*restore)(const struct fd_entry *e, const struct fd_restore_ctx *ctx,
-		       struct ferry_error *err);
+	               struct ferry_error *err);
 	/* describe: the fd's meaning in words, for inspect and caps */
 	void (*describe)(const struct fd_entry *e, char *buf, size_t len);
 };
@@ -50,8 +50,7 @@ extern const struct fd_ops fd_file_ops, fd_log_ops, fd_memfd_ops, fd_chr_ops;
 int fds_capture(struct fd_capture_ctx *ctx, struct ferry_error *err);
 
 /* fds_restore - open every fd of p at its number (in the helper); fds >= limit are untouched. */
-int fds_restore(const struct process *p, const struct fd_restore_ctx *ctx,
-		struct ferry_error *err);
+int fds_restore(const struct process *p, const struct fd_restore_ctx *ctx, struct ferry_error *err);
 
 /* fds_ops_of - the ops of an fd_entry's kind (NULL if unknown). */
 const struct fd_ops *fds_ops_of(uint32_t kind);

@@ -23,13 +23,13 @@
 enum img_kind {
 	IMG_COMPONENT = 1, /* name, creation time, origin host, log offset */
 	IMG_PROCESS = 2,   /* pid, process-wide state: mm fields, cwd, umask, rlimits, ... */
-	IMG_THREAD = 3,	   /* tid, registers, xstate, sigmask, altstack, rseq, ... */
-	IMG_VMA = 4,	   /* one memory mapping and the page runs that hold its data */
-	IMG_SHMEM = 5,	   /* one shared-memory object (shared anon, memfd) and its data runs */
-	IMG_FD = 6,	   /* one fd table entry */
+	IMG_THREAD = 3,    /* tid, registers, xstate, sigmask, altstack, rseq, ... */
+	IMG_VMA = 4,       /* one memory mapping and the page runs that hold its data */
+	IMG_SHMEM = 5,     /* one shared-memory object (shared anon, memfd) and its data runs */
+	IMG_FD = 6,        /* one fd table entry */
 	IMG_SIGACTION = 7, /* one non-default signal disposition */
 	IMG_SIGINFO = 8,   /* one pending signal (process-wide or per-thread) */
-	IMG_END = 9,	   /* last record; its absence means a truncated state file */
+	IMG_END = 9,       /* last record; its absence means a truncated state file */
 };
 
 struct image_writer;
@@ -44,7 +44,7 @@ int image_writer_open(const char *dir, struct image_writer **ret, struct ferry_e
 
 /* image_put_record - append one record (buffered). data may be NULL when len is 0. */
 int image_put_record(struct image_writer *w, uint16_t kind, uint16_t version, const void *data,
-		     uint32_t len, struct ferry_error *err);
+                     uint32_t len, struct ferry_error *err);
 
 /*
  * image_pages_fd - the page-data file, opened read-write. Writers place data with pwrite at
@@ -80,7 +80,7 @@ int image_reader_open(const char *dir, struct image_reader **ret, struct ferry_e
  * (IMG_END is not returned).
  */
 int image_next_record(struct image_reader *r, uint16_t *ret_kind, uint16_t *ret_version,
-		      const void **ret_data, uint32_t *ret_len);
+                      const void **ret_data, uint32_t *ret_len);
 
 /* image_reader_rewind - iterate from the first record again. */
 void image_reader_rewind(struct image_reader *r);
@@ -110,8 +110,8 @@ void wb_u16(struct wbuf *wb, uint16_t v);
 void wb_u32(struct wbuf *wb, uint32_t v);
 void wb_u64(struct wbuf *wb, uint64_t v);
 void wb_bytes(struct wbuf *wb, const void *p, size_t n); /* u32 length, then bytes */
-void wb_str(struct wbuf *wb, const char *s);		 /* as wb_bytes, NULL as length 0 */
-void wb_reset(struct wbuf *wb);				 /* len = 0, keep buffer */
+void wb_str(struct wbuf *wb, const char *s);             /* as wb_bytes, NULL as length 0 */
+void wb_reset(struct wbuf *wb);                          /* len = 0, keep buffer */
 void wb_free(struct wbuf *wb);
 
 struct rbuf {

@@ -35,21 +35,21 @@ struct pm_scan_arg {
 	uint64_t category_anyof_mask;
 	uint64_t return_mask;
 };
-#define PAGEMAP_SCAN	_IOWR('f', 16, struct pm_scan_arg)
-#define PAGE_IS_FILE	(1 << 2)
+#define PAGEMAP_SCAN    _IOWR('f', 16, struct pm_scan_arg)
+#define PAGE_IS_FILE    (1 << 2)
 #define PAGE_IS_PRESENT (1 << 3)
 #define PAGE_IS_SWAPPED (1 << 4)
 #define PAGE_IS_PFNZERO (1 << 5)
 #endif
 
 /* Page data moves in chunks of this size; each chunk is one page run with its own checksum. */
-#define CHUNK (1024UL * 1024)
+#define CHUNK  (1024UL * 1024)
 #define NSLOTS 4
 
 /* ---- the copy pipeline: a reader fills and checksums, a writer thread writes ---- */
 
 struct copy_job {
-	int src_fd;	  /* -1: read pid's memory at src; else pread src_fd at src */
+	int src_fd; /* -1: read pid's memory at src; else pread src_fd at src */
 	uint64_t src;
 	uint64_t len;
 	struct page_run *run; /* off and csum are filled in */
@@ -79,7 +79,9 @@ static void *writer_main(void *arg)
 			return NULL;
 		}
 		pthread_mutex_unlock(&pl->lock);
-		int r = pl->werr ? 0 : pwrite_full(pl->out_fd, pl->buf[i], pl->len[i], (off_t)pl->off[i]);
+		int r = pl->werr ? 0
+		                 : pwrite_full(pl->out_fd, pl->buf[i], pl->len[i],
+		                               (off_t)pl->off[i]);
 		pthread_mutex_lock(&pl->lock);
 		if (r < 0 && !pl->werr)
 			pl->werr = r;
@@ -100,11 +102,10 @@ static int read_mem(pid_t pid, int memfd, uint64_t addr, void *buf, size_t len)
 }
 
 static int run_pipeline(pid_t pid, struct copy_job *jobs, size_t njobs, struct image_writer *w,
-			struct ferry_error *err)
+                        struct ferry_error *err)
 {
-	struct pipeline pl = {.lock = PTHREAD_MUTEX_INITIALIZER,
-			      .cond = PTHREAD_COND_INITIALIZER,
-			      .out_fd = -1};
+	struct pipeline pl = {
+	        .lock = PTHREAD_MUTEX_INITIALIZER, .cond = PTHREAD_COND_INITIALIZER, .out_fd = -1};
 	_cleanup_close_ int memfd = -EBADF;
 	pthread_t th;
 	int r = 0;
@@ -120,7 +121,8 @@ static int run_pipeline(pid_t pid, struct copy_job *jobs, size_t njobs, struct i
 			return ferr(err, -errno, "%s: %m", path);
 	}
 	for (int i = 0; i < NSLOTS; i++) {
-		pl.buf[i] = mmap(NULL, CHUNK, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		pl.buf[i] = mmap(NULL, CHUNK, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+		                 -1, 0);
 		if (pl.buf[i] == MAP_FAILED) {
 			pl.buf[i] = NULL;
 			r = ferr(err, -errno, "allocating copy buffers: %m");
@@ -143,8 +145,8 @@ static int run_pipeline(pid_t pid, struct copy_job *jobs, size_t njobs, struct i
 			r = pread_full(jb->src_fd, pl.buf[slot], jb->len, (off_t)jb->src);
 		if (r < 0) {
 			ferr(err, r, "reading %s 0x%" PRIx64 "+0x%" PRIx64 ": %s",
-			     jb->src_fd < 0 ? "memory at" : "shared memory object at offset", jb->src,
-			     jb->len, strerror(-r));
+			     jb->src_fd < 0 ? "memory at" : "shared memory object at offset",
+			     jb->src, jb->len, strerror(-r));
 			break;
 		}
 		jb->run->csum = image_checksum(pl.buf[slot], jb->len);
@@ -205,18 +207,19 @@ static int scan_private(int pagemap_fd, struct vma *v, struct ferry_error *err)
 
 	while (cursor < v->end) {
 		struct pm_scan_arg a = {
-			.size = sizeof(a),
-			.start = cursor,
-			.end = v->end,
-			.vec = (uint64_t)(uintptr_t)regs,
-			.vec_len = ARRAY_SIZE(regs),
-			.category_anyof_mask = PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
-			.return_mask = PAGE_IS_PRESENT | PAGE_IS_SWAPPED | PAGE_IS_FILE | PAGE_IS_PFNZERO,
+		        .size = sizeof(a),
+		        .start = cursor,
+		        .end = v->end,
+		        .vec = (uint64_t)(uintptr_t)regs,
+		        .vec_len = ARRAY_SIZE(regs),
+		        .category_anyof_mask = PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
+		        .return_mask =
+		                PAGE_IS_PRESENT | PAGE_IS_SWAPPED | PAGE_IS_FILE | PAGE_IS_PFNZERO,
 		};
 		long n = ioctl(pagemap_fd, PAGEMAP_SCAN, &a);
 		if (n < 0)
 			return ferr(err, -errno, "PAGEMAP_SCAN 0x%" PRIx64 "-0x%" PRIx64 ": %m",
-				    cursor, v->end);
+			            cursor, v->end);
 		for (long i = 0; i < n; i++) {
 			uint64_t s = MAX(regs[i].start, cursor), e = regs[i].end;
 			uint64_t cat = regs[i].categories;
@@ -236,7 +239,7 @@ static int scan_private(int pagemap_fd, struct vma *v, struct ferry_error *err)
 }
 
 int shmem_lookup(struct component *c, int fd, uint32_t kind, const char *name,
-		 struct image_writer *w, struct mem_stats *st, struct ferry_error *err)
+                 struct image_writer *w, struct mem_stats *st, struct ferry_error *err)
 {
 	struct stat sb;
 	struct shmem *s;
@@ -282,9 +285,9 @@ int shmem_lookup(struct component *c, int fd, uint32_t kind, const char *name,
 		return ferr(err, -ENOMEM, "out of memory");
 	for (size_t i = 0; i < s->nruns; i++) {
 		jobs[njobs++] = (struct copy_job){.src_fd = fd,
-						  .src = s->runs[i].addr,
-						  .len = s->runs[i].npages * MODEL_PAGE,
-						  .run = &s->runs[i]};
+		                                  .src = s->runs[i].addr,
+		                                  .len = s->runs[i].npages * MODEL_PAGE,
+		                                  .run = &s->runs[i]};
 		st->pages_written += s->runs[i].npages;
 	}
 	st->pages_scanned += (uint64_t)(sb.st_size + (off_t)MODEL_PAGE - 1) / MODEL_PAGE;
@@ -307,14 +310,14 @@ static int file_identity(const char *path, struct file_id *id)
 }
 
 static int classify(struct component *c, pid_t pid, const struct proc_map *m, struct vma *v,
-		    struct image_writer *w, struct mem_stats *st, struct ferry_error *err)
+                    struct image_writer *w, struct mem_stats *st, struct ferry_error *err)
 {
 	static const struct {
 		const char *code;
 		uint32_t flag;
 	} vmflags[] = {{"gd", VMA_F_GROWSDOWN}, {"hg", VMA_F_HUGEPAGE}, {"nh", VMA_F_NOHUGEPAGE},
-		       {"dd", VMA_F_DONTDUMP},	{"dc", VMA_F_DONTFORK}, {"wf", VMA_F_WIPEONFORK},
-		       {"lo", VMA_F_LOCKED}};
+	               {"dd", VMA_F_DONTDUMP},  {"dc", VMA_F_DONTFORK}, {"wf", VMA_F_WIPEONFORK},
+	               {"lo", VMA_F_LOCKED}};
 	bool shared = m->perms[3] == 's';
 
 	v->start = m->start;
@@ -322,7 +325,7 @@ static int classify(struct component *c, pid_t pid, const struct proc_map *m, st
 	v->pgoff = m->pgoff;
 	v->shmem = -1;
 	v->prot = (m->perms[0] == 'r' ? PROT_READ : 0) | (m->perms[1] == 'w' ? PROT_WRITE : 0) |
-		  (m->perms[2] == 'x' ? PROT_EXEC : 0);
+	          (m->perms[2] == 'x' ? PROT_EXEC : 0);
 	v->flags = shared ? VMA_F_SHARED : 0;
 	for (size_t i = 0; i < ARRAY_SIZE(vmflags); i++)
 		if (procfs_vmflag(m, vmflags[i].code))
@@ -335,8 +338,8 @@ static int classify(struct component *c, pid_t pid, const struct proc_map *m, st
 		v->kind = VMA_VVAR_VCLOCK;
 	else if (procfs_vmflag(m, "io") || procfs_vmflag(m, "pf"))
 		return ferr(err, -ENOTSUP,
-			    "mapping 0x%" PRIx64 "-0x%" PRIx64 " %s: device memory (unsupported)",
-			    m->start, m->end, m->path);
+		            "mapping 0x%" PRIx64 "-0x%" PRIx64 " %s: device memory (unsupported)",
+		            m->start, m->end, m->path);
 	else if (m->ino == 0 && !shared) {
 		v->kind = VMA_ANON;
 		if (strcmp(m->path, "[heap]") == 0)
@@ -344,34 +347,34 @@ static int classify(struct component *c, pid_t pid, const struct proc_map *m, st
 		if (strcmp(m->path, "[stack]") == 0)
 			v->flags |= VMA_F_STACK;
 	} else if (shared && (strncmp(m->path, "/dev/zero", 9) == 0 ||
-			      strncmp(m->path, "/memfd:", 7) == 0 || m->ino == 0)) {
+	                      strncmp(m->path, "/memfd:", 7) == 0 || m->ino == 0)) {
 		char mf[96];
 		bool memfd = strncmp(m->path, "/memfd:", 7) == 0;
 		char name[256] = "";
 		v->kind = VMA_SHMEM;
 		snprintf(mf, sizeof(mf), "/proc/%d/map_files/%" PRIx64 "-%" PRIx64, pid, m->start,
-			 m->end);
+		         m->end);
 		_cleanup_close_ int fd = open(mf, O_RDONLY | O_CLOEXEC);
 		if (fd < 0)
 			return ferr(err, -errno, "mapping 0x%" PRIx64 "-0x%" PRIx64 " %s: %s: %m",
-				    m->start, m->end, m->path, mf);
+			            m->start, m->end, m->path, mf);
 		if (memfd) {
 			snprintf(name, sizeof(name), "%s", m->path + 7);
 			char *del = strstr(name, " (deleted)");
 			if (del)
 				*del = '\0';
 		}
-		int idx = shmem_lookup(c, fd, memfd ? SHMEM_MEMFD : SHMEM_ANON,
-				       memfd ? name : NULL, w, st, err);
+		int idx = shmem_lookup(c, fd, memfd ? SHMEM_MEMFD : SHMEM_ANON, memfd ? name : NULL,
+		                       w, st, err);
 		if (idx < 0)
 			return idx;
 		v->shmem = idx;
 	} else if (m->path[0] == '/') {
 		if (strstr(m->path, " (deleted)"))
 			return ferr(err, -ENOTSUP,
-				    "mapping 0x%" PRIx64 "-0x%" PRIx64 " %s: the file was deleted "
-				    "(unsupported)",
-				    m->start, m->end, m->path);
+			            "mapping 0x%" PRIx64 "-0x%" PRIx64 " %s: the file was deleted "
+			            "(unsupported)",
+			            m->start, m->end, m->path);
 		v->kind = shared ? VMA_FILE_SHARED : VMA_FILE_PRIVATE;
 		v->path = strdup(m->path);
 		if (!v->path)
@@ -379,19 +382,20 @@ static int classify(struct component *c, pid_t pid, const struct proc_map *m, st
 		int r = file_identity(m->path, &v->fid);
 		if (r < 0)
 			return ferr(err, r, "mapping 0x%" PRIx64 "-0x%" PRIx64 " %s: %s", m->start,
-				    m->end, m->path, strerror(-r));
+			            m->end, m->path, strerror(-r));
 	} else {
-		return ferr(err, -ENOTSUP, "mapping 0x%" PRIx64 "-0x%" PRIx64 " %s: unsupported kind",
-			    m->start, m->end, m->path);
+		return ferr(err, -ENOTSUP,
+		            "mapping 0x%" PRIx64 "-0x%" PRIx64 " %s: unsupported kind", m->start,
+		            m->end, m->path);
 	}
 	return 0;
 }
 
 int mem_capture(struct component *c, struct process *p, struct image_writer *w,
-		struct mem_stats *st, struct ferry_error *err)
+                struct mem_stats *st, struct ferry_error *err)
 {
 	_cleanup_free_ struct proc_map *maps = NULL;
-	_cleanup_free_ struct copy_job *jobs = NULL;
+	struct copy_job *jobs;
 	_cleanup_close_ int pagemap = -EBADF;
 	size_t nmaps = 0, njobs = 0;
 	char path[64];
@@ -431,43 +435,46 @@ int mem_capture(struct component *c, struct process *p, struct image_writer *w,
 		for (size_t j = 0; j < p->vmas[i].nruns; j++) {
 			struct page_run *run = &p->vmas[i].runs[j];
 			jobs[njobs++] = (struct copy_job){.src_fd = -1,
-							  .src = run->addr,
-							  .len = run->npages * MODEL_PAGE,
-							  .run = run};
+			                                  .src = run->addr,
+			                                  .len = run->npages * MODEL_PAGE,
+			                                  .run = run};
 			st->pages_written += run->npages;
 		}
 	uint64_t t0 = now_ns();
 	r = run_pipeline(p->host_pid, jobs, njobs, w, err);
 	st->write_ns += now_ns() - t0;
+	free(jobs);
 	return r;
 }
 
 /* ---- verification of page data before a restored component runs ---- */
 
 static int verify_runs(const struct page_run *runs, size_t n, int fd, uint8_t *buf,
-		       struct ferry_error *err)
+                       struct ferry_error *err)
 {
 	for (size_t i = 0; i < n; i++) {
 		uint64_t len = runs[i].npages * MODEL_PAGE;
 		int r;
 		if (len > CHUNK)
-			return ferr(err, -EPROTO, "page run at 0x%" PRIx64 " is too long", runs[i].addr);
+			return ferr(err, -EPROTO, "page run at 0x%" PRIx64 " is too long",
+			            runs[i].addr);
 		r = pread_full(fd, buf, len, (off_t)runs[i].off);
 		if (r < 0)
 			return ferr(err, r, "pages file offset %" PRIu64 ": %s", runs[i].off,
-				    r == -EIO ? "truncated" : strerror(-r));
+			            r == -EIO ? "truncated" : strerror(-r));
 		if (image_checksum(buf, len) != runs[i].csum)
 			return ferr(err, -EBADMSG,
-				    "pages file offset %" PRIu64 " (data of 0x%" PRIx64
-				    "): checksum mismatch, image corrupted",
-				    runs[i].off, runs[i].addr);
+			            "pages file offset %" PRIu64 " (data of 0x%" PRIx64
+			            "): checksum mismatch, image corrupted",
+			            runs[i].off, runs[i].addr);
 	}
 	return 0;
 }
 
 int mem_verify_pages(const struct component *c, int pages_fd, struct ferry_error *err)
 {
-	uint8_t *buf = mmap(NULL, CHUNK, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	uint8_t *buf =
+	        mmap(NULL, CHUNK, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	int r = 0;
 
 	if (buf == MAP_FAILED)
@@ -476,8 +483,8 @@ int mem_verify_pages(const struct component *c, int pages_fd, struct ferry_error
 		r = verify_runs(c->shmems[i].runs, c->shmems[i].nruns, pages_fd, buf, err);
 	for (size_t i = 0; i < c->nprocs && r == 0; i++)
 		for (size_t j = 0; j < c->procs[i].nvmas && r == 0; j++)
-			r = verify_runs(c->procs[i].vmas[j].runs, c->procs[i].vmas[j].nruns, pages_fd,
-					buf, err);
+			r = verify_runs(c->procs[i].vmas[j].runs, c->procs[i].vmas[j].nruns,
+			                pages_fd, buf, err);
 	munmap(buf, CHUNK);
 	return r;
 }
@@ -496,7 +503,7 @@ static int find_vma_kind(const struct process *p, uint32_t kind)
 
 /* Move the helper's [vvar] [vvar_vclock] [vdso] to the image's addresses. */
 static int move_vdso(struct restorer *rs, const struct process *p, const struct proc_map *cur,
-		     size_t ncur, struct ferry_error *err)
+                     size_t ncur, struct ferry_error *err)
 {
 	static const uint32_t kinds[] = {VMA_VVAR, VMA_VVAR_VCLOCK, VMA_VDSO};
 	static const char *names[] = {"[vvar]", "[vvar_vclock]", "[vdso]"};
@@ -513,28 +520,30 @@ static int move_vdso(struct restorer *rs, const struct process *p, const struct 
 		if (vi < 0 || !from[k]) {
 			if (vi < 0 && !from[k])
 				continue;
-			return ferr(err, -ENOTSUP, "%s: present in %s only; the image was made on "
-						   "another kernel",
-				    names[k], vi < 0 ? "this kernel" : "the image");
+			return ferr(err, -ENOTSUP,
+			            "%s: present in %s only; the image was made on "
+			            "another kernel",
+			            names[k], vi < 0 ? "this kernel" : "the image");
 		}
 		const struct vma *v = &p->vmas[vi];
 		if (v->end - v->start != len[k])
-			return ferr(err, -ENOTSUP, "%s: size %" PRIu64 " in the image, %" PRIu64
-						   " here; the image was made on another kernel",
-				    names[k], v->end - v->start, len[k]);
+			return ferr(err, -ENOTSUP,
+			            "%s: size %" PRIu64 " in the image, %" PRIu64
+			            " here; the image was made on another kernel",
+			            names[k], v->end - v->start, len[k]);
 		if (v->start == from[k])
 			continue;
 		/* through a parking address if the old and new places overlap */
 		uint64_t park = 0x100000000ULL + k * 0x100000ULL;
 		if (from[k] < v->end && v->start < from[k] + len[k]) {
-			long r = rs_sys(rs, "mremap vdso (park)", SYS_mremap, from[k], len[k], len[k],
-					MREMAP_MAYMOVE | MREMAP_FIXED, park, 0, err);
+			long r = rs_sys(rs, "mremap vdso (park)", SYS_mremap, from[k], len[k],
+			                len[k], MREMAP_MAYMOVE | MREMAP_FIXED, park, 0, err);
 			if (r < 0)
 				return (int)r;
 			from[k] = park;
 		}
 		long r = rs_sys(rs, "mremap vdso", SYS_mremap, from[k], len[k], len[k],
-				MREMAP_MAYMOVE | MREMAP_FIXED, v->start, 0, err);
+		                MREMAP_MAYMOVE | MREMAP_FIXED, v->start, 0, err);
 		if (r < 0)
 			return (int)r;
 		if (kinds[k] == VMA_VDSO)
@@ -545,7 +554,7 @@ static int move_vdso(struct restorer *rs, const struct process *p, const struct 
 
 /* Load the page runs of a mapping: the helper reads the pages file into its own memory. */
 static int load_runs(struct restorer *rs, const struct page_run *runs, size_t n, uint64_t base,
-		     struct ferry_error *err)
+                     struct ferry_error *err)
 {
 	for (size_t i = 0; i < n;) {
 		/* coalesce runs contiguous both in memory and in the file */
@@ -558,10 +567,11 @@ static int load_runs(struct restorer *rs, const struct page_run *runs, size_t n,
 		}
 		uint64_t dst = runs[i].addr + base;
 		long r = rs_sys(rs, "pread of page data", SYS_pread64, (uint64_t)rs->pages_fd, dst,
-				len, runs[i].off, 0, 0, err);
+		                len, runs[i].off, 0, 0, err);
 		if (r >= 0 && (uint64_t)r != len)
-			return ferr(err, -EIO, "loading 0x%" PRIx64 ": short read (%ld of %" PRIu64 ")",
-				    dst, r, len);
+			return ferr(err, -EIO,
+			            "loading 0x%" PRIx64 ": short read (%ld of %" PRIu64 ")", dst,
+			            r, len);
 		if (r < 0)
 			return ferr_prefix(err, "loading 0x%" PRIx64 "+%" PRIu64, dst, len);
 		rs->pages_loaded += len / MODEL_PAGE;
@@ -571,13 +581,13 @@ static int load_runs(struct restorer *rs, const struct page_run *runs, size_t n,
 }
 
 static const uint32_t madv_flags[][2] = {
-	{VMA_F_HUGEPAGE, MADV_HUGEPAGE},   {VMA_F_NOHUGEPAGE, MADV_NOHUGEPAGE},
-	{VMA_F_DONTDUMP, MADV_DONTDUMP},   {VMA_F_DONTFORK, MADV_DONTFORK},
-	{VMA_F_WIPEONFORK, MADV_WIPEONFORK},
+        {VMA_F_HUGEPAGE, MADV_HUGEPAGE},     {VMA_F_NOHUGEPAGE, MADV_NOHUGEPAGE},
+        {VMA_F_DONTDUMP, MADV_DONTDUMP},     {VMA_F_DONTFORK, MADV_DONTFORK},
+        {VMA_F_WIPEONFORK, MADV_WIPEONFORK},
 };
 
 static int map_one(struct restorer *rs, const struct component *c, const struct process *p,
-		   size_t idx, struct ferry_error *err)
+                   size_t idx, struct ferry_error *err)
 {
 	const struct vma *v = &p->vmas[idx];
 	uint64_t len = v->end - v->start;
@@ -611,7 +621,8 @@ static int map_one(struct restorer *rs, const struct component *c, const struct 
 		}
 		break;
 	default:
-		return ferr(err, -EPROTO, "mapping 0x%" PRIx64 ": unknown kind %u", v->start, v->kind);
+		return ferr(err, -EPROTO, "mapping 0x%" PRIx64 ": unknown kind %u", v->start,
+		            v->kind);
 	}
 	uint64_t prot = PROT_READ | PROT_WRITE | (v->prot & PROT_EXEC);
 	if (v->kind == VMA_FILE_SHARED)
@@ -619,10 +630,10 @@ static int map_one(struct restorer *rs, const struct component *c, const struct 
 	r = rs_sys(rs, "mmap", SYS_mmap, v->start, len, prot, flags, fd, off, err);
 	if (r < 0)
 		return ferr_prefix(err, "mapping 0x%" PRIx64 "-0x%" PRIx64 " %s", v->start, v->end,
-				   v->path ? v->path : "");
+		                   v->path ? v->path : "");
 	if (v->kind == VMA_SHMEM && rs->shmem_fd[v->shmem] < 0) {
 		r = load_runs(rs, c->shmems[v->shmem].runs, c->shmems[v->shmem].nruns,
-			      v->start - v->pgoff, err);
+		              v->start - v->pgoff, err);
 		if (r < 0)
 			return (int)r;
 	} else {
@@ -633,7 +644,8 @@ static int map_one(struct restorer *rs, const struct component *c, const struct 
 	for (size_t i = 0; i < ARRAY_SIZE(madv_flags); i++) {
 		if (!(v->flags & madv_flags[i][0]))
 			continue;
-		r = rs_sys(rs, "madvise", SYS_madvise, v->start, len, madv_flags[i][1], 0, 0, 0, err);
+		r = rs_sys(rs, "madvise", SYS_madvise, v->start, len, madv_flags[i][1], 0, 0, 0,
+		           err);
 		if (r < 0)
 			return ferr_prefix(err, "mapping 0x%" PRIx64, v->start);
 	}
@@ -667,7 +679,7 @@ static uint64_t free_page(const struct process *p)
 }
 
 int mem_restore(struct restorer *rs, const struct component *c, const struct process *p,
-		struct ferry_error *err)
+                struct ferry_error *err)
 {
 	_cleanup_free_ struct proc_map *cur = NULL;
 	size_t ncur = 0;
@@ -678,8 +690,8 @@ int mem_restore(struct restorer *rs, const struct component *c, const struct pro
 	if (r < 0)
 		return ferr(err, (int)r, "reading the helper's mappings: %s", strerror((int)-r));
 	for (size_t i = 0; i < ncur; i++) {
-		if (strcmp(cur[i].path, "[vvar]") && strcmp(cur[i].path, "[vvar_vclock]") &&
-		    strcmp(cur[i].path, "[vdso]"))
+		if (strcmp(cur[i].path, "[vvar]") != 0 &&
+		    strcmp(cur[i].path, "[vvar_vclock]") != 0 && strcmp(cur[i].path, "[vdso]") != 0)
 			continue;
 		keep_lo = keep_lo ? MIN(keep_lo, cur[i].start) : cur[i].start;
 		keep_hi = MAX(keep_hi, cur[i].end);
@@ -691,7 +703,7 @@ int mem_restore(struct restorer *rs, const struct component *c, const struct pro
 	if (r < 0)
 		return (int)r;
 	r = rs_sys(rs, "munmap above the vdso", SYS_munmap, keep_hi, TASK_TOP - keep_hi, 0, 0, 0, 0,
-		   err);
+	           err);
 	if (r < 0)
 		return (int)r;
 	/* 2. the vdso to its place in the image */
@@ -701,8 +713,8 @@ int mem_restore(struct restorer *rs, const struct component *c, const struct pro
 	/* 3. a scratch page for system call arguments */
 	rs->scratch = free_page(p);
 	r = rs_sys(rs, "mmap scratch page", SYS_mmap, rs->scratch, MODEL_PAGE,
-		   PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE,
-		   (uint64_t)-1, 0, err);
+	           PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE,
+	           (uint64_t)-1, 0, err);
 	if (r < 0)
 		return (int)r;
 	/* 4. every mapping, filled, with its final protection */

@@ -16,21 +16,21 @@ struct mem_stats {
  * cannot restore (a device mapping, say) with the address range and reason.
  */
 int mem_capture(struct component *c, struct process *p, struct image_writer *w,
-		struct mem_stats *st, struct ferry_error *err);
+                struct mem_stats *st, struct ferry_error *err);
 
 /*
  * shmem_lookup - the index of the shmem object behind fd (a memfd or shared-anon file) in
  * c->shmems, adding it (with its data written to w) when new. Used by mappings and fds alike.
  */
 int shmem_lookup(struct component *c, int fd, uint32_t kind, const char *name,
-		 struct image_writer *w, struct mem_stats *st, struct ferry_error *err);
+                 struct image_writer *w, struct mem_stats *st, struct ferry_error *err);
 
 /*
  * mem_restore - in the stopped restore helper rs: remove its own mappings, move the vdso to
  * where the image had it, map and fill every mapping of p, then apply final protections.
  */
 int mem_restore(struct restorer *rs, const struct component *c, const struct process *p,
-		struct ferry_error *err);
+                struct ferry_error *err);
 
 /* mem_verify_pages - check every page run's checksum against the pages file (any thread). */
 int mem_verify_pages(const struct component *c, int pages_fd, struct ferry_error *err);

@@ -8,9 +8,9 @@
 #define V_COMPONENT 1
 #define V_PROCESS   1
 #define V_THREAD    1
-#define V_VMA	    1
-#define V_SHMEM	    1
-#define V_FD	    1
+#define V_VMA       1
+#define V_SHMEM     1
+#define V_FD        1
 #define V_SIGACTION 1
 #define V_SIGINFO   1
 
@@ -134,9 +134,9 @@ static void put_process(struct wbuf *wb, const struct process *p)
 		wb_u64(wb, p->rlim[i].rlim_cur);
 		wb_u64(wb, p->rlim[i].rlim_max);
 	}
-	const uint64_t mm[] = {p->start_code, p->end_code,    p->start_data, p->end_data,
-			       p->start_brk,  p->brk,	      p->start_stack, p->arg_start,
-			       p->arg_end,    p->env_start,   p->env_end};
+	const uint64_t mm[] = {p->start_code, p->end_code,  p->start_data,  p->end_data,
+	                       p->start_brk,  p->brk,       p->start_stack, p->arg_start,
+	                       p->arg_end,    p->env_start, p->env_end};
 	for (size_t i = 0; i < ARRAY_SIZE(mm); i++)
 		wb_u64(wb, mm[i]);
 	wb_bytes(wb, p->auxv, p->auxv_len);
@@ -166,9 +166,9 @@ static int get_process(struct rbuf *rb, struct process *p)
 			p->rlim[i].rlim_max = max;
 		}
 	}
-	uint64_t *mm[] = {&p->start_code, &p->end_code,	 &p->start_data, &p->end_data,
-			  &p->start_brk,  &p->brk,	 &p->start_stack, &p->arg_start,
-			  &p->arg_end,	  &p->env_start, &p->env_end};
+	uint64_t *mm[] = {&p->start_code, &p->end_code,  &p->start_data,  &p->end_data,
+	                  &p->start_brk,  &p->brk,       &p->start_stack, &p->arg_start,
+	                  &p->arg_end,    &p->env_start, &p->env_end};
 	for (size_t i = 0; i < ARRAY_SIZE(mm); i++)
 		*mm[i] = rb_u64(rb);
 	size_t n;
@@ -186,10 +186,10 @@ static int get_process(struct rbuf *rb, struct process *p)
 static void put_thread(struct wbuf *wb, const struct process *p, const struct thread *t)
 {
 	const struct user_regs_struct *r = &t->regs;
-	const uint64_t regs[] = {r->r15, r->r14, r->r13, r->r12, r->rbp,     r->rbx,	  r->r11,
-				 r->r10, r->r9,	 r->r8,	 r->rax, r->rcx,     r->rdx,	  r->rsi,
-				 r->rdi, r->orig_rax, r->rip, r->cs, r->eflags, r->rsp,	  r->ss,
-				 r->fs_base, r->gs_base, r->ds, r->es, r->fs,	  r->gs};
+	const uint64_t regs[] = {r->r15,     r->r14,      r->r13, r->r12, r->rbp,    r->rbx, r->r11,
+	                         r->r10,     r->r9,       r->r8,  r->rax, r->rcx,    r->rdx, r->rsi,
+	                         r->rdi,     r->orig_rax, r->rip, r->cs,  r->eflags, r->rsp, r->ss,
+	                         r->fs_base, r->gs_base,  r->ds,  r->es,  r->fs,     r->gs};
 	wb_u32(wb, (uint32_t)p->pid);
 	wb_u32(wb, (uint32_t)t->tid);
 	wb_str(wb, t->comm);
@@ -212,11 +212,11 @@ static void put_thread(struct wbuf *wb, const struct process *p, const struct th
 static int get_thread(struct rbuf *rb, struct thread *t)
 {
 	struct user_regs_struct *r = &t->regs;
-	unsigned long long *regs[] = {&r->r15, &r->r14, &r->r13,      &r->r12, &r->rbp,	&r->rbx,
-				      &r->r11, &r->r10, &r->r9,	      &r->r8,  &r->rax,	&r->rcx,
-				      &r->rdx, &r->rsi, &r->rdi,      &r->orig_rax, &r->rip,
-				      &r->cs,  &r->eflags, &r->rsp,   &r->ss,  &r->fs_base,
-				      &r->gs_base, &r->ds, &r->es,    &r->fs,  &r->gs};
+	unsigned long long *regs[] = {
+	        &r->r15,     &r->r14,      &r->r13, &r->r12, &r->rbp,    &r->rbx, &r->r11,
+	        &r->r10,     &r->r9,       &r->r8,  &r->rax, &r->rcx,    &r->rdx, &r->rsi,
+	        &r->rdi,     &r->orig_rax, &r->rip, &r->cs,  &r->eflags, &r->rsp, &r->ss,
+	        &r->fs_base, &r->gs_base,  &r->ds,  &r->es,  &r->fs,     &r->gs};
 	size_t n;
 
 	rb_str(rb, t->comm, sizeof(t->comm));
@@ -506,8 +506,9 @@ int model_load(struct image_reader *r, struct component **ret, struct ferry_erro
 		if (rc < 0) {
 			model_free(c);
 			if (rc == -ENOTSUP)
-				return ferr(err, -EPROTO, "record %zu: unknown kind %u (version %u)",
-					    idx, kind, ver);
+				return ferr(err, -EPROTO,
+				            "record %zu: unknown kind %u (version %u)", idx, kind,
+				            ver);
 			return ferr(err, rc, "record %zu (kind %u): malformed", idx, kind);
 		}
 		idx++;

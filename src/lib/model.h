@@ -21,26 +21,27 @@ struct page_run {
 };
 
 enum vma_kind {
-	VMA_ANON = 1,	      /* private anonymous (heap, stacks, malloc arenas) */
-	VMA_FILE_PRIVATE = 2, /* private file mapping: only pages differing from the file are saved */
-	VMA_FILE_SHARED = 3,  /* shared file mapping: the file holds the data */
-	VMA_SHMEM = 4,	      /* shared anonymous or memfd: data in the shmem object */
+	VMA_ANON = 1, /* private anonymous (heap, stacks, malloc arenas) */
+	VMA_FILE_PRIVATE =
+	        2, /* private file mapping: only pages differing from the file are saved */
+	VMA_FILE_SHARED = 3, /* shared file mapping: the file holds the data */
+	VMA_SHMEM = 4,       /* shared anonymous or memfd: data in the shmem object */
 	VMA_VVAR = 5,
 	VMA_VVAR_VCLOCK = 6,
 	VMA_VDSO = 7,
 };
 
 /* Mapping flags beyond protection, from smaps VmFlags. */
-#define VMA_F_SHARED	 (1u << 0) /* MAP_SHARED */
-#define VMA_F_GROWSDOWN	 (1u << 1) /* stack-like, MAP_GROWSDOWN */
-#define VMA_F_HUGEPAGE	 (1u << 2) /* MADV_HUGEPAGE */
+#define VMA_F_SHARED     (1u << 0) /* MAP_SHARED */
+#define VMA_F_GROWSDOWN  (1u << 1) /* stack-like, MAP_GROWSDOWN */
+#define VMA_F_HUGEPAGE   (1u << 2) /* MADV_HUGEPAGE */
 #define VMA_F_NOHUGEPAGE (1u << 3) /* MADV_NOHUGEPAGE */
-#define VMA_F_DONTDUMP	 (1u << 4) /* MADV_DONTDUMP */
-#define VMA_F_DONTFORK	 (1u << 5) /* MADV_DONTFORK */
+#define VMA_F_DONTDUMP   (1u << 4) /* MADV_DONTDUMP */
+#define VMA_F_DONTFORK   (1u << 5) /* MADV_DONTFORK */
 #define VMA_F_WIPEONFORK (1u << 6) /* MADV_WIPEONFORK */
-#define VMA_F_LOCKED	 (1u << 7) /* mlock */
-#define VMA_F_HEAP	 (1u << 8) /* [heap] */
-#define VMA_F_STACK	 (1u << 9) /* [stack] */
+#define VMA_F_LOCKED     (1u << 7) /* mlock */
+#define VMA_F_HEAP       (1u << 8) /* [heap] */
+#define VMA_F_STACK      (1u << 9) /* [stack] */
 
 /* Identity of a file at checkpoint; restore refuses a file that changed. */
 struct file_id {
@@ -54,18 +55,18 @@ struct vma {
 	uint64_t start;
 	uint64_t end;
 	uint64_t pgoff; /* in bytes */
-	uint32_t prot;	/* PROT_* */
+	uint32_t prot;  /* PROT_* */
 	uint32_t flags; /* VMA_F_* */
-	uint32_t kind;	/* enum vma_kind */
-	int32_t shmem;	/* index into component.shmems for VMA_SHMEM, else -1 */
-	char *path;	/* file path for file mappings, NULL otherwise */
+	uint32_t kind;  /* enum vma_kind */
+	int32_t shmem;  /* index into component.shmems for VMA_SHMEM, else -1 */
+	char *path;     /* file path for file mappings, NULL otherwise */
 	struct file_id fid;
 	struct page_run *runs;
 	size_t nruns;
 };
 
 enum shmem_kind {
-	SHMEM_ANON = 1,	 /* MAP_SHARED|MAP_ANONYMOUS */
+	SHMEM_ANON = 1,  /* MAP_SHARED|MAP_ANONYMOUS */
 	SHMEM_MEMFD = 2, /* memfd_create */
 };
 
@@ -74,7 +75,7 @@ struct shmem {
 	uint64_t ino; /* identity at checkpoint (dedup key with dev) */
 	uint64_t dev;
 	uint64_t size;
-	char *name; /* memfd name (without "memfd:"), NULL for anon */
+	char *name;            /* memfd name (without "memfd:"), NULL for anon */
 	struct page_run *runs; /* addr = offset in the object */
 	size_t nruns;
 };
@@ -96,7 +97,7 @@ struct sigact {
 #define XSTATE_MAX 16384
 
 struct thread {
-	int32_t tid;	  /* in the component's pid namespace */
+	int32_t tid;      /* in the component's pid namespace */
 	int32_t host_tid; /* at capture, not stored */
 	char comm[16];
 	struct user_regs_struct regs; /* as captured (syscall restart not applied) */
@@ -123,15 +124,15 @@ enum fd_kind {
 
 struct fd_entry {
 	int32_t fd;
-	uint32_t kind;	/* enum fd_kind */
+	uint32_t kind;  /* enum fd_kind */
 	uint32_t flags; /* F_GETFL */
 	uint32_t cloexec;
 	uint64_t pos;
 	char *path;
 	struct file_id fid;
 	uint64_t rdev;
-	uint32_t mode;	/* st_mode */
-	int32_t shmem;	/* FD_MEMFD: index into component.shmems */
+	uint32_t mode; /* st_mode */
+	int32_t shmem; /* FD_MEMFD: index into component.shmems */
 };
 
 #define MODEL_NRLIMITS 16

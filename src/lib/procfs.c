@@ -28,7 +28,7 @@ int procfs_maps(pid_t pid, struct proc_map **ret, size_t *ret_n)
 		int pos = 0;
 
 		if (sscanf(line, "%lx-%lx %4s %lx %x:%x %lu %n", &s, &e, perms, &off, &maj, &min,
-			   &ino, &pos) >= 7 &&
+		           &ino, &pos) >= 7 &&
 		    pos > 0) {
 			if (GROW(maps, n) < 0) {
 				free(maps);
@@ -103,7 +103,8 @@ int procfs_status_u64(pid_t pid, const char *key, int base, uint64_t *ret)
 	r = read_file(path, &buf, NULL);
 	if (r < 0)
 		return r;
-	for (char *line = buf; line && *line; line = strchr(line, '\n') ? strchr(line, '\n') + 1 : NULL) {
+	for (char *line = buf; line && *line;
+	     line = strchr(line, '\n') ? strchr(line, '\n') + 1 : NULL) {
 		if (strncmp(line, key, klen) == 0 && line[klen] == ':') {
 			*ret = strtoull(line + klen + 1, NULL, base);
 			return 0;

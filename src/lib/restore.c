@@ -41,7 +41,7 @@ struct restore_arg {
 };
 
 long rs_sys(struct restorer *rs, const char *what, long nr, uint64_t a0, uint64_t a1, uint64_t a2,
-	    uint64_t a3, uint64_t a4, uint64_t a5, struct ferry_error *err)
+            uint64_t a3, uint64_t a4, uint64_t a5, struct ferry_error *err)
 {
 	long ret;
 	int r = tracee_syscall(&rs->main, &ret, NULL, nr, a0, a1, a2, a3, a4, a5, err);
@@ -92,7 +92,7 @@ static int place(int fd, int slot, struct ferry_error *err)
 }
 
 static int helper_prepare(struct restore_arg *a, int sync_rd, int rep_wr, const char *log_path,
-			  struct ferry_error *err)
+                          struct ferry_error *err)
 {
 	const struct process *p = &a->c->procs[0];
 	struct rlimit rl;
@@ -138,7 +138,8 @@ static int helper_prepare(struct restore_arg *a, int sync_rd, int rep_wr, const 
 		const struct vma *v = &p->vmas[i];
 		if (a->vma_fd[i] < 0)
 			continue;
-		int mode = (v->kind == VMA_FILE_SHARED && (v->prot & PROT_WRITE)) ? O_RDWR : O_RDONLY;
+		int mode =
+		        (v->kind == VMA_FILE_SHARED && (v->prot & PROT_WRITE)) ? O_RDWR : O_RDONLY;
 		fd = open(v->path, mode | O_CLOEXEC);
 		if (fd < 0)
 			return ferr(err, -errno, "mapped file %s: %m", v->path);
@@ -152,14 +153,15 @@ static int helper_prepare(struct restore_arg *a, int sync_rd, int rep_wr, const 
 	return fds_restore(p, &fctx, err);
 }
 
-static void helper_main(struct restore_arg *a, int sync_rd, int rep_wr, const char *log_path)
+_noreturn_ static void helper_main(struct restore_arg *a, int sync_rd, int rep_wr, const char *log_path)
 {
 	struct ferry_error err = {0};
 	char ok = 0, buf;
 
 	if (helper_prepare(a, sync_rd, rep_wr, log_path, &err) < 0) {
-		(void)write_full(rep_wr < 0 ? a->temp_lo + SLOT_REPORT : a->temp_lo + SLOT_REPORT,
-				 err.msg, strlen(err.msg) + 1);
+		/* the report pipe is at its slot, or still where it was inherited */
+		if (write_full(a->temp_lo + SLOT_REPORT, err.msg, strlen(err.msg) + 1) < 0)
+			(void)write_full(rep_wr, err.msg, strlen(err.msg) + 1);
 		_exit(1);
 	}
 	(void)write_full(a->temp_lo + SLOT_REPORT, &ok, 1);
@@ -196,13 +198,13 @@ static int unregister_rseq(struct restorer *rs, struct ferry_error *err)
 	} rc = {0};
 	if (ptrace(PTRACE_GET_RSEQ_CONFIGURATION, rs->pid, (void *)sizeof(rc), &rc) <= 0 || !rc.ptr)
 		return 0;
-	long r = rs_sys(rs, "rseq unregister", SYS_rseq, rc.ptr, rc.size, RSEQ_FLAG_UNREGISTER, rc.sig,
-			0, 0, err);
+	long r = rs_sys(rs, "rseq unregister", SYS_rseq, rc.ptr, rc.size, RSEQ_FLAG_UNREGISTER,
+	                rc.sig, 0, 0, err);
 	return r < 0 ? (int)r : 0;
 }
 
 static int rebuild(struct restorer *rs, struct restore_arg *a, struct tracee *threads,
-		   struct ferry_error *err)
+                   struct ferry_error *err)
 {
 	const struct process *p = &a->c->procs[0];
 	_cleanup_free_ struct proc_map *maps = NULL;
@@ -215,7 +217,7 @@ static int rebuild(struct restorer *rs, struct restore_arg *a, struct tracee *th
 	for (size_t i = 0; i < nmaps && !rs->main.syscall_ip; i++)
 		if (strcmp(maps[i].path, "[vdso]") == 0)
 			(void)tracee_find_syscall_insn(rs->pid, maps[i].start, maps[i].end,
-						       &rs->main.syscall_ip);
+			                               &rs->main.syscall_ip);
 	if (!rs->main.syscall_ip)
 		return ferr(err, -ENOTSUP, "no syscall instruction in the helper's vdso");
 	if ((r = unregister_rseq(rs, err)) < 0 || (r = mem_restore(rs, a->c, p, err)) < 0 ||
@@ -225,12 +227,12 @@ static int rebuild(struct restorer *rs, struct restore_arg *a, struct tracee *th
 	if (r < 0)
 		return r;
 	/* the temporary fds and the scratch page go; then the main thread's final registers */
-	long ret = rs_sys(rs, "close_range of temporary fds", SYS_close_range,
-			  (uint64_t)a->temp_lo, ~0U, 0, 0, 0, 0, err);
+	long ret = rs_sys(rs, "close_range of temporary fds", SYS_close_range, (uint64_t)a->temp_lo,
+	                  ~0U, 0, 0, 0, 0, err);
 	if (ret < 0)
 		return (int)ret;
 	ret = rs_sys(rs, "munmap scratch page", SYS_munmap, rs->scratch, MODEL_PAGE, 0, 0, 0, 0,
-		     err);
+	             err);
 	if (ret < 0)
 		return (int)ret;
 	r = tracee_setregs(rs->main.tid, &threads[0].regs, err);
@@ -241,14 +243,14 @@ static int rebuild(struct restorer *rs, struct restore_arg *a, struct tracee *th
 }
 
 static int restore_start(void *arg, const char *log_path, pid_t *ret_pid, void *extra,
-			 struct ferry_error *err)
+                         struct ferry_error *err)
 {
 	struct restore_arg *a = arg;
 	const struct process *p = &a->c->procs[0];
 	struct restorer rs = {0};
 	struct verify ver = {.c = a->c, .fd = a->pages_fd};
-	_cleanup_free_ struct tracee *threads = calloc(p->nthreads ? p->nthreads : 1,
-						       sizeof(struct tracee));
+	_cleanup_free_ struct tracee *threads =
+	        calloc(p->nthreads ? p->nthreads : 1, sizeof(struct tracee));
 	int sync[2], rep[2], status, r;
 	pthread_t vth;
 	bool vstarted = false;
@@ -286,7 +288,7 @@ static int restore_start(void *arg, const char *log_path, pid_t *ret_pid, void *
 	rs.vma_fd = a->vma_fd;
 	rs.shmem_fd = a->shmem_fd;
 	r = tracee_seize_stop(&rs.main, pid,
-			      PTRACE_O_TRACESYSGOOD | PTRACE_O_TRACECLONE | PTRACE_O_EXITKILL, err);
+	                      PTRACE_O_TRACESYSGOOD | PTRACE_O_TRACECLONE | PTRACE_O_EXITKILL, err);
 	if (r < 0)
 		goto fail;
 	/* page data is verified on another CPU while the helper loads it; nothing of the
@@ -350,8 +352,8 @@ static int check_files(const struct component *c, struct ferry_error *err)
 	return 0;
 }
 
-int ferry_restore(const struct ferry_runtime *rt, const char *dir, const char *name,
-		  pid_t *ret_pid, struct ferry_restore_stats *ret_stats, struct ferry_error *err)
+int ferry_restore(const struct ferry_runtime *rt, const char *dir, const char *name, pid_t *ret_pid,
+                  struct ferry_restore_stats *ret_stats, struct ferry_error *err)
 {
 	struct image_reader *rd = NULL;
 	struct component *c = NULL;
@@ -373,9 +375,10 @@ int ferry_restore(const struct ferry_runtime *rt, const char *dir, const char *n
 	if (!name)
 		name = c->name;
 	if (c->nprocs != 1 || c->procs[0].pid != 1) {
-		r = ferr(err, -ENOTSUP, "image %s: %zu processes, first pid %d: only one process, "
-					"pid 1 of its namespace, is supported",
-			 dir, c->nprocs, c->procs[0].pid);
+		r = ferr(err, -ENOTSUP,
+		         "image %s: %zu processes, first pid %d: only one process, "
+		         "pid 1 of its namespace, is supported",
+		         dir, c->nprocs, c->procs[0].pid);
 		goto out;
 	}
 	r = check_files(c, err);
@@ -392,7 +395,7 @@ int ferry_restore(const struct ferry_runtime *rt, const char *dir, const char *n
 		if (stat(log, &sb) == 0 && (uint64_t)sb.st_size > c->log_offset &&
 		    truncate(log, (off_t)c->log_offset) < 0) {
 			r = ferr(err, -errno, "log %s: truncating to %" PRIu64 ": %m", log,
-				 c->log_offset);
+			         c->log_offset);
 			goto out;
 		}
 	}
@@ -418,21 +421,21 @@ int ferry_restore(const struct ferry_runtime *rt, const char *dir, const char *n
 			if (p->vmas[j].kind == VMA_SHMEM && p->vmas[j].shmem == (int)i) {
 				users++;
 				whole = p->vmas[j].pgoff == 0 &&
-					p->vmas[j].end - p->vmas[j].start == c->shmems[i].size;
+				        p->vmas[j].end - p->vmas[j].start == c->shmems[i].size;
 			}
 		for (size_t j = 0; j < p->nfds; j++)
 			if (p->fds[j].kind == FD_MEMFD && p->fds[j].shmem == (int)i)
 				users = 2;
 		/* a shared anonymous mapping of its own is mapped anonymously again */
-		a.shmem_fd[i] = (c->shmems[i].kind == SHMEM_ANON && users == 1 && whole) ? -1
-											 : slot++;
+		a.shmem_fd[i] =
+		        (c->shmems[i].kind == SHMEM_ANON && users == 1 && whole) ? -1 : slot++;
 	}
 	for (size_t i = 0; i < p->nvmas; i++) {
 		uint32_t k = p->vmas[i].kind;
 		a.vma_fd[i] = (k == VMA_FILE_PRIVATE || k == VMA_FILE_SHARED) ? slot++ : -1;
 	}
-	r = monitor_launch(rt, name, true, c->log_id, keep_log, restore_start, &a, ret_pid, &a.stats,
-			   sizeof(a.stats), err);
+	r = monitor_launch(rt, name, true, c->log_id, keep_log, restore_start, &a, ret_pid,
+	                   &a.stats, sizeof(a.stats), err);
 	if (r < 0) {
 		ferr_prefix(err, "restoring %s from %s", name, dir);
 		goto out;

@@ -14,14 +14,14 @@
  * monitor seizes it and replaces its memory, threads and registers by injected system calls.
  */
 struct restorer {
-	pid_t pid;		 /* host pid of the helper */
-	struct tracee main;	 /* its main thread, seized and stopped */
-	uint64_t scratch;	 /* a page in the helper for system call arguments */
-	int temp_lo;		 /* first temporary fd number in the helper */
-	int pages_fd;		 /* the image's page file, in the helper */
-	int exe_fd;		 /* the executable, in the helper */
-	int *vma_fd;		 /* per vma: fd of its file in the helper, or -1 */
-	int *shmem_fd;		 /* per shmem object: fd in the helper, or -1 */
+	pid_t pid;          /* host pid of the helper */
+	struct tracee main; /* its main thread, seized and stopped */
+	uint64_t scratch;   /* a page in the helper for system call arguments */
+	int temp_lo;        /* first temporary fd number in the helper */
+	int pages_fd;       /* the image's page file, in the helper */
+	int exe_fd;         /* the executable, in the helper */
+	int *vma_fd;        /* per vma: fd of its file in the helper, or -1 */
+	int *shmem_fd;      /* per shmem object: fd in the helper, or -1 */
 	uint64_t pages_loaded;
 	uint64_t pages_ns;
 };
@@ -31,4 +31,4 @@ struct restorer {
  * -errno with err naming the call (what) and the reason.
  */
 long rs_sys(struct restorer *rs, const char *what, long nr, uint64_t a0, uint64_t a1, uint64_t a2,
-	    uint64_t a3, uint64_t a4, uint64_t a5, struct ferry_error *err);
+            uint64_t a3, uint64_t a4, uint64_t a5, struct ferry_error *err);

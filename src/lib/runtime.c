@@ -89,9 +89,9 @@ static int record_write(const struct ferry_runtime *rt, const struct ferry_compo
 	char path[PATH_MAX], buf[1024];
 	snprintf(path, sizeof(path), "%s/%s/record", rt->state_dir, c->name);
 	snprintf(buf, sizeof(buf),
-		 "pid=%d\nmonitor_pid=%d\nstate=%d\nexit_status=%d\nstarted=%" PRId64
-		 "\nrestored=%d\n",
-		 c->pid, c->monitor_pid, (int)c->state, c->exit_status, c->started, c->restored);
+	         "pid=%d\nmonitor_pid=%d\nstate=%d\nexit_status=%d\nstarted=%" PRId64
+	         "\nrestored=%d\n",
+	         c->pid, c->monitor_pid, (int)c->state, c->exit_status, c->started, c->restored);
 	return write_atomic(path, buf);
 }
 
@@ -139,7 +139,7 @@ bool runtime_is_live(const struct ferry_component *c)
 }
 
 int ferry_component_get(const struct ferry_runtime *rt, const char *name,
-			struct ferry_component *ret, struct ferry_error *err)
+                        struct ferry_component *ret, struct ferry_error *err)
 {
 	if (!ferry_name_valid(name))
 		return ferr(err, -EINVAL, "invalid component name '%s'", name);
@@ -159,11 +159,11 @@ int ferry_component_get(const struct ferry_runtime *rt, const char *name,
 static int cmp_component(const void *a, const void *b)
 {
 	return strcmp(((const struct ferry_component *)a)->name,
-		      ((const struct ferry_component *)b)->name);
+	              ((const struct ferry_component *)b)->name);
 }
 
 int ferry_list(const struct ferry_runtime *rt, struct ferry_component **ret, size_t *ret_n,
-	       struct ferry_error *err)
+               struct ferry_error *err)
 {
 	DIR *d = opendir(rt->state_dir);
 	struct dirent *de;
@@ -236,7 +236,7 @@ struct report {
 };
 
 static void monitor_main(const struct ferry_runtime *rt, const char *name, bool restored,
-			 monitor_start_fn start, void *arg, int rep_fd)
+                         monitor_start_fn start, void *arg, int rep_fd)
 {
 	struct report rep = {0};
 	struct ferry_error err = {0};
@@ -285,9 +285,9 @@ static void monitor_main(const struct ferry_runtime *rt, const char *name, bool 
 	_exit(0);
 }
 
-int monitor_launch(const struct ferry_runtime *rt, const char *name, bool restored,
-		   uint64_t log_id, bool keep_log, monitor_start_fn start, void *arg,
-		   pid_t *ret_pid, void *ret_extra, size_t extra_len, struct ferry_error *err)
+int monitor_launch(const struct ferry_runtime *rt, const char *name, bool restored, uint64_t log_id,
+                   bool keep_log, monitor_start_fn start, void *arg, pid_t *ret_pid,
+                   void *ret_extra, size_t extra_len, struct ferry_error *err)
 {
 	struct ferry_component cur;
 	char dir[PATH_MAX], path[PATH_MAX], idbuf[32];
@@ -296,10 +296,11 @@ int monitor_launch(const struct ferry_runtime *rt, const char *name, bool restor
 	pid_t mid;
 
 	if (!ferry_name_valid(name))
-		return ferr(err, -EINVAL, "invalid component name '%s' (use letters, digits, . _ -)",
-			    name);
+		return ferr(err, -EINVAL,
+		            "invalid component name '%s' (use letters, digits, . _ -)", name);
 	if (record_read(rt, name, &cur) == 0 && runtime_is_live(&cur))
-		return ferr(err, -EEXIST, "component %s is already running (pid %d)", name, cur.pid);
+		return ferr(err, -EEXIST, "component %s is already running (pid %d)", name,
+		            cur.pid);
 	runtime_dir(rt, name, dir, sizeof(dir));
 	r = mkdir_p(dir, 0700);
 	if (r < 0)
@@ -307,7 +308,8 @@ int monitor_launch(const struct ferry_runtime *rt, const char *name, bool restor
 	/* a new log history unless the caller continues an existing one */
 	runtime_log_path(rt, name, path, sizeof(path));
 	if (!keep_log) {
-		_cleanup_close_ int lfd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+		_cleanup_close_ int lfd =
+		        open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
 		if (lfd < 0)
 			return ferr(err, -errno, "log %s: %m", path);
 	}
@@ -381,7 +383,7 @@ int runtime_ns_setup(struct ferry_error *err)
 }
 
 static int run_start(void *arg, const char *log_path, pid_t *ret_pid, void *extra,
-		     struct ferry_error *err)
+                     struct ferry_error *err)
 {
 	struct run_arg *ra = arg;
 	int p[2];
@@ -434,7 +436,7 @@ static int run_start(void *arg, const char *log_path, pid_t *ret_pid, void *extr
 }
 
 int ferry_run(const struct ferry_runtime *rt, const char *name, char *const argv[], pid_t *ret_pid,
-	      struct ferry_error *err)
+              struct ferry_error *err)
 {
 	struct run_arg ra = {argv};
 

@@ -12,7 +12,7 @@
  * bytes) travels back to the caller of monitor_launch with the result.
  */
 typedef int (*monitor_start_fn)(void *arg, const char *log_path, pid_t *ret_pid, void *extra,
-				struct ferry_error *err);
+                                struct ferry_error *err);
 
 #define MONITOR_EXTRA_MAX 256
 
@@ -21,9 +21,9 @@ typedef int (*monitor_start_fn)(void *arg, const char *log_path, pid_t *ret_pid,
  * in it run start, record the component as running and report back; then the monitor waits
  * for the component and records its exit. Returns once start has succeeded or failed.
  */
-int monitor_launch(const struct ferry_runtime *rt, const char *name, bool restored,
-		   uint64_t log_id, bool keep_log, monitor_start_fn start, void *arg,
-		   pid_t *ret_pid, void *ret_extra, size_t extra_len, struct ferry_error *err);
+int monitor_launch(const struct ferry_runtime *rt, const char *name, bool restored, uint64_t log_id,
+                   bool keep_log, monitor_start_fn start, void *arg, pid_t *ret_pid,
+                   void *ret_extra, size_t extra_len, struct ferry_error *err);
 
 /* runtime_paths - the component's directory, log and log-id files. */
 void runtime_dir(const struct ferry_runtime *rt, const char *name, char *buf, size_t len);

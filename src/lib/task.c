@@ -39,7 +39,7 @@ int task_file_identity(const char *path, struct file_id *id)
 }
 
 int task_check_file(const char *what, const char *path, const struct file_id *id,
-		    struct ferry_error *err)
+                    struct ferry_error *err)
 {
 	struct file_id now;
 	int r = task_file_identity(path, &now);
@@ -47,9 +47,9 @@ int task_check_file(const char *what, const char *path, const struct file_id *id
 		return ferr(err, r, "%s %s: %s", what, path, strerror(-r));
 	if (now.size != id->size || now.mtime_ns != id->mtime_ns)
 		return ferr(err, -ESTALE,
-			    "%s %s: changed since the checkpoint (size %" PRIu64 " -> %" PRIu64
-			    ", mtime %" PRId64 " -> %" PRId64 ")",
-			    what, path, id->size, now.size, id->mtime_ns, now.mtime_ns);
+		            "%s %s: changed since the checkpoint (size %" PRIu64 " -> %" PRIu64
+		            ", mtime %" PRId64 " -> %" PRId64 ")",
+		            what, path, id->size, now.size, id->mtime_ns, now.mtime_ns);
 	return 0;
 }
 
@@ -69,7 +69,7 @@ static int read_link(pid_t pid, const char *name, char **ret)
 
 /* Inject one call in the main thread, scratch memory below its stack red zone. */
 static int inject(struct tracee *t, long *ret, long nr, uint64_t a0, uint64_t a1, uint64_t a2,
-		  uint64_t a3, struct ferry_error *err)
+                  uint64_t a3, struct ferry_error *err)
 {
 	return tracee_syscall(t, ret, NULL, nr, a0, a1, a2, a3, 0, 0, err);
 }
@@ -101,8 +101,8 @@ static int capture_signals(struct tracee *main, struct process *p, struct ferry_
 			if (GROW(p->sigacts, p->nsigacts) < 0)
 				r = ferr(err, -ENOMEM, "out of memory");
 			else
-				p->sigacts[p->nsigacts++] = (struct sigact){sig, ka.handler, ka.flags,
-									    ka.restorer, ka.mask};
+				p->sigacts[p->nsigacts++] = (struct sigact){
+				        sig, ka.handler, ka.flags, ka.restorer, ka.mask};
 		}
 	}
 	int r2 = tracee_poke(p->host_pid, scratch, saved, sizeof(saved));
@@ -113,7 +113,7 @@ static int capture_signals(struct tracee *main, struct process *p, struct ferry_
 
 /* Pending signals of one queue (shared or one thread's), without dequeuing them. */
 static int capture_pending(struct process *p, pid_t host_tid, int32_t tid, bool shared,
-			   struct ferry_error *err)
+                           struct ferry_error *err)
 {
 	for (uint64_t off = 0;; off++) {
 		struct {
@@ -151,7 +151,7 @@ int task_capture(struct tracee *main, struct process *p, struct ferry_error *err
 		return ferr(err, r, "pid %d: reading exe/cwd/root: %s", p->host_pid, strerror(-r));
 	if (strstr(p->exe, " (deleted)"))
 		return ferr(err, -ENOTSUP, "pid %d: executable %s was deleted (unsupported)",
-			    p->host_pid, p->exe);
+		            p->host_pid, p->exe);
 	r = task_file_identity(p->exe, &p->exe_id);
 	if (r < 0)
 		return ferr(err, r, "pid %d: executable %s: %s", p->host_pid, p->exe, strerror(-r));
@@ -222,20 +222,20 @@ int task_restore_early(const struct process *p, struct ferry_error *err)
 int task_restore_mm(struct restorer *rs, const struct process *p, struct ferry_error *err)
 {
 	struct prctl_mm_map map = {
-		.start_code = p->start_code,
-		.end_code = p->end_code,
-		.start_data = p->start_data,
-		.end_data = p->end_data,
-		.start_brk = p->start_brk,
-		.brk = p->brk,
-		.start_stack = p->start_stack,
-		.arg_start = p->arg_start,
-		.arg_end = p->arg_end,
-		.env_start = p->env_start,
-		.env_end = p->env_end,
-		.auxv = (__u64 *)(uintptr_t)(rs->scratch + 512),
-		.auxv_size = p->auxv_len,
-		.exe_fd = (uint32_t)rs->exe_fd,
+	        .start_code = p->start_code,
+	        .end_code = p->end_code,
+	        .start_data = p->start_data,
+	        .end_data = p->end_data,
+	        .start_brk = p->start_brk,
+	        .brk = p->brk,
+	        .start_stack = p->start_stack,
+	        .arg_start = p->arg_start,
+	        .arg_end = p->arg_end,
+	        .env_start = p->env_start,
+	        .env_end = p->env_end,
+	        .auxv = (__u64 *)(uintptr_t)(rs->scratch + 512),
+	        .auxv_size = p->auxv_len,
+	        .exe_fd = (uint32_t)rs->exe_fd,
 	};
 	int r;
 
@@ -246,13 +246,13 @@ int task_restore_mm(struct restorer *rs, const struct process *p, struct ferry_e
 		r = tracee_poke(rs->pid, rs->scratch + 512, p->auxv, p->auxv_len);
 	if (r < 0)
 		return ferr(err, r, "scratch write: %s", strerror(-r));
-	long ret = rs_sys(rs, "prctl(PR_SET_MM_MAP)", SYS_prctl, PR_SET_MM, PR_SET_MM_MAP, rs->scratch,
-			  sizeof(map), 0, 0, err);
+	long ret = rs_sys(rs, "prctl(PR_SET_MM_MAP)", SYS_prctl, PR_SET_MM, PR_SET_MM_MAP,
+	                  rs->scratch, sizeof(map), 0, 0, err);
 	return ret < 0 ? (int)ret : 0;
 }
 
 int task_restore_late(struct restorer *rs, const struct process *p, const pid_t *host_tids,
-		      struct ferry_error *err)
+                      struct ferry_error *err)
 {
 	for (size_t i = 0; i < p->npending; i++) {
 		const struct pending_sig *s = &p->pending[i];
@@ -266,11 +266,11 @@ int task_restore_late(struct restorer *rs, const struct process *p, const pid_t 
 			return ferr(err, r, "scratch write: %s", strerror(-r));
 		if (s->tid == 0)
 			ret = rs_sys(rs, "rt_sigqueueinfo", SYS_rt_sigqueueinfo, (uint64_t)p->pid,
-				     (uint64_t)signo, rs->scratch, 0, 0, 0, err);
+			             (uint64_t)signo, rs->scratch, 0, 0, 0, err);
 		else
 			ret = rs_sys(rs, "rt_tgsigqueueinfo", SYS_rt_tgsigqueueinfo,
-				     (uint64_t)p->pid, (uint64_t)s->tid, (uint64_t)signo,
-				     rs->scratch, 0, 0, err);
+			             (uint64_t)p->pid, (uint64_t)s->tid, (uint64_t)signo,
+			             rs->scratch, 0, 0, err);
 		if (ret < 0)
 			return ferr_prefix(err, "pending signal %d", signo);
 	}
@@ -282,7 +282,7 @@ int task_restore_late(struct restorer *rs, const struct process *p, const pid_t 
 }
 
 int task_capture_thread_pending(struct process *p, pid_t host_tid, int32_t tid,
-				struct ferry_error *err)
+                                struct ferry_error *err)
 {
 	return capture_pending(p, host_tid, tid, false, err);
 }

@@ -16,15 +16,15 @@ int task_restore_mm(struct restorer *rs, const struct process *p, struct ferry_e
 
 /* task_restore_late - pending signals (injected) and rlimits (prlimit), just before resuming. */
 int task_restore_late(struct restorer *rs, const struct process *p, const pid_t *host_tids,
-		      struct ferry_error *err);
+                      struct ferry_error *err);
 
 /* task_file_identity - stat path into id; 0 or -errno. */
 int task_file_identity(const char *path, struct file_id *id);
 
 /* task_check_file - -ESTALE with a message if path no longer matches id. */
 int task_check_file(const char *what, const char *path, const struct file_id *id,
-		    struct ferry_error *err);
+                    struct ferry_error *err);
 
 /* task_capture_thread_pending - signals pending for one thread (not the process queue). */
 int task_capture_thread_pending(struct process *p, pid_t host_tid, int32_t tid,
-				struct ferry_error *err);
+                                struct ferry_error *err);

@@ -26,10 +26,10 @@ struct rseq_conf {
 };
 
 #define RED_ZONE 128
-#define SCRATCH	 256
+#define SCRATCH  256
 
 int threads_capture(struct tracee *tr, const struct process *p, struct thread *t,
-		    struct ferry_error *err)
+                    struct ferry_error *err)
 {
 	struct iovec iov;
 	struct rseq_conf rc = {0};
@@ -70,8 +70,8 @@ int threads_capture(struct tracee *tr, const struct process *p, struct thread *t
 	/* sigaltstack and the clear-tid address are only reachable from the thread itself */
 	r = tracee_peek(p->host_pid, scratch, saved, sizeof(saved));
 	if (r < 0)
-		return ferr(err, r, "thread %d: reading stack at 0x%" PRIx64 ": %s", tr->tid, scratch,
-			    strerror(-r));
+		return ferr(err, r, "thread %d: reading stack at 0x%" PRIx64 ": %s", tr->tid,
+		            scratch, strerror(-r));
 	r = tracee_syscall(tr, &ret, NULL, SYS_sigaltstack, 0, scratch, 0, 0, 0, 0, err);
 	if (r == 0 && ret < 0)
 		r = ferr(err, (int)ret, "thread %d: sigaltstack: %s", tr->tid, strerror((int)-ret));
@@ -83,11 +83,11 @@ int threads_capture(struct tracee *tr, const struct process *p, struct thread *t
 		t->ss_flags = ss.ss_flags;
 	}
 	if (r == 0)
-		r = tracee_syscall(tr, &ret, NULL, SYS_prctl, PR_GET_TID_ADDRESS, scratch, 0, 0, 0, 0,
-				   err);
+		r = tracee_syscall(tr, &ret, NULL, SYS_prctl, PR_GET_TID_ADDRESS, scratch, 0, 0, 0,
+		                   0, err);
 	if (r == 0 && ret < 0)
 		r = ferr(err, (int)ret, "thread %d: PR_GET_TID_ADDRESS: %s", tr->tid,
-			 strerror((int)-ret));
+		         strerror((int)-ret));
 	if (r == 0)
 		r = tracee_peek(p->host_pid, scratch, &t->clear_tid, sizeof(t->clear_tid));
 	int r2 = tracee_poke(p->host_pid, scratch, saved, sizeof(saved));
@@ -98,7 +98,7 @@ int threads_capture(struct tracee *tr, const struct process *p, struct thread *t
 
 /* Per-thread kernel state a thread must set itself, then its registers. */
 static int thread_set_state(struct restorer *rs, struct tracee *tr, const struct thread *t,
-			    struct ferry_error *err)
+                            struct ferry_error *err)
 {
 	struct user_regs_struct regs = t->regs;
 	struct iovec iov = {t->xstate, t->xstate_len};
@@ -118,8 +118,8 @@ static int thread_set_state(struct restorer *rs, struct tracee *tr, const struct
 	if (t->robust_head)
 		INJECT("set_robust_list", SYS_set_robust_list, t->robust_head, t->robust_len, 0, 0);
 	stack_t ss = {.ss_sp = (void *)(uintptr_t)t->ss_sp,
-		      .ss_size = t->ss_size,
-		      .ss_flags = t->ss_flags & ~SS_ONSTACK};
+	              .ss_size = t->ss_size,
+	              .ss_flags = t->ss_flags & ~SS_ONSTACK};
 	if (!(t->ss_flags & SS_DISABLE)) {
 		r = tracee_poke(rs->pid, rs->scratch, &ss, sizeof(ss));
 		if (r < 0)
@@ -145,7 +145,7 @@ static int thread_set_state(struct restorer *rs, struct tracee *tr, const struct
 }
 
 int threads_restore(struct restorer *rs, const struct process *p, struct tracee *ret_tracees,
-		    struct ferry_error *err)
+                    struct ferry_error *err)
 {
 	const struct thread *main_t = NULL;
 	size_t n = 1;
@@ -167,10 +167,10 @@ int threads_restore(struct restorer *rs, const struct process *p, struct tracee 
 		if (t == main_t)
 			continue;
 		struct clone_args ca = {
-			.flags = CLONE_VM | CLONE_FS | CLONE_FILES | CLONE_SIGHAND | CLONE_THREAD |
-				 CLONE_SYSVSEM,
-			.set_tid = rs->scratch + 128,
-			.set_tid_size = 1,
+		        .flags = CLONE_VM | CLONE_FS | CLONE_FILES | CLONE_SIGHAND | CLONE_THREAD |
+		                 CLONE_SYSVSEM,
+		        .set_tid = rs->scratch + 128,
+		        .set_tid_size = 1,
 		};
 		int32_t tid = t->tid;
 		r = tracee_poke(rs->pid, rs->scratch, &ca, sizeof(ca));
@@ -178,8 +178,8 @@ int threads_restore(struct restorer *rs, const struct process *p, struct tracee 
 			r = tracee_poke(rs->pid, rs->scratch + 128, &tid, sizeof(tid));
 		if (r < 0)
 			return ferr(err, r, "thread %d: scratch write: %s", tid, strerror(-r));
-		r = tracee_syscall(&rs->main, &ret, &host_tid, SYS_clone3, rs->scratch, sizeof(ca), 0,
-				   0, 0, 0, err);
+		r = tracee_syscall(&rs->main, &ret, &host_tid, SYS_clone3, rs->scratch, sizeof(ca),
+		                   0, 0, 0, 0, err);
 		if (r == 0 && ret < 0)
 			r = ferr(err, (int)ret, "clone3 with tid %d: %s", tid, strerror((int)-ret));
 		if (r < 0)
@@ -213,25 +213,44 @@ int threads_restore(struct restorer *rs, const struct process *p, struct tracee 
 static const char *syscall_name(long nr)
 {
 	switch (nr) {
-	case SYS_read: return "read";
-	case SYS_write: return "write";
-	case SYS_nanosleep: return "nanosleep";
-	case SYS_clock_nanosleep: return "clock_nanosleep";
-	case SYS_futex: return "futex";
-	case SYS_poll: return "poll";
-	case SYS_ppoll: return "ppoll";
-	case SYS_select: return "select";
-	case SYS_pselect6: return "pselect6";
-	case SYS_epoll_wait: return "epoll_wait";
-	case SYS_epoll_pwait: return "epoll_pwait";
-	case SYS_wait4: return "wait4";
-	case SYS_rt_sigsuspend: return "rt_sigsuspend";
-	case SYS_pause: return "pause";
-	case SYS_accept: return "accept";
-	case SYS_accept4: return "accept4";
-	case SYS_recvfrom: return "recvfrom";
-	case SYS_rt_sigtimedwait: return "rt_sigtimedwait";
-	default: return NULL;
+	case SYS_read:
+		return "read";
+	case SYS_write:
+		return "write";
+	case SYS_nanosleep:
+		return "nanosleep";
+	case SYS_clock_nanosleep:
+		return "clock_nanosleep";
+	case SYS_futex:
+		return "futex";
+	case SYS_poll:
+		return "poll";
+	case SYS_ppoll:
+		return "ppoll";
+	case SYS_select:
+		return "select";
+	case SYS_pselect6:
+		return "pselect6";
+	case SYS_epoll_wait:
+		return "epoll_wait";
+	case SYS_epoll_pwait:
+		return "epoll_pwait";
+	case SYS_wait4:
+		return "wait4";
+	case SYS_rt_sigsuspend:
+		return "rt_sigsuspend";
+	case SYS_pause:
+		return "pause";
+	case SYS_accept:
+		return "accept";
+	case SYS_accept4:
+		return "accept4";
+	case SYS_recvfrom:
+		return "recvfrom";
+	case SYS_rt_sigtimedwait:
+		return "rt_sigtimedwait";
+	default:
+		return NULL;
 	}
 }
 

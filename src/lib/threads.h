@@ -11,7 +11,7 @@
  * the thread's stack red zone, which is put back afterwards.
  */
 int threads_capture(struct tracee *tr, const struct process *p, struct thread *t,
-		    struct ferry_error *err);
+                    struct ferry_error *err);
 
 /*
  * threads_restore - create the threads of p other than the main one in the helper (clone3
@@ -19,7 +19,7 @@ int threads_capture(struct tracee *tr, const struct process *p, struct thread *t
  * ret_tracees (n = p->nthreads) receives every seized thread, main first.
  */
 int threads_restore(struct restorer *rs, const struct process *p, struct tracee *ret_tracees,
-		    struct ferry_error *err);
+                    struct ferry_error *err);
 
 /* thread_state_describe - "in syscall nanosleep (restarts)" and similar, for inspect. */
 void thread_state_describe(const struct thread *t, char *buf, size_t len);

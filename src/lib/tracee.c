@@ -110,7 +110,8 @@ static int step_to_syscall_stop(struct tracee *t, pid_t *ret_new_tid, struct fer
 		if (r < 0)
 			return r;
 		if (!WIFSTOPPED(status))
-			return ferr(err, -EPROTO, "thread %d: unexpected wait status 0x%x", tid, status);
+			return ferr(err, -EPROTO, "thread %d: unexpected wait status 0x%x", tid,
+			            status);
 		if (WSTOPSIG(status) == (SIGTRAP | 0x80))
 			return 0;
 		if ((status >> 16) == PTRACE_EVENT_CLONE || (status >> 16) == PTRACE_EVENT_FORK) {
@@ -124,15 +125,15 @@ static int step_to_syscall_stop(struct tracee *t, pid_t *ret_new_tid, struct fer
 		if ((status >> 16) == PTRACE_EVENT_STOP)
 			continue;
 		if (t->deferred_sig && t->deferred_sig != WSTOPSIG(status))
-			return ferr(err, -EINTR, "thread %d: second signal %d during injection", tid,
-				    WSTOPSIG(status));
+			return ferr(err, -EINTR, "thread %d: second signal %d during injection",
+			            tid, WSTOPSIG(status));
 		t->deferred_sig = WSTOPSIG(status);
 	}
 }
 
 int tracee_syscall(struct tracee *t, long *ret, pid_t *ret_new_tid, long nr, uint64_t a0,
-		   uint64_t a1, uint64_t a2, uint64_t a3, uint64_t a4, uint64_t a5,
-		   struct ferry_error *err)
+                   uint64_t a1, uint64_t a2, uint64_t a3, uint64_t a4, uint64_t a5,
+                   struct ferry_error *err)
 {
 	struct user_regs_struct r = t->regs;
 	int rc;
@@ -222,7 +223,7 @@ void regs_for_resume(struct user_regs_struct *r, bool restored)
 			r->rax = SYS_restart_syscall;
 			r->rip -= 2;
 		} else if ((r->orig_rax == SYS_clock_nanosleep && r->r10) ||
-			   (r->orig_rax == SYS_nanosleep && r->rsi)) {
+		           (r->orig_rax == SYS_nanosleep && r->rsi)) {
 			/*
 			 * A relative sleep with a `rem` buffer: the kernel wrote the time left
 			 * into it when the sleep was interrupted, so sleep again for that long.

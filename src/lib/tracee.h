@@ -14,12 +14,13 @@ struct tracee {
 	bool seized;
 	bool stopped;
 	struct user_regs_struct regs; /* as found at the stop (what resume puts back) */
-	uint64_t syscall_ip;	      /* address of a `syscall` instruction in its address space */
-	bool clobbered;		      /* registers changed by injection: put back on detach */
-	int deferred_sig;	      /* a signal that arrived mid-injection, delivered on detach */
+	uint64_t syscall_ip;          /* address of a `syscall` instruction in its address space */
+	bool clobbered;               /* registers changed by injection: put back on detach */
+	int deferred_sig;             /* a signal that arrived mid-injection, delivered on detach */
 };
 
-/* tracee_seize - PTRACE_SEIZE tid with opts (PTRACE_O_*), then interrupt it and wait for the stop. */
+/* tracee_seize - PTRACE_SEIZE tid with opts (PTRACE_O_*), then interrupt it and wait for the stop.
+ */
 int tracee_seize_stop(struct tracee *t, pid_t tid, unsigned long opts, struct ferry_error *err);
 
 /* tracee_wait_stop - wait for the next ptrace stop of tid; *ret_status is waitpid's status. */
@@ -32,8 +33,8 @@ int tracee_wait(pid_t tid, int *ret_status, struct ferry_error *err);
  * Handles PTRACE_EVENT_CLONE stops on the way (new tids in *ret_new_tid when not NULL).
  */
 int tracee_syscall(struct tracee *t, long *ret, pid_t *ret_new_tid, long nr, uint64_t a0,
-		   uint64_t a1, uint64_t a2, uint64_t a3, uint64_t a4, uint64_t a5,
-		   struct ferry_error *err);
+                   uint64_t a1, uint64_t a2, uint64_t a3, uint64_t a4, uint64_t a5,
+                   struct ferry_error *err);
 
 /* tracee_setregs / tracee_getregs - PTRACE_SETREGS / GETREGS with context in err. */
 int tracee_setregs(pid_t tid, const struct user_regs_struct *regs, struct ferry_error *err);
@@ -59,7 +60,7 @@ int tracee_peek(pid_t pid, uint64_t addr, void *buf, size_t len);
 void regs_for_resume(struct user_regs_struct *r, bool restored);
 
 /* Kernel-internal restart codes, visible to ptrace in rax. */
-#define ERESTARTSYS	      512
-#define ERESTARTNOINTR	      513
-#define ERESTARTNOHAND	      514
+#define ERESTARTSYS           512
+#define ERESTARTNOINTR        513
+#define ERESTARTNOHAND        514
 #define ERESTART_RESTARTBLOCK 516

@@ -8,7 +8,7 @@
 
 #include "util.h"
 
-int ferr(struct ferry_error *err, int code, const char *fmt, ...)
+void ferr_set(struct ferry_error *err, int code, const char *fmt, ...)
 {
 	if (err) {
 		va_list ap;
@@ -17,7 +17,6 @@ int ferr(struct ferry_error *err, int code, const char *fmt, ...)
 		va_end(ap);
 		err->code = code;
 	}
-	return code;
 }
 
 int ferr_prefix(struct ferry_error *err, const char *fmt, ...)

@@ -12,9 +12,10 @@
 
 #include "ferry/ferry.h"
 
-#define _cleanup_(f) __attribute__((cleanup(f)))
-#define _unused_     __attribute__((unused))
+#define _cleanup_(f)   __attribute__((cleanup(f)))
+#define _unused_       __attribute__((unused))
 #define _printf_(a, b) __attribute__((format(printf, a, b)))
+#define _noreturn_     __attribute__((noreturn))
 
 #define ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
 #define MIN(a, b)     ((a) < (b) ? (a) : (b))
@@ -58,11 +59,19 @@ static inline void closep(int *fd)
 		_p_;                                                                               \
 	})
 
+/* ferr_set - record code (a -errno) and a formatted message in err (which may be NULL). */
+void ferr_set(struct ferry_error *err, int code, const char *fmt, ...) _printf_(3, 4);
+
 /*
- * ferr - record an error: code (a -errno) and a formatted message; returns code so callers
- * write `return ferr(err, -EINVAL, "fd %d: ...", fd);`. err may be NULL.
+ * ferr - record an error and evaluate to its code, so callers write
+ * `return ferr(err, -EINVAL, "fd %d: ...", fd);`. A macro so that analysers see the value.
  */
-int ferr(struct ferry_error *err, int code, const char *fmt, ...) _printf_(3, 4);
+#define ferr(err, code, ...)                                                                       \
+	({                                                                                         \
+		int _ferr_code_ = (code);                                                          \
+		ferr_set((err), _ferr_code_, __VA_ARGS__);                                         \
+		_ferr_code_;                                                                       \
+	})
 
 /* ferr_prefix - prepend "what: " context to an already recorded message; returns err->code. */
 int ferr_prefix(struct ferry_error *err, const char *fmt, ...) _printf_(2, 3);
