@@ -46,6 +46,20 @@ if [ "$FLOORS_ONLY" = 0 ] && [ ! -x "$FERRY" ]; then
 	exit 1
 fi
 
+# Every component this script started is ended through ferry, never with a raw signal.
+STARTED=""
+WORK=""
+IMGROOT=""
+cleanup() {
+	local n
+	for n in $STARTED; do
+		"$FERRY" kill "$n" >/dev/null 2>&1 || true
+	done
+	rm -rf ${WORK:+"$WORK"} ${IMGROOT:+"$IMGROOT"}
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM HUP
+
 WORK=$(mktemp -d /tmp/ferry-bench.XXXXXX)
 IMGROOT=$(mktemp -d /dev/shm/ferry-bench-img.XXXXXX)
 RES=$WORK/results
@@ -55,18 +69,6 @@ LOADAVG_START=$(cat /proc/loadavg)
 if awk -v n="$(nproc)" '{ exit !($1 > n / 2) }' /proc/loadavg; then
 	echo "bench: load average ${LOADAVG_START%% *} on $(nproc) CPUs: other work will disturb the figures" >&2
 fi
-
-# Every component this script started is ended through ferry, never with a raw signal.
-STARTED=""
-cleanup() {
-	local n
-	for n in $STARTED; do
-		"$FERRY" kill "$n" >/dev/null 2>&1 || true
-	done
-	rm -rf "$WORK" "$IMGROOT"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM HUP
 
 # try SIZE STAGE OUTFILE CMD...: run CMD, stdout into OUTFILE; on failure record why, return 1.
 try() {

@@ -73,12 +73,28 @@ def run_cmd(argv, env=None, cwd=None, timeout=20):
         try:
             rc = p.wait(timeout=max(timeout, 0.5))
         except subprocess.TimeoutExpired:
+            stuck = where_stuck(p.pid)
             safe_kill(p.pid, signal.SIGKILL)
             p.wait()
             rc = None
+            err.write(f"\n[harness] killed after {timeout:.0f} s; its threads: {stuck}\n")
         out.seek(0)
         err.seek(0)
         return rc, out.read(), err.read()
+
+
+def where_stuck(pid):
+    """State, system call and wait channel of each thread of pid, for a timeout report."""
+    found = []
+    try:
+        for t in sorted(os.listdir(f"/proc/{pid}/task"), key=int):
+            base = f"/proc/{pid}/task/{t}"
+            state = _read(f"{base}/stat").rsplit(")", 1)[1].split()[0]
+            found.append(f"{t} {state} syscall {_read(base + '/syscall').split()[0]} "
+                         f"wchan {_read(base + '/wchan')}")
+    except (OSError, IndexError):
+        pass
+    return "; ".join(found) or "gone"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -164,6 +180,7 @@ class Ctx:
         self.features = features
         self.env = dict(os.environ, FERRY_STATE_DIR=self.state)
         self.names = []
+        self.pids = {}  # host pids seen in `ferry ps`, for reports
         self.deadline = time.monotonic() + timeout
         self.last_cmd = ""
         self.last_err = ""
@@ -214,6 +231,7 @@ class Ctx:
         if (not c or c.get("state") == "exited" or not isinstance(c.get("pid"), int)
                 or c["pid"] <= 0):
             raise Fail(f"no running component {name} in `ferry ps`: {c}")
+        self.pids[c["pid"]] = name
         return c["pid"]
 
     def log(self, name):
@@ -260,6 +278,10 @@ class Ctx:
                 pass
         if self.last_err.strip():
             parts.append(f"stderr of `{self.last_cmd}`:\n{tail(self.last_err, 8)}")
+        if "[harness] killed" in self.last_err:
+            for pid, name in self.pids.items():
+                if os.path.exists(f"/proc/{pid}"):
+                    parts.append(f"threads of {name} (pid {pid}): {where_stuck(pid)}")
         return "\n".join(parts)
 
     def cleanup(self):

@@ -142,21 +142,40 @@ static int capture_frozen(struct frozen *fz, struct component *c, struct process
 	return 0;
 }
 
-/* As the tracer of a killed component we see its threads die first, and only then can its
- * monitor reap it. The leader's exit is reported after every other thread's: wait it last. */
-static void reap_killed(struct frozen *fz, pid_t leader)
+/*
+ * As the tracer of a killed component we see its threads die first, and only then can its
+ * monitor reap it. Any order: the leader's exit is reported after every other thread's, and
+ * the last thread of a namespace's init waits (zap_pid_ns_processes) until its sibling
+ * zombies are reaped, so sweep without blocking until all are gone.
+ */
+static void reap_killed(struct frozen *fz)
 {
-	for (int pass = 0; pass < 2; pass++)
+	for (int round = 0; round < 5000; round++) {
+		bool left = false, progress = false;
 		for (size_t i = 0; i < fz->n; i++) {
 			struct tracee *t = &fz->t[i];
 			int status;
-			if (!t->seized || (t->tid == leader) != (pass == 1))
+			if (!t->seized)
 				continue;
-			while (waitpid(t->tid, &status, __WALL) == t->tid && !WIFEXITED(status) &&
-			       !WIFSIGNALED(status))
+			pid_t w = waitpid(t->tid, &status, __WALL | WNOHANG);
+			if (w < 0 && errno == ECHILD) {
+				t->seized = false;
+				continue;
+			}
+			if (w == t->tid && (WIFEXITED(status) || WIFSIGNALED(status))) {
+				t->seized = false;
+				progress = true;
+				continue;
+			}
+			if (w == t->tid) /* a stop on the way out: let it go on dying */
 				(void)ptrace(PTRACE_CONT, t->tid, NULL, NULL);
-			t->seized = false;
+			left = true;
 		}
+		if (!left)
+			return;
+		if (!progress)
+			usleep(1000);
+	}
 }
 
 int checkpoint_capture(pid_t pid, const char *log_path, struct image_writer *w, struct frozen *fz,
@@ -235,7 +254,7 @@ int ferry_checkpoint(const struct ferry_runtime *rt, const char *name, const cha
 		s.freeze_ns = now_ns() - tf;
 		r = safe_kill(rec.pid, SIGKILL);
 		/* as its tracer we see its threads die first; only then can its monitor reap it */
-		reap_killed(&fz, rec.pid);
+		reap_killed(&fz);
 		checkpoint_thaw(&fz);
 		if (r == 0)
 			r = ferry_kill(rt, name, err);
