@@ -64,9 +64,15 @@ def tail(text, n=12):
     return "\n".join(lines[-n:])
 
 
-def run_cmd(argv, env=None, cwd=None, timeout=20):
+def _read(path):
+    with open(path, errors="replace") as f:
+        return f.read()
+
+
+def run_cmd(argv, env=None, cwd=None, timeout=20, watch=()):
     """Run argv to completion with output in files (a detached monitor may inherit them, so
-    pipes could stay open forever). Returns (rc, stdout, stderr); rc None on timeout."""
+    pipes could stay open forever). Returns (rc, stdout, stderr); rc None on timeout, and then
+    stderr ends with where its threads (and those of the pids in watch) were stuck."""
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=env,
                              cwd=cwd)
@@ -74,6 +80,8 @@ def run_cmd(argv, env=None, cwd=None, timeout=20):
             rc = p.wait(timeout=max(timeout, 0.5))
         except subprocess.TimeoutExpired:
             stuck = where_stuck(p.pid)
+            stuck += "".join(f"\n[harness] pid {w}: {where_stuck(w)}" for w in watch
+                             if os.path.exists(f"/proc/{w}"))
             safe_kill(p.pid, signal.SIGKILL)
             p.wait()
             rc = None
@@ -83,8 +91,9 @@ def run_cmd(argv, env=None, cwd=None, timeout=20):
         return rc, out.read(), err.read()
 
 
-def where_stuck(pid):
-    """State, system call and wait channel of each thread of pid, for a timeout report."""
+def where_stuck(pid, depth=0):
+    """State, system call and wait channel of each thread of pid (and of its children), for a
+    timeout report."""
     found = []
     try:
         for t in sorted(os.listdir(f"/proc/{pid}/task"), key=int):
@@ -94,16 +103,33 @@ def where_stuck(pid):
                          f"wchan {_read(base + '/wchan')}")
     except (OSError, IndexError):
         pass
-    return "; ".join(found) or "gone"
+    text = "; ".join(found) or "gone"
+    if depth < 2:
+        for child in children(pid):
+            text += f"; child {child} ({_comm(child)}): {where_stuck(child, depth + 1)}"
+    return text
+
+
+def _comm(pid):
+    try:
+        return _read(f"/proc/{pid}/comm").strip()
+    except OSError:
+        return "?"
+
+
+def children(pid):
+    found = []
+    for d in os.listdir("/proc"):
+        try:
+            if d.isdigit() and int(_read(f"/proc/{d}/stat").rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(d))
+        except (OSError, IndexError, ValueError):
+            pass
+    return found
 
 
 # ---------------------------------------------------------------------------------------------
 # /proc snapshots
-
-
-def _read(path):
-    with open(path, errors="replace") as f:
-        return f.read()
 
 
 def proc_snapshot(pid):
@@ -139,15 +165,14 @@ def proc_snapshot(pid):
 
 
 def compare_snapshots(before, after, when):
+    changed = [k for k in before if before[k] != after.get(k)]
     diffs = []
-    for key in before:
-        if before[key] != after.get(key):
-            d = list(difflib.unified_diff(before[key], after.get(key, []), "before", when,
-                                          lineterm="", n=0))
-            diffs.append(f"[{key}]\n" + "\n".join(d[2:22]))
-    if diffs:
-        raise Fail(f"/proc differs {when} ({', '.join(k for k in before if before[k] != after.get(k))})",
-                   "\n".join(diffs))
+    for key in changed:
+        d = list(difflib.unified_diff(before[key], after.get(key, []), "before", when,
+                                      lineterm="", n=0))
+        diffs.append(f"[{key}]\n" + "\n".join(d[2:22]))  # skip the ---/+++ header
+    if changed:
+        raise Fail(f"/proc differs {when} ({', '.join(changed)})", "\n".join(diffs))
 
 
 def stray_processes(marker):
@@ -194,7 +219,7 @@ class Ctx:
             raise Fail(f"test timed out before `ferry {' '.join(args)}`")
         say("ferry " + " ".join(args))
         rc, out, err = run_cmd([self.ferry_bin, *args], env=self.env, cwd=cwd or self.scratch,
-                               timeout=min(20, self.left()))
+                               timeout=min(20, self.left()), watch=list(self.pids))
         self.last_cmd, self.last_err = "ferry " + " ".join(args), err
         if rc is None:
             raise Fail(f"`ferry {' '.join(args)}` did not finish in time")
@@ -278,10 +303,6 @@ class Ctx:
                 pass
         if self.last_err.strip():
             parts.append(f"stderr of `{self.last_cmd}`:\n{tail(self.last_err, 8)}")
-        if "[harness] killed" in self.last_err:
-            for pid, name in self.pids.items():
-                if os.path.exists(f"/proc/{pid}"):
-                    parts.append(f"threads of {name} (pid {pid}): {where_stuck(pid)}")
         return "\n".join(parts)
 
     def cleanup(self):
@@ -289,8 +310,8 @@ class Ctx:
         problems = []
         for n in dict.fromkeys(self.names):
             rc, _, err = run_cmd([self.ferry_bin, "kill", n], env=self.env, timeout=15)
-            if rc not in (0, None) and "no such" not in err.lower() and "not found" not in err.lower():
-                say(f"ferry kill {n}: {tail(err, 1)}")
+            if rc != 0:  # often just "no component": it was killed or forgotten already
+                say(f"cleanup: ferry kill {n}: {tail(err, 1)}")
         end = time.monotonic() + 3
         strays = stray_processes(self.root)
         while strays and time.monotonic() < end:
@@ -449,7 +470,7 @@ def foreign_python(ctx):
 
 
 def foreign_bash(ctx):
-    foreign_test(ctx, [need("bash"), os.path.join(HERE, "e2e", "loop.sh")], r"^line 10$")
+    foreign_test(ctx, [need("bash"), os.path.join(HERE, "e2e", "loop.sh")], r"^line 10 ")
 
 
 def foreign_sqlite(ctx):
@@ -502,11 +523,11 @@ def refuse_corrupt(ctx):
     ctx.wait_line("c", "^READY$")
     ctx.ferry("checkpoint", "c", "--dir", img, "--stop")
     ctx.forget("c")
+    ctx.names.append("bad")
     for what, corrupt in CORRUPTIONS.items():
         bad = os.path.join(ctx.root, "img-" + what)
         shutil.copytree(img, bad)
         corrupt(bad)
-        ctx.names.append("bad")
         rc, _, err = ctx.ferry("restore", "--dir", bad, "--name", "bad", ok=False)
         if rc == 0:
             raise Fail(f"restore of an image with {what} succeeded")
@@ -530,8 +551,10 @@ def refuse_unsupported_fd(ctx):
     left as it was and still passes after go."""
     img = os.path.join(ctx.root, "img")
     ctx.start("c", ctx.feature("unsupported_fd"))
-    log = ctx.wait_line("c", "^READY$")
-    fd = re.search(r"^FD (\d+)$", log, re.M).group(1)
+    m = re.search(r"^FD (\d+)$", ctx.wait_line("c", "^READY$"), re.M)
+    if not m:
+        raise Fail("the program did not print its fd number")
+    fd = m.group(1)
     pid = ctx.pid("c")
     before = proc_snapshot(pid)
     rc, _, err = ctx.ferry("checkpoint", "c", "--dir", img, ok=False)
@@ -568,6 +591,10 @@ def collect(builds):
     features = [os.path.basename(p)[len("feature-"):]
                 for p in executables(os.path.join(features_dir, "feature-*"))]
     tests = []
+    if not features:
+        def missing(ctx):
+            raise Fail(f"no feature programs (feature-*) in {features_dir}")
+        tests.append(("features", None, missing, 5))
     for b in builds:
         tag = os.path.basename(os.path.normpath(b))
         for u in executables(os.path.join(b, "tests", "test-*")):
@@ -612,16 +639,20 @@ def main():
                 continue
             say(f"{name}")
             ctx = Ctx(tmp, ferry, features_dir, timeout)
-            error, details = None, ""
+            error, details, problems = None, "", []
             try:
                 fn(ctx)
             except Fail as e:
                 error, details = e.reason, e.details
             except Exception as e:  # a harness bug or an unexpected answer: still a failure
                 error = f"{type(e).__name__}: {e}"
-            if error and ferry:
-                details = "\n".join(x for x in (details, ctx.details()) if x)
-            problems = ctx.cleanup() if ferry else (shutil.rmtree(ctx.root) or [])
+            finally:  # also on ^C: never leave components behind
+                if error and ferry:
+                    details = "\n".join(x for x in (details, ctx.details()) if x)
+                if ferry:
+                    problems = ctx.cleanup()
+                else:
+                    shutil.rmtree(ctx.root, ignore_errors=True)
             if not error and problems:
                 error, details = problems[0], "\n".join(problems[1:])
             if error:

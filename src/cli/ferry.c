@@ -616,11 +616,31 @@ static int log_drain(int fd)
 	return got;
 }
 
+/* How many bytes at the start of files A and B are equal, up to LIMIT. */
+static off_t common_prefix(int a, int b, off_t limit)
+{
+	char x[4096], y[4096];
+	off_t off = 0;
+
+	while (off < limit) {
+		size_t want = (size_t)MIN((off_t)sizeof(x), limit - off);
+		ssize_t n = pread(a, x, want, off), m = pread(b, y, want, off), k = 0;
+
+		while (k < MIN(n, m) && x[k] == y[k])
+			k++;
+		off += k;
+		if (k <= 0 || (size_t)k < want)
+			break;
+	}
+	return off;
+}
+
 /*
  * logs_follow - print the log as it grows, from *fd (may be -EBADF: not there yet), re-reading
- * the record each poll: a restored component's record names its log afresh, and a log replaced
- * or truncated is read again from its start. Ends on SIGINT/SIGTERM, or once the component has
- * stayed exited (or forgotten) with nothing new for a few polls. 0 or -errno.
+ * the record each poll: a restored component's record names its log afresh. When the log is
+ * replaced or cut back (a restore brings back the log as it was at the checkpoint), go on after
+ * what the new contents share with what was printed. Ends on SIGINT/SIGTERM, or once the
+ * component has stayed exited (or forgotten) with nothing new for a few polls. 0 or -errno.
  */
 static int logs_follow(struct cli *c, const char *name, int *fd, const char *path)
 {
@@ -641,30 +661,41 @@ static int logs_follow(struct cli *c, const char *name, int *fd, const char *pat
 	while (quiet < 5) {
 		struct ferry_component cp;
 		struct pollfd pfd = {.fd = sfd, .events = POLLIN};
-		int got = 0;
+		int got = 0, nfd;
 		bool gone;
 
 		if (poll(&pfd, 1, 100) > 0)
 			return 0;
 		gone = ferry_component_get(&c->rt, name, &cp, &c->err) < 0 ||
 		       cp.state == FERRY_STATE_EXITED;
-		if (!gone && cp.log_path[0] && strcmp(cp.log_path, cur) != 0) {
+		if (!gone && cp.log_path[0])
 			snprintf(cur, sizeof(cur), "%s", cp.log_path);
-			*fd = safe_close(*fd);
-		}
-		/* The file at the path was replaced: read the new one from its start. */
-		if (*fd >= 0 && stat(cur, &pst) == 0 && fstat(*fd, &st) == 0 &&
-		    (st.st_ino != pst.st_ino || st.st_dev != pst.st_dev))
-			*fd = safe_close(*fd);
-		if (*fd < 0)
-			*fd = open(cur, O_RDONLY | O_CLOEXEC);
-		if (*fd >= 0) {
-			/* Truncated under us: start over. */
-			if (fstat(*fd, &st) == 0 && st.st_size < lseek(*fd, 0, SEEK_CUR))
-				lseek(*fd, 0, SEEK_SET);
-			got = log_drain(*fd);
+		/* A different file at the path (or a new path): finish the old one, then switch. */
+		if (stat(cur, &pst) == 0 &&
+		    (*fd < 0 || fstat(*fd, &st) < 0 || st.st_ino != pst.st_ino ||
+		     st.st_dev != pst.st_dev) &&
+		    (nfd = open(cur, O_RDONLY | O_CLOEXEC)) >= 0) {
+			if (*fd >= 0 && (got = log_drain(*fd)) >= 0)
+				lseek(nfd, common_prefix(*fd, nfd, lseek(*fd, 0, SEEK_CUR)),
+				      SEEK_SET);
+			safe_close(*fd);
+			*fd = nfd;
 			if (got < 0)
 				return got;
+		}
+		if (*fd >= 0) {
+			/*
+			 * Truncated under us: a restore cuts the log back to where the checkpoint
+			 * left it (what came after never happened), rotation cuts it to 0. Either
+			 * way what stays was printed already: go on from the new end.
+			 */
+			if (fstat(*fd, &st) == 0 && st.st_size < lseek(*fd, 0, SEEK_CUR))
+				lseek(*fd, st.st_size, SEEK_SET);
+			int r = log_drain(*fd);
+
+			if (r < 0)
+				return r;
+			got |= r;
 		}
 		quiet = gone && got == 0 ? quiet + 1 : 0;
 	}

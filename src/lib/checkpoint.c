@@ -256,8 +256,14 @@ int ferry_checkpoint(const struct ferry_runtime *rt, const char *name, const cha
 		/* as its tracer we see its threads die first; only then can its monitor reap it */
 		reap_killed(&fz);
 		checkpoint_thaw(&fz);
-		if (r == 0)
-			r = ferry_kill(rt, name, err);
+		/* its monitor records the exit; the record stays (state exited) for ps and logs */
+		for (int i = 0; r == 0 && i < 500; i++) {
+			struct ferry_component now;
+			if (ferry_component_get(rt, name, &now, NULL) < 0 ||
+			    now.state == FERRY_STATE_EXITED)
+				break;
+			usleep(10000);
+		}
 		if (r < 0)
 			return ferr_prefix(err, "image written, but stopping %s", name);
 	}

@@ -317,7 +317,7 @@ static int classify(struct component *c, pid_t pid, const struct proc_map *m, st
 		uint32_t flag;
 	} vmflags[] = {{"gd", VMA_F_GROWSDOWN}, {"hg", VMA_F_HUGEPAGE}, {"nh", VMA_F_NOHUGEPAGE},
 	               {"dd", VMA_F_DONTDUMP},  {"dc", VMA_F_DONTFORK}, {"wf", VMA_F_WIPEONFORK},
-	               {"lo", VMA_F_LOCKED}};
+	               {"lo", VMA_F_LOCKED},    {"nr", VMA_F_NORESERVE}};
 	bool shared = m->perms[3] == 's';
 
 	v->start = m->start;
@@ -603,6 +603,8 @@ static int map_one(struct restorer *rs, const struct component *c, const struct 
 		flags |= MAP_PRIVATE | MAP_ANONYMOUS;
 		if (v->flags & VMA_F_GROWSDOWN)
 			flags |= MAP_GROWSDOWN;
+		if (v->flags & VMA_F_NORESERVE)
+			flags |= MAP_NORESERVE;
 		break;
 	case VMA_FILE_PRIVATE:
 	case VMA_FILE_SHARED:

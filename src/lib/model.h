@@ -32,16 +32,17 @@ enum vma_kind {
 };
 
 /* Mapping flags beyond protection, from smaps VmFlags. */
-#define VMA_F_SHARED     (1u << 0) /* MAP_SHARED */
-#define VMA_F_GROWSDOWN  (1u << 1) /* stack-like, MAP_GROWSDOWN */
-#define VMA_F_HUGEPAGE   (1u << 2) /* MADV_HUGEPAGE */
-#define VMA_F_NOHUGEPAGE (1u << 3) /* MADV_NOHUGEPAGE */
-#define VMA_F_DONTDUMP   (1u << 4) /* MADV_DONTDUMP */
-#define VMA_F_DONTFORK   (1u << 5) /* MADV_DONTFORK */
-#define VMA_F_WIPEONFORK (1u << 6) /* MADV_WIPEONFORK */
-#define VMA_F_LOCKED     (1u << 7) /* mlock */
-#define VMA_F_HEAP       (1u << 8) /* [heap] */
-#define VMA_F_STACK      (1u << 9) /* [stack] */
+#define VMA_F_SHARED     (1u << 0)  /* MAP_SHARED */
+#define VMA_F_GROWSDOWN  (1u << 1)  /* stack-like, MAP_GROWSDOWN */
+#define VMA_F_HUGEPAGE   (1u << 2)  /* MADV_HUGEPAGE */
+#define VMA_F_NOHUGEPAGE (1u << 3)  /* MADV_NOHUGEPAGE */
+#define VMA_F_DONTDUMP   (1u << 4)  /* MADV_DONTDUMP */
+#define VMA_F_DONTFORK   (1u << 5)  /* MADV_DONTFORK */
+#define VMA_F_WIPEONFORK (1u << 6)  /* MADV_WIPEONFORK */
+#define VMA_F_LOCKED     (1u << 7)  /* mlock */
+#define VMA_F_HEAP       (1u << 8)  /* [heap] */
+#define VMA_F_STACK      (1u << 9)  /* [stack] */
+#define VMA_F_NORESERVE  (1u << 10) /* MAP_NORESERVE */
 
 /* Identity of a file at checkpoint; restore refuses a file that changed. */
 struct file_id {

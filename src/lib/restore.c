@@ -153,7 +153,8 @@ static int helper_prepare(struct restore_arg *a, int sync_rd, int rep_wr, const 
 	return fds_restore(p, &fctx, err);
 }
 
-_noreturn_ static void helper_main(struct restore_arg *a, int sync_rd, int rep_wr, const char *log_path)
+_noreturn_ static void helper_main(struct restore_arg *a, int sync_rd, int rep_wr,
+                                   const char *log_path)
 {
 	struct ferry_error err = {0};
 	char ok = 0, buf;

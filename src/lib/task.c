@@ -201,6 +201,15 @@ int task_capture(struct tracee *main, struct process *p, struct ferry_error *err
 
 int task_restore_early(const struct process *p, struct ferry_error *err)
 {
+	/* every disposition the image does not name is the default: the helper inherited
+	 * whatever its own process had installed */
+	for (int sig = 1; sig <= 64; sig++) {
+		struct kernel_sigaction dfl = {0};
+		if (sig == SIGKILL || sig == SIGSTOP)
+			continue;
+		if (syscall(SYS_rt_sigaction, sig, &dfl, NULL, 8) < 0 && errno != EINVAL)
+			return ferr(err, -errno, "rt_sigaction(%d, SIG_DFL): %m", sig);
+	}
 	for (size_t i = 0; i < p->nsigacts; i++) {
 		const struct sigact *s = &p->sigacts[i];
 		struct kernel_sigaction ka = {s->handler, s->flags, s->restorer, s->mask};

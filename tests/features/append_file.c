@@ -86,9 +86,9 @@ int main(int argc, char **argv)
 		feature_fail("FD_CLOEXEC lost");
 	if (lseek(wfd, 0, SEEK_CUR) != pst.st_size)
 		feature_fail("append fd offset %lld, file size %lld",
-			     (long long)lseek(wfd, 0, SEEK_CUR), (long long)pst.st_size);
+		             (long long)lseek(wfd, 0, SEEK_CUR), (long long)pst.st_size);
 	if (lseek(rfd, 0, SEEK_CUR) != pst.st_size)
 		feature_fail("read fd offset %lld, file size %lld",
-			     (long long)lseek(rfd, 0, SEEK_CUR), (long long)pst.st_size);
+		             (long long)lseek(rfd, 0, SEEK_CUR), (long long)pst.st_size);
 	return feature_finish();
 }

@@ -42,6 +42,7 @@ static void ymm_round(void)
 
 #define LD(i) "vmovdqu " #i "*32(%[in]), %%ymm" #i "\n\t"
 #define ST(i) "vmovdqu %%ymm" #i ", " #i "*32(%[out])\n\t"
+	/* clang-format off */
 	__asm__ volatile(LD(0) LD(1) LD(2) LD(3) LD(4) LD(5) LD(6) LD(7)
 			 LD(8) LD(9) LD(10) LD(11) LD(12) LD(13) LD(14) LD(15)
 			 "1: dec %[n]\n\t"
@@ -53,6 +54,7 @@ static void ymm_round(void)
 			 : [in] "r"(ymm_in), [out] "r"(ymm_out)
 			 : "memory", "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7",
 			   "xmm8", "xmm9", "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15");
+	/* clang-format on */
 #undef LD
 #undef ST
 }
@@ -71,9 +73,10 @@ static void *spinner(void *arg)
 		for (int r = 0; r < 16; r++)
 			for (int l = 0; l < 4; l++)
 				if (ymm_out[r][l] != ymm_in[r][l])
-					feature_fail("round %ld: ymm%d lane %d = %#llx, expected %#llx",
-						     rounds, r, l, (unsigned long long)ymm_out[r][l],
-						     (unsigned long long)ymm_in[r][l]);
+					feature_fail(
+					        "round %ld: ymm%d lane %d = %#llx, expected %#llx",
+					        rounds, r, l, (unsigned long long)ymm_out[r][l],
+					        (unsigned long long)ymm_in[r][l]);
 		if (mxcsr_get() != mxcsr)
 			feature_fail("spinner MXCSR %#x, expected %#x", mxcsr_get(), mxcsr);
 		if (rounds == 1)
@@ -121,7 +124,7 @@ int main(int argc, char **argv)
 	/* The modes are really in effect, not just readable. */
 	if (one / three != third)
 		feature_fail("SSE 1/3 rounds differently: %a vs %a", (double)(one / three),
-			     (double)third);
+		             (double)third);
 	if (lone / lthree != lthird)
 		feature_fail("x87 1/3 rounds differently: %La vs %La", lone / lthree, lthird);
 	return feature_finish();

@@ -17,8 +17,9 @@ static void reg_round(void)
 
 #define LD(i, r) "mov " #i "*8(%[gin]), %%" #r "\n\t"
 #define ST(i, r) "mov %%" #r ", " #i "*8(%[gout])\n\t"
-#define FLD(i) "fldl " #i "*8(%[xin])\n\t"
-#define FST(i) "fstpl " #i "*8(%[xout])\n\t"
+#define FLD(i)   "fldl " #i "*8(%[xin])\n\t"
+#define FST(i)   "fstpl " #i "*8(%[xout])\n\t"
+	/* clang-format off */
 	__asm__ volatile(LD(0, r8) LD(1, r9) LD(2, r10) LD(3, r11)
 			 LD(4, r12) LD(5, r13) LD(6, r14) LD(7, r15)
 			 FLD(0) FLD(1) FLD(2) FLD(3) FLD(4) FLD(5) FLD(6) FLD(7)
@@ -32,6 +33,7 @@ static void reg_round(void)
 			   [xout] "r"(x87_out)
 			 : "memory", "cc", "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15",
 			   "st", "st(1)", "st(2)", "st(3)", "st(4)", "st(5)", "st(6)", "st(7)");
+	/* clang-format on */
 #undef LD
 #undef ST
 #undef FLD
@@ -49,12 +51,12 @@ static void *spinner(void *arg)
 		rounds++;
 		for (int i = 0; i < 8; i++) {
 			if (gpr_out[i] != gpr_in[i])
-				feature_fail("round %ld: r%d = %#llx, expected %#llx", rounds, i + 8,
-					     (unsigned long long)gpr_out[i],
-					     (unsigned long long)gpr_in[i]);
+				feature_fail("round %ld: r%d = %#llx, expected %#llx", rounds,
+				             i + 8, (unsigned long long)gpr_out[i],
+				             (unsigned long long)gpr_in[i]);
 			if (x87_out[i] != x87_in[i])
 				feature_fail("round %ld: x87 register %d = %a, expected %a", rounds,
-					     7 - i, x87_out[i], x87_in[i]);
+				             7 - i, x87_out[i], x87_in[i]);
 		}
 		if (rounds == 1)
 			__atomic_store_n((int *)arg, 1, __ATOMIC_RELEASE);

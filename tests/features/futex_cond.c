@@ -25,7 +25,7 @@ static void *waiter_main(void *arg)
 	__atomic_store_n(&w->tid, (pid_t)syscall(SYS_gettid), __ATOMIC_RELEASE);
 	while (predicate == 0 && w->ret == 0)
 		w->ret = w->timed ? pthread_cond_timedwait(&cond, &lock, &dl)
-				  : pthread_cond_wait(&cond, &lock);
+		                  : pthread_cond_wait(&cond, &lock);
 	w->seen = predicate;
 	pthread_mutex_unlock(&lock);
 	return NULL;
@@ -113,7 +113,8 @@ int main(int argc, char **argv)
 
 	for (int i = 0; i < 2; i++)
 		if (!back_in_futex(w[i].tid))
-			feature_fail("waiter %d (tid %d) is not in futex wait after go", i, (int)w[i].tid);
+			feature_fail("waiter %d (tid %d) is not in futex wait after go", i,
+			             (int)w[i].tid);
 	pthread_mutex_lock(&lock);
 	predicate = 7;
 	pthread_cond_broadcast(&cond);
@@ -123,7 +124,7 @@ int main(int argc, char **argv)
 			continue;
 		if (w[i].ret != 0 || w[i].seen != 7)
 			feature_fail("%s waiter: returned %d, saw predicate %d",
-				     w[i].timed ? "timed" : "plain", w[i].ret, w[i].seen);
+			             w[i].timed ? "timed" : "plain", w[i].ret, w[i].seen);
 	}
 	return feature_finish();
 }

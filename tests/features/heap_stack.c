@@ -3,13 +3,13 @@
 
 #include <stdint.h>
 
-#define HEAP_SMALL 4096		    /* below the mmap threshold: lives in the brk heap */
-#define HEAP_BIG (8u << 20)	    /* above it: its own anonymous mapping */
+#define HEAP_SMALL  4096       /* below the mmap threshold: lives in the brk heap */
+#define HEAP_BIG    (8u << 20) /* above it: its own anonymous mapping */
 #define STACK_BYTES (512u << 10)
-#define DATA_WORDS 2048
+#define DATA_WORDS  2048
 
 static uint64_t data_words[DATA_WORDS] = {0x0123456789abcdefULL, 1, 2, 3}; /* .data */
-static uint64_t bss_words[DATA_WORDS];					   /* .bss */
+static uint64_t bss_words[DATA_WORDS];                                     /* .bss */
 
 static uint64_t pattern(uint64_t seed, uint64_t i)
 {
@@ -39,8 +39,8 @@ static void check(const char *what, const void *p, size_t n, uint64_t seed)
 	for (size_t i = 0; i < n / 8; i++)
 		if (w[i] != pattern(seed, i)) {
 			feature_fail("%s word %zu at %p: %#llx, expected %#llx", what, i,
-				     (void *)&w[i], (unsigned long long)w[i],
-				     (unsigned long long)pattern(seed, i));
+			             (void *)&w[i], (unsigned long long)w[i],
+			             (unsigned long long)pattern(seed, i));
 			return;
 		}
 }

@@ -55,7 +55,7 @@ static void check(const char *what, pthread_t th, struct sleeper *s)
 		return;
 	if (s->done != 2 || s->ret != 0)
 		feature_fail("%s returned %d (%s) after %d EINTR retries", what, s->ret,
-			     strerror(s->err), s->retries);
+		             strerror(s->err), s->retries);
 	else if (s->end - s->start < SLEEP_S)
 		feature_fail("%s woke after %.3f s of %d", what, s->end - s->start, SLEEP_S);
 	else if (s->deadline && s->end < s->deadline)

@@ -16,11 +16,11 @@ static void on_usr1(int sig, siginfo_t *si, void *uc)
 
 	usr1_runs++;
 	usr1_on_altstack = (uintptr_t)&here >= (uintptr_t)alt.ss_sp &&
-			   (uintptr_t)&here < (uintptr_t)alt.ss_sp + alt.ss_size;
+	                   (uintptr_t)&here < (uintptr_t)alt.ss_sp + alt.ss_size;
 	/* While the handler runs the kernel blocks sa_mask plus SIGUSR1 itself. */
 	sigprocmask(SIG_BLOCK, NULL, &cur);
 	usr1_mask_ok = sigismember(&cur, SIGUSR1) && sigismember(&cur, SIGTERM) &&
-		       sigismember(&cur, SIGRTMIN + 5) && !sigismember(&cur, SIGINT);
+	               sigismember(&cur, SIGRTMIN + 5) && !sigismember(&cur, SIGINT);
 }
 
 static void on_rt(int sig, siginfo_t *si, void *uc)
@@ -36,10 +36,10 @@ static void check_action(int sig, const struct sigaction *want)
 	sigaction(sig, NULL, &now);
 	if (now.sa_sigaction != want->sa_sigaction)
 		feature_fail("signal %d: handler %p, expected %p", sig, (void *)now.sa_sigaction,
-			     (void *)want->sa_sigaction);
+		             (void *)want->sa_sigaction);
 	if (now.sa_flags != want->sa_flags)
 		feature_fail("signal %d: sa_flags %#x, expected %#x", sig, now.sa_flags,
-			     want->sa_flags);
+		             want->sa_flags);
 	for (int s = 1; s < NSIG; s++)
 		if (sigismember(&now.sa_mask, s) != sigismember(&want->sa_mask, s))
 			feature_fail("signal %d: sa_mask differs at signal %d", sig, s);
@@ -48,7 +48,8 @@ static void check_action(int sig, const struct sigaction *want)
 int main(int argc, char **argv)
 {
 	const char *dir = feature_dir(argc, argv);
-	struct sigaction sa = {0}, want_usr1, want_usr2, want_rt;
+	static struct sigaction want[NSIG]; /* every disposition, as the kernel reports it */
+	struct sigaction sa = {0};
 	sigset_t blocked, now;
 	stack_t alt_now;
 
@@ -70,9 +71,8 @@ int main(int argc, char **argv)
 	sa.sa_sigaction = on_rt;
 	sa.sa_flags = SA_SIGINFO;
 	sigaction(SIGRTMIN + 2, &sa, NULL);
-	sigaction(SIGUSR1, NULL, &want_usr1); /* as the kernel reports them (SA_RESTORER added) */
-	sigaction(SIGUSR2, NULL, &want_usr2);
-	sigaction(SIGRTMIN + 2, NULL, &want_rt);
+	for (int s = 1; s < NSIG; s++) /* SA_RESTORER added; all others must stay SIG_DFL */
+		sigaction(s, NULL, &want[s]);
 
 	sigemptyset(&blocked);
 	sigaddset(&blocked, SIGRTMIN + 2);
@@ -85,9 +85,8 @@ int main(int argc, char **argv)
 	feature_ready();
 	feature_wait_go(dir);
 
-	check_action(SIGUSR1, &want_usr1);
-	check_action(SIGUSR2, &want_usr2);
-	check_action(SIGRTMIN + 2, &want_rt);
+	for (int s = 1; s < NSIG; s++)
+		check_action(s, &want[s]);
 	sigprocmask(SIG_BLOCK, NULL, &now);
 	for (int s = 1; s < NSIG; s++)
 		if (sigismember(&now, s) != sigismember(&blocked, s))
@@ -95,7 +94,7 @@ int main(int argc, char **argv)
 	sigaltstack(NULL, &alt_now);
 	if (alt_now.ss_sp != alt.ss_sp || alt_now.ss_size != alt.ss_size || alt_now.ss_flags != 0)
 		feature_fail("sigaltstack is %p+%zu flags %#x, expected %p+%zu", alt_now.ss_sp,
-			     alt_now.ss_size, alt_now.ss_flags, alt.ss_sp, alt.ss_size);
+		             alt_now.ss_size, alt_now.ss_flags, alt.ss_sp, alt.ss_size);
 	sigpending(&now);
 	if (!sigismember(&now, SIGRTMIN + 2))
 		feature_fail("queued signal %d is no longer pending", SIGRTMIN + 2);
@@ -103,7 +102,7 @@ int main(int argc, char **argv)
 	sigprocmask(SIG_UNBLOCK, &blocked, NULL); /* delivered before sigprocmask returns */
 	if (rt_runs != 1 || rt_value != 42)
 		feature_fail("queued signal: handler ran %d times, si_value %d (expected once, 42)",
-			     (int)rt_runs, (int)rt_value);
+		             (int)rt_runs, (int)rt_value);
 	raise(SIGUSR2); /* ignored: nothing happens */
 	raise(SIGUSR1);
 	if (usr1_runs != 1)

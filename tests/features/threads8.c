@@ -58,8 +58,8 @@ int main(int argc, char **argv)
 	do {
 		feature_sleep_ms(10);
 		snapshot(seen);
-	} while (!seen[0] || !seen[1] || !seen[2] || !seen[3] || !seen[4] || !seen[5] ||
-		 !seen[6] || !seen[7]);
+	} while (!seen[0] || !seen[1] || !seen[2] || !seen[3] || !seen[4] || !seen[5] || !seen[6] ||
+	         !seen[7]);
 	feature_ready();
 	while (!feature_go(dir)) { /* the last values seen before go: none may go backwards */
 		feature_sleep_ms(10);
@@ -72,7 +72,7 @@ int main(int argc, char **argv)
 	for (int i = 0; i < NTHREADS; i++) {
 		if (at_go[i] < seen[i])
 			feature_fail("counter %d went backwards: %llu -> %llu", i,
-				     (unsigned long long)seen[i], (unsigned long long)at_go[i]);
+			             (unsigned long long)seen[i], (unsigned long long)at_go[i]);
 		if (later[i] <= at_go[i])
 			feature_fail("counter %d stopped at %llu", i, (unsigned long long)at_go[i]);
 	}
@@ -84,11 +84,11 @@ int main(int argc, char **argv)
 			continue;
 		if ((uint64_t)(uintptr_t)ret != workers[i].count)
 			feature_fail("thread %d: own counter %llu, shared copy %llu", i,
-				     (unsigned long long)(uintptr_t)ret,
-				     (unsigned long long)workers[i].count);
+			             (unsigned long long)(uintptr_t)ret,
+			             (unsigned long long)workers[i].count);
 		if (workers[i].errors)
 			feature_fail("thread %d: counter differed from its copy %d times", i,
-				     workers[i].errors);
+			             workers[i].errors);
 	}
 	return feature_finish();
 }

@@ -7,7 +7,7 @@
 #define NTHREADS 4
 
 static __thread uint64_t tls_word = 0x5555; /* .tdata: initialised */
-static __thread char tls_text[48];	    /* .tbss */
+static __thread char tls_text[48];          /* .tbss */
 
 struct worker {
 	int id;
@@ -35,7 +35,7 @@ static void tls_check(int id, struct worker *w)
 		feature_fail("thread %d: tls_text \"%.47s\"", id, tls_text);
 	if (w && &tls_word != w->word_addr)
 		feature_fail("thread %d: &tls_word moved %p -> %p", id, (void *)w->word_addr,
-			     (void *)&tls_word);
+		             (void *)&tls_word);
 	if (w && !pthread_equal(pthread_self(), w->self))
 		feature_fail("thread %d: pthread_self() changed", id);
 	if (w && (pid_t)syscall(SYS_gettid) != w->tid)
@@ -82,7 +82,7 @@ int main(int argc, char **argv)
 		/* Each thread's copy is distinct and still holds its value (read from main). */
 		if (*w[i].word_addr != 0x1000 + (uint64_t)w[i].id * 0x10101)
 			feature_fail("thread %d's tls_word read from main: %#llx", w[i].id,
-				     (unsigned long long)*w[i].word_addr);
+			             (unsigned long long)*w[i].word_addr);
 	}
 	for (int i = 0; i < NTHREADS; i++)
 		feature_join(th[i], NULL, "tls worker", 5);

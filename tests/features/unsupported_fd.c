@@ -31,7 +31,7 @@ int main(int argc, char **argv)
 	if (getsockname(fd, (struct sockaddr *)&addr, &len) < 0 || addr.nl_family != AF_NETLINK ||
 	    addr.nl_pid != port)
 		feature_fail("netlink socket fd %d changed (port %u, was %u)", fd,
-			     (unsigned)addr.nl_pid, (unsigned)port);
+		             (unsigned)addr.nl_pid, (unsigned)port);
 	if (ticks == 0)
 		feature_fail("no progress before go");
 	return feature_finish();
