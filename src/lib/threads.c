@@ -247,6 +247,8 @@ static const char *syscall_name(long nr)
 		return "accept4";
 	case SYS_recvfrom:
 		return "recvfrom";
+	case SYS_restart_syscall:
+		return "restart_syscall";
 	case SYS_rt_sigtimedwait:
 		return "rt_sigtimedwait";
 	default:

@@ -1,5 +1,6 @@
 /* Ptrace mechanics: seizing threads, injecting system calls, putting registers back. */
 #include <string.h>
+#include <time.h>
 #include <sys/ptrace.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
@@ -218,21 +219,24 @@ void regs_for_resume(struct user_regs_struct *r, bool restored)
 		r->rip -= 2;
 		break;
 	case -ERESTART_RESTARTBLOCK:
-		if (!restored) {
-			/* The kernel still holds the restart block: continue through it. */
-			r->rax = SYS_restart_syscall;
-			r->rip -= 2;
-		} else if ((r->orig_rax == SYS_clock_nanosleep && r->r10) ||
-		           (r->orig_rax == SYS_nanosleep && r->rsi)) {
+		if ((r->orig_rax == SYS_clock_nanosleep && r->r10 && !(r->rsi & TIMER_ABSTIME)) ||
+		    (r->orig_rax == SYS_nanosleep && r->rsi)) {
 			/*
-			 * A relative sleep with a `rem` buffer: the kernel wrote the time left
-			 * into it when the sleep was interrupted, so sleep again for that long.
+			 * A relative sleep with a `rem` buffer: the kernel wrote the time left into
+			 * it when the sleep was interrupted, so sleep again for that long. Done
+			 * the same way when the thread just goes on, so that a later checkpoint
+			 * finds an ordinary sleep, not restart_syscall (whose restart block a
+			 * restored process would not have).
 			 */
 			if (r->orig_rax == SYS_clock_nanosleep)
 				r->rdx = r->r10;
 			else
 				r->rdi = r->rsi;
 			r->rax = r->orig_rax;
+			r->rip -= 2;
+		} else if (!restored) {
+			/* The kernel still holds the restart block: continue through it. */
+			r->rax = SYS_restart_syscall;
 			r->rip -= 2;
 		} else {
 			r->rax = (uint64_t)-EINTR;
