@@ -69,9 +69,12 @@ class Size:
     def __init__(self, res, mib, rounds, floors_only):
         self.mib = mib
         self.floor = read_floor(os.path.join(res, f"floor-{mib}.txt"))
-        self.ckpt = [read_json(os.path.join(res, f"ckpt-{mib}-{r}.json")) for r in range(1, rounds + 1)]
-        self.rest = [read_json(os.path.join(res, f"restore-{mib}-{r}.json")) for r in range(1, rounds + 1)]
-        self.du = [read_text(os.path.join(res, f"du-{mib}-{r}.txt")) for r in range(1, rounds + 1)]
+        rounds_of = lambda read, name: [read(os.path.join(res, name.format(mib=mib, r=r)))
+                                        for r in range(rounds + 1)]
+        # round 0 is the warm-up
+        self.warm_ckpt, *self.ckpt = rounds_of(read_json, "ckpt-{mib}-{r}.json")
+        self.warm_rest, *self.rest = rounds_of(read_json, "restore-{mib}-{r}.json")
+        self.du = rounds_of(read_text, "du-{mib}-{r}.txt")[1:]
         self.verify = read_text(os.path.join(res, f"verify-{mib}.txt"))
         self.error = read_text(os.path.join(res, f"error-{mib}.txt"))
         self.floors_only = floors_only
@@ -173,6 +176,20 @@ def detail_rows(sizes):
             "PASS" if (s.verify or "").startswith("PASS") else (s.verify or "not checked"),
         ])
     return rows
+
+
+def round_lines(sizes):
+    """Every round's checkpoint and restore time, so the spread is visible."""
+    out = []
+    for s in sizes:
+        if s.status():
+            continue
+        for what, runs, warm in (("checkpoint", s.ckpt, s.warm_ckpt),
+                                 ("restore", s.rest, s.warm_rest)):
+            vals = ", ".join(f"{float(r['total_ms']):.1f}" for r in runs)
+            w = f" (warm-up {float(warm['total_ms']):.1f})" if warm else ""
+            out.append(f"- {s.mib} MiB {what} ms by round: {vals}{w}")
+    return out
 
 
 def text_table(head, rows):
@@ -282,7 +299,8 @@ def markdown(sizes, rounds, floors_only, loadavg):
     ]
     details = detail_rows(sizes)
     if details:
-        md += ["", "Where the time goes (medians):", "", md_table(DETAIL_HEAD, details)]
+        md += ["", "Where the time goes (medians):", "", md_table(DETAIL_HEAD, details), ""]
+        md += round_lines(sizes)
     errors = [f"- {s.mib} MiB: {s.error}" for s in sizes if s.error]
     if errors:
         md += ["", "Failures in this run:", ""] + errors
