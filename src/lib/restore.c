@@ -54,6 +54,33 @@ long rs_sys(struct restorer *rs, const char *what, long nr, uint64_t a0, uint64_
 
 /* ---- the helper: plain C in the new namespaces, before it is seized ---- */
 
+/* Copy len bytes between files: in the kernel where it can, through a buffer where the two
+ * files are on different file systems (copy_file_range gives EXDEV). */
+static int copy_range(int in_fd, off_t in, int out_fd, off_t out, size_t len)
+{
+	char buf[65536];
+
+	while (len > 0) {
+		loff_t i = in, o = out;
+		ssize_t n = copy_file_range(in_fd, &i, out_fd, &o, len, 0);
+		if (n < 0 && (errno == EXDEV || errno == EINVAL || errno == EOPNOTSUPP)) {
+			size_t chunk = MIN(len, sizeof(buf));
+			int r = pread_full(in_fd, buf, chunk, in);
+			if (r == 0)
+				r = pwrite_full(out_fd, buf, chunk, out);
+			if (r < 0)
+				return r;
+			n = (ssize_t)chunk;
+		} else if (n <= 0) {
+			return n < 0 ? -errno : -EIO;
+		}
+		in += n;
+		out += n;
+		len -= (size_t)n;
+	}
+	return 0;
+}
+
 static int helper_shmem(const struct shmem *s, int pages_fd, struct ferry_error *err)
 {
 	int fd = memfd_create(s->name ? s->name : "ferry-shared-anon", MFD_CLOEXEC);
@@ -65,16 +92,11 @@ static int helper_shmem(const struct shmem *s, int pages_fd, struct ferry_error 
 		return ferr(err, r, "memfd size %" PRIu64 ": %s", s->size, strerror(-r));
 	}
 	for (size_t i = 0; i < s->nruns; i++) {
-		loff_t in = (loff_t)s->runs[i].off, out = (loff_t)s->runs[i].addr;
-		size_t len = s->runs[i].npages * MODEL_PAGE;
-		while (len > 0) {
-			ssize_t n = copy_file_range(pages_fd, &in, fd, &out, len, 0);
-			if (n <= 0) {
-				int r = n < 0 ? -errno : -EIO;
-				safe_close(fd);
-				return ferr(err, r, "filling memfd: %s", strerror(-r));
-			}
-			len -= (size_t)n;
+		int r = copy_range(pages_fd, (off_t)s->runs[i].off, fd, (off_t)s->runs[i].addr,
+		                   s->runs[i].npages * MODEL_PAGE);
+		if (r < 0) {
+			safe_close(fd);
+			return ferr(err, r, "filling memfd: %s", strerror(-r));
 		}
 	}
 	return fd;
