@@ -23,6 +23,7 @@ PENDING = "pending: checkpoint/restore not landed yet"
 # Targets from the project's issue (1 GiB), and CRIU's figures on the same kind of machine.
 TARGET_CKPT = 1.2  # checkpoint total / save floor
 TARGET_RESTORE = 1.0  # eager restore total / load floor
+NOISY = 1.25  # a median above this times its minimum: the rounds were disturbed
 CRIU_NOTE = (
     "CRIU 4.2 on this kind of machine, 1 GiB of touched anonymous memory, image on tmpfs, three "
     "warm rounds beside the same floors: dump 566-691 ms (1.7-2.1x the save floor, which took "
@@ -217,10 +218,19 @@ def verdicts(sizes):
         if why:
             out.append(head + why)
             continue
-        val = s.ckpt_stat(key) if what == "checkpoint" else s.rest_stat(key)
-        r = val / s.fl(floor)
-        out.append(head + f"{'met' if r <= target else 'not met'} ({r:.2f}x: median "
-                   f"{val:.1f} ms against {s.fl(floor):.1f} ms)")
+        stat = s.ckpt_stat if what == "checkpoint" else s.rest_stat
+        val, val_min = stat(key), stat(key, min)
+        f_med, f_min = s.fl(floor), s.fl(floor.replace("_ms", "_min_ms"))
+        r = val / f_med
+        line = (head + f"{'met' if r <= target else 'not met'} ({r:.2f}x: median {val:.1f} ms "
+                f"against {f_med:.1f} ms; minimums {val_min / f_min:.2f}x)")
+        # A median far above its minimum means other work disturbed the rounds.
+        noisy = [n for n, med, lo in ((f"the {floor[:4]} floor", f_med, f_min),
+                                      (what, val, val_min)) if med > NOISY * lo]
+        if noisy:
+            line += (f"; unreliable: the median of {' and of '.join(noisy)} is more than "
+                     f"{NOISY:.2f}x the minimum, rerun (ROUNDS=5 steadies it)")
+        out.append(line)
     return out
 
 

@@ -570,6 +570,29 @@ def refuse_unsupported_fd(ctx):
     expect_log(ctx, "c", f"FD {fd}\nREADY\nPASS\n")
 
 
+def monitor_death(ctx):
+    """The runtime's own death does not harm a component: its monitor is killed, the component
+    goes on running, still writes its log, and can still be checkpointed and restored."""
+    img = os.path.join(ctx.root, "img")
+    ctx.start("c", ctx.feature("threads8"))
+    ctx.wait_line("c", "^READY$")
+    c = ctx.component("c")
+    pid, monitor = c.get("pid"), c.get("monitor_pid")
+    safe_kill(monitor, signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while os.path.exists(f"/proc/{monitor}") and open(f"/proc/{monitor}/stat").read().split()[2] != "Z":
+        if time.monotonic() > deadline:
+            raise Fail(f"monitor {monitor} did not die")
+        time.sleep(0.05)
+    time.sleep(0.3)
+    if not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z":
+        raise Fail(f"component pid {pid} died with its monitor")
+    ctx.ferry("checkpoint", "c", "--dir", img, "--stop")
+    ctx.ferry("restore", "--dir", img, "--name", "c")
+    ctx.go()
+    expect_log(ctx, "c", "READY\nPASS\n")
+
+
 # ---------------------------------------------------------------------------------------------
 
 
@@ -612,6 +635,7 @@ def collect(builds):
             tests.append((f"{tag}/foreign/{name}", ferry, fn, FOREIGN_TIMEOUT))
         tests.append((f"{tag}/refuse/corrupt-image", ferry, refuse_corrupt, TEST_TIMEOUT))
         tests.append((f"{tag}/refuse/unsupported-fd", ferry, refuse_unsupported_fd, TEST_TIMEOUT))
+        tests.append((f"{tag}/runtime/monitor-death", ferry, monitor_death, TEST_TIMEOUT))
     return tests, features_dir
 
 
