@@ -570,6 +570,15 @@ def refuse_unsupported_fd(ctx):
     expect_log(ctx, "c", f"FD {fd}\nREADY\nPASS\n")
 
 
+def kernel_check(ctx):
+    """`ferry check` runs every subsystem's kernel probe; on this kernel all must pass."""
+    rc, out, err = ctx.ferry("check", "--json", ok=False)
+    probes = json.loads(out) if out.strip() else []
+    bad = [p for p in probes if not p.get("ok")]
+    if rc != 0 or len(probes) < 5 or bad:
+        raise Fail(f"ferry check exited {rc}: {bad or out or err}")
+
+
 def monitor_death(ctx):
     """The runtime's own death does not harm a component: its monitor is killed, the component
     goes on running, still writes its log, and can still be checkpointed and restored."""
@@ -636,6 +645,7 @@ def collect(builds):
         tests.append((f"{tag}/refuse/corrupt-image", ferry, refuse_corrupt, TEST_TIMEOUT))
         tests.append((f"{tag}/refuse/unsupported-fd", ferry, refuse_unsupported_fd, TEST_TIMEOUT))
         tests.append((f"{tag}/runtime/monitor-death", ferry, monitor_death, TEST_TIMEOUT))
+        tests.append((f"{tag}/runtime/check", ferry, kernel_check, TEST_TIMEOUT))
     return tests, features_dir
 
 

@@ -15,9 +15,11 @@
 #include <sys/uio.h>
 
 #include "checkpoint.h"
+#include "mem.h"
 #include "fds.h"
 #include "model.h"
 #include "runtime.h"
+#include "task.h"
 #include "threads.h"
 #include "util.h"
 
@@ -299,70 +301,33 @@ int ferry_caps(const struct ferry_runtime *rt, const char *name, struct json_obj
 	return 0;
 }
 
-/* ---- ferry check: the kernel features ferry stands on ---- */
+/* ---- ferry check: every subsystem's kernel probe ---- */
 
-static void check_add(json_object *arr, const char *feature, bool ok, const char *detail)
-{
-	json_object *o = json_object_new_object();
-	json_object_object_add(o, "feature", json_object_new_string(feature));
-	json_object_object_add(o, "ok", json_object_new_boolean(ok));
-	json_object_object_add(o, "detail", json_object_new_string(detail));
-	json_object_array_add(arr, o);
-}
+/* A probe returns 1 if the feature works, 0 if not, and says what it saw in detail. */
+typedef int (*probe_fn)(char *detail, size_t len);
+
+static const struct {
+	const char *feature;
+	probe_fn probe;
+} probes[] = {
+        {"pagemap_scan", mem_probe_pagemap_scan},         {"vdso_mremap", mem_probe_vdso_mremap},
+        {"process_vm_readv", mem_probe_vm_readv},         {"ptrace_seize", threads_probe_ptrace},
+        {"pid_namespace_set_tid", runtime_probe_set_tid}, {"prctl_mm_map", task_probe_mm_map},
+};
 
 int ferry_check(struct json_object **ret, struct ferry_error *err)
 {
 	json_object *arr = json_object_new_array();
-	char buf[256];
-	int fd;
 
-	/* PAGEMAP_SCAN on our own pagemap */
-	fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
-	struct {
-		uint64_t size, flags, start, end, walk_end, vec, vec_len, max_pages, inv, mask,
-		        anyof, ret;
-	} a = {sizeof(a), 0, 0, 4096, 0, 0, 0, 0, 0, 0, 0, 0};
-	uint64_t region[3];
-	a.start = (uint64_t)(uintptr_t)buf & ~4095ULL;
-	a.end = a.start + 4096;
-	a.vec = (uint64_t)(uintptr_t)region;
-	a.vec_len = 1;
-	a.anyof = 1 << 3;
-	a.ret = 1 << 3;
-	bool scan_ok = fd >= 0 && ioctl(fd, _IOWR('f', 16, typeof(a)), &a) >= 0;
-	snprintf(buf, sizeof(buf), "%s",
-	         scan_ok ? "present pages found by PAGEMAP_SCAN"
-	                 : "PAGEMAP_SCAN missing (Linux >= 6.7 needed)");
-	check_add(arr, "pagemap_scan", scan_ok, buf);
-	safe_close(fd);
-	/* clone3 with set_tid needs a pid namespace of our own: checked by ferry run itself */
-	long r = syscall(SYS_clone3, NULL, 0);
-	check_add(arr, "clone3", r < 0 && errno == EINVAL, "clone3 system call present");
-	/* PR_SET_MM_MAP size query */
-	unsigned int size = 0;
-	bool mm_ok = prctl(PR_SET_MM, PR_SET_MM_MAP_SIZE, &size, 0, 0) == 0 && size > 0;
-	snprintf(buf, sizeof(buf), "PR_SET_MM_MAP (struct of %u bytes)", size);
-	check_add(arr, "prctl_mm_map", mm_ok, buf);
-	/* process_vm_readv on ourselves */
-	struct iovec l = {buf, 8}, rv = {buf + 64, 8};
-	check_add(arr, "process_vm_readv", process_vm_readv(getpid(), &l, 1, &rv, 1, 0) == 8,
-	          "copy from another process's memory");
-	/* ptrace: seize a child, interrupt, read xstate */
-	pid_t child = fork();
-	if (child == 0) {
-		pause();
-		_exit(0);
+	for (size_t i = 0; i < ARRAY_SIZE(probes); i++) {
+		char detail[256] = "";
+		int ok = probes[i].probe(detail, sizeof(detail));
+		json_object *o = json_object_new_object();
+		json_object_object_add(o, "feature", json_object_new_string(probes[i].feature));
+		json_object_object_add(o, "ok", json_object_new_boolean(ok > 0));
+		json_object_object_add(o, "detail", json_object_new_string(detail));
+		json_object_array_add(arr, o);
 	}
-	bool pt_ok = false;
-	if (child > 0) {
-		int st;
-		pt_ok = ptrace(PTRACE_SEIZE, child, NULL, NULL) == 0 &&
-		        ptrace(PTRACE_INTERRUPT, child, NULL, NULL) == 0 &&
-		        waitpid(child, &st, __WALL) == child && (st >> 16) == PTRACE_EVENT_STOP;
-		(void)safe_kill(child, SIGKILL);
-		waitpid(child, NULL, __WALL);
-	}
-	check_add(arr, "ptrace_seize", pt_ok, "PTRACE_SEIZE and PTRACE_INTERRUPT stop a thread");
 	(void)err;
 	*ret = arr;
 	return 0;

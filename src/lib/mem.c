@@ -9,6 +9,7 @@
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
+#include <sys/wait.h>
 
 #include "mem.h"
 #include "procfs.h"
@@ -728,4 +729,67 @@ int mem_restore(struct restorer *rs, const struct component *c, const struct pro
 	}
 	rs->pages_ns += now_ns() - t0;
 	return 0;
+}
+
+/* ---- kernel probes (ferry check) ---- */
+
+int mem_probe_pagemap_scan(char *detail, size_t len)
+{
+	static char page[MODEL_PAGE] __attribute__((aligned(4096)));
+	struct page_region reg;
+	_cleanup_close_ int fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+	page[0] = 1;
+	struct pm_scan_arg a = {.size = sizeof(a),
+	                        .start = (uint64_t)(uintptr_t)page,
+	                        .end = (uint64_t)(uintptr_t)page + MODEL_PAGE,
+	                        .vec = (uint64_t)(uintptr_t)&reg,
+	                        .vec_len = 1,
+	                        .category_anyof_mask = PAGE_IS_PRESENT,
+	                        .return_mask = PAGE_IS_PRESENT};
+	long n = fd < 0 ? -1 : ioctl(fd, PAGEMAP_SCAN, &a);
+	snprintf(detail, len, "%s",
+	         n == 1 ? "finds the pages that hold data (Linux >= 6.7)"
+	                : "PAGEMAP_SCAN missing: Linux >= 6.7 is needed");
+	return n == 1;
+}
+
+int mem_probe_vdso_mremap(char *detail, size_t len)
+{
+	/* in a child: move its own vdso and make a system call afterwards */
+	pid_t pid = fork();
+	if (pid == 0) {
+		_cleanup_free_ struct proc_map *maps = NULL;
+		size_t n = 0;
+		if (procfs_maps(getpid(), &maps, &n) < 0)
+			_exit(2);
+		for (size_t i = 0; i < n; i++)
+			if (strcmp(maps[i].path, "[vdso]") == 0) {
+				uint64_t l = maps[i].end - maps[i].start;
+				void *to = mmap(NULL, l, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1,
+				                0);
+				void *r = mremap((void *)maps[i].start, l, l,
+				                 MREMAP_MAYMOVE | MREMAP_FIXED, to);
+				_exit(r == to && syscall(SYS_getpid) > 0 ? 0 : 1);
+			}
+		_exit(3);
+	}
+	int status = 0;
+	if (pid < 0 || waitpid(pid, &status, 0) != pid) {
+		snprintf(detail, len, "could not fork a probe");
+		return 0;
+	}
+	bool ok = WIFEXITED(status) && WEXITSTATUS(status) == 0;
+	snprintf(detail, len, "%s",
+	         ok ? "the vdso can be moved to where an image had it"
+	            : "mremap of the vdso refused");
+	return ok;
+}
+
+int mem_probe_vm_readv(char *detail, size_t len)
+{
+	char a[8] = "ferry", b[8] = "";
+	struct iovec l = {b, sizeof(b)}, r = {a, sizeof(a)};
+	bool ok = process_vm_readv(getpid(), &l, 1, &r, 1, 0) == (ssize_t)sizeof(a);
+	snprintf(detail, len, "%s", ok ? "copies another process's memory" : strerror(errno));
+	return ok;
 }

@@ -34,3 +34,8 @@ int mem_restore(struct restorer *rs, const struct component *c, const struct pro
 
 /* mem_verify_pages - check every page run's checksum against the pages file (any thread). */
 int mem_verify_pages(const struct component *c, int pages_fd, struct ferry_error *err);
+
+/* Kernel probes for `ferry check`: 1 if the feature works; detail says what was seen. */
+int mem_probe_pagemap_scan(char *detail, size_t len);
+int mem_probe_vdso_mremap(char *detail, size_t len);
+int mem_probe_vm_readv(char *detail, size_t len);

@@ -444,3 +444,29 @@ int ferry_run(const struct ferry_runtime *rt, const char *name, char *const argv
 		return ferr(err, -EINVAL, "no program to run");
 	return monitor_launch(rt, name, false, 0, false, run_start, &ra, ret_pid, NULL, 0, err);
 }
+
+int runtime_probe_set_tid(char *detail, size_t len)
+{
+	/* a child in a new pid namespace (pid 1) creates a process with a chosen pid */
+	pid_t pid = runtime_clone_ns(CLONE_NEWPID);
+	if (pid == 0) {
+		pid_t want = 4242;
+		struct clone_args ca = {.exit_signal = SIGCHLD,
+		                        .set_tid = (uint64_t)(uintptr_t)&want,
+		                        .set_tid_size = 1};
+		pid_t c = (pid_t)syscall(SYS_clone3, &ca, sizeof(ca));
+		if (c == 0)
+			_exit(0);
+		_exit(c == want ? 0 : 1);
+	}
+	int status = 0;
+	if (pid < 0 || waitpid(pid, &status, 0) != pid) {
+		snprintf(detail, len, "clone3 with a new pid namespace: %s", strerror(errno));
+		return 0;
+	}
+	bool ok = WIFEXITED(status) && WEXITSTATUS(status) == 0;
+	snprintf(detail, len, "%s",
+	         ok ? "clone3 set_tid gives chosen pids in a new namespace"
+	            : "clone3 set_tid refused");
+	return ok;
+}

@@ -40,3 +40,6 @@ pid_t runtime_clone_ns(uint64_t flags);
 
 /* runtime_ns_setup - in a new pid+mount namespace: private mounts, a /proc of its own. */
 int runtime_ns_setup(struct ferry_error *err);
+
+/* runtime_probe_set_tid - `ferry check`: chosen pids in a new pid namespace. */
+int runtime_probe_set_tid(char *detail, size_t len);

@@ -295,3 +295,13 @@ int task_capture_thread_pending(struct process *p, pid_t host_tid, int32_t tid,
 {
 	return capture_pending(p, host_tid, tid, false, err);
 }
+
+int task_probe_mm_map(char *detail, size_t len)
+{
+	unsigned int size = 0;
+	bool ok = prctl(PR_SET_MM, PR_SET_MM_MAP_SIZE, &size, 0, 0) == 0 &&
+	          size == sizeof(struct prctl_mm_map);
+	snprintf(detail, len, "PR_SET_MM_MAP %s (struct of %u bytes)", ok ? "present" : "missing",
+	         size);
+	return ok;
+}

@@ -28,3 +28,6 @@ int task_check_file(const char *what, const char *path, const struct file_id *id
 /* task_capture_thread_pending - signals pending for one thread (not the process queue). */
 int task_capture_thread_pending(struct process *p, pid_t host_tid, int32_t tid,
                                 struct ferry_error *err);
+
+/* task_probe_mm_map - `ferry check`: PR_SET_MM_MAP is there. */
+int task_probe_mm_map(char *detail, size_t len);

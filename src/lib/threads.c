@@ -277,3 +277,37 @@ void thread_state_describe(const struct thread *t, char *buf, size_t len)
 	else
 		snprintf(buf, len, "after syscall %s", name);
 }
+
+int threads_probe_ptrace(char *detail, size_t len)
+{
+	pid_t child = fork();
+	int st, ok = 0;
+	uint8_t *xs = malloc(XSTATE_MAX);
+	struct iovec iov = {xs, XSTATE_MAX};
+	struct rseq_conf rc = {0};
+
+	if (child == 0) {
+		for (;;)
+			pause();
+	}
+	if (child < 0 || !xs) {
+		free(xs);
+		snprintf(detail, len, "could not fork a probe");
+		return 0;
+	}
+	if (ptrace(PTRACE_SEIZE, child, NULL, NULL) == 0 &&
+	    ptrace(PTRACE_INTERRUPT, child, NULL, NULL) == 0 &&
+	    waitpid(child, &st, __WALL) == child && (st >> 16) == PTRACE_EVENT_STOP &&
+	    ptrace(PTRACE_GETREGSET, child, (void *)NT_X86_XSTATE, &iov) == 0) {
+		long rs = ptrace(PTRACE_GET_RSEQ_CONFIGURATION, child, (void *)sizeof(rc), &rc);
+		snprintf(detail, len, "seize, interrupt; xstate %zu bytes; rseq %s", iov.iov_len,
+		         rs > 0 && rc.rseq_abi_pointer ? "registered (glibc)" : "not registered");
+		ok = 1;
+	} else {
+		snprintf(detail, len, "PTRACE_SEIZE/INTERRUPT/GETREGSET: %s", strerror(errno));
+	}
+	(void)safe_kill(child, SIGKILL);
+	waitpid(child, NULL, __WALL);
+	free(xs);
+	return ok;
+}

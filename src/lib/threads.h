@@ -23,3 +23,6 @@ int threads_restore(struct restorer *rs, const struct process *p, struct tracee 
 
 /* thread_state_describe - "in syscall nanosleep (restarts)" and similar, for inspect. */
 void thread_state_describe(const struct thread *t, char *buf, size_t len);
+
+/* threads_probe_ptrace - `ferry check`: seize, interrupt, xstate and rseq of a child. */
+int threads_probe_ptrace(char *detail, size_t len);
