@@ -173,183 +173,6 @@ out:
 	return r;
 }
 
-/* ---- the component writes its own pages ---- */
-
-/*
- * The save floor is a process writing its own memory to a file: one copy. So the frozen
- * component is made to pwrite its pages into the image itself (injected calls), while a ferry
- * thread checksums the same, frozen, pages on another CPU. Where that cannot be done (the page
- * file is not reachable from the component's mount namespace, unreadable pages, a filter or a
- * file size limit), the pipeline above copies instead.
- */
-
-struct hasher {
-	int fd; /* the page file */
-	struct copy_job *jobs;
-	size_t n;
-	size_t written; /* jobs[0..written) are in the file */
-	pthread_mutex_t lock;
-	pthread_cond_t cond;
-	int r;
-};
-
-/*
- * Checksums are taken of the page file, each run once it is written: they must describe the
- * file, and the component's memory is not quite still (between injected calls the kernel
- * refreshes the rseq area's cpu id in its TLS).
- */
-static void *hash_main(void *arg)
-{
-	struct hasher *h = arg;
-	uint8_t *buf =
-	        mmap(NULL, CHUNK, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-
-	if (buf == MAP_FAILED) {
-		h->r = -errno;
-		return NULL;
-	}
-	for (size_t i = 0; i < h->n && h->r == 0; i++) {
-		pthread_mutex_lock(&h->lock);
-		while (h->written <= i)
-			pthread_cond_wait(&h->cond, &h->lock);
-		pthread_mutex_unlock(&h->lock);
-		h->r = pread_full(h->fd, buf, h->jobs[i].len, (off_t)h->jobs[i].run->off);
-		if (h->r == 0)
-			h->jobs[i].run->csum = image_checksum(buf, h->jobs[i].len);
-	}
-	munmap(buf, CHUNK);
-	return NULL;
-}
-
-static void hasher_advance(struct hasher *h, size_t written)
-{
-	pthread_mutex_lock(&h->lock);
-	h->written = written;
-	pthread_cond_broadcast(&h->cond);
-	pthread_mutex_unlock(&h->lock);
-}
-
-/* Open the image's page file in the component; the fd number there, or < 0. */
-static long open_in_component(struct tracee *t, pid_t pid, int ours)
-{
-	char link[64], path[PATH_MAX], theirs[64];
-	uint8_t saved[PATH_MAX];
-	struct stat a, b;
-	long fd;
-
-	snprintf(link, sizeof(link), "/proc/self/fd/%d", ours);
-	ssize_t n = readlink(link, path, sizeof(path) - 1);
-	if (n <= 0)
-		return -errno;
-	path[n] = '\0';
-	/* the path goes below the red zone of the thread's stack, and the bytes back after */
-	uint64_t scratch = (t->regs.rsp - 128 - sizeof(saved)) & ~15ULL;
-	if (tracee_peek(pid, scratch, saved, sizeof(saved)) < 0 ||
-	    tracee_poke(pid, scratch, path, (size_t)n + 1) < 0)
-		return -EFAULT;
-	int r = tracee_syscall(t, &fd, NULL, SYS_openat, (uint64_t)AT_FDCWD, scratch,
-	                       O_WRONLY | O_CLOEXEC, 0, 0, 0, NULL);
-	if (tracee_poke(pid, scratch, saved, sizeof(saved)) < 0)
-		r = -EFAULT; /* cannot happen: the bytes were just read */
-	if (r < 0)
-		return r;
-	if (fd < 0)
-		return fd;
-	snprintf(theirs, sizeof(theirs), "/proc/%d/fd/%ld", pid, fd);
-	if (stat(theirs, &a) < 0 || fstat(ours, &b) < 0 || a.st_dev != b.st_dev ||
-	    a.st_ino != b.st_ino) {
-		long ignored;
-		(void)tracee_syscall(t, &ignored, NULL, SYS_close, (uint64_t)fd, 0, 0, 0, 0, 0,
-		                     NULL);
-		return -EXDEV; /* another file under that name in its mount namespace */
-	}
-	return fd;
-}
-
-/* Copy [addr, addr+len) to off through ferry (the fallback for one group). */
-static int copy_through(pid_t pid, uint64_t addr, uint64_t len, int out, uint64_t off)
-{
-	char path[64];
-	snprintf(path, sizeof(path), "/proc/%d/mem", pid);
-	_cleanup_close_ int memfd = open(path, O_RDONLY | O_CLOEXEC);
-	uint8_t *buf =
-	        mmap(NULL, CHUNK, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	int r = 0;
-
-	if (memfd < 0 || buf == MAP_FAILED) {
-		r = -errno;
-		goto out;
-	}
-	for (uint64_t done = 0; done < len && r == 0;) {
-		uint64_t l = MIN(len - done, CHUNK);
-		r = read_mem(pid, memfd, addr + done, buf, l);
-		if (r == 0)
-			r = pwrite_full(out, buf, l, (off_t)(off + done));
-		done += l;
-	}
-out:
-	if (buf != MAP_FAILED)
-		munmap(buf, CHUNK);
-	return r;
-}
-
-static int self_write(struct tracee *t, pid_t pid, struct copy_job *jobs, size_t n,
-                      struct image_writer *w, struct ferry_error *err)
-{
-	int out = image_pages_fd(w);
-	struct hasher h = {.fd = out,
-	                   .jobs = jobs,
-	                   .n = n,
-	                   .lock = PTHREAD_MUTEX_INITIALIZER,
-	                   .cond = PTHREAD_COND_INITIALIZER};
-	long fd = open_in_component(t, pid, out), ret;
-	bool threaded;
-	pthread_t th;
-	int r = 0;
-
-	if (fd < 0)
-		return (int)fd; /* the caller copies instead */
-	for (size_t i = 0; i < n; i++)
-		jobs[i].run->off = image_pages_alloc(w, jobs[i].len);
-	threaded = pthread_create(&th, NULL, hash_main, &h) == 0;
-	for (size_t i = 0; i < n && r == 0;) {
-		/* one call for runs contiguous in memory and in the file */
-		size_t j = i + 1;
-		uint64_t len = jobs[i].len;
-		while (j < n && jobs[j].src == jobs[i].src + len &&
-		       jobs[j].run->off == jobs[i].run->off + len && len < 64 * CHUNK) {
-			len += jobs[j].len;
-			j++;
-		}
-		uint64_t done = 0;
-		while (done < len) {
-			r = tracee_syscall(t, &ret, NULL, SYS_pwrite64, (uint64_t)fd,
-			                   jobs[i].src + done, len - done, jobs[i].run->off + done,
-			                   0, 0, err);
-			if (r < 0 || ret <= 0)
-				break;
-			done += (uint64_t)ret;
-		}
-		if (r == 0 && done < len) /* unreadable pages, a limit: copy the rest ourselves */
-			r = copy_through(pid, jobs[i].src + done, len - done, out,
-			                 jobs[i].run->off + done);
-		if (r < 0)
-			ferr(err, r, "writing memory at 0x%" PRIx64 ": %s", jobs[i].src + done,
-			     strerror(-r));
-		i = j;
-		hasher_advance(&h, r == 0 ? i : n);
-	}
-	hasher_advance(&h, n);
-	(void)tracee_syscall(t, &ret, NULL, SYS_close, (uint64_t)fd, 0, 0, 0, 0, 0, NULL);
-	if (threaded)
-		pthread_join(th, NULL);
-	else
-		hash_main(&h);
-	if (r == 0 && h.r < 0)
-		r = ferr(err, h.r, "checksumming the page file: %s", strerror(-h.r));
-	return r < 0 ? r : 1;
-}
-
 /* ---- finding the pages to save ---- */
 
 static int add_run(struct page_run **runs, size_t *n, uint64_t addr, uint64_t len)
@@ -569,7 +392,7 @@ static int classify(struct component *c, pid_t pid, const struct proc_map *m, st
 	return 0;
 }
 
-int mem_capture(struct component *c, struct process *p, struct tracee *t, struct image_writer *w,
+int mem_capture(struct component *c, struct process *p, struct image_writer *w,
                 struct mem_stats *st, struct ferry_error *err)
 {
 	_cleanup_free_ struct proc_map *maps = NULL;
@@ -619,18 +442,10 @@ int mem_capture(struct component *c, struct process *p, struct tracee *t, struct
 			st->pages_written += run->npages;
 		}
 	uint64_t t0 = now_ns();
-	r = (w && t && njobs && !getenv("FERRY_NO_SELF_WRITE"))
-	            ? self_write(t, p->host_pid, jobs, njobs, w, err)
-	            : -ENOTSUP;
-	if (r < 0 && r != -ENOTSUP &&
-	    (r == -EXDEV || r == -ENOENT || r == -EACCES || r == -EPERM || r == -EMFILE ||
-	     r == -EFAULT))
-		r = -ENOTSUP; /* could not open the page file in the component */
-	if (r == -ENOTSUP)
-		r = run_pipeline(p->host_pid, jobs, njobs, w, err);
+	r = run_pipeline(p->host_pid, jobs, njobs, w, err);
 	st->write_ns += now_ns() - t0;
 	free(jobs);
-	return r < 0 ? r : 0;
+	return r;
 }
 
 /* ---- verification of page data before a restored component runs ---- */

@@ -2,7 +2,6 @@
 #pragma once
 
 #include "model.h"
-#include "tracee.h"
 #include "restore.h"
 
 struct mem_stats {
@@ -14,10 +13,9 @@ struct mem_stats {
 /*
  * mem_capture - classify every mapping of p (host pid p->host_pid, frozen) into p->vmas and
  * c->shmems, and write the page data that the files do not hold into w. Refuses mappings it
- * cannot restore (a device mapping, say) with the address range and reason. The stopped
- * thread t (may be NULL) is made to write the page data itself where it can.
+ * cannot restore (a device mapping, say) with the address range and reason.
  */
-int mem_capture(struct component *c, struct process *p, struct tracee *t, struct image_writer *w,
+int mem_capture(struct component *c, struct process *p, struct image_writer *w,
                 struct mem_stats *st, struct ferry_error *err);
 
 /*
