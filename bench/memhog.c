@@ -1,6 +1,7 @@
 /* bench-memhog: a component holding N MiB of touched memory that can verify it after restore. */
 #include <errno.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -59,13 +60,14 @@ int main(int argc, char **argv)
 {
 	const struct timespec step = {0, 100 * 1000 * 1000};
 	const char *go = argc > 2 ? argv[2] : NULL;
+	bool touch_only = go && strcmp(go, "--touch-only") == 0;
 	unsigned long mib;
 	size_t words, bad;
 	uint64_t *w;
 	char *end;
 
 	if (argc < 2 || argc > 3) {
-		fprintf(stderr, "usage: bench-memhog SIZE_MIB [GO_FILE]\n");
+		fprintf(stderr, "usage: bench-memhog SIZE_MIB [GO_FILE | --touch-only]\n");
 		return 2;
 	}
 	errno = 0;
@@ -82,6 +84,8 @@ int main(int argc, char **argv)
 	}
 	for (size_t i = 0; i < words; i++)
 		w[i] = pattern(i);
+	if (touch_only) /* the bench's warm-up of the VM's memory */
+		return 0;
 	say("READY size_mib=%lu pid=%d addr=%p\n", mib, (int)getpid(), (void *)w);
 
 	for (;;) {

@@ -70,6 +70,13 @@ if awk -v n="$(nproc)" '{ exit !($1 > n / 2) }' /proc/loadavg; then
 	echo "bench: load average ${LOADAVG_START%% *} on $(nproc) CPUs: other work will disturb the figures" >&2
 fi
 
+# Memory this VM never touched costs 2-3 s/GiB the first time (machine-facts.md): the floors
+# reuse their own pages, while checkpoint/restore rounds churn through new ones. Touch enough
+# memory once (component, image, restored copy: 4x the largest size) so both see warm pages.
+prewarm_mib=$(( $(echo "$SIZES" | tr ' ' '\n' | sort -n | tail -n 1) * 4 ))
+echo "bench: touching ${prewarm_mib} MiB once so that no figure pays the VM's first touch"
+"$HOG" "$prewarm_mib" --touch-only >/dev/null
+
 # try SIZE STAGE OUTFILE CMD...: run CMD, stdout into OUTFILE; on failure record why, return 1.
 try() {
 	local size=$1 stage=$2 out=$3 rc=0 why

@@ -570,6 +570,21 @@ def refuse_unsupported_fd(ctx):
     expect_log(ctx, "c", f"FD {fd}\nREADY\nPASS\n")
 
 
+def generations(ctx):
+    """Eight generations of checkpoint -> kill -> restore, each restoring the previous restore
+    (rseq areas, TLS and thread stacks re-created every time), then the program's own check."""
+    img = os.path.join(ctx.root, "img")
+    ctx.start("c", ctx.feature("threads8"))
+    ctx.wait_line("c", "^READY$")
+    for gen in range(8):
+        shutil.rmtree(img, ignore_errors=True)
+        ctx.ferry("checkpoint", "c", "--dir", img)
+        ctx.ferry("kill", "c")
+        ctx.ferry("restore", "--dir", img, "--name", "c")
+    ctx.go()
+    expect_log(ctx, "c", "READY\nPASS\n")
+
+
 def kernel_check(ctx):
     """`ferry check` runs every subsystem's kernel probe; on this kernel all must pass."""
     rc, out, err = ctx.ferry("check", "--json", ok=False)
@@ -646,6 +661,7 @@ def collect(builds):
         tests.append((f"{tag}/refuse/unsupported-fd", ferry, refuse_unsupported_fd, TEST_TIMEOUT))
         tests.append((f"{tag}/runtime/monitor-death", ferry, monitor_death, TEST_TIMEOUT))
         tests.append((f"{tag}/runtime/check", ferry, kernel_check, TEST_TIMEOUT))
+        tests.append((f"{tag}/runtime/generations", ferry, generations, TEST_TIMEOUT))
     return tests, features_dir
 
 

@@ -450,20 +450,21 @@ int mem_capture(struct component *c, struct process *p, struct image_writer *w,
 
 /* ---- verification of page data before a restored component runs ---- */
 
-static int verify_runs(const struct page_run *runs, size_t n, int fd, uint8_t *buf,
+/* Checksums are taken straight from a read-only mapping of the page file: no copy. */
+static int verify_runs(const struct page_run *runs, size_t n, const uint8_t *file, uint64_t size,
                        struct ferry_error *err)
 {
 	for (size_t i = 0; i < n; i++) {
 		uint64_t len = runs[i].npages * MODEL_PAGE;
-		int r;
 		if (len > CHUNK)
 			return ferr(err, -EPROTO, "page run at 0x%" PRIx64 " is too long",
 			            runs[i].addr);
-		r = pread_full(fd, buf, len, (off_t)runs[i].off);
-		if (r < 0)
-			return ferr(err, r, "pages file offset %" PRIu64 ": %s", runs[i].off,
-			            r == -EIO ? "truncated" : strerror(-r));
-		if (image_checksum(buf, len) != runs[i].csum)
+		if (runs[i].off > size || len > size - runs[i].off)
+			return ferr(err, -EIO,
+			            "pages file offset %" PRIu64 ": past its end (%" PRIu64
+			            " bytes), truncated",
+			            runs[i].off, size);
+		if (image_checksum(file + runs[i].off, len) != runs[i].csum)
 			return ferr(err, -EBADMSG,
 			            "pages file offset %" PRIu64 " (data of 0x%" PRIx64
 			            "): checksum mismatch, image corrupted",
@@ -474,19 +475,27 @@ static int verify_runs(const struct page_run *runs, size_t n, int fd, uint8_t *b
 
 int mem_verify_pages(const struct component *c, int pages_fd, struct ferry_error *err)
 {
-	uint8_t *buf =
-	        mmap(NULL, CHUNK, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	struct stat sb;
+	const uint8_t *file = NULL;
 	int r = 0;
 
-	if (buf == MAP_FAILED)
-		return ferr(err, -errno, "allocating a verify buffer: %m");
+	if (fstat(pages_fd, &sb) < 0)
+		return ferr(err, -errno, "pages file: %m");
+	uint64_t size = (uint64_t)sb.st_size;
+	if (size > 0) {
+		file = mmap(NULL, size, PROT_READ, MAP_SHARED, pages_fd, 0);
+		if (file == MAP_FAILED)
+			return ferr(err, -errno, "mapping the pages file: %m");
+		(void)madvise((void *)file, size, MADV_SEQUENTIAL);
+	}
 	for (size_t i = 0; i < c->nshmems && r == 0; i++)
-		r = verify_runs(c->shmems[i].runs, c->shmems[i].nruns, pages_fd, buf, err);
+		r = verify_runs(c->shmems[i].runs, c->shmems[i].nruns, file, size, err);
 	for (size_t i = 0; i < c->nprocs && r == 0; i++)
 		for (size_t j = 0; j < c->procs[i].nvmas && r == 0; j++)
-			r = verify_runs(c->procs[i].vmas[j].runs, c->procs[i].vmas[j].nruns,
-			                pages_fd, buf, err);
-	munmap(buf, CHUNK);
+			r = verify_runs(c->procs[i].vmas[j].runs, c->procs[i].vmas[j].nruns, file,
+			                size, err);
+	if (file)
+		munmap((void *)file, size);
 	return r;
 }
 
