@@ -13,6 +13,7 @@
 
 #include "mem.h"
 #include "procfs.h"
+#include "task.h"
 #include "util.h"
 
 /* PAGEMAP_SCAN (Linux 6.7); Debian 12's headers predate it. */
@@ -298,18 +299,6 @@ int shmem_lookup(struct component *c, int fd, uint32_t kind, const char *name,
 	return (int)(c->nshmems - 1);
 }
 
-static int file_identity(const char *path, struct file_id *id)
-{
-	struct stat sb;
-	if (stat(path, &sb) < 0)
-		return -errno;
-	id->dev = (uint64_t)sb.st_dev;
-	id->ino = sb.st_ino;
-	id->size = (uint64_t)sb.st_size;
-	id->mtime_ns = (int64_t)sb.st_mtim.tv_sec * 1000000000LL + sb.st_mtim.tv_nsec;
-	return 0;
-}
-
 static int classify(struct component *c, pid_t pid, const struct proc_map *m, struct vma *v,
                     struct image_writer *w, struct mem_stats *st, struct ferry_error *err)
 {
@@ -380,7 +369,7 @@ static int classify(struct component *c, pid_t pid, const struct proc_map *m, st
 		v->path = strdup(m->path);
 		if (!v->path)
 			return ferr(err, -ENOMEM, "out of memory");
-		int r = file_identity(m->path, &v->fid);
+		int r = task_file_identity(m->path, &v->fid);
 		if (r < 0)
 			return ferr(err, r, "mapping 0x%" PRIx64 "-0x%" PRIx64 " %s: %s", m->start,
 			            m->end, m->path, strerror(-r));
