@@ -277,6 +277,21 @@ are ferry's own `freeze_ms` and `total_ms`, restore is `total_ms` of the restore
 page in place before the component runs), the image size is `bytes_written`. At the end the
 restored component checks every word of its memory and prints PASS or FAIL.
 
+Before anything is timed, `run.sh` touches 4x the largest size once (`bench-memhog N
+--touch-only`): memory this VM has never touched costs 2-3 s/GiB the first time. The floor
+program reuses its own pages round after round while checkpoint/restore rounds go through new
+ones, so without this step ferry's rounds swing by 3-6x (seen: 395 to 2097 ms for the same
+1 GiB checkpoint) and the comparison is unfair to it.
+
+How the times are made: a checkpoint copies the frozen component's pages with
+`process_vm_readv` into 1 MiB buffers and checksums them (XXH3) on one CPU while a second
+thread writes them into the page file; a restore has the new process `pread` the page file
+straight into its own fresh mappings while ferry verifies every checksum on the other CPU,
+through a read-only mapping of the page file, before the component may run. A variant where
+the frozen component `pwrite`s its own memory into the image (one copy, like the save floor)
+measured slower (387-405 ms against 355-368 ms for 1 GiB, alternating in one run): its
+checksums must then be taken from the written file, which adds back the copy it saved.
+
 Reproduce (as root): `make bench`, or `./bench/run.sh BUILD_DIR`. `SIZES` and `ROUNDS` in the
 environment change the sizes (MiB) and the number of rounds."""
 
