@@ -585,6 +585,47 @@ def generations(ctx):
     expect_log(ctx, "c", "READY\nPASS\n")
 
 
+def crash_mid_checkpoint(ctx):
+    """ferry killed while it writes a checkpoint: the component runs on (its threads are
+    released when their tracer dies), the earlier image in DIR stays the committed one, and
+    it restores."""
+    img = os.path.join(ctx.root, "img")
+    hog = os.path.join(os.path.dirname(ctx.features), "bench", "bench-memhog")
+    ctx.start("c", [hog, "256", os.path.join(ctx.scratch, "go")])
+    ctx.wait_line("c", "^READY")
+    pid = ctx.pid("c")
+    ctx.ferry("checkpoint", "c", "--dir", img)
+    with open(os.path.join(img, "MANIFEST"), "rb") as f:
+        manifest = f.read()
+    p = subprocess.Popen([ctx.ferry_bin, "checkpoint", "c", "--dir", img], env=ctx.env,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    caught = False
+    end = time.monotonic() + 10
+    while time.monotonic() < end and p.poll() is None:
+        tmp = [f for f in os.listdir(img) if f.startswith("pages-") and f.endswith(".tmp")]
+        if tmp and os.path.getsize(os.path.join(img, tmp[0])) > (32 << 20):
+            safe_kill(p.pid, signal.SIGKILL)
+            caught = True
+            break
+        time.sleep(0.002)
+    p.wait()
+    if not caught:
+        raise Fail(f"could not catch the checkpoint mid-way (it exited {p.returncode})")
+    time.sleep(0.3)
+    state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+    if state not in ("S", "R", "D"):
+        raise Fail(f"after ferry was killed the component is in state {state!r}")
+    with open(os.path.join(img, "MANIFEST"), "rb") as f:
+        if f.read() != manifest:
+            raise Fail("the MANIFEST changed although the checkpoint never committed")
+    ctx.ferry("kill", "c")
+    ctx.ferry("restore", "--dir", img, "--name", "c")
+    ctx.go()
+    ctx.wait_line("c", "^(PASS|FAIL)")
+    if not re.search(r"^PASS", ctx.log("c"), re.M):
+        raise Fail("restored memory differs", tail(ctx.log("c"), 3))
+
+
 def kernel_check(ctx):
     """`ferry check` runs every subsystem's kernel probe; on this kernel all must pass."""
     rc, out, err = ctx.ferry("check", "--json", ok=False)
@@ -662,6 +703,8 @@ def collect(builds):
         tests.append((f"{tag}/runtime/monitor-death", ferry, monitor_death, TEST_TIMEOUT))
         tests.append((f"{tag}/runtime/check", ferry, kernel_check, TEST_TIMEOUT))
         tests.append((f"{tag}/runtime/generations", ferry, generations, TEST_TIMEOUT))
+        tests.append((f"{tag}/runtime/crash-mid-checkpoint", ferry, crash_mid_checkpoint,
+                      TEST_TIMEOUT))
     return tests, features_dir
 
 

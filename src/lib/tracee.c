@@ -164,6 +164,16 @@ int tracee_syscall(struct tracee *t, long *ret, pid_t *ret_new_tid, long nr, uin
 	if (rc < 0)
 		return rc;
 	*ret = (long)r.rax;
+	/*
+	 * Registers back at once, not at detach: if ferry dies now, the kernel lets the thread
+	 * go on, and it must go on from where it was stopped (an interrupted call restarted).
+	 */
+	r = t->regs;
+	regs_for_resume(&r, false);
+	rc = tracee_setregs(t->tid, &r, err);
+	if (rc < 0)
+		return rc;
+	t->clobbered = false;
 	return 0;
 }
 

@@ -28,8 +28,9 @@ int tracee_wait(pid_t tid, int *ret_status, struct ferry_error *err);
 
 /*
  * tracee_syscall - run one system call nr(a0..a5) in thread t, which must be stopped and have
- * syscall_ip set. The thread's registers are changed; callers put t->regs back with
- * tracee_setregs when done. *ret gets the raw return value (-errno on failure).
+ * syscall_ip set. Its registers are put back afterwards (as they must be to resume: an
+ * interrupted call set to restart), so that the thread can go on correctly even if ferry
+ * dies between calls. *ret gets the raw return value (-errno on failure).
  * Handles PTRACE_EVENT_CLONE stops on the way (new tids in *ret_new_tid when not NULL).
  */
 int tracee_syscall(struct tracee *t, long *ret, pid_t *ret_new_tid, long nr, uint64_t a0,
