@@ -328,6 +328,20 @@ int ferry_check(struct json_object **ret, struct ferry_error *err)
 		json_object_object_add(o, "detail", json_object_new_string(detail));
 		json_object_array_add(arr, o);
 	}
+	size_t nk;
+	const struct fd_ops *const *kinds = fds_kinds(&nk);
+	for (size_t i = 0; i < nk; i++) {
+		char detail[256] = "", feature[64];
+		if (!kinds[i]->kernel_probe)
+			continue;
+		int ok = kinds[i]->kernel_probe(detail, sizeof(detail));
+		snprintf(feature, sizeof(feature), "fd_%s", kinds[i]->name);
+		json_object *o = json_object_new_object();
+		json_object_object_add(o, "feature", json_object_new_string(feature));
+		json_object_object_add(o, "ok", json_object_new_boolean(ok > 0));
+		json_object_object_add(o, "detail", json_object_new_string(detail));
+		json_object_array_add(arr, o);
+	}
 	(void)err;
 	*ret = arr;
 	return 0;

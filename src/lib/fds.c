@@ -8,7 +8,44 @@
 #include "util.h"
 
 /* Adding a kind = adding its file and a line here. Order matters: first probe wins. */
-static const struct fd_ops *const kinds[] = {&fd_log_ops, &fd_memfd_ops, &fd_file_ops, &fd_chr_ops};
+static const struct fd_ops *const kinds[] = {
+        &fd_log_ops,     &fd_memfd_ops,   &fd_file_ops,     &fd_chr_ops,
+        &fd_eventfd_ops, &fd_timerfd_ops, &fd_signalfd_ops, &fd_epoll_ops,
+};
+
+const struct fd_ops *const *fds_kinds(size_t *ret_n)
+{
+	*ret_n = ARRAY_SIZE(kinds);
+	return kinds;
+}
+
+int fds_fdinfo(pid_t pid, int fd, char **ret)
+{
+	char path[64];
+	snprintf(path, sizeof(path), "/proc/%d/fdinfo/%d", pid, fd);
+	return read_file(path, ret, NULL);
+}
+
+int fds_fdinfo_u64(const char *info, const char *key, int base, uint64_t *ret)
+{
+	size_t klen = strlen(key);
+	for (const char *l = info; l && *l; l = strchr(l, '\n') ? strchr(l, '\n') + 1 : NULL)
+		if (strncmp(l, key, klen) == 0 && l[klen] == ':') {
+			*ret = strtoull(l + klen + 1, NULL, base);
+			return 0;
+		}
+	return -ENOENT;
+}
+
+int fds_set_extra(struct fd_entry *e, const uint64_t *v, uint32_t n, struct ferry_error *err)
+{
+	e->extra = calloc(n ? n : 1, sizeof(*v));
+	if (!e->extra)
+		return ferr(err, -ENOMEM, "out of memory");
+	memcpy(e->extra, v, n * sizeof(*v));
+	e->nextra = n;
+	return 0;
+}
 
 const struct fd_ops *fds_ops_of(uint32_t kind)
 {
@@ -146,14 +183,17 @@ int fds_capture(struct fd_capture_ctx *ctx, struct ferry_error *err)
 
 int fds_restore(const struct process *p, const struct fd_restore_ctx *ctx, struct ferry_error *err)
 {
-	for (size_t i = 0; i < p->nfds; i++) {
-		const struct fd_entry *e = &p->fds[i];
+	for (size_t k = 0; k < 2 * p->nfds; k++) {
+		/* two passes: kinds that refer to other fds (epoll) come last */
+		const struct fd_entry *e = &p->fds[k % p->nfds];
 		const struct fd_ops *ops = fds_ops_of(e->kind);
 		int fd, r;
 
 		if (!ops)
 			return ferr(err, -EPROTO, "fd %d: unknown kind %u in the image", e->fd,
 			            e->kind);
+		if (ops->late != (k >= p->nfds))
+			continue;
 		fd = ops->restore(e, ctx, err);
 		if (fd < 0)
 			return ferr_prefix(err, "fd %d (%s)", e->fd, ops->name);

@@ -42,9 +42,27 @@ struct fd_ops {
 	               struct ferry_error *err);
 	/* describe: the fd's meaning in words, for inspect and caps */
 	void (*describe)(const struct fd_entry *e, char *buf, size_t len);
+	/* restored after every other kind (it refers to other fds by number) */
+	bool late;
+	/* kernel_probe (optional): does this kernel give what capture and restore need?
+	 * 1 yes, 0 no; detail says what was seen (`ferry check`) */
+	int (*kernel_probe)(char *detail, size_t len);
 };
 
-extern const struct fd_ops fd_file_ops, fd_log_ops, fd_memfd_ops, fd_chr_ops;
+extern const struct fd_ops fd_file_ops, fd_log_ops, fd_memfd_ops, fd_chr_ops, fd_eventfd_ops,
+        fd_timerfd_ops, fd_signalfd_ops, fd_epoll_ops;
+
+/* fds_fdinfo - /proc/PID/fdinfo/FD as text (malloc'd, NUL-terminated). */
+int fds_fdinfo(pid_t pid, int fd, char **ret);
+
+/* fds_fdinfo_u64 - the number after "key:" in fdinfo text (base 0: 0x, 0 prefixes honoured). */
+int fds_fdinfo_u64(const char *info, const char *key, int base, uint64_t *ret);
+
+/* fds_set_extra - copy n numbers into e->extra. */
+int fds_set_extra(struct fd_entry *e, const uint64_t *v, uint32_t n, struct ferry_error *err);
+
+/* fds_kinds - the table of kinds (for ferry check); *ret_n entries. */
+const struct fd_ops *const *fds_kinds(size_t *ret_n);
 
 /* fds_capture - every fd of p; an fd no kind handles fails with "fd N: LINK: unsupported ...". */
 int fds_capture(struct fd_capture_ctx *ctx, struct ferry_error *err);

@@ -10,7 +10,7 @@
 #define V_THREAD    1
 #define V_VMA       1
 #define V_SHMEM     1
-#define V_FD        1
+#define V_FD        2 /* 2: kind-specific numbers appended */
 #define V_SIGACTION 1
 #define V_SIGINFO   1
 
@@ -39,8 +39,10 @@ void process_clear(struct process *p)
 		free(p->vmas[i].runs);
 	}
 	free(p->vmas);
-	for (size_t i = 0; i < p->nfds; i++)
+	for (size_t i = 0; i < p->nfds; i++) {
 		free(p->fds[i].path);
+		free(p->fds[i].extra);
+	}
 	free(p->fds);
 	free(p->sigacts);
 	free(p->pending);
@@ -292,9 +294,12 @@ static void put_fd(struct wbuf *wb, const struct process *p, const struct fd_ent
 	wb_u64(wb, f->rdev);
 	wb_u32(wb, f->mode);
 	wb_u32(wb, (uint32_t)f->shmem);
+	wb_u32(wb, f->nextra);
+	for (uint32_t i = 0; i < f->nextra; i++)
+		wb_u64(wb, f->extra[i]);
 }
 
-static int get_fd(struct rbuf *rb, struct fd_entry *f)
+static int get_fd(struct rbuf *rb, uint16_t ver, struct fd_entry *f)
 {
 	char path[PATH_MAX];
 
@@ -308,6 +313,16 @@ static int get_fd(struct rbuf *rb, struct fd_entry *f)
 	f->rdev = rb_u64(rb);
 	f->mode = rb_u32(rb);
 	f->shmem = (int32_t)rb_u32(rb);
+	if (ver >= 2) {
+		f->nextra = rb_u32(rb);
+		if (rb->err || f->nextra > (rb->len - rb->off) / 8)
+			return -EPROTO;
+		f->extra = calloc(f->nextra ? f->nextra : 1, sizeof(*f->extra));
+		if (!f->extra)
+			return -ENOMEM;
+		for (uint32_t i = 0; i < f->nextra; i++)
+			f->extra[i] = rb_u64(rb);
+	}
 	if (rb->err || f->fd < 0)
 		return -EPROTO;
 	f->path = dup_or_null(path);
@@ -459,7 +474,7 @@ static int load_one(struct component *c, uint16_t kind, uint16_t ver, struct rbu
 		if (GROW(p->fds, p->nfds) < 0)
 			return -ENOMEM;
 		memset(&p->fds[p->nfds], 0, sizeof(struct fd_entry));
-		return get_fd(rb, &p->fds[p->nfds++]);
+		return get_fd(rb, ver, &p->fds[p->nfds++]);
 	case IMG_SIGACTION: {
 		if (GROW(p->sigacts, p->nsigacts) < 0)
 			return -ENOMEM;

@@ -121,6 +121,10 @@ enum fd_kind {
 	FD_CHR = 2,   /* character device, reopened by path (same rdev required) */
 	FD_LOG = 3,   /* the runtime's log of this component */
 	FD_MEMFD = 4, /* a memfd, shared with mappings through the shmem table */
+	FD_EVENTFD = 5,
+	FD_TIMERFD = 6,
+	FD_SIGNALFD = 7,
+	FD_EPOLL = 8,
 };
 
 struct fd_entry {
@@ -132,8 +136,10 @@ struct fd_entry {
 	char *path;
 	struct file_id fid;
 	uint64_t rdev;
-	uint32_t mode; /* st_mode */
-	int32_t shmem; /* FD_MEMFD: index into component.shmems */
+	uint32_t mode;   /* st_mode */
+	int32_t shmem;   /* FD_MEMFD: index into component.shmems */
+	uint64_t *extra; /* numbers of the kind (eventfd count, timer values, epoll targets) */
+	uint32_t nextra;
 };
 
 #define MODEL_NRLIMITS 16
