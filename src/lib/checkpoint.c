@@ -110,9 +110,9 @@ static int capture_frozen(struct frozen *fz, struct component *c, struct process
 	}
 	if (!main)
 		return ferr(err, -ESRCH, "pid %d: main thread is gone", p->host_pid);
-	r = task_capture(main, p, err);
+	r = task_capture(main, p, err); /* its messages name the pid */
 	if (r < 0)
-		return ferr_prefix(err, "pid %d", p->host_pid);
+		return r;
 	p->threads = calloc(fz->n, sizeof(*p->threads));
 	if (!p->threads)
 		return ferr(err, -ENOMEM, "out of memory");

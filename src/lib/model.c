@@ -6,7 +6,7 @@
 
 /* Record versions: bump when a kind's payload changes; decoders accept what they know. */
 #define V_COMPONENT 1
-#define V_PROCESS   1
+#define V_PROCESS   2 /* 2: interval timers appended */
 #define V_THREAD    1
 #define V_VMA       1
 #define V_SHMEM     1
@@ -142,9 +142,12 @@ static void put_process(struct wbuf *wb, const struct process *p)
 	for (size_t i = 0; i < ARRAY_SIZE(mm); i++)
 		wb_u64(wb, mm[i]);
 	wb_bytes(wb, p->auxv, p->auxv_len);
+	for (int i = 0; i < 3; i++)
+		for (int j = 0; j < 4; j++)
+			wb_u64(wb, p->itimer[i][j]);
 }
 
-static int get_process(struct rbuf *rb, struct process *p)
+static int get_process(struct rbuf *rb, uint16_t ver, struct process *p)
 {
 	char buf[PATH_MAX];
 	uint32_t nr;
@@ -182,7 +185,10 @@ static int get_process(struct rbuf *rb, struct process *p)
 		return -ENOMEM;
 	memcpy(p->auxv, auxv, n);
 	p->auxv_len = (uint32_t)n;
-	return 0;
+	for (int i = 0; ver >= 2 && i < 3; i++)
+		for (int j = 0; j < 4; j++)
+			p->itimer[i][j] = rb_u64(rb);
+	return rb->err;
 }
 
 static void put_thread(struct wbuf *wb, const struct process *p, const struct thread *t)
@@ -451,7 +457,7 @@ static int load_one(struct component *c, uint16_t kind, uint16_t ver, struct rbu
 			return -ENOMEM;
 		memset(&c->procs[c->nprocs], 0, sizeof(struct process));
 		c->nprocs++;
-		return get_process(rb, &c->procs[c->nprocs - 1]);
+		return get_process(rb, ver, &c->procs[c->nprocs - 1]);
 	default:
 		break;
 	}

@@ -161,6 +161,8 @@ struct process {
 	uint64_t arg_start, arg_end, env_start, env_end;
 	uint8_t *auxv;
 	uint32_t auxv_len;
+	/* interval timers (ITIMER_REAL, _VIRTUAL, _PROF): interval s, us, value s, us */
+	uint64_t itimer[3][4];
 
 	struct thread *threads;
 	size_t nthreads;

@@ -8,6 +8,7 @@
 #include <sys/ptrace.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/time.h>
 #include <linux/prctl.h>
 
 #include "procfs.h"
@@ -94,7 +95,8 @@ static int capture_signals(struct tracee *main, struct process *p, struct ferry_
 			continue;
 		r = inject(main, &ret, SYS_rt_sigaction, (uint64_t)sig, 0, scratch, 8, err);
 		if (r == 0 && ret < 0)
-			r = ferr(err, (int)ret, "rt_sigaction(%d): %s", sig, strerror((int)-ret));
+			r = ferr(err, (int)ret, "pid %d: rt_sigaction(%d): %s", p->host_pid, sig,
+			         strerror((int)-ret));
 		if (r == 0)
 			r = tracee_peek(p->host_pid, scratch, &ka, sizeof(ka));
 		if (r == 0) {
@@ -103,6 +105,42 @@ static int capture_signals(struct tracee *main, struct process *p, struct ferry_
 			else
 				p->sigacts[p->nsigacts++] = (struct sigact){
 				        sig, ka.handler, ka.flags, ka.restorer, ka.mask};
+		}
+	}
+	int r2 = tracee_poke(p->host_pid, scratch, saved, sizeof(saved));
+	if (r == 0 && r2 < 0)
+		r = ferr(err, r2, "pid %d: restoring stack bytes", p->host_pid);
+	return r;
+}
+
+/* Interval timers (alarm, setitimer) by injected getitimer; POSIX timers are refused. */
+static int capture_timers(struct tracee *main, struct process *p, struct ferry_error *err)
+{
+	char path[64];
+	_cleanup_free_ char *timers = NULL;
+	uint64_t scratch = (main->regs.rsp - 128 - 256) & ~15ULL;
+	uint8_t saved[64];
+	int r;
+
+	snprintf(path, sizeof(path), "/proc/%d/timers", p->host_pid);
+	if (read_file(path, &timers, NULL) == 0 && timers[0])
+		return ferr(err, -ENOTSUP,
+		            "pid %d has POSIX timers (timer_create): unsupported yet", p->host_pid);
+	r = tracee_peek(p->host_pid, scratch, saved, sizeof(saved));
+	for (int which = 0; which < 3 && r == 0; which++) {
+		long ret;
+		struct itimerval it;
+		r = inject(main, &ret, SYS_getitimer, (uint64_t)which, scratch, 0, 0, err);
+		if (r == 0 && ret < 0)
+			r = ferr(err, (int)ret, "pid %d: getitimer(%d): %s", p->host_pid, which,
+			         strerror((int)-ret));
+		if (r == 0)
+			r = tracee_peek(p->host_pid, scratch, &it, sizeof(it));
+		if (r == 0) {
+			p->itimer[which][0] = (uint64_t)it.it_interval.tv_sec;
+			p->itimer[which][1] = (uint64_t)it.it_interval.tv_usec;
+			p->itimer[which][2] = (uint64_t)it.it_value.tv_sec;
+			p->itimer[which][3] = (uint64_t)it.it_value.tv_usec;
 		}
 	}
 	int r2 = tracee_poke(p->host_pid, scratch, saved, sizeof(saved));
@@ -196,6 +234,9 @@ int task_capture(struct tracee *main, struct process *p, struct ferry_error *err
 	r = capture_signals(main, p, err);
 	if (r < 0)
 		return r;
+	r = capture_timers(main, p, err);
+	if (r < 0)
+		return r;
 	return capture_pending(p, main->tid, 0, true, err);
 }
 
@@ -284,6 +325,21 @@ int task_restore_late(struct restorer *rs, const struct process *p, const pid_t 
 			return ferr_prefix(err, "pending signal %d", signo);
 	}
 	(void)host_tids;
+	/* interval timers go on with the time they had left */
+	for (int which = 0; which < 3; which++) {
+		const uint64_t *t = p->itimer[which];
+		if (!t[2] && !t[3])
+			continue;
+		struct itimerval it = {{(time_t)t[0], (suseconds_t)t[1]},
+		                       {(time_t)t[2], (suseconds_t)t[3]}};
+		int r = tracee_poke(rs->pid, rs->scratch, &it, sizeof(it));
+		if (r < 0)
+			return ferr(err, r, "scratch write: %s", strerror(-r));
+		long ret = rs_sys(rs, "setitimer", SYS_setitimer, (uint64_t)which, rs->scratch, 0,
+		                  0, 0, 0, err);
+		if (ret < 0)
+			return (int)ret;
+	}
 	for (int i = 0; i < MODEL_NRLIMITS; i++)
 		if (prlimit(rs->pid, i, &p->rlim[i], NULL) < 0)
 			return ferr(err, -errno, "prlimit(%d): %m", i);
