@@ -3,6 +3,8 @@
 #include <inttypes.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/file.h>
+#include <sys/sysmacros.h>
 
 #include "fds.h"
 #include "task.h"
@@ -16,6 +18,77 @@ static bool file_probe(const struct fd_info *fi, const struct fd_capture_ctx *ct
 	       !strstr(fi->link, " (deleted)");
 }
 
+/*
+ * Locks on the file (POSIX record locks owned by the process, flock locks of this open file)
+ * from /proc/locks, as triples (LK_* flags, start, end) in e->extra. Taken by the first fd of
+ * the file only: a POSIX lock belongs to the process, not to one fd.
+ */
+#define LK_WRITE (1u << 0) /* an exclusive lock, else shared */
+#define LK_FLOCK (1u << 1) /* flock(), else a POSIX record lock */
+
+static int locks_capture(struct fd_capture_ctx *ctx, const struct fd_info *fi, struct fd_entry *e,
+                         struct ferry_error *err)
+{
+	_cleanup_free_ char *all = NULL;
+	uint64_t v[48];
+	uint32_t n = 0;
+
+	for (size_t i = 0; i + 1 < ctx->p->nfds; i++)
+		if (ctx->p->fds[i].fid.dev == (uint64_t)fi->st.st_dev &&
+		    ctx->p->fds[i].fid.ino == fi->st.st_ino)
+			return 0;
+	if (read_file("/proc/locks", &all, NULL) < 0)
+		return 0;
+	for (char *l = strtok(all, "\n"); l; l = strtok(NULL, "\n")) {
+		char kind[16], mode[16], rw[16], end[32];
+		unsigned maj, min;
+		unsigned long long ino, start;
+		int pid;
+		if (strstr(l, "->") ||
+		    sscanf(l, "%*d: %15s %15s %15s %d %x:%x:%llu %llu %31s", kind, mode, rw, &pid,
+		           &maj, &min, &ino, &start, end) != 9)
+			continue;
+		if (pid != ctx->p->host_pid || ino != fi->st.st_ino ||
+		    makedev(maj, min) != fi->st.st_dev)
+			continue;
+		if (strcmp(kind, "POSIX") != 0 && strcmp(kind, "FLOCK") != 0)
+			return ferr(err, -ENOTSUP, "%s holds a %s lock (unsupported)", fi->link,
+			            kind);
+		if (n + 3 > ARRAY_SIZE(v))
+			return ferr(err, -ENOTSUP, "%s: more than 16 locks (unsupported)",
+			            fi->link);
+		v[n++] = (strcmp(rw, "WRITE") == 0 ? LK_WRITE : 0) |
+		         (strcmp(kind, "FLOCK") == 0 ? LK_FLOCK : 0);
+		v[n++] = start;
+		v[n++] = strcmp(end, "EOF") == 0 ? UINT64_MAX : strtoull(end, NULL, 10);
+	}
+	return n ? fds_set_extra(e, v, n, err) : 0;
+}
+
+/* Take the locks again: the helper is the very process the component becomes. */
+static int locks_restore(int fd, const struct fd_entry *e, struct ferry_error *err)
+{
+	for (uint32_t i = 0; i + 2 < e->nextra; i += 3) {
+		uint64_t f = e->extra[i], start = e->extra[i + 1], end = e->extra[i + 2];
+		int r;
+		if (f & LK_FLOCK) {
+			r = flock(fd, (f & LK_WRITE ? LOCK_EX : LOCK_SH) | LOCK_NB);
+		} else {
+			struct flock fl = {.l_type = f & LK_WRITE ? F_WRLCK : F_RDLCK,
+			                   .l_whence = SEEK_SET,
+			                   .l_start = (off_t)start,
+			                   .l_len = end == UINT64_MAX ? 0
+			                                              : (off_t)(end - start + 1)};
+			r = fcntl(fd, F_SETLK, &fl);
+		}
+		if (r < 0)
+			return ferr(err, -errno,
+			            "%s: taking its %s lock again: %m (held by another?)", e->path,
+			            f & LK_FLOCK ? "flock" : "POSIX");
+	}
+	return 0;
+}
+
 static int file_capture(struct fd_capture_ctx *ctx, const struct fd_info *fi, struct fd_entry *e,
                         struct ferry_error *err)
 {
@@ -25,7 +98,7 @@ static int file_capture(struct fd_capture_ctx *ctx, const struct fd_info *fi, st
 	e->fid.dev = (uint64_t)fi->st.st_dev;
 	e->fid.ino = fi->st.st_ino;
 	e->fid.size = (uint64_t)fi->st.st_size;
-	return 0;
+	return S_ISREG(fi->st.st_mode) ? locks_capture(ctx, fi, e, err) : 0;
 }
 
 static int reopen(const char *path, const struct fd_entry *e, struct ferry_error *err)
@@ -44,13 +117,26 @@ static int reopen(const char *path, const struct fd_entry *e, struct ferry_error
 static int file_restore(const struct fd_entry *e, const struct fd_restore_ctx *ctx,
                         struct ferry_error *err)
 {
-	return reopen(e->path, e, err);
+	int fd = reopen(e->path, e, err);
+	if (fd < 0)
+		return fd;
+	int r = locks_restore(fd, e, err);
+	if (r < 0) {
+		safe_close(fd);
+		return r;
+	}
+	return fd;
 }
 
 static void file_describe(const struct fd_entry *e, char *buf, size_t len)
 {
-	snprintf(buf, len, "%s %s, offset %" PRIu64, S_ISDIR(e->mode) ? "directory" : "file",
-	         e->path ? e->path : "?", e->pos);
+	size_t n = (size_t)snprintf(buf, len, "%s %s, offset %" PRIu64,
+	                            S_ISDIR(e->mode) ? "directory" : "file",
+	                            e->path ? e->path : "?", e->pos);
+	for (uint32_t i = 0; i + 2 < e->nextra && n < len; i += 3)
+		n += (size_t)snprintf(buf + n, len - n, ", %s %s lock",
+		                      e->extra[i] & LK_WRITE ? "write" : "read",
+		                      e->extra[i] & LK_FLOCK ? "flock" : "POSIX");
 }
 
 const struct fd_ops fd_file_ops = {
