@@ -733,7 +733,7 @@ int mem_restore(struct restorer *rs, const struct component *c, const struct pro
 
 int mem_probe_pagemap_scan(char *detail, size_t len)
 {
-	static char page[MODEL_PAGE] __attribute__((aligned(4096)));
+	char page[MODEL_PAGE] __attribute__((aligned(4096)));
 	struct page_region reg;
 	_cleanup_close_ int fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
 	page[0] = 1;
