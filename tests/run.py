@@ -626,6 +626,44 @@ def crash_mid_checkpoint(ctx):
         raise Fail("restored memory differs", tail(ctx.log("c"), 3))
 
 
+def describe(ctx):
+    """`ferry caps` of the running component and `ferry inspect` of its image describe the same
+    capability space: threads with registers, the memory map by kind, fds with their meaning."""
+    img = os.path.join(ctx.root, "img")
+    ctx.start("c", ctx.feature("eventfds"))
+    ctx.wait_line("c", "^READY$")
+    pid = ctx.pid("c")
+    caps = json.loads(ctx.ferry("caps", "c", "--json")[1])
+    ctx.ferry("checkpoint", "c", "--dir", img)
+    image = json.loads(ctx.ferry("inspect", img, "--json")[1])
+    for what, d in (("caps", caps), ("inspect", image)):
+        procs = d.get("processes") or []
+        if d.get("name") != "c" or len(procs) != 1 or procs[0].get("pid") != 1:
+            raise Fail(f"{what}: not one process named c with pid 1: {str(d)[:200]}")
+        p = procs[0]
+        threads = p.get("threads") or []
+        if not threads or any("rip" not in t.get("regs", {}) for t in threads):
+            raise Fail(f"{what}: threads without registers")
+        kinds = {m.get("kind") for m in p.get("memory", [])}
+        if not {"heap", "stack", "vdso", "file", "anon"} <= kinds:
+            raise Fail(f"{what}: memory kinds {sorted(kinds)}")
+        fds = {f["fd"]: f for f in p.get("fds", [])}
+        want = {0: "character device /dev/null", 1: "log", 3: "eventfd, counter 7",
+                8: "epoll watching"}
+        for fd, text in want.items():
+            if fd not in fds or text not in fds[fd].get("meaning", ""):
+                raise Fail(f"{what}: fd {fd} is {fds.get(fd)}, expected a meaning with {text!r}")
+    with open(f"/proc/{pid}/maps") as f:
+        nmaps = sum(1 for line in f if "[vsyscall]" not in line)
+    if len(image["processes"][0]["memory"]) != nmaps:
+        raise Fail(f"inspect lists {len(image['processes'][0]['memory'])} mappings, "
+                   f"/proc lists {nmaps}")
+    out = ctx.ferry("inspect", img)[1]
+    for word in ("Threads", "Memory", "eventfd", "epoll"):
+        if word not in out:
+            raise Fail(f"`ferry inspect` text lacks {word!r}")
+
+
 def kernel_check(ctx):
     """`ferry check` runs every subsystem's kernel probe; on this kernel all must pass."""
     rc, out, err = ctx.ferry("check", "--json", ok=False)
@@ -702,6 +740,7 @@ def collect(builds):
         tests.append((f"{tag}/refuse/unsupported-fd", ferry, refuse_unsupported_fd, TEST_TIMEOUT))
         tests.append((f"{tag}/runtime/monitor-death", ferry, monitor_death, TEST_TIMEOUT))
         tests.append((f"{tag}/runtime/check", ferry, kernel_check, TEST_TIMEOUT))
+        tests.append((f"{tag}/runtime/describe", ferry, describe, TEST_TIMEOUT))
         tests.append((f"{tag}/runtime/generations", ferry, generations, TEST_TIMEOUT))
         tests.append((f"{tag}/runtime/crash-mid-checkpoint", ferry, crash_mid_checkpoint,
                       TEST_TIMEOUT))
