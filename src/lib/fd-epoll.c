@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/eventfd.h>
 
 #include "fds.h"
 #include "util.h"
@@ -82,7 +83,31 @@ static void epoll_describe(const struct fd_entry *e, char *buf, size_t len)
 		        i ? "," : "", (int)e->extra[i], e->extra[i + 1], e->extra[i + 2]);
 }
 
+static int epoll_kernel_probe(char *detail, size_t len)
+{
+	char path[64];
+	_cleanup_free_ char *info = NULL;
+	_cleanup_close_ int ep = epoll_create1(EPOLL_CLOEXEC);
+	_cleanup_close_ int ev = eventfd(0, EFD_CLOEXEC);
+	struct epoll_event e = {.events = EPOLLIN, .data.u64 = 0xfe};
+	unsigned long long data = 0;
+	int tfd = -1;
+	unsigned events;
+
+	snprintf(path, sizeof(path), "/proc/self/fdinfo/%d", ep);
+	bool ok = ep >= 0 && ev >= 0 && epoll_ctl(ep, EPOLL_CTL_ADD, ev, &e) == 0 &&
+	          read_file(path, &info, NULL) == 0 && strstr(info, "tfd:") &&
+	          sscanf(strstr(info, "tfd:"), "tfd: %d events: %x data: %llx", &tfd, &events,
+	                 &data) == 3 &&
+	          tfd == ev && data == 0xfe;
+	snprintf(detail, len, "%s",
+	         ok ? "watched fds, events and data readable in fdinfo"
+	            : "unexpected epoll fdinfo");
+	return ok;
+}
+
 const struct fd_ops fd_epoll_ops = {
+        .kernel_probe = epoll_kernel_probe,
         .name = "epoll",
         .kind = FD_EPOLL,
         .probe = epoll_probe,

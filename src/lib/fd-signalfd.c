@@ -53,7 +53,25 @@ static void signalfd_describe(const struct fd_entry *e, char *buf, size_t len)
 		}
 }
 
+static int signalfd_kernel_probe(char *detail, size_t len)
+{
+	char path[64];
+	_cleanup_free_ char *info = NULL;
+	sigset_t set;
+	uint64_t mask = 0;
+
+	sigemptyset(&set);
+	sigaddset(&set, SIGUSR2);
+	_cleanup_close_ int fd = signalfd(-1, &set, SFD_CLOEXEC);
+	snprintf(path, sizeof(path), "/proc/self/fdinfo/%d", fd);
+	bool ok = fd >= 0 && read_file(path, &info, NULL) == 0 &&
+	          fds_fdinfo_u64(info, "sigmask", 16, &mask) == 0 && mask == 1ULL << (SIGUSR2 - 1);
+	snprintf(detail, len, "%s", ok ? "signal mask readable in fdinfo" : "no sigmask in fdinfo");
+	return ok;
+}
+
 const struct fd_ops fd_signalfd_ops = {
+        .kernel_probe = signalfd_kernel_probe,
         .name = "signalfd",
         .kind = FD_SIGNALFD,
         .probe = signalfd_probe,

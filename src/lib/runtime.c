@@ -134,8 +134,8 @@ bool runtime_is_live(const struct ferry_component *c)
 {
 	if (c->state == FERRY_STATE_EXITED)
 		return false;
-	return (c->pid > 0 && kill(c->pid, 0) == 0) ||
-	       (c->monitor_pid > 0 && kill(c->monitor_pid, 0) == 0);
+	/* signal 0: only asks whether the process exists */
+	return safe_kill(c->pid, 0) == 0 || safe_kill(c->monitor_pid, 0) == 0;
 }
 
 int ferry_component_get(const struct ferry_runtime *rt, const char *name,
