@@ -473,6 +473,10 @@ def foreign_bash(ctx):
     foreign_test(ctx, [need("bash"), os.path.join(HERE, "e2e", "loop.sh")], r"^line 10 ")
 
 
+def foreign_node(ctx):
+    foreign_test(ctx, [shutil.which("node"), os.path.join(HERE, "e2e", "ticks.js")], r"^tick 10 ")
+
+
 def foreign_sqlite(ctx):
     sqlite = need("sqlite3")
     foreign_test(ctx, [sqlite, "test.db", ".read inserts.sql"], r"^step\|10\|",
@@ -736,6 +740,8 @@ def collect(builds):
         for name, fn in (("python3", foreign_python), ("bash", foreign_bash),
                          ("sqlite3", foreign_sqlite)):
             tests.append((f"{tag}/foreign/{name}", ferry, fn, FOREIGN_TIMEOUT))
+        if shutil.which("node"):  # on these machines, not installed by the build
+            tests.append((f"{tag}/foreign/node", ferry, foreign_node, FOREIGN_TIMEOUT))
         tests.append((f"{tag}/refuse/corrupt-image", ferry, refuse_corrupt, TEST_TIMEOUT))
         tests.append((f"{tag}/refuse/unsupported-fd", ferry, refuse_unsupported_fd, TEST_TIMEOUT))
         tests.append((f"{tag}/runtime/monitor-death", ferry, monitor_death, TEST_TIMEOUT))

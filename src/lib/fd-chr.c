@@ -28,7 +28,7 @@ static int chr_capture(struct fd_capture_ctx *ctx, const struct fd_info *fi, str
 	return e->path ? 0 : ferr(err, -ENOMEM, "out of memory");
 }
 
-static int chr_restore(const struct fd_entry *e, const struct fd_restore_ctx *ctx,
+static int chr_restore(const struct fd_entry *e, struct fd_restore_ctx *ctx,
                        struct ferry_error *err)
 {
 	struct stat sb;

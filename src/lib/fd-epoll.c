@@ -53,7 +53,7 @@ static int epoll_capture(struct fd_capture_ctx *ctx, const struct fd_info *fi, s
 	return fds_set_extra(e, v, n, err);
 }
 
-static int epoll_restore(const struct fd_entry *e, const struct fd_restore_ctx *ctx,
+static int epoll_restore(const struct fd_entry *e, struct fd_restore_ctx *ctx,
                          struct ferry_error *err)
 {
 	int fd = epoll_create1(EPOLL_CLOEXEC);

@@ -30,7 +30,7 @@ static int eventfd_capture(struct fd_capture_ctx *ctx, const struct fd_info *fi,
 	return fds_set_extra(e, v, EV_N, err);
 }
 
-static int eventfd_restore(const struct fd_entry *e, const struct fd_restore_ctx *ctx,
+static int eventfd_restore(const struct fd_entry *e, struct fd_restore_ctx *ctx,
                            struct ferry_error *err)
 {
 	if (e->nextra < EV_N)

@@ -114,7 +114,7 @@ static int reopen(const char *path, const struct fd_entry *e, struct ferry_error
 	return fd;
 }
 
-static int file_restore(const struct fd_entry *e, const struct fd_restore_ctx *ctx,
+static int file_restore(const struct fd_entry *e, struct fd_restore_ctx *ctx,
                         struct ferry_error *err)
 {
 	int fd = reopen(e->path, e, err);
@@ -156,7 +156,7 @@ static bool log_probe(const struct fd_info *fi, const struct fd_capture_ctx *ctx
 	       sb.st_dev == fi->st.st_dev && sb.st_ino == fi->st.st_ino;
 }
 
-static int log_restore(const struct fd_entry *e, const struct fd_restore_ctx *ctx,
+static int log_restore(const struct fd_entry *e, struct fd_restore_ctx *ctx,
                        struct ferry_error *err)
 {
 	if (!ctx->log_path)
@@ -204,7 +204,7 @@ static int memfd_capture(struct fd_capture_ctx *ctx, const struct fd_info *fi, s
 	return e->path ? 0 : ferr(err, -ENOMEM, "out of memory");
 }
 
-static int memfd_restore(const struct fd_entry *e, const struct fd_restore_ctx *ctx,
+static int memfd_restore(const struct fd_entry *e, struct fd_restore_ctx *ctx,
                          struct ferry_error *err)
 {
 	char path[64];

@@ -28,7 +28,7 @@ static int signalfd_capture(struct fd_capture_ctx *ctx, const struct fd_info *fi
 	return fds_set_extra(e, &mask, 1, err);
 }
 
-static int signalfd_restore(const struct fd_entry *e, const struct fd_restore_ctx *ctx,
+static int signalfd_restore(const struct fd_entry *e, struct fd_restore_ctx *ctx,
                             struct ferry_error *err)
 {
 	sigset_t set;

@@ -52,7 +52,7 @@ static int timerfd_capture(struct fd_capture_ctx *ctx, const struct fd_info *fi,
 	return fds_set_extra(e, v, TM_N, err);
 }
 
-static int timerfd_restore(const struct fd_entry *e, const struct fd_restore_ctx *ctx,
+static int timerfd_restore(const struct fd_entry *e, struct fd_restore_ctx *ctx,
                            struct ferry_error *err)
 {
 	if (e->nextra < TM_N)

@@ -9,8 +9,8 @@
 
 /* Adding a kind = adding its file and a line here. Order matters: first probe wins. */
 static const struct fd_ops *const kinds[] = {
-        &fd_log_ops,     &fd_memfd_ops,   &fd_file_ops,     &fd_chr_ops,
-        &fd_eventfd_ops, &fd_timerfd_ops, &fd_signalfd_ops, &fd_epoll_ops,
+        &fd_log_ops,     &fd_memfd_ops,    &fd_file_ops,  &fd_chr_ops,  &fd_eventfd_ops,
+        &fd_timerfd_ops, &fd_signalfd_ops, &fd_epoll_ops, &fd_pipe_ops,
 };
 
 const struct fd_ops *const *fds_kinds(size_t *ret_n)
@@ -181,7 +181,7 @@ int fds_capture(struct fd_capture_ctx *ctx, struct ferry_error *err)
 	return r;
 }
 
-int fds_restore(const struct process *p, const struct fd_restore_ctx *ctx, struct ferry_error *err)
+int fds_restore(const struct process *p, struct fd_restore_ctx *ctx, struct ferry_error *err)
 {
 	for (size_t k = 0; k < 2 * p->nfds; k++) {
 		/* two passes: kinds that refer to other fds (epoll) come last */
@@ -206,5 +206,13 @@ int fds_restore(const struct process *p, const struct fd_restore_ctx *ctx, struc
 			return ferr(err, -errno, "fd %d: F_SETFD: %m", e->fd);
 		}
 	}
+	/* objects shared by several fds are at their numbers now: drop our extra copies */
+	for (size_t i = 0; i < ctx->nstash; i++) {
+		safe_close(ctx->stash[i].fd[0]);
+		safe_close(ctx->stash[i].fd[1]);
+	}
+	free(ctx->stash);
+	ctx->stash = NULL;
+	ctx->nstash = 0;
 	return 0;
 }

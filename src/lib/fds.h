@@ -25,9 +25,19 @@ struct fd_capture_ctx {
 	const char *log_path; /* this component's log in the runtime */
 };
 
+/* An object restored once and shared by several fds (both ends of a pipe). */
+struct fd_stash {
+	uint64_t id; /* identity at capture (inode) */
+	int fd[2];
+};
+
 struct fd_restore_ctx {
 	const char *log_path; /* the restoring runtime's log for the component */
 	const int *shmem_fd;  /* fds of shmem objects in the helper */
+	int pages_fd;         /* the image's page file (data of pipes), in the helper */
+	int stash_lo;         /* stashed objects live at fds >= this (above every image fd) */
+	struct fd_stash *stash;
+	size_t nstash;
 };
 
 struct fd_ops {
@@ -38,7 +48,7 @@ struct fd_ops {
 	int (*capture)(struct fd_capture_ctx *ctx, const struct fd_info *fi, struct fd_entry *e,
 	               struct ferry_error *err);
 	/* restore: runs in the restore helper; returns a new fd for e (placed by the caller) */
-	int (*restore)(const struct fd_entry *e, const struct fd_restore_ctx *ctx,
+	int (*restore)(const struct fd_entry *e, struct fd_restore_ctx *ctx,
 	               struct ferry_error *err);
 	/* describe: the fd's meaning in words, for inspect and caps */
 	void (*describe)(const struct fd_entry *e, char *buf, size_t len);
@@ -50,7 +60,7 @@ struct fd_ops {
 };
 
 extern const struct fd_ops fd_file_ops, fd_log_ops, fd_memfd_ops, fd_chr_ops, fd_eventfd_ops,
-        fd_timerfd_ops, fd_signalfd_ops, fd_epoll_ops;
+        fd_timerfd_ops, fd_signalfd_ops, fd_epoll_ops, fd_pipe_ops;
 
 /* fds_fdinfo - /proc/PID/fdinfo/FD as text (malloc'd, NUL-terminated). */
 int fds_fdinfo(pid_t pid, int fd, char **ret);
@@ -68,7 +78,7 @@ const struct fd_ops *const *fds_kinds(size_t *ret_n);
 int fds_capture(struct fd_capture_ctx *ctx, struct ferry_error *err);
 
 /* fds_restore - open every fd of p at its number (in the helper); fds >= limit are untouched. */
-int fds_restore(const struct process *p, const struct fd_restore_ctx *ctx, struct ferry_error *err);
+int fds_restore(const struct process *p, struct fd_restore_ctx *ctx, struct ferry_error *err);
 
 /* fds_ops_of - the ops of an fd_entry's kind (NULL if unknown). */
 const struct fd_ops *fds_ops_of(uint32_t kind);

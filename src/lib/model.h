@@ -125,6 +125,7 @@ enum fd_kind {
 	FD_TIMERFD = 6,
 	FD_SIGNALFD = 7,
 	FD_EPOLL = 8,
+	FD_PIPE = 9, /* a pipe whose two ends are both in the process */
 };
 
 struct fd_entry {

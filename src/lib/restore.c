@@ -37,6 +37,7 @@ struct restore_arg {
 	int temp_lo;
 	int *vma_fd;   /* per vma of process 0 */
 	int *shmem_fd; /* per shmem object */
+	int stash_lo;  /* fds restored once for several entries park here */
 	struct ferry_restore_stats stats;
 };
 
@@ -171,7 +172,10 @@ static int helper_prepare(struct restore_arg *a, int sync_rd, int rep_wr, const 
 	r = task_restore_early(p, err);
 	if (r < 0)
 		return r;
-	struct fd_restore_ctx fctx = {.log_path = log_path, .shmem_fd = a->shmem_fd};
+	struct fd_restore_ctx fctx = {.log_path = log_path,
+	                              .shmem_fd = a->shmem_fd,
+	                              .pages_fd = a->temp_lo + SLOT_PAGES,
+	                              .stash_lo = a->stash_lo};
 	return fds_restore(p, &fctx, err);
 }
 
@@ -457,6 +461,7 @@ int ferry_restore(const struct ferry_runtime *rt, const char *dir, const char *n
 		uint32_t k = p->vmas[i].kind;
 		a.vma_fd[i] = (k == VMA_FILE_PRIVATE || k == VMA_FILE_SHARED) ? slot++ : -1;
 	}
+	a.stash_lo = slot + 16;
 	r = monitor_launch(rt, name, true, c->log_id, keep_log, restore_start, &a, ret_pid,
 	                   &a.stats, sizeof(a.stats), err);
 	if (r < 0) {

@@ -1,0 +1,243 @@
+/* Pipes whose two ends are both in the process, with the bytes sitting in them. */
+#include <dirent.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+
+#include "fds.h"
+#include "util.h"
+
+/* e->extra: identity, which end, buffer size, and where its bytes are in the page file */
+enum { PP_INO, PP_END, PP_SIZE, PP_OFF, PP_LEN, PP_CSUM, PP_N };
+#define MAX_PIPE (16u << 20)
+
+static bool pipe_probe(const struct fd_info *fi, const struct fd_capture_ctx *ctx)
+{
+	return S_ISFIFO(fi->st.st_mode) && strncmp(fi->link, "pipe:[", 6) == 0;
+}
+
+/* An fd of the process on the same pipe with the given access mode, or -1. */
+static int other_end(pid_t pid, ino_t ino, int want_write)
+{
+	char path[64];
+	DIR *d;
+	struct dirent *de;
+	int found = -1;
+
+	snprintf(path, sizeof(path), "/proc/%d/fd", pid);
+	d = opendir(path);
+	if (!d)
+		return -1;
+	while (found < 0 && (de = readdir(d))) {
+		char p2[96], info[64];
+		struct stat sb;
+		if (de->d_name[0] < '0' || de->d_name[0] > '9')
+			continue;
+		snprintf(p2, sizeof(p2), "%s/%s", path, de->d_name);
+		if (stat(p2, &sb) < 0 || !S_ISFIFO(sb.st_mode) || sb.st_ino != ino)
+			continue;
+		snprintf(info, sizeof(info), "/proc/%d/fdinfo/%s", pid, de->d_name);
+		_cleanup_free_ char *text = NULL;
+		uint64_t flags;
+		if (read_file(info, &text, NULL) < 0 ||
+		    fds_fdinfo_u64(text, "flags", 8, &flags) < 0)
+			continue;
+		if (((flags & O_ACCMODE) == O_WRONLY) == (want_write != 0))
+			found = atoi(de->d_name);
+	}
+	closedir(d);
+	return found;
+}
+
+/* The bytes in the pipe, copied with tee() from our own copy of its read end: not consumed. */
+static int peek(pid_t pid, int read_fd, uint8_t **ret, size_t *ret_len, int *ret_size)
+{
+	_cleanup_close_ int pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
+	_cleanup_close_ int ours = -EBADF;
+	int tmp[2];
+	ssize_t n;
+
+	if (pidfd < 0)
+		return -errno;
+	ours = (int)syscall(SYS_pidfd_getfd, pidfd, read_fd, 0);
+	if (ours < 0)
+		return -errno;
+	*ret_size = fcntl(ours, F_GETPIPE_SZ);
+	if (*ret_size <= 0 || (unsigned)*ret_size > MAX_PIPE)
+		return -EPROTO;
+	if (pipe2(tmp, O_CLOEXEC | O_NONBLOCK) < 0)
+		return -errno;
+	(void)fcntl(tmp[1], F_SETPIPE_SZ, *ret_size);
+	n = tee(ours, tmp[1], (size_t)*ret_size, SPLICE_F_NONBLOCK);
+	if (n < 0 && errno == EAGAIN)
+		n = 0;
+	int r = n < 0 ? -errno : 0;
+	uint8_t *buf = n > 0 ? malloc((size_t)n) : NULL;
+	if (r == 0 && n > 0 && !buf)
+		r = -ENOMEM;
+	if (r == 0 && n > 0)
+		r = read_full(tmp[0], buf, (size_t)n);
+	safe_close(tmp[0]);
+	safe_close(tmp[1]);
+	if (r < 0) {
+		free(buf);
+		return r;
+	}
+	*ret = buf;
+	*ret_len = (size_t)n;
+	return 0;
+}
+
+static int pipe_capture(struct fd_capture_ctx *ctx, const struct fd_info *fi, struct fd_entry *e,
+                        struct ferry_error *err)
+{
+	uint64_t v[PP_N] = {fi->st.st_ino, (fi->flags & O_ACCMODE) == O_WRONLY ? 1 : 0};
+	int write_end = (int)v[PP_END];
+	int other = other_end(ctx->p->host_pid, fi->st.st_ino, !write_end);
+
+	if (other < 0)
+		return ferr(err, -ENOTSUP,
+		            "%s: its other end is outside the process (pipes between processes "
+		            "are not supported yet)",
+		            fi->link);
+	/* the bytes go with the first fd of the pipe only */
+	for (size_t i = 0; i + 1 < ctx->p->nfds; i++)
+		if (ctx->p->fds[i].kind == FD_PIPE && ctx->p->fds[i].nextra == PP_N &&
+		    ctx->p->fds[i].extra[PP_INO] == fi->st.st_ino) {
+			v[PP_SIZE] = ctx->p->fds[i].extra[PP_SIZE];
+			return fds_set_extra(e, v, PP_N, err);
+		}
+	_cleanup_free_ uint8_t *data = NULL;
+	size_t len = 0;
+	int size = 0;
+	int r = peek(ctx->p->host_pid, write_end ? other : fi->fd, &data, &len, &size);
+	if (r < 0)
+		return ferr(err, r, "%s: reading what is in it: %s", fi->link, strerror(-r));
+	v[PP_SIZE] = (uint64_t)size;
+	v[PP_LEN] = len;
+	if (len && ctx->w) {
+		v[PP_OFF] = image_pages_alloc(ctx->w, len);
+		v[PP_CSUM] = image_checksum(data, len);
+		r = pwrite_full(image_pages_fd(ctx->w), data, len, (off_t)v[PP_OFF]);
+		if (r < 0)
+			return ferr(err, r, "%s: writing its bytes: %s", fi->link, strerror(-r));
+	}
+	return fds_set_extra(e, v, PP_N, err);
+}
+
+static int pipe_create(const struct fd_entry *e, struct fd_restore_ctx *ctx, struct fd_stash *st,
+                       struct ferry_error *err)
+{
+	const uint64_t *v = e->extra;
+	int p[2];
+
+	if (pipe2(p, O_CLOEXEC) < 0)
+		return ferr(err, -errno, "pipe2: %m");
+	if (fcntl(p[1], F_SETPIPE_SZ, (int)v[PP_SIZE]) < 0)
+		(void)0; /* an unprivileged size limit: the default size still holds the data */
+	if (v[PP_LEN]) {
+		_cleanup_free_ uint8_t *data = malloc(v[PP_LEN]);
+		int r = data ? pread_full(ctx->pages_fd, data, v[PP_LEN], (off_t)v[PP_OFF])
+		             : -ENOMEM;
+		if (r == 0 && image_checksum(data, v[PP_LEN]) != v[PP_CSUM])
+			r = -EBADMSG;
+		if (r == 0)
+			r = write_full(p[1], data, v[PP_LEN]);
+		if (r < 0) {
+			safe_close(p[0]);
+			safe_close(p[1]);
+			return ferr(err, r, "pipe:[%" PRIu64 "]: its %" PRIu64 " bytes: %s",
+			            v[PP_INO], v[PP_LEN],
+			            r == -EBADMSG ? "checksum mismatch" : strerror(-r));
+		}
+	}
+	/* parked above every fd of the image, so that placing fds cannot close them */
+	for (int i = 0; i < 2; i++) {
+		st->fd[i] = fcntl(p[i], F_DUPFD_CLOEXEC, ctx->stash_lo);
+		safe_close(p[i]);
+	}
+	if (st->fd[0] < 0 || st->fd[1] < 0)
+		return ferr(err, -EMFILE, "parking a pipe: %m");
+	st->id = v[PP_INO];
+	return 0;
+}
+
+static int pipe_restore(const struct fd_entry *e, struct fd_restore_ctx *ctx,
+                        struct ferry_error *err)
+{
+	struct fd_stash *st = NULL;
+
+	if (e->nextra != PP_N)
+		return ferr(err, -EPROTO, "pipe record without its values");
+	for (size_t i = 0; i < ctx->nstash && !st; i++)
+		if (ctx->stash[i].id == e->extra[PP_INO])
+			st = &ctx->stash[i];
+	if (!st) {
+		if (GROW(ctx->stash, ctx->nstash) < 0)
+			return ferr(err, -ENOMEM, "out of memory");
+		st = &ctx->stash[ctx->nstash];
+		int r = pipe_create(e, ctx, st, err);
+		if (r < 0)
+			return r;
+		ctx->nstash++;
+	}
+	int end = st->fd[e->extra[PP_END] ? 1 : 0];
+	/* O_NONBLOCK belongs to the end (the open file description), shared by its dups */
+	if (fcntl(end, F_SETFL, (int)(e->flags & O_NONBLOCK)) < 0)
+		return ferr(err, -errno, "pipe: F_SETFL: %m");
+	int fd = fcntl(end, F_DUPFD_CLOEXEC, 0);
+	if (fd < 0)
+		return ferr(err, -errno, "pipe: dup: %m");
+	return fd;
+}
+
+static void pipe_describe(const struct fd_entry *e, char *buf, size_t len)
+{
+	if (e->nextra != PP_N) {
+		snprintf(buf, len, "pipe");
+		return;
+	}
+	snprintf(buf, len,
+	         "pipe:[%" PRIu64 "] %s end, both ends in this process, %" PRIu64
+	         " bytes in it, buffer %" PRIu64 " KiB",
+	         e->extra[PP_INO], e->extra[PP_END] ? "write" : "read", e->extra[PP_LEN],
+	         e->extra[PP_SIZE] / 1024);
+}
+
+static int pipe_kernel_probe(char *detail, size_t len)
+{
+	int p[2];
+	uint8_t *data = NULL;
+	size_t n = 0;
+	int size = 0, r = -EPIPE;
+
+	if (pipe2(p, O_CLOEXEC) == 0) {
+		r = write_full(p[1], "ferry", 5);
+		if (r == 0)
+			r = peek(getpid(), p[0], &data, &n, &size);
+		if (r == 0 && (n != 5 || memcmp(data, "ferry", 5) != 0))
+			r = -EPROTO;
+		char c[8];
+		if (r == 0 && read(p[0], c, sizeof(c)) != 5) /* still there: tee did not consume */
+			r = -EPROTO;
+		free(data);
+		safe_close(p[0]);
+		safe_close(p[1]);
+	}
+	snprintf(detail, len, "%s",
+	         r == 0 ? "pidfd_getfd + tee read a pipe without consuming it" : strerror(-r));
+	return r == 0;
+}
+
+const struct fd_ops fd_pipe_ops = {
+        .name = "pipe",
+        .kind = FD_PIPE,
+        .probe = pipe_probe,
+        .capture = pipe_capture,
+        .restore = pipe_restore,
+        .describe = pipe_describe,
+        .kernel_probe = pipe_kernel_probe,
+};
