@@ -147,7 +147,9 @@ static json_object *describe_fd(const struct fd_entry *e)
 	char flags[128], meaning[PATH_MAX + 64] = "?";
 
 	fds_flags_str(e->flags, flags, sizeof(flags));
-	if (ops)
+	if (e->dup_of >= 0)
+		snprintf(meaning, sizeof(meaning), "the same open file as fd %d (dup)", e->dup_of);
+	else if (ops)
 		ops->describe(e, meaning, sizeof(meaning));
 	json_object_object_add(o, "fd", json_object_new_int(e->fd));
 	json_object_object_add(o, "kind", json_object_new_string(ops ? ops->name : "?"));

@@ -3,6 +3,8 @@
 #include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/syscall.h>
+#include <linux/kcmp.h>
 
 #include "fds.h"
 #include "util.h"
@@ -173,6 +175,15 @@ int fds_capture(struct fd_capture_ctx *ctx, struct ferry_error *err)
 		e->pos = fi.pos;
 		e->shmem = -1;
 		e->mode = fi.st.st_mode;
+		e->dup_of = -1;
+		/* the same open file description as an earlier fd (dup, dup2, fork)? */
+		for (size_t i = 0; i + 1 < p->nfds && e->dup_of < 0; i++)
+			if (p->fds[i].kind == e->kind && p->fds[i].dup_of < 0 &&
+			    syscall(SYS_kcmp, p->host_pid, p->host_pid, KCMP_FILE, p->fds[i].fd,
+			            fd) == 0)
+				e->dup_of = p->fds[i].fd;
+		if (e->dup_of >= 0)
+			continue; /* restored by dup3 of the first: nothing of its own to capture */
 		r = ops->capture(ctx, &fi, e, err);
 		if (r < 0)
 			ferr_prefix(err, "fd %d (%s)", fd, ops->name);
@@ -183,16 +194,26 @@ int fds_capture(struct fd_capture_ctx *ctx, struct ferry_error *err)
 
 int fds_restore(const struct process *p, struct fd_restore_ctx *ctx, struct ferry_error *err)
 {
-	for (size_t k = 0; k < 2 * p->nfds; k++) {
-		/* two passes: kinds that refer to other fds (epoll) come last */
+	for (size_t k = 0; k < 3 * p->nfds; k++) {
+		/* three passes: kinds that refer to other fds (epoll) after the others, then the
+		 * fds that share an open file description with one restored before */
 		const struct fd_entry *e = &p->fds[k % p->nfds];
 		const struct fd_ops *ops = fds_ops_of(e->kind);
+		size_t pass = k / p->nfds;
 		int fd, r;
 
 		if (!ops)
 			return ferr(err, -EPROTO, "fd %d: unknown kind %u in the image", e->fd,
 			            e->kind);
-		if (ops->late != (k >= p->nfds))
+		if (e->dup_of >= 0) {
+			if (pass != 2)
+				continue;
+			if (dup3(e->dup_of, e->fd, e->cloexec ? O_CLOEXEC : 0) < 0)
+				return ferr(err, -errno, "fd %d: dup3 of fd %d: %m", e->fd,
+				            e->dup_of);
+			continue;
+		}
+		if (pass == 2 || ops->late != (pass == 1))
 			continue;
 		fd = ops->restore(e, ctx, err);
 		if (fd < 0)

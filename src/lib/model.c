@@ -10,7 +10,7 @@
 #define V_THREAD    1
 #define V_VMA       1
 #define V_SHMEM     1
-#define V_FD        2 /* 2: kind-specific numbers appended */
+#define V_FD        3 /* 2: kind-specific numbers; 3: dup_of */
 #define V_SIGACTION 1
 #define V_SIGINFO   1
 
@@ -303,6 +303,7 @@ static void put_fd(struct wbuf *wb, const struct process *p, const struct fd_ent
 	wb_u32(wb, f->nextra);
 	for (uint32_t i = 0; i < f->nextra; i++)
 		wb_u64(wb, f->extra[i]);
+	wb_u32(wb, (uint32_t)f->dup_of);
 }
 
 static int get_fd(struct rbuf *rb, uint16_t ver, struct fd_entry *f)
@@ -329,6 +330,7 @@ static int get_fd(struct rbuf *rb, uint16_t ver, struct fd_entry *f)
 		for (uint32_t i = 0; i < f->nextra; i++)
 			f->extra[i] = rb_u64(rb);
 	}
+	f->dup_of = ver >= 3 ? (int32_t)rb_u32(rb) : -1;
 	if (rb->err || f->fd < 0)
 		return -EPROTO;
 	f->path = dup_or_null(path);

@@ -139,6 +139,7 @@ struct fd_entry {
 	uint64_t rdev;
 	uint32_t mode;   /* st_mode */
 	int32_t shmem;   /* FD_MEMFD: index into component.shmems */
+	int32_t dup_of;  /* an earlier fd sharing this open file description, or -1 */
 	uint64_t *extra; /* numbers of the kind (eventfd count, timer values, epoll targets) */
 	uint32_t nextra;
 };
