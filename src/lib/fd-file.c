@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/syscall.h>
 #include <sys/sysmacros.h>
 
 #include "fds.h"
@@ -65,26 +66,40 @@ static int locks_capture(struct fd_capture_ctx *ctx, const struct fd_info *fi, s
 	return n ? fds_set_extra(e, v, n, err) : 0;
 }
 
-/* Take the locks again: the helper is the very process the component becomes. */
-static int locks_restore(int fd, const struct fd_entry *e, struct ferry_error *err)
+int fd_file_relock(struct restorer *rs, const struct process *p, struct ferry_error *err)
 {
-	for (uint32_t i = 0; i + 2 < e->nextra; i += 3) {
-		uint64_t f = e->extra[i], start = e->extra[i + 1], end = e->extra[i + 2];
-		int r;
-		if (f & LK_FLOCK) {
-			r = flock(fd, (f & LK_WRITE ? LOCK_EX : LOCK_SH) | LOCK_NB);
-		} else {
-			struct flock fl = {.l_type = f & LK_WRITE ? F_WRLCK : F_RDLCK,
-			                   .l_whence = SEEK_SET,
-			                   .l_start = (off_t)start,
-			                   .l_len = end == UINT64_MAX ? 0
-			                                              : (off_t)(end - start + 1)};
-			r = fcntl(fd, F_SETLK, &fl);
+	/*
+	 * Last of all, by the restored process itself: a POSIX lock is dropped when the process
+	 * closes any fd of the file, and restore closes temporary fds until the very end.
+	 */
+	for (size_t k = 0; k < p->nfds; k++) {
+		const struct fd_entry *e = &p->fds[k];
+		if (e->kind != FD_FILE || e->dup_of >= 0)
+			continue;
+		for (uint32_t i = 0; i + 2 < e->nextra; i += 3) {
+			uint64_t f = e->extra[i], start = e->extra[i + 1], end = e->extra[i + 2];
+			long r;
+			if (f & LK_FLOCK) {
+				r = rs_sys(rs, "flock", SYS_flock, (uint64_t)e->fd,
+				           (f & LK_WRITE ? LOCK_EX : LOCK_SH) | LOCK_NB, 0, 0, 0, 0,
+				           err);
+			} else {
+				struct flock fl = {
+				        .l_type = f & LK_WRITE ? F_WRLCK : F_RDLCK,
+				        .l_whence = SEEK_SET,
+				        .l_start = (off_t)start,
+				        .l_len = end == UINT64_MAX ? 0 : (off_t)(end - start + 1)};
+				int w = tracee_poke(rs->pid, rs->scratch, &fl, sizeof(fl));
+				if (w < 0)
+					return ferr(err, w, "scratch write: %s", strerror(-w));
+				r = rs_sys(rs, "fcntl(F_SETLK)", SYS_fcntl, (uint64_t)e->fd,
+				           F_SETLK, rs->scratch, 0, 0, 0, err);
+			}
+			if (r < 0)
+				return ferr_prefix(
+				        err, "fd %d %s: taking its lock again (held by another?)",
+				        e->fd, e->path);
 		}
-		if (r < 0)
-			return ferr(err, -errno,
-			            "%s: taking its %s lock again: %m (held by another?)", e->path,
-			            f & LK_FLOCK ? "flock" : "POSIX");
 	}
 	return 0;
 }
@@ -117,15 +132,7 @@ static int reopen(const char *path, const struct fd_entry *e, struct ferry_error
 static int file_restore(const struct fd_entry *e, struct fd_restore_ctx *ctx,
                         struct ferry_error *err)
 {
-	int fd = reopen(e->path, e, err);
-	if (fd < 0)
-		return fd;
-	int r = locks_restore(fd, e, err);
-	if (r < 0) {
-		safe_close(fd);
-		return r;
-	}
-	return fd;
+	return reopen(e->path, e, err); /* its locks come last: fd_file_relock */
 }
 
 static void file_describe(const struct fd_entry *e, char *buf, size_t len)

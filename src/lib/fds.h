@@ -85,3 +85,7 @@ const struct fd_ops *fds_ops_of(uint32_t kind);
 
 /* fds_flags_str - "O_WRONLY|O_APPEND" style rendering of open flags. */
 void fds_flags_str(uint32_t flags, char *buf, size_t len);
+
+/* fd_file_relock - take the files' POSIX and flock locks again, by injected calls, once every
+ * temporary fd of the restore is closed. */
+int fd_file_relock(struct restorer *rs, const struct process *p, struct ferry_error *err);

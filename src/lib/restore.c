@@ -258,6 +258,9 @@ static int rebuild(struct restorer *rs, struct restore_arg *a, struct tracee *th
 	                  ~0U, 0, 0, 0, 0, err);
 	if (ret < 0)
 		return (int)ret;
+	r = fd_file_relock(rs, p, err);
+	if (r < 0)
+		return r;
 	ret = rs_sys(rs, "munmap scratch page", SYS_munmap, rs->scratch, MODEL_PAGE, 0, 0, 0, 0,
 	             err);
 	if (ret < 0)
