@@ -146,6 +146,8 @@ def proc_snapshot(pid):
         fds = []
         for fd in sorted(os.listdir(f"{base}/fd"), key=int):
             target = re.sub(r"^(socket|pipe):\[\d+\]$", r"\1:[*]", os.readlink(f"{base}/fd/{fd}"))
+            # an O_TMPFILE file is named after its inode, which no restore keeps
+            target = re.sub(r"/#\d+ \(deleted\)$", "/#* (deleted)", target)
             flags = re.search(r"^flags:\s*(\S+)", _read(f"{base}/fdinfo/{fd}"), re.M)
             fds.append(f"{fd} -> {target} flags {flags.group(1) if flags else '?'}")
         snap["fds"] = fds

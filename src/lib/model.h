@@ -125,7 +125,8 @@ enum fd_kind {
 	FD_TIMERFD = 6,
 	FD_SIGNALFD = 7,
 	FD_EPOLL = 8,
-	FD_PIPE = 9, /* a pipe whose two ends are both in the process */
+	FD_PIPE = 9,     /* a pipe whose two ends are both in the process */
+	FD_DELETED = 10, /* a regular file deleted while open, content in the image */
 };
 
 struct fd_entry {
