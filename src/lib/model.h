@@ -127,6 +127,7 @@ enum fd_kind {
 	FD_EPOLL = 8,
 	FD_PIPE = 9,     /* a pipe whose two ends are both in the process */
 	FD_DELETED = 10, /* a regular file deleted while open, content in the image */
+	FD_INET = 11,    /* a listening TCP or an unconnected UDP socket */
 };
 
 struct fd_entry {
