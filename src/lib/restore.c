@@ -250,7 +250,7 @@ static int rebuild(struct restorer *rs, struct restore_arg *a, struct tracee *th
 	if ((r = unregister_rseq(rs, err)) < 0 || (r = mem_restore(rs, a->c, p, err)) < 0 ||
 	    (r = task_restore_mm(rs, p, err)) < 0 || (r = threads_restore(rs, p, threads, err)) < 0)
 		return r;
-	r = task_restore_late(rs, p, NULL, err);
+	r = task_restore_late(rs, p, err);
 	if (r < 0)
 		return r;
 	/* the temporary fds and the scratch page go; then the main thread's final registers */
@@ -265,10 +265,9 @@ static int rebuild(struct restorer *rs, struct restore_arg *a, struct tracee *th
 	             err);
 	if (ret < 0)
 		return (int)ret;
-	r = tracee_setregs(rs->main.tid, &threads[0].regs, err);
-	rs->main.clobbered = false;
+	/* every injected call put the final registers back; once more, to be plain about it */
+	r = tracee_setregs(rs->main.tid, &rs->main.regs, err);
 	threads[0] = rs->main;
-	threads[0].regs = rs->main.regs;
 	return r;
 }
 

@@ -301,8 +301,7 @@ int task_restore_mm(struct restorer *rs, const struct process *p, struct ferry_e
 	return ret < 0 ? (int)ret : 0;
 }
 
-int task_restore_late(struct restorer *rs, const struct process *p, const pid_t *host_tids,
-                      struct ferry_error *err)
+int task_restore_late(struct restorer *rs, const struct process *p, struct ferry_error *err)
 {
 	for (size_t i = 0; i < p->npending; i++) {
 		const struct pending_sig *s = &p->pending[i];
@@ -324,7 +323,6 @@ int task_restore_late(struct restorer *rs, const struct process *p, const pid_t 
 		if (ret < 0)
 			return ferr_prefix(err, "pending signal %d", signo);
 	}
-	(void)host_tids;
 	/* interval timers go on with the time they had left */
 	for (int which = 0; which < 3; which++) {
 		const uint64_t *t = p->itimer[which];

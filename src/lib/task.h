@@ -15,8 +15,7 @@ int task_restore_early(const struct process *p, struct ferry_error *err);
 int task_restore_mm(struct restorer *rs, const struct process *p, struct ferry_error *err);
 
 /* task_restore_late - pending signals (injected) and rlimits (prlimit), just before resuming. */
-int task_restore_late(struct restorer *rs, const struct process *p, const pid_t *host_tids,
-                      struct ferry_error *err);
+int task_restore_late(struct restorer *rs, const struct process *p, struct ferry_error *err);
 
 /* task_file_identity - stat path into id; 0 or -errno. */
 int task_file_identity(const char *path, struct file_id *id);
