@@ -68,26 +68,22 @@ static int read_link(pid_t pid, const char *name, char **ret)
 	return *ret ? 0 : -ENOMEM;
 }
 
-/* Inject one call in the main thread, scratch memory below its stack red zone. */
+/* Inject one call in the main thread. */
 static int inject(struct tracee *t, long *ret, long nr, uint64_t a0, uint64_t a1, uint64_t a2,
                   uint64_t a3, struct ferry_error *err)
 {
 	return tracee_syscall(t, ret, NULL, nr, a0, a1, a2, a3, 0, 0, err);
 }
 
-static int capture_signals(struct tracee *main, struct process *p, struct ferry_error *err)
+static int capture_signals(struct tracee *main, struct process *p, uint64_t scratch,
+                           struct ferry_error *err)
 {
 	uint64_t caught = 0, ignored = 0;
-	uint64_t scratch = (main->regs.rsp - 128 - 256) & ~15ULL;
-	uint8_t saved[256];
-	int r;
+	int r = 0;
 
 	if (procfs_status_u64(p->host_pid, "SigCgt", 16, &caught) < 0 ||
 	    procfs_status_u64(p->host_pid, "SigIgn", 16, &ignored) < 0)
 		return ferr(err, -EIO, "pid %d: reading signal dispositions", p->host_pid);
-	r = tracee_peek(p->host_pid, scratch, saved, sizeof(saved));
-	if (r < 0)
-		return ferr(err, r, "pid %d: reading stack: %s", p->host_pid, strerror(-r));
 	for (int sig = 1; sig <= 64 && r == 0; sig++) {
 		struct kernel_sigaction ka;
 		long ret;
@@ -107,26 +103,21 @@ static int capture_signals(struct tracee *main, struct process *p, struct ferry_
 				        sig, ka.handler, ka.flags, ka.restorer, ka.mask};
 		}
 	}
-	int r2 = tracee_poke(p->host_pid, scratch, saved, sizeof(saved));
-	if (r == 0 && r2 < 0)
-		r = ferr(err, r2, "pid %d: restoring stack bytes", p->host_pid);
 	return r;
 }
 
 /* Interval timers (alarm, setitimer) by injected getitimer; POSIX timers are refused. */
-static int capture_timers(struct tracee *main, struct process *p, struct ferry_error *err)
+static int capture_timers(struct tracee *main, struct process *p, uint64_t scratch,
+                          struct ferry_error *err)
 {
 	char path[64];
 	_cleanup_free_ char *timers = NULL;
-	uint64_t scratch = (main->regs.rsp - 128 - 256) & ~15ULL;
-	uint8_t saved[64];
-	int r;
+	int r = 0;
 
 	snprintf(path, sizeof(path), "/proc/%d/timers", p->host_pid);
 	if (read_file(path, &timers, NULL) == 0 && timers[0])
 		return ferr(err, -ENOTSUP,
 		            "pid %d has POSIX timers (timer_create): unsupported yet", p->host_pid);
-	r = tracee_peek(p->host_pid, scratch, saved, sizeof(saved));
 	for (int which = 0; which < 3 && r == 0; which++) {
 		long ret;
 		struct itimerval it;
@@ -143,9 +134,6 @@ static int capture_timers(struct tracee *main, struct process *p, struct ferry_e
 			p->itimer[which][3] = (uint64_t)it.it_value.tv_usec;
 		}
 	}
-	int r2 = tracee_poke(p->host_pid, scratch, saved, sizeof(saved));
-	if (r == 0 && r2 < 0)
-		r = ferr(err, r2, "pid %d: restoring stack bytes", p->host_pid);
 	return r;
 }
 
@@ -231,12 +219,16 @@ int task_capture(struct tracee *main, struct process *p, struct ferry_error *err
 	if (r < 0)
 		return r;
 	p->brk = (uint64_t)ret;
-	r = capture_signals(main, p, err);
+	struct stack_scratch sc;
+	r = stack_scratch_take(&sc, p->host_pid, main, err);
 	if (r < 0)
 		return r;
-	r = capture_timers(main, p, err);
-	if (r < 0)
-		return r;
+	r = capture_signals(main, p, sc.addr, err);
+	if (r == 0)
+		r = capture_timers(main, p, sc.addr, err);
+	int r2 = stack_scratch_release(&sc, err);
+	if (r < 0 || r2 < 0)
+		return r < 0 ? r : r2;
 	return capture_pending(p, main->tid, 0, true, err);
 }
 

@@ -25,16 +25,12 @@ struct rseq_conf {
 	uint32_t pad;
 };
 
-#define RED_ZONE 128
-#define SCRATCH  256
-
 int threads_capture(struct tracee *tr, const struct process *p, struct thread *t,
                     struct ferry_error *err)
 {
 	struct iovec iov;
 	struct rseq_conf rc = {0};
-	uint8_t saved[SCRATCH];
-	uint64_t scratch = ((tr->regs.rsp - RED_ZONE - SCRATCH) & ~15ULL);
+	struct stack_scratch sc;
 	char path[96];
 	_cleanup_free_ char *comm = NULL;
 	long ret;
@@ -68,10 +64,10 @@ int threads_capture(struct tracee *tr, const struct process *p, struct thread *t
 		return ferr(err, -errno, "thread %d: get_robust_list: %m", tr->tid);
 
 	/* sigaltstack and the clear-tid address are only reachable from the thread itself */
-	r = tracee_peek(p->host_pid, scratch, saved, sizeof(saved));
+	r = stack_scratch_take(&sc, p->host_pid, tr, err);
 	if (r < 0)
-		return ferr(err, r, "thread %d: reading stack at 0x%" PRIx64 ": %s", tr->tid,
-		            scratch, strerror(-r));
+		return r;
+	uint64_t scratch = sc.addr;
 	r = tracee_syscall(tr, &ret, NULL, SYS_sigaltstack, 0, scratch, 0, 0, 0, 0, err);
 	if (r == 0 && ret < 0)
 		r = ferr(err, (int)ret, "thread %d: sigaltstack: %s", tr->tid, strerror((int)-ret));
@@ -90,9 +86,9 @@ int threads_capture(struct tracee *tr, const struct process *p, struct thread *t
 		         strerror((int)-ret));
 	if (r == 0)
 		r = tracee_peek(p->host_pid, scratch, &t->clear_tid, sizeof(t->clear_tid));
-	int r2 = tracee_poke(p->host_pid, scratch, saved, sizeof(saved));
-	if (r == 0 && r2 < 0)
-		r = ferr(err, r2, "thread %d: restoring stack bytes: %s", tr->tid, strerror(-r2));
+	int r2 = stack_scratch_release(&sc, err);
+	if (r == 0)
+		r = r2;
 	return r;
 }
 

@@ -257,3 +257,24 @@ void regs_for_resume(struct user_regs_struct *r, bool restored)
 	}
 	r->orig_rax = (uint64_t)-1;
 }
+
+int stack_scratch_take(struct stack_scratch *s, pid_t pid, const struct tracee *t,
+                       struct ferry_error *err)
+{
+	s->pid = pid;
+	s->addr = (t->regs.rsp - 128 - STACK_SCRATCH) & ~15ULL;
+	int r = tracee_peek(pid, s->addr, s->saved, sizeof(s->saved));
+	if (r < 0)
+		return ferr(err, r, "thread %d: reading stack at 0x%llx: %s", t->tid,
+		            (unsigned long long)s->addr, strerror(-r));
+	return 0;
+}
+
+int stack_scratch_release(const struct stack_scratch *s, struct ferry_error *err)
+{
+	int r = tracee_poke(s->pid, s->addr, s->saved, sizeof(s->saved));
+	if (r < 0)
+		return ferr(err, r, "pid %d: putting stack bytes back at 0x%llx: %s", s->pid,
+		            (unsigned long long)s->addr, strerror(-r));
+	return 0;
+}

@@ -47,6 +47,21 @@ int tracee_detach(struct tracee *t, struct ferry_error *err);
 /* tracee_find_syscall_insn - address of a `syscall` instruction in the vdso of pid (0 if none). */
 int tracee_find_syscall_insn(pid_t pid, uint64_t vdso_start, uint64_t vdso_end, uint64_t *ret);
 
+/*
+ * Scratch memory for the arguments and results of injected calls in a stopped thread: just
+ * below its stack's red zone (dead by the ABI), with the bytes that were there saved by take
+ * and put back by release, so the component's memory ends exactly as it was.
+ */
+#define STACK_SCRATCH 256
+struct stack_scratch {
+	pid_t pid;
+	uint64_t addr;
+	uint8_t saved[STACK_SCRATCH];
+};
+int stack_scratch_take(struct stack_scratch *s, pid_t pid, const struct tracee *t,
+                       struct ferry_error *err);
+int stack_scratch_release(const struct stack_scratch *s, struct ferry_error *err);
+
 /* tracee_poke / tracee_peek - copy to / from another process's memory (process_vm_*v). */
 int tracee_poke(pid_t pid, uint64_t addr, const void *buf, size_t len);
 int tracee_peek(pid_t pid, uint64_t addr, void *buf, size_t len);
