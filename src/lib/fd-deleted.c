@@ -142,7 +142,18 @@ static void deleted_describe(const struct fd_entry *e, char *buf, size_t len)
 	         e->path ? e->path : "?", e->nextra == DL_N ? e->extra[DL_LEN] : 0, e->pos);
 }
 
+static int deleted_kernel_probe(char *detail, size_t len)
+{
+	_cleanup_close_ int fd = open("/tmp", O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+	struct stat sb;
+	bool ok = fd >= 0 && write(fd, "x", 1) == 1 && fstat(fd, &sb) == 0 && sb.st_nlink == 0;
+	snprintf(detail, len, "%s",
+	         ok ? "O_TMPFILE recreates files that never had a name" : "O_TMPFILE refused");
+	return ok;
+}
+
 const struct fd_ops fd_deleted_ops = {
+        .kernel_probe = deleted_kernel_probe,
         .name = "deleted",
         .kind = FD_DELETED,
         .probe = deleted_probe,

@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 
 #include "fds.h"
@@ -173,7 +174,26 @@ static void inet_describe(const struct fd_entry *e, char *buf, size_t len)
 		snprintf(buf, len, "UDP bound to %s", where);
 }
 
+static int inet_kernel_probe(char *detail, size_t len)
+{
+	struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+	_cleanup_close_ int s = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	struct stat sb;
+	bool ok = s >= 0 && bind(s, (struct sockaddr *)&a, sizeof(a)) == 0 && listen(s, 4) == 0 &&
+	          fstat(s, &sb) == 0;
+	if (ok) {
+		_cleanup_close_ int copy = sock_copy(getpid(), s);
+		ok = copy >= 0 && opt(copy, SOL_SOCKET, SO_ACCEPTCONN) == 1 &&
+		     queued(getpid(), "tcp", sb.st_ino) == 0;
+	}
+	snprintf(detail, len, "%s",
+	         ok ? "socket options through pidfd_getfd, accept queue in /proc/net/tcp"
+	            : "cannot read a listening socket's state");
+	return ok;
+}
+
 const struct fd_ops fd_inet_ops = {
+        .kernel_probe = inet_kernel_probe,
         .name = "inet",
         .kind = FD_INET,
         .probe = inet_probe,
