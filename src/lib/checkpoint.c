@@ -133,7 +133,7 @@ static int capture_frozen(struct frozen *fz, struct component *c, struct process
 	r = fds_capture(&fctx, err);
 	if (r < 0)
 		return r;
-	r = mem_capture(c, p, w, st, err);
+	r = mem_capture(c, p, maps, nmaps, w, st, err); /* smaps read once, above */
 	if (r < 0)
 		return r;
 	struct stat sb;

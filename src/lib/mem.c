@@ -381,19 +381,15 @@ static int classify(struct component *c, pid_t pid, const struct proc_map *m, st
 	return 0;
 }
 
-int mem_capture(struct component *c, struct process *p, struct image_writer *w,
-                struct mem_stats *st, struct ferry_error *err)
+int mem_capture(struct component *c, struct process *p, const struct proc_map *maps, size_t nmaps,
+                struct image_writer *w, struct mem_stats *st, struct ferry_error *err)
 {
-	_cleanup_free_ struct proc_map *maps = NULL;
 	struct copy_job *jobs;
 	_cleanup_close_ int pagemap = -EBADF;
-	size_t nmaps = 0, njobs = 0;
+	size_t njobs = 0;
 	char path[64];
 	int r;
 
-	r = procfs_maps(p->host_pid, &maps, &nmaps);
-	if (r < 0)
-		return ferr(err, r, "reading /proc/%d/smaps: %s", p->host_pid, strerror(-r));
 	snprintf(path, sizeof(path), "/proc/%d/pagemap", p->host_pid);
 	pagemap = open(path, O_RDONLY | O_CLOEXEC);
 	if (pagemap < 0)
@@ -680,16 +676,11 @@ static uint64_t free_page(const struct process *p)
 }
 
 int mem_restore(struct restorer *rs, const struct component *c, const struct process *p,
-                struct ferry_error *err)
+                const struct proc_map *cur, size_t ncur, struct ferry_error *err)
 {
-	_cleanup_free_ struct proc_map *cur = NULL;
-	size_t ncur = 0;
 	uint64_t keep_lo = 0, keep_hi = 0;
 	long r;
 
-	r = procfs_maps(rs->pid, &cur, &ncur);
-	if (r < 0)
-		return ferr(err, (int)r, "reading the helper's mappings: %s", strerror((int)-r));
 	for (size_t i = 0; i < ncur; i++) {
 		if (strcmp(cur[i].path, "[vvar]") != 0 &&
 		    strcmp(cur[i].path, "[vvar_vclock]") != 0 && strcmp(cur[i].path, "[vdso]") != 0)

@@ -247,7 +247,8 @@ static int rebuild(struct restorer *rs, struct restore_arg *a, struct tracee *th
 			                               &rs->main.syscall_ip);
 	if (!rs->main.syscall_ip)
 		return ferr(err, -ENOTSUP, "no syscall instruction in the helper's vdso");
-	if ((r = unregister_rseq(rs, err)) < 0 || (r = mem_restore(rs, a->c, p, err)) < 0 ||
+	if ((r = unregister_rseq(rs, err)) < 0 ||
+	    (r = mem_restore(rs, a->c, p, maps, nmaps, err)) < 0 ||
 	    (r = task_restore_mm(rs, p, err)) < 0 || (r = threads_restore(rs, p, threads, err)) < 0)
 		return r;
 	r = task_restore_late(rs, p, err);
