@@ -84,6 +84,16 @@ int ferry_kill(const struct ferry_runtime *rt, const char *name, struct ferry_er
 /* Flags of ferry_checkpoint. */
 #define FERRY_CKPT_STOP (1u << 0) /* end the component once the image is durable */
 
+/* How to checkpoint. A zeroed struct asks for a full checkpoint. */
+struct ferry_ckpt_opts {
+	unsigned flags;     /* FERRY_CKPT_* */
+	const char *parent; /* incremental: an image of NAME to take unwritten pages from, or NULL */
+	unsigned keep;      /* bound on the pages files an image reads (0: no bound); older parent
+	                       files holding the fewest pages are folded into the new image */
+};
+
+#define FERRY_FALLBACK_MAX 256
+
 /* Figures of one checkpoint, all times in nanoseconds. */
 struct ferry_ckpt_stats {
 	uint64_t freeze_ns;     /* all threads stopped -> all threads running again */
@@ -91,19 +101,63 @@ struct ferry_ckpt_stats {
 	uint64_t write_ns;      /* page data copy + write */
 	uint64_t pages_scanned; /* pages in dumpable mappings */
 	uint64_t pages_written; /* pages whose contents went into the image */
+	uint64_t pages_folded;  /* pages copied from older images of a chain to bound its length */
 	uint64_t bytes_written; /* bytes of all image files */
 	uint32_t threads;
 	uint32_t vmas;
 	uint32_t fds;
+	uint32_t files;   /* pages files the image reads (1 for a full image) */
+	bool incremental; /* pages not written since the parent were taken from it */
+	bool tracked;     /* dirty tracking runs on after this checkpoint */
+	char fallback[FERRY_FALLBACK_MAX]; /* why an incremental checkpoint became full, or "" */
 };
 
 /*
  * ferry_checkpoint - freeze every thread of NAME, capture it into image directory DIR and
  * let it run on (or end it with FERRY_CKPT_STOP once the image is durable). On any failure
  * the component is left running unharmed and any earlier image in DIR stays valid.
+ * Every checkpoint that lets the component run on starts (or continues) tracking the pages it
+ * writes, with userfaultfd write-protection; with opts->parent, the image then holds only the
+ * pages written since that image was taken and reads the rest through it. A parent that is not
+ * the latest checkpoint of this run of NAME, or no tracking, gives a full image and says why
+ * in ret_stats->fallback. The freeze covers collecting and copying the written pages into
+ * memory; they are written to DIR after the component runs again.
  */
 int ferry_checkpoint(const struct ferry_runtime *rt, const char *name, const char *dir,
-                     unsigned flags, struct ferry_ckpt_stats *ret_stats, struct ferry_error *err);
+                     const struct ferry_ckpt_opts *opts, struct ferry_ckpt_stats *ret_stats,
+                     struct ferry_error *err);
+
+/*
+ * Called by ferry_checkpoint_every after each checkpoint (st set) and after each wait (st
+ * NULL); a non-zero return ends the loop.
+ */
+typedef int (*ferry_tick_fn)(void *arg, const struct ferry_ckpt_stats *st);
+
+/*
+ * ferry_checkpoint_every - continuous checkpoints of NAME into DIR, one every interval_ns
+ * (count of them, 0: until tick says stop). Each is incremental on the one before (the first
+ * on the image already in DIR when it is of this run) and committed atomically: DIR always
+ * holds the newest complete checkpoint. opts->keep bounds the files a restore reads.
+ */
+int ferry_checkpoint_every(const struct ferry_runtime *rt, const char *name, const char *dir,
+                           const struct ferry_ckpt_opts *opts, uint64_t interval_ns,
+                           uint64_t count, ferry_tick_fn tick, void *arg,
+                           struct ferry_error *err);
+
+/* Figures over the checkpoints of the current run of a component. */
+struct ferry_stat_summary {
+	uint64_t min, median, max;
+};
+struct ferry_stats {
+	uint64_t count;
+	struct ferry_ckpt_stats latest;
+	struct ferry_stat_summary freeze_ns, total_ns, pages_scanned, pages_written, bytes_written;
+	uint64_t incremental; /* how many were incremental */
+};
+
+/* ferry_stats - figures of NAME's checkpoints since it was started or restored. */
+int ferry_stats(const struct ferry_runtime *rt, const char *name, struct ferry_stats *ret,
+                struct ferry_error *err);
 
 struct ferry_restore_stats {
 	uint64_t total_ns;  /* call start -> component running */

@@ -81,13 +81,13 @@ static int runtime_open(struct cli *c)
 
 /* What a command's options produced. */
 struct opts {
-	const char *name, *dir;
+	const char *name, *dir, *parent, *keep, *every, *count;
 	bool json, stop, follow;
 	int rest; /* index of the first operand in argv */
 };
 
 /*
- * parse_cmd - parse the options in SHORTOPTS (a subset of "n:d:jsf"; a leading '+' stops at the
+ * parse_cmd - parse the options in SHORTOPTS (a subset of "n:d:jsfp:k:e:c:"; a leading '+' stops at the
  * first operand, for `run`), answer --help and insist on NPOS operands (-1: any number), named
  * WHAT when missing. Returns -1 when the command should proceed, else the exit status to end with.
  */
@@ -101,6 +101,10 @@ static int parse_cmd(struct cli *c, int argc, char **argv, const char *shortopts
 	        {"json", no_argument, NULL, 'j'},
 	        {"stop", no_argument, NULL, 's'},
 	        {"follow", no_argument, NULL, 'f'},
+	        {"parent", required_argument, NULL, 'p'},
+	        {"keep", required_argument, NULL, 'k'},
+	        {"every", required_argument, NULL, 'e'},
+	        {"count", required_argument, NULL, 'c'},
 	        {NULL, 0, NULL, 0},
 	};
 	bool plus = shortopts[0] == '+';
@@ -133,6 +137,18 @@ static int parse_cmd(struct cli *c, int argc, char **argv, const char *shortopts
 			break;
 		case 'f':
 			o->follow = true;
+			break;
+		case 'p':
+			o->parent = optarg;
+			break;
+		case 'k':
+			o->keep = optarg;
+			break;
+		case 'e':
+			o->every = optarg;
+			break;
+		case 'c':
+			o->count = optarg;
 			break;
 		case ':':
 			return usage_error(c, "option '%s' needs an argument", argv[optind - 1]);
@@ -415,49 +431,230 @@ static int cmd_run(struct cli *c, int argc, char **argv)
 	return 0;
 }
 
+/* "100ms", "2s", "1.5s", "500us", "1m": a duration in nanoseconds; 0 if malformed. */
+static uint64_t parse_duration(const char *s)
+{
+	static const struct {
+		const char *unit;
+		double ns;
+	} units[] = {{"ns", 1}, {"us", 1e3}, {"ms", 1e6}, {"s", 1e9}, {"m", 60e9}};
+	char *end;
+	double v = strtod(s, &end);
+
+	if (end == s || v <= 0)
+		return 0;
+	for (size_t i = 0; i < sizeof(units) / sizeof(units[0]); i++)
+		if (strcmp(end, units[i].unit) == 0)
+			return (uint64_t)(v * units[i].ns);
+	return 0;
+}
+
+/* A positive integer option; 0 if malformed. */
+static uint64_t parse_count(const char *s)
+{
+	char *end;
+	errno = 0;
+	unsigned long long v = strtoull(s, &end, 10);
+	return (errno || end == s || *end || s[0] == '-') ? 0 : v;
+}
+
+static struct json_object *ckpt_json(const char *name, const char *dir, const struct opts *o,
+                                     const char *parent, const struct ferry_ckpt_stats *st)
+{
+	struct json_object *j = json_object_new_object();
+
+	jset(j, "name", json_object_new_string(name));
+	jset(j, "dir", json_object_new_string(dir));
+	jset(j, "stopped", json_object_new_boolean(o->stop));
+	jset(j, "incremental", json_object_new_boolean(st->incremental));
+	jset(j, "parent", parent ? json_object_new_string(parent) : NULL);
+	jset(j, "fallback", st->fallback[0] ? json_object_new_string(st->fallback) : NULL);
+	jset(j, "tracked", json_object_new_boolean(st->tracked));
+	jset(j, "files", json_object_new_int64(st->files));
+	jset(j, "freeze_ms", json_ms(st->freeze_ns));
+	jset(j, "total_ms", json_ms(st->total_ns));
+	jset(j, "write_ms", json_ms(st->write_ns));
+	jset(j, "pages_scanned", json_object_new_uint64(st->pages_scanned));
+	jset(j, "pages_written", json_object_new_uint64(st->pages_written));
+	jset(j, "pages_folded", json_object_new_uint64(st->pages_folded));
+	jset(j, "bytes_written", json_object_new_uint64(st->bytes_written));
+	jset(j, "threads", json_object_new_int64(st->threads));
+	jset(j, "vmas", json_object_new_int64(st->vmas));
+	jset(j, "fds", json_object_new_int64(st->fds));
+	return j;
+}
+
+static void ckpt_print(const char *name, const char *dir, const struct opts *o,
+                       const struct ferry_ckpt_stats *st)
+{
+	printf("%s: %s checkpoint in %s: freeze %.2f ms, total %.2f ms, %" PRIu32
+	       " threads, %" PRIu32 " mappings, %" PRIu32 " fds, %" PRIu64
+	       " pages written (%.1f MiB), image %.1f MiB, %" PRIu32 " pages file%s%s\n",
+	       name, st->incremental ? "incremental" : "full", dir, ms(st->freeze_ns),
+	       ms(st->total_ns), st->threads, st->vmas, st->fds, st->pages_written,
+	       st->pages_written * PAGE_SIZE_4K / 1048576.0, st->bytes_written / 1048576.0,
+	       st->files, st->files == 1 ? "" : "s", o->stop ? ", component stopped" : "");
+	if (st->fallback[0])
+		printf("%s: not incremental: %s\n", name, st->fallback);
+	fflush(stdout);
+}
+
+/* Continuous mode: what the tick callback needs. */
+struct every {
+	const char *name, *dir;
+	const struct opts *o;
+	uint64_t seq;
+	sigset_t stop; /* SIGINT, SIGTERM: blocked, seen as pending */
+};
+
+static int every_tick(void *arg, const struct ferry_ckpt_stats *st)
+{
+	struct every *ev = arg;
+	sigset_t pending;
+
+	if (st) {
+		ev->seq++;
+		if (ev->o->json) {
+			struct json_object *j = ckpt_json(ev->name, ev->dir, ev->o,
+			                                  st->incremental ? ev->dir : NULL, st);
+			jset(j, "seq", json_object_new_uint64(ev->seq));
+			puts(json_object_to_json_string_ext(j, JSON_C_TO_STRING_PLAIN |
+			                                               JSON_C_TO_STRING_NOSLASHESCAPE));
+			fflush(stdout);
+			json_object_put(j);
+		} else {
+			ckpt_print(ev->name, ev->dir, ev->o, st);
+		}
+	}
+	if (sigpending(&pending) < 0)
+		return 0;
+	return sigismember(&pending, SIGINT) == 1 || sigismember(&pending, SIGTERM) == 1;
+}
+
 static int cmd_checkpoint(struct cli *c, int argc, char **argv)
 {
 	struct ferry_ckpt_stats st = {0};
+	struct ferry_ckpt_opts co = {0};
+	uint64_t every = 0, count = 0;
 	const char *name;
 	struct opts o;
-	int r = parse_cmd(c, argc, argv, "d:js", 1, "NAME", &o);
+	int r = parse_cmd(c, argc, argv, "d:jsp:k:e:c:", 1, "NAME", &o);
 
 	if (r >= 0)
 		return r;
 	name = argv[o.rest];
 	if (!o.dir)
 		return usage_error(c, "missing --dir DIR");
+	if (o.keep && (!(co.keep = (unsigned)parse_count(o.keep)) || co.keep < 2))
+		return usage_error(c, "--keep wants a number of images, 2 or more, not '%s'", o.keep);
+	if (o.every && !(every = parse_duration(o.every)))
+		return usage_error(c, "--every wants a duration like 100ms or 2s, not '%s'",
+		                   o.every);
+	if (o.count && (!o.every || !(count = parse_count(o.count))))
+		return usage_error(c, "--count wants --every and a positive number");
+	if (o.every && (o.parent || o.stop))
+		return usage_error(c, "--every takes neither --parent nor --stop");
+	co.flags = o.stop ? FERRY_CKPT_STOP : 0;
+	co.parent = o.parent;
 	if ((r = runtime_open(c)))
 		return r;
-	r = ferry_checkpoint(&c->rt, name, o.dir, o.stop ? FERRY_CKPT_STOP : 0, &st, &c->err);
+	if (o.every) {
+		struct every ev = {.name = name, .dir = o.dir, .o = &o};
+		if (!o.keep)
+			co.keep = 8;
+		sigemptyset(&ev.stop);
+		sigaddset(&ev.stop, SIGINT);
+		sigaddset(&ev.stop, SIGTERM);
+		sigprocmask(SIG_BLOCK, &ev.stop, NULL);
+		r = ferry_checkpoint_every(&c->rt, name, o.dir, &co, every, count, every_tick, &ev,
+		                           &c->err);
+		return r < 0 ? fail(c, name, r) : 0;
+	}
+	r = ferry_checkpoint(&c->rt, name, o.dir, &co, &st, &c->err);
 	if (r < 0)
 		return fail(c, name, r);
-
 	if (o.json) {
-		struct json_object *j = json_object_new_object();
-
-		jset(j, "name", json_object_new_string(name));
-		jset(j, "dir", json_object_new_string(o.dir));
-		jset(j, "stopped", json_object_new_boolean(o.stop));
-		jset(j, "freeze_ms", json_ms(st.freeze_ns));
-		jset(j, "total_ms", json_ms(st.total_ns));
-		jset(j, "write_ms", json_ms(st.write_ns));
-		jset(j, "pages_scanned", json_object_new_uint64(st.pages_scanned));
-		jset(j, "pages_written", json_object_new_uint64(st.pages_written));
-		jset(j, "bytes_written", json_object_new_uint64(st.bytes_written));
-		jset(j, "threads", json_object_new_int64(st.threads));
-		jset(j, "vmas", json_object_new_int64(st.vmas));
-		jset(j, "fds", json_object_new_int64(st.fds));
+		struct json_object *j = ckpt_json(name, o.dir, &o, st.incremental ? o.parent : NULL,
+		                                  &st);
 		json_print(j);
 		json_object_put(j);
 		return 0;
 	}
-	printf("%s: checkpoint in %s: freeze %.2f ms, total %.2f ms, %" PRIu32 " threads, %" PRIu32
-	       " mappings, %" PRIu32 " fds, %" PRIu64
-	       " pages written (%.1f MiB), image %.1f MiB%s\n",
-	       name, o.dir, ms(st.freeze_ns), ms(st.total_ns), st.threads, st.vmas, st.fds,
-	       st.pages_written, st.pages_written * PAGE_SIZE_4K / 1048576.0,
-	       st.bytes_written / 1048576.0, o.stop ? ", component stopped" : "");
+	ckpt_print(name, o.dir, &o, &st);
+	return 0;
+}
+
+static struct json_object *summary_json(struct ferry_stat_summary s, bool is_ns)
+{
+	struct json_object *j = json_object_new_object();
+
+	jset(j, "min", is_ns ? json_ms(s.min) : json_object_new_uint64(s.min));
+	jset(j, "median", is_ns ? json_ms(s.median) : json_object_new_uint64(s.median));
+	jset(j, "max", is_ns ? json_ms(s.max) : json_object_new_uint64(s.max));
+	return j;
+}
+
+static int cmd_stats(struct cli *c, int argc, char **argv)
+{
+	struct ferry_stats st;
+	struct opts o;
+	int r = parse_cmd(c, argc, argv, "j", 1, "NAME", &o);
+
+	if (r >= 0)
+		return r;
+	const char *name = argv[o.rest];
+	if ((r = runtime_open(c)))
+		return r;
+	r = ferry_stats(&c->rt, name, &st, &c->err);
+	if (r < 0)
+		return fail(c, name, r);
+	if (o.json) {
+		struct json_object *j = json_object_new_object(), *l = json_object_new_object();
+		jset(j, "name", json_object_new_string(name));
+		jset(j, "count", json_object_new_uint64(st.count));
+		jset(j, "incremental", json_object_new_uint64(st.incremental));
+		jset(l, "freeze_ms", json_ms(st.latest.freeze_ns));
+		jset(l, "total_ms", json_ms(st.latest.total_ns));
+		jset(l, "pages_scanned", json_object_new_uint64(st.latest.pages_scanned));
+		jset(l, "pages_written", json_object_new_uint64(st.latest.pages_written));
+		jset(l, "bytes_written", json_object_new_uint64(st.latest.bytes_written));
+		jset(l, "incremental", json_object_new_boolean(st.latest.incremental));
+		jset(j, "latest", st.count ? l : NULL);
+		if (!st.count)
+			json_object_put(l);
+		if (st.count) {
+			jset(j, "freeze_ms", summary_json(st.freeze_ns, true));
+			jset(j, "total_ms", summary_json(st.total_ns, true));
+			jset(j, "pages_scanned", summary_json(st.pages_scanned, false));
+			jset(j, "pages_written", summary_json(st.pages_written, false));
+			jset(j, "bytes_written", summary_json(st.bytes_written, false));
+		}
+		json_print(j);
+		json_object_put(j);
+		return 0;
+	}
+	if (!st.count) {
+		printf("%s: no checkpoints since it was started or restored\n", name);
+		return 0;
+	}
+	printf("%s: %" PRIu64 " checkpoints (%" PRIu64 " incremental) since it was started or "
+	       "restored\n",
+	       name, st.count, st.incremental);
+	printf("  %-14s %10s %10s %10s %10s\n", "", "latest", "min", "median", "max");
+	printf("  %-14s %10.2f %10.2f %10.2f %10.2f\n", "freeze ms", ms(st.latest.freeze_ns),
+	       ms(st.freeze_ns.min), ms(st.freeze_ns.median), ms(st.freeze_ns.max));
+	printf("  %-14s %10.2f %10.2f %10.2f %10.2f\n", "total ms", ms(st.latest.total_ns),
+	       ms(st.total_ns.min), ms(st.total_ns.median), ms(st.total_ns.max));
+	const struct {
+		const char *what;
+		uint64_t latest;
+		struct ferry_stat_summary s;
+	} rows[] = {{"pages scanned", st.latest.pages_scanned, st.pages_scanned},
+	            {"pages written", st.latest.pages_written, st.pages_written},
+	            {"bytes written", st.latest.bytes_written, st.bytes_written}};
+	for (size_t i = 0; i < sizeof(rows) / sizeof(rows[0]); i++)
+		printf("  %-14s %10" PRIu64 " %10" PRIu64 " %10" PRIu64 " %10" PRIu64 "\n",
+		       rows[i].what, rows[i].latest, rows[i].s.min, rows[i].s.median, rows[i].s.max);
 	return 0;
 }
 
@@ -794,11 +991,26 @@ static const struct command commands[] = {
         {"run", cmd_run, "--name NAME [--] PROGRAM [ARGS...]",
          "Start PROGRAM as component NAME (own PID and mount namespaces, output to its log).",
          "  -n, --name NAME    name of the component\n"},
-        {"checkpoint", cmd_checkpoint, "NAME --dir DIR [--stop] [--json]",
+        {"checkpoint", cmd_checkpoint,
+         "NAME --dir DIR [--parent PREV_DIR | --every INTERVAL [--count N]] [--keep N] "
+         "[--stop] [--json]",
          "Freeze component NAME, save it into image directory DIR and let it run on.",
          "  -d, --dir DIR      image directory (an earlier image there stays valid on failure)\n"
          "  -s, --stop         end the component once the image is durable\n"
-         "  -j, --json         print the figures as JSON\n"},
+         "  -p, --parent DIR   incremental: save only the pages written since the checkpoint\n"
+         "                     in DIR (the latest of this run of NAME; else a full one is\n"
+         "                     taken and the reason printed); restore reads through it\n"
+         "  -e, --every T      continuous: an incremental checkpoint into DIR every T (100ms,\n"
+         "                     2s, ...) until SIGINT/SIGTERM; DIR always holds the newest\n"
+         "                     complete one\n"
+         "  -c, --count N      with --every: stop after N checkpoints\n"
+         "  -k, --keep N       an image reads at most N pages files (default 8 with --every,\n"
+         "                     no bound with --parent): older ones are folded into the new one\n"
+         "  -j, --json         print the figures as JSON (--every: one line each)\n"},
+        {"stats", cmd_stats, "NAME [--json]",
+         "Checkpoint figures of NAME since it was started or restored: latest, min, median, "
+         "max.",
+         "  -j, --json         print JSON\n"},
         {"restore", cmd_restore, "--dir DIR [--name NAME] [--json]",
          "Recreate the component saved in DIR, with its pids, memory, fds and registers.",
          "  -d, --dir DIR      image directory\n"

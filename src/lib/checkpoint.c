@@ -4,15 +4,20 @@
 #include <string.h>
 #include <sys/ptrace.h>
 #include <sys/stat.h>
+#include <sys/random.h>
 #include <sys/wait.h>
+#include <fcntl.h>
+#include <limits.h>
 #include <time.h>
 
+#include "chain.h"
 #include "checkpoint.h"
 #include "fds.h"
 #include "procfs.h"
 #include "runtime.h"
 #include "task.h"
 #include "threads.h"
+#include "track.h"
 #include "util.h"
 
 void checkpoint_thaw(struct frozen *fz)
@@ -82,7 +87,7 @@ static int refuse_children(pid_t pid, struct ferry_error *err)
 
 static int capture_frozen(struct frozen *fz, struct component *c, struct process *p,
                           const char *log_path, struct image_writer *w, struct mem_stats *st,
-                          struct ferry_error *err)
+                          struct mem_track *mt, struct ferry_error *err)
 {
 	_cleanup_free_ struct proc_map *maps = NULL;
 	size_t nmaps = 0;
@@ -110,6 +115,14 @@ static int capture_frozen(struct frozen *fz, struct component *c, struct process
 	}
 	if (!main)
 		return ferr(err, -ESRCH, "pid %d: main thread is gone", p->host_pid);
+	if (mt && mt->tk && mt->tk->uffd < 0) {
+		/* no tracking yet: start it now; without it the checkpoint is still taken */
+		struct ferry_error e = {0};
+		if (track_start(main, p->host_pid, mt->tk, &e) < 0) {
+			snprintf(mt->why, sizeof(mt->why), "%s", e.msg);
+			mt->tk = NULL;
+		}
+	}
 	r = task_capture(main, p, err); /* its messages name the pid */
 	if (r < 0)
 		return r;
@@ -133,7 +146,7 @@ static int capture_frozen(struct frozen *fz, struct component *c, struct process
 	r = fds_capture(&fctx, err);
 	if (r < 0)
 		return r;
-	r = mem_capture(c, p, maps, nmaps, w, st, err); /* smaps read once, above */
+	r = mem_capture(c, p, maps, nmaps, w, st, mt, err); /* smaps read once, above */
 	if (r < 0)
 		return r;
 	struct stat sb;
@@ -179,7 +192,8 @@ static void reap_killed(struct frozen *fz)
 }
 
 int checkpoint_capture(pid_t pid, const char *log_path, struct image_writer *w, struct frozen *fz,
-                       struct component **ret, struct mem_stats *st, struct ferry_error *err)
+                       struct component **ret, struct mem_stats *st, struct mem_track *mt,
+                       struct ferry_error *err)
 {
 	struct component *c = calloc(1, sizeof(*c));
 	int r;
@@ -194,7 +208,7 @@ int checkpoint_capture(pid_t pid, const char *log_path, struct image_writer *w, 
 	c->created = (int64_t)time(NULL);
 	r = freeze(pid, fz, err);
 	if (r == 0)
-		r = capture_frozen(fz, c, &c->procs[0], log_path, w, st, err);
+		r = capture_frozen(fz, c, &c->procs[0], log_path, w, st, mt, err);
 	if (r < 0) {
 		model_free(c);
 		return r;
@@ -203,8 +217,56 @@ int checkpoint_capture(pid_t pid, const char *log_path, struct image_writer *w, 
 	return 0;
 }
 
-int ferry_checkpoint(const struct ferry_runtime *rt, const char *name, const char *dir,
-                     unsigned flags, struct ferry_ckpt_stats *ret_stats, struct ferry_error *err)
+/* The tracking and parent of one checkpoint, decided before the freeze. */
+struct plan {
+	struct track tk;
+	bool tracking;     /* tk.uffd is an attached tracking */
+	struct chain *ch;  /* the parent, when incremental */
+	char why[FERRY_FALLBACK_MAX];
+};
+
+static void plan_parent(struct plan *pl, const char *name, const char *parent)
+{
+	struct ferry_error e = {0};
+
+	if (!pl->tracking) {
+		snprintf(pl->why, sizeof(pl->why), "%s", pl->why[0] ? pl->why : "no dirty tracking");
+		return;
+	}
+	if (chain_open(parent, &pl->ch, &e) < 0) {
+		snprintf(pl->why, sizeof(pl->why), "%s", e.msg);
+		return;
+	}
+	if (pl->ch->pc->capture_id == 0 || pl->ch->pc->capture_id != pl->tk.last ||
+	    pl->ch->pc->track_id != pl->tk.id) {
+		snprintf(pl->why, sizeof(pl->why),
+		         "%s is not the latest checkpoint of this run of %s: the pages written "
+		         "since it are not known",
+		         parent, name);
+		pl->ch = chain_free(pl->ch);
+	}
+}
+
+/* Append one line of figures to the component's stats file (for ferry stats). */
+static void stats_record(const struct ferry_runtime *rt, const char *name,
+                         const struct ferry_ckpt_stats *s)
+{
+	char dir[PATH_MAX], path[PATH_MAX + 8], line[256];
+
+	runtime_dir(rt, name, dir, sizeof(dir));
+	snprintf(path, sizeof(path), "%s/stats", dir);
+	int n = snprintf(line, sizeof(line),
+	                 "%" PRIu64 " %" PRIu64 " %" PRIu64 " %" PRIu64 " %" PRIu64 " %d %u\n",
+	                 s->freeze_ns, s->total_ns, s->pages_scanned, s->pages_written,
+	                 s->bytes_written, s->incremental, s->files);
+	_cleanup_close_ int fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+	if (fd >= 0)
+		(void)write_full(fd, line, (size_t)n);
+}
+
+static int checkpoint_once(const struct ferry_runtime *rt, const char *name, const char *dir,
+                           const struct ferry_ckpt_opts *o, struct mem_stage *sg,
+                           struct ferry_ckpt_stats *ret_stats, struct ferry_error *err)
 {
 	struct ferry_component rec;
 	struct image_writer *w = NULL;
@@ -212,7 +274,10 @@ int ferry_checkpoint(const struct ferry_runtime *rt, const char *name, const cha
 	struct mem_stats st = {0};
 	struct ferry_ckpt_stats s = {0};
 	struct frozen fz = {0};
-	uint64_t t0 = now_ns(), tf, bytes = 0;
+	struct plan pl = {.tk = TRACK_INIT};
+	struct chain_stats cs = {0};
+	bool stop = o->flags & FERRY_CKPT_STOP;
+	uint64_t t0 = now_ns(), tf, bytes = 0, capture_id = 0;
 	int r;
 
 	r = ferry_component_get(rt, name, &rec, err);
@@ -223,34 +288,78 @@ int ferry_checkpoint(const struct ferry_runtime *rt, const char *name, const cha
 	r = image_writer_open(dir, &w, err);
 	if (r < 0)
 		return r;
+	pl.tracking = track_attach(rt, name, rec.pid, &pl.tk, pl.why, sizeof(pl.why)) == 0;
+	if (o->parent)
+		plan_parent(&pl, name, o->parent);
+	/* until this capture commits, no image is a valid parent: collecting re-protects pages */
+	if (pl.tracking && pl.tk.last != 0) {
+		pl.tk.last = 0;
+		r = track_keep(rt, name, rec.pid, &pl.tk, err);
+		if (r < 0)
+			goto fail;
+	}
+	if (getrandom(&capture_id, sizeof(capture_id), 0) != sizeof(capture_id)) {
+		r = ferr(err, -errno, "getrandom: %m");
+		goto fail;
+	}
+	if (pl.ch) {
+		/* the pages to copy while frozen: a buffer faulted in now, before the freeze */
+		uint64_t est = track_estimate(&pl.tk);
+		r = mem_stage_prepare(sg, est + est / 4 + 4 * 1048576, err);
+		if (r < 0)
+			goto fail;
+	}
+	struct mem_track mt = {.tk = (pl.tracking || !stop) ? &pl.tk : NULL,
+	                       .parent = pl.ch,
+	                       .stage = pl.ch ? sg : NULL};
 	tf = now_ns();
-	r = checkpoint_capture(rec.pid, rec.log_path, w, &fz, &c, &st, err);
+	r = checkpoint_capture(rec.pid, rec.log_path, w, &fz, &c, &st, &mt, err);
 	if (r < 0) {
 		checkpoint_thaw(&fz);
-		image_writer_free(w);
-		return ferr_prefix(err, "%s left running; nothing written", name);
+		goto fail;
 	}
 	/* with --stop the component stays frozen until the image is durable, then ends:
 	 * it does nothing after the moment the image shows */
-	if (!(flags & FERRY_CKPT_STOP)) {
+	if (!stop) {
 		checkpoint_thaw(&fz);
 		s.freeze_ns = now_ns() - tf;
 	}
+	if (!mt.tk && !pl.why[0])
+		snprintf(pl.why, sizeof(pl.why), "%s", mt.why);
+	s.tracked = mt.tk && !stop;
+	if (s.tracked && !pl.tk.holder) {
+		r = track_keep(rt, name, rec.pid, &pl.tk, err); /* a fresh tracking: its holder */
+		if (r < 0)
+			goto fail_frozen;
+	}
+	r = mem_stage_flush(sg, w, &st, err);
+	if (r == 0)
+		r = chain_finish(pl.ch, c, w, o->keep, dir, &cs, err);
+	if (r < 0)
+		goto fail_frozen;
 	snprintf(c->name, sizeof(c->name), "%s", name);
 	c->log_id = runtime_log_id(rt, name);
+	c->capture_id = capture_id;
+	c->track_id = s.tracked ? pl.tk.id : 0;
+	c->parent_id = pl.ch ? pl.ch->pc->capture_id : 0;
 	r = model_save(c, w, err);
 	if (r == 0)
 		r = image_writer_commit(w, &bytes, err);
+	if (r < 0)
+		goto fail_frozen;
 	s.threads = (uint32_t)c->procs[0].nthreads;
 	s.vmas = (uint32_t)c->procs[0].nvmas;
 	s.fds = (uint32_t)c->procs[0].nfds;
-	model_free(c);
-	image_writer_free(w);
-	if (r < 0) {
-		checkpoint_thaw(&fz);
-		return ferr_prefix(err, "%s left running; earlier image in %s kept", name, dir);
+	c = model_free(c);
+	w = image_writer_free(w);
+	if (s.tracked) {
+		/* the image is the parent the next incremental checkpoint may name */
+		pl.tk.last = capture_id;
+		struct ferry_error e = {0};
+		if (track_keep(rt, name, rec.pid, &pl.tk, &e) < 0)
+			s.tracked = false;
 	}
-	if (flags & FERRY_CKPT_STOP) {
+	if (stop) {
 		s.freeze_ns = now_ns() - tf;
 		r = safe_kill(rec.pid, SIGKILL);
 		/* as its tracer we see its threads die first; only then can its monitor reap it */
@@ -264,15 +373,176 @@ int ferry_checkpoint(const struct ferry_runtime *rt, const char *name, const cha
 				break;
 			usleep(10000);
 		}
-		if (r < 0)
-			return ferr_prefix(err, "image written, but stopping %s", name);
+		if (r < 0) {
+			r = ferr_prefix(err, "image written, but stopping %s", name);
+			goto out;
+		}
 	}
 	s.total_ns = now_ns() - t0;
 	s.write_ns = st.write_ns;
 	s.pages_scanned = st.pages_scanned;
 	s.pages_written = st.pages_written;
+	s.pages_folded = cs.pages_folded;
 	s.bytes_written = bytes;
+	s.files = cs.files;
+	s.incremental = pl.ch != NULL;
+	if (o->parent && !pl.ch)
+		snprintf(s.fallback, sizeof(s.fallback), "%s", pl.why);
+	stats_record(rt, name, &s);
 	if (ret_stats)
 		*ret_stats = s;
+	r = 0;
+	goto out;
+fail_frozen:
+	checkpoint_thaw(&fz);
+	ferr_prefix(err, "%s left running; earlier image in %s kept", name, dir);
+	goto out;
+fail:
+	ferr_prefix(err, "%s left running; nothing written", name);
+out:
+	model_free(c);
+	image_writer_free(w);
+	chain_free(pl.ch);
+	track_release(&pl.tk);
+	return r;
+}
+
+int ferry_checkpoint(const struct ferry_runtime *rt, const char *name, const char *dir,
+                     const struct ferry_ckpt_opts *opts, struct ferry_ckpt_stats *ret_stats,
+                     struct ferry_error *err)
+{
+	struct ferry_ckpt_opts none = {0};
+	struct mem_stage sg = {0};
+
+	int r = checkpoint_once(rt, name, dir, opts ? opts : &none, &sg, ret_stats, err);
+	mem_stage_free(&sg);
+	return r;
+}
+
+int ferry_checkpoint_every(const struct ferry_runtime *rt, const char *name, const char *dir,
+                           const struct ferry_ckpt_opts *opts, uint64_t interval_ns,
+                           uint64_t count, ferry_tick_fn tick, void *arg,
+                           struct ferry_error *err)
+{
+	struct ferry_ckpt_opts o = *opts;
+	struct mem_stage sg = {0}; /* kept from one checkpoint to the next: no fresh faults */
+	struct stat sb;
+	char manifest[PATH_MAX + 16];
+	struct timespec next;
+	int r = 0;
+
+	snprintf(manifest, sizeof(manifest), "%s/MANIFEST", dir);
+	clock_gettime(CLOCK_MONOTONIC, &next);
+	for (uint64_t i = 0; count == 0 || i < count; i++) {
+		struct ferry_ckpt_stats st;
+		/* incremental on what DIR holds; a DIR of another run just gives a full one */
+		o.parent = stat(manifest, &sb) == 0 ? dir : NULL;
+		r = checkpoint_once(rt, name, dir, &o, &sg, &st, err);
+		if (r < 0 || (tick && tick(arg, &st)))
+			break;
+		if (count && i + 1 == count)
+			break;
+		uint64_t ns = (uint64_t)next.tv_nsec + interval_ns;
+		next.tv_sec += (time_t)(ns / 1000000000ULL);
+		next.tv_nsec = (long)(ns % 1000000000ULL);
+		struct timespec now;
+		clock_gettime(CLOCK_MONOTONIC, &now);
+		if (now.tv_sec > next.tv_sec || (now.tv_sec == next.tv_sec && now.tv_nsec > next.tv_nsec))
+			next = now; /* behind: start the next one at once, do not catch up */
+		/* in slices, so that tick can end a long wait soon */
+		for (;;) {
+			struct timespec slice;
+			clock_gettime(CLOCK_MONOTONIC, &slice);
+			slice.tv_nsec += 100000000L;
+			if (slice.tv_nsec >= 1000000000L) {
+				slice.tv_sec++;
+				slice.tv_nsec -= 1000000000L;
+			}
+			bool last = slice.tv_sec > next.tv_sec ||
+			            (slice.tv_sec == next.tv_sec && slice.tv_nsec >= next.tv_nsec);
+			const struct timespec *until = last ? &next : &slice;
+			while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, until, NULL) == EINTR)
+				;
+			if (tick && tick(arg, NULL))
+				goto out;
+			if (last)
+				break;
+		}
+	}
+out:
+	mem_stage_free(&sg);
+	return r;
+}
+
+static int cmp_u64(const void *a, const void *b)
+{
+	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+	return x < y ? -1 : x > y;
+}
+
+static struct ferry_stat_summary summarize(uint64_t *v, size_t n)
+{
+	qsort(v, n, sizeof(*v), cmp_u64);
+	return (struct ferry_stat_summary){.min = v[0], .median = v[n / 2], .max = v[n - 1]};
+}
+
+int ferry_stats(const struct ferry_runtime *rt, const char *name, struct ferry_stats *ret,
+                struct ferry_error *err)
+{
+	struct ferry_component rec;
+	char dir[PATH_MAX], path[PATH_MAX + 8];
+	_cleanup_free_ char *text = NULL;
+	_cleanup_free_ uint64_t *col = NULL;
+	struct ferry_stats out = {0};
+	size_t n = 0;
+
+	int r = ferry_component_get(rt, name, &rec, err);
+	if (r < 0)
+		return r;
+	runtime_dir(rt, name, dir, sizeof(dir));
+	snprintf(path, sizeof(path), "%s/stats", dir);
+	r = read_file(path, &text, NULL);
+	if (r == -ENOENT) {
+		*ret = out;
+		return 0;
+	}
+	if (r < 0)
+		return ferr(err, r, "%s: %s", path, strerror(-r));
+	for (const char *p = text; *p; p++)
+		n += *p == '\n';
+	col = calloc(5 * (n ? n : 1), sizeof(*col));
+	if (!col)
+		return ferr(err, -ENOMEM, "out of memory");
+	size_t k = 0;
+	for (char *line = text, *next; line && *line; line = next) {
+		next = strchr(line, '\n');
+		if (next)
+			*next++ = '\0';
+		struct ferry_ckpt_stats s = {0};
+		int inc = 0;
+		unsigned files = 0;
+		if (sscanf(line, "%" SCNu64 " %" SCNu64 " %" SCNu64 " %" SCNu64 " %" SCNu64 " %d %u",
+		           &s.freeze_ns, &s.total_ns, &s.pages_scanned, &s.pages_written,
+		           &s.bytes_written, &inc, &files) != 7)
+			continue;
+		s.incremental = inc != 0;
+		s.files = files;
+		const uint64_t v[5] = {s.freeze_ns, s.total_ns, s.pages_scanned, s.pages_written,
+		                       s.bytes_written};
+		for (int i = 0; i < 5; i++)
+			col[i * n + k] = v[i];
+		out.incremental += s.incremental;
+		out.latest = s;
+		k++;
+	}
+	out.count = k;
+	if (k) {
+		out.freeze_ns = summarize(col, k);
+		out.total_ns = summarize(col + n, k);
+		out.pages_scanned = summarize(col + 2 * n, k);
+		out.pages_written = summarize(col + 3 * n, k);
+		out.bytes_written = summarize(col + 4 * n, k);
+	}
+	*ret = out;
 	return 0;
 }

@@ -20,4 +20,5 @@ void checkpoint_thaw(struct frozen *fz);
  * w NULL no page data is read (the model still lists which pages hold data). log_path identifies
  * the runtime's log among the fds. */
 int checkpoint_capture(pid_t pid, const char *log_path, struct image_writer *w, struct frozen *fz,
-                       struct component **ret, struct mem_stats *st, struct ferry_error *err);
+                       struct component **ret, struct mem_stats *st, struct mem_track *mt,
+                       struct ferry_error *err);

@@ -137,7 +137,58 @@ static json_object *describe_vma(const struct vma *v, const struct component *c)
 	json_object_object_add(o, "kind", json_object_new_string(vma_kind_name(v, c)));
 	json_object_object_add(o, "path", v->path ? json_object_new_string(v->path) : NULL);
 	json_object_object_add(o, "pages", json_object_new_int64((int64_t)pages));
+	/* which pages file each stretch of saved pages comes from (a chain has several) */
+	json_object *src = json_object_new_array();
+	for (size_t i = 0; i < nruns;) {
+		size_t j = i + 1;
+		uint64_t n = runs[i].npages;
+		while (j < nruns && runs[j].file == runs[i].file &&
+		       runs[j].addr == runs[i].addr + n * MODEL_PAGE)
+			n += runs[j++].npages;
+		json_object *so = json_object_new_object();
+		json_object_object_add(so, "start", hex(runs[i].addr));
+		json_object_object_add(so, "pages", json_object_new_int64((int64_t)n));
+		json_object_object_add(so, "file", json_object_new_int64(runs[i].file));
+		json_object_array_add(src, so);
+		i = j;
+	}
+	json_object_object_add(o, "sources", src);
 	return o;
+}
+
+/* The pages files of an image: name, size, where each was written, pages taken from it. */
+static json_object *describe_pagefiles(const struct component *c, const struct image_reader *rd)
+{
+	uint32_t n = image_reader_npages_files(rd);
+	json_object *arr = json_object_new_array();
+
+	for (uint32_t i = 0; i < n; i++) {
+		uint64_t pages = 0;
+		for (size_t p = 0; p < c->nprocs; p++)
+			for (size_t v = 0; v < c->procs[p].nvmas; v++)
+				for (size_t k = 0; k < c->procs[p].vmas[v].nruns; k++)
+					if (c->procs[p].vmas[v].runs[k].file == i)
+						pages += c->procs[p].vmas[v].runs[k].npages;
+		for (size_t sh = 0; i == 0 && sh < c->nshmems; sh++)
+			for (size_t k = 0; k < c->shmems[sh].nruns; k++)
+				pages += c->shmems[sh].runs[k].npages;
+		const struct pagefile *pf = i < c->npagefiles ? &c->pagefiles[i] : NULL;
+		json_object *f = json_object_new_object();
+		json_object_object_add(f, "index", json_object_new_int64(i));
+		json_object_object_add(f, "name",
+		                       json_object_new_string(image_reader_pages_name(rd, i)));
+		json_object_object_add(
+		        f, "bytes", json_object_new_int64((int64_t)image_reader_pages_size_at(rd, i)));
+		json_object_object_add(f, "origin",
+		                       pf ? json_object_new_string(pf->origin) : NULL);
+		json_object_object_add(f, "generation",
+		                       json_object_new_int64(pf ? (int64_t)pf->gen : 0));
+		json_object_object_add(f, "created",
+		                       json_object_new_int64(pf ? pf->created : 0));
+		json_object_object_add(f, "pages", json_object_new_int64((int64_t)pages));
+		json_object_array_add(arr, f);
+	}
+	return arr;
 }
 
 static json_object *describe_fd(const struct fd_entry *e)
@@ -274,6 +325,8 @@ int ferry_inspect(const char *dir, struct json_object **ret, struct ferry_error 
 	if (stat(path, &sb) == 0)
 		bytes += (uint64_t)sb.st_size;
 	json_object_object_add(o, "image_bytes", json_object_new_int64((int64_t)bytes));
+	json_object_object_add(o, "pages_files", describe_pagefiles(c, rd));
+	json_object_object_add(o, "incremental", json_object_new_boolean(c->parent_id != 0));
 	model_free(c);
 	image_reader_free(rd);
 	*ret = o;
@@ -293,7 +346,7 @@ int ferry_caps(const struct ferry_runtime *rt, const char *name, struct json_obj
 		return r;
 	if (rec.state != FERRY_STATE_RUNNING)
 		return ferr(err, -ESRCH, "component %s is not running", name);
-	r = checkpoint_capture(rec.pid, rec.log_path, NULL, &fz, &c, &st, err);
+	r = checkpoint_capture(rec.pid, rec.log_path, NULL, &fz, &c, &st, NULL, err);
 	checkpoint_thaw(&fz);
 	if (r < 0)
 		return r;

@@ -1,4 +1,4 @@
-/* The image container: a checksummed record file, a page-data file and an atomic MANIFEST. */
+/* The image container: a checksummed record file, page-data files and an atomic MANIFEST. */
 #include <dirent.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -12,17 +12,18 @@
 #include "util.h"
 
 /* Byte layouts are described in docs/image-format.md; keep the two in step. */
-#define MAGIC_LEN      8
-#define STATE_MAGIC    "FERRYST" /* 7 characters and the NUL: 8 bytes */
-#define MANIFEST_MAGIC "FERRYMF"
-#define STATE_HDR_LEN  20          /* magic, u32 format version, u64 gen */
-#define FRAME_MAGIC    0x43455246u /* "FREC" in file byte order */
-#define FRAME_LEN      20          /* u32 magic, u16 kind, u16 version, u32 length, u64 checksum */
-#define MANIFEST_MAX   4096        /* a real manifest is ~80 bytes */
-#define STATE_MAX      (1ULL << 30)
-#define FLUSH_AT       (1u << 20) /* write buffered records out in runs of about this size */
-#define FNAME_MAX      64
-#define PAGE_ALIGN     4096ULL
+#define MAGIC_LEN       8
+#define STATE_MAGIC     "FERRYST" /* 7 characters and the NUL: 8 bytes */
+#define MANIFEST_MAGIC  "FERRYMF"
+#define STATE_HDR_LEN   20          /* magic, u32 format version, u64 gen */
+#define FRAME_MAGIC     0x43455246u /* "FREC" in file byte order */
+#define FRAME_LEN       20          /* u32 magic, u16 kind, u16 version, u32 length, u64 checksum */
+#define MANIFEST_MAX    65536       /* 1024 pages files of at most 42 bytes each, and the rest */
+#define STATE_MAX       (1ULL << 30)
+#define FLUSH_AT        (1u << 20) /* write buffered records out in runs of about this size */
+#define FNAME_MAX       64
+#define PAGE_ALIGN      4096ULL
+#define PAGES_FILES_MAX 1024 /* pages files one MANIFEST may name (own + inherited) */
 
 uint64_t image_checksum(const void *data, size_t len)
 {
@@ -223,14 +224,28 @@ void rb_str(struct rbuf *rb, char *dst, size_t cap)
 
 /* ---- names and the manifest ---- */
 
+/* One pages file as the MANIFEST names it. */
+struct pages_file {
+	char name[FNAME_MAX];
+	uint64_t size;
+};
+
 struct manifest {
 	uint64_t gen;
 	char state_name[FNAME_MAX];
 	uint64_t state_size;
 	uint64_t state_csum;
-	char pages_name[FNAME_MAX];
-	uint64_t pages_size;
+	uint32_t npages;          /* 1 .. PAGES_FILES_MAX */
+	struct pages_file *pages; /* [0] this generation's own file, then inherited ones */
 };
+
+/* Frees what manifest_parse allocated (not a manifest the writer assembled). */
+static void manifest_done(struct manifest *m)
+{
+	free(m->pages);
+	m->pages = NULL;
+	m->npages = 0;
+}
 
 static void gen_name(char *buf, const char *what, uint64_t gen, const char *suffix)
 {
@@ -261,6 +276,21 @@ static int fname_valid(const char *s)
 	return s[0] != '\0' && s[0] != '.' && !strchr(s, '/');
 }
 
+/* 1 if name is exactly what gen_name(what, N, "") writes (no .tmp, no leading zeros), with N. */
+static int parse_final_name(const char *name, const char *what, uint64_t *ret_gen)
+{
+	char canon[FNAME_MAX];
+	uint64_t gen;
+
+	if (!fname_valid(name) || !parse_gen_name(name, &gen))
+		return 0;
+	gen_name(canon, what, gen, "");
+	if (strcmp(canon, name) != 0)
+		return 0;
+	*ret_gen = gen;
+	return 1;
+}
+
 static void manifest_encode(struct wbuf *wb, const struct manifest *m)
 {
 	wb_raw(wb, MANIFEST_MAGIC, MAGIC_LEN);
@@ -269,16 +299,51 @@ static void manifest_encode(struct wbuf *wb, const struct manifest *m)
 	wb_str(wb, m->state_name);
 	wb_u64(wb, m->state_size);
 	wb_u64(wb, m->state_csum);
-	wb_str(wb, m->pages_name);
-	wb_u64(wb, m->pages_size);
+	wb_u32(wb, m->npages);
+	for (uint32_t i = 0; i < m->npages; i++) {
+		wb_str(wb, m->pages[i].name);
+		wb_u64(wb, m->pages[i].size);
+	}
 	if (!wb->err)
 		wb_u64(wb, image_checksum(wb->p, wb->len));
 }
 
+/* The names: ours, of the right kind, this generation's own files first, no name twice. */
+static int manifest_check_names(const struct manifest *m, struct ferry_error *err)
+{
+	uint64_t gen;
+
+	if (!parse_final_name(m->state_name, "state", &gen) || gen != m->gen)
+		return ferr(err, -EPROTO,
+		            "MANIFEST: names an invalid state file \"%s\" (generation %" PRIu64
+		            " is state-%" PRIu64 ".img)",
+		            m->state_name, m->gen, m->gen);
+	for (uint32_t i = 0; i < m->npages; i++) {
+		const char *name = m->pages[i].name;
+
+		if (!parse_final_name(name, "pages", &gen))
+			return ferr(err, -EPROTO,
+			            "MANIFEST: pages file %" PRIu32 " \"%s\" is invalid", i, name);
+		if (i == 0 && gen != m->gen)
+			return ferr(err, -EPROTO,
+			            "MANIFEST: pages file 0 is \"%s\", not this generation's "
+			            "pages-%" PRIu64 ".img",
+			            name, m->gen);
+		for (uint32_t j = 0; j < i; j++)
+			if (strcmp(m->pages[j].name, name) == 0)
+				return ferr(err, -EPROTO,
+				            "MANIFEST: names %s twice (pages files %" PRIu32
+				            " and %" PRIu32 ")",
+				            name, j, i);
+	}
+	return 0;
+}
+
+/* On success m->pages is allocated (manifest_done); on failure too, possibly. */
 static int manifest_parse(const uint8_t *p, size_t n, struct manifest *m, struct ferry_error *err)
 {
 	struct rbuf rb = {.p = p, .off = MAGIC_LEN + 4};
-	uint32_t version;
+	uint32_t version, npages;
 	uint64_t stored, computed;
 
 	if (n < MAGIC_LEN + 4 + 8)
@@ -302,21 +367,31 @@ static int manifest_parse(const uint8_t *p, size_t n, struct manifest *m, struct
 	rb_str(&rb, m->state_name, sizeof(m->state_name));
 	m->state_size = rb_u64(&rb);
 	m->state_csum = rb_u64(&rb);
-	rb_str(&rb, m->pages_name, sizeof(m->pages_name));
-	m->pages_size = rb_u64(&rb);
+	npages = rb_u32(&rb);
+	if (!rb.err && (npages == 0 || npages > PAGES_FILES_MAX))
+		return ferr(err, -EPROTO,
+		            "MANIFEST: names %" PRIu32 " pages files (1 to %d are allowed)", npages,
+		            PAGES_FILES_MAX);
+	if (!rb.err) {
+		m->pages = calloc(npages, sizeof(*m->pages));
+		if (!m->pages)
+			return ferr(err, -ENOMEM, "MANIFEST: out of memory");
+		m->npages = npages;
+	}
+	for (uint32_t i = 0; !rb.err && i < m->npages; i++) {
+		rb_str(&rb, m->pages[i].name, sizeof(m->pages[i].name));
+		m->pages[i].size = rb_u64(&rb);
+	}
 	if (rb.err || rb.off != rb.len)
 		return ferr(err, -EPROTO, "MANIFEST: malformed (fields do not fill its %zu bytes)",
 		            n);
-	if (!fname_valid(m->state_name) || !fname_valid(m->pages_name))
-		return ferr(err, -EPROTO, "MANIFEST: names an invalid file (\"%s\", \"%s\")",
-		            m->state_name, m->pages_name);
-	return 0;
+	return manifest_check_names(m, err);
 }
 
 static int manifest_read(int dirfd, struct manifest *m, struct ferry_error *err)
 {
 	_cleanup_close_ int fd = openat(dirfd, "MANIFEST", O_RDONLY | O_CLOEXEC);
-	uint8_t buf[MANIFEST_MAX];
+	_cleanup_free_ uint8_t *buf = NULL;
 	struct stat st;
 	int r;
 
@@ -327,6 +402,9 @@ static int manifest_read(int dirfd, struct manifest *m, struct ferry_error *err)
 	if (st.st_size > MANIFEST_MAX)
 		return ferr(err, -EPROTO, "MANIFEST: %lld bytes, too large for a manifest",
 		            (long long)st.st_size);
+	buf = malloc(st.st_size ? (size_t)st.st_size : 1);
+	if (!buf)
+		return ferr(err, -ENOMEM, "MANIFEST: out of memory");
 	r = pread_full(fd, buf, (size_t)st.st_size, 0);
 	if (r < 0)
 		return ferr(err, r, "MANIFEST: reading: %s", strerror(-r));
@@ -335,19 +413,37 @@ static int manifest_read(int dirfd, struct manifest *m, struct ferry_error *err)
 
 /* ---- writer ---- */
 
+/* A pages file of an earlier image that the one being written names too. */
+struct inherited {
+	char name[FNAME_MAX]; /* its name in the writer's directory (what the MANIFEST says) */
+	uint64_t size;
+	dev_t dev; /* the file: a second inherit of it, under any name, is the same entry */
+	ino_t ino;
+	dev_t dir_dev; /* the directory it was inherited from, and its name there */
+	ino_t dir_ino;
+	char src_name[FNAME_MAX];
+	int linked; /* we hard-linked it in, so it is ours to remove if we never commit */
+};
+
 struct image_writer {
 	char *dir;
 	int dirfd;
+	dev_t dir_dev;
+	ino_t dir_ino;
 	int lock_fd;
 	int state_fd;
 	int pages_fd;
-	uint64_t gen;        /* set only once the lock is held */
-	struct wbuf buf;     /* state bytes not yet written */
-	uint64_t state_size; /* state bytes already written */
-	XXH3_state_t *hash;  /* running checksum of the whole state file */
-	uint64_t pages_size; /* allocated so far */
-	int finished;        /* commit was attempted: no more records */
-	int committed;       /* the MANIFEST naming this generation is in place */
+	uint64_t gen;          /* set only once the lock is held; our own two files have it */
+	uint64_t next_gen;     /* for the names of hard links we make: above gen and everything */
+	struct wbuf buf;       /* state bytes not yet written */
+	uint64_t state_size;   /* state bytes already written */
+	XXH3_state_t *hash;    /* running checksum of the whole state file */
+	uint64_t pages_size;   /* allocated so far */
+	struct inherited *inh; /* pages files 1 .. ninh of the new MANIFEST */
+	uint32_t ninh;
+	uint32_t inh_cap;
+	int finished;  /* commit was attempted: no more records */
+	int committed; /* the MANIFEST naming this generation is in place */
 };
 
 static void image_writer_freep(struct image_writer **w)
@@ -355,11 +451,21 @@ static void image_writer_freep(struct image_writer **w)
 	*w = image_writer_free(*w);
 }
 
+static int manifest_names(const struct manifest *m, const char *name)
+{
+	if (strcmp(m->state_name, name) == 0)
+		return 1;
+	for (uint32_t i = 0; i < m->npages; i++)
+		if (strcmp(m->pages[i].name, name) == 0)
+			return 1;
+	return 0;
+}
+
 /*
- * Walk DIR for our file names. Returns the highest generation seen; with remove, unlinks every
- * one of them not of generation keep (and MANIFEST.tmp). Only called with the lock held.
+ * Walk DIR for our file names. Returns the highest generation seen; with keep, unlinks every
+ * one of them keep does not name (and MANIFEST.tmp). Only called with the lock held.
  */
-static uint64_t scan_dir(struct image_writer *w, int remove, uint64_t keep)
+static uint64_t scan_dir(struct image_writer *w, const struct manifest *keep)
 {
 	DIR *d = opendir(w->dir);
 	struct dirent *de;
@@ -370,9 +476,9 @@ static uint64_t scan_dir(struct image_writer *w, int remove, uint64_t keep)
 	while ((de = readdir(d))) {
 		if (parse_gen_name(de->d_name, &gen)) {
 			max = MAX(max, gen);
-			if (remove && gen != keep)
+			if (keep && !manifest_names(keep, de->d_name))
 				(void)unlinkat(w->dirfd, de->d_name, 0);
-		} else if (remove && strcmp(de->d_name, "MANIFEST.tmp") == 0) {
+		} else if (keep && strcmp(de->d_name, "MANIFEST.tmp") == 0) {
 			(void)unlinkat(w->dirfd, de->d_name, 0);
 		}
 	}
@@ -396,15 +502,19 @@ static int create_tmp(struct image_writer *w, const char *what, int *ret_fd,
 
 static int writer_open(const char *dir, struct image_writer *w, struct ferry_error *err)
 {
-	struct manifest m;
+	_cleanup_(manifest_done) struct manifest m = {0};
+	struct stat st;
+	uint64_t gen;
 	int r;
 
 	r = mkdir_p(dir, 0700);
 	if (r < 0)
 		return ferr(err, r, "creating the directory: %s", strerror(-r));
 	w->dirfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	if (w->dirfd < 0)
+	if (w->dirfd < 0 || fstat(w->dirfd, &st) < 0)
 		return ferr(err, -errno, "%m");
+	w->dir_dev = st.st_dev;
+	w->dir_ino = st.st_ino;
 	w->lock_fd = openat(w->dirfd, ".lock", O_RDWR | O_CREAT | O_CLOEXEC, 0600);
 	if (w->lock_fd < 0)
 		return ferr(err, -errno, ".lock: %m");
@@ -417,10 +527,15 @@ static int writer_open(const char *dir, struct image_writer *w, struct ferry_err
 		return ferr(err, -errno, ".lock: %m");
 	}
 	/* Past every generation named or left behind: leftovers are never reused or clobbered. */
-	w->gen = scan_dir(w, 0, 0);
-	if (manifest_read(w->dirfd, &m, NULL) == 0)
+	w->gen = scan_dir(w, NULL);
+	if (manifest_read(w->dirfd, &m, NULL) == 0) {
 		w->gen = MAX(w->gen, m.gen);
+		for (uint32_t i = 0; i < m.npages; i++)
+			if (parse_gen_name(m.pages[i].name, &gen))
+				w->gen = MAX(w->gen, gen);
+	}
 	w->gen++;
+	w->next_gen = w->gen + 1;
 	r = create_tmp(w, "state", &w->state_fd, err);
 	if (r < 0)
 		return r;
@@ -514,6 +629,146 @@ uint64_t image_pages_alloc(struct image_writer *w, uint64_t len)
 	return off;
 }
 
+uint32_t image_writer_npages_files(const struct image_writer *w)
+{
+	return 1 + w->ninh;
+}
+
+uint64_t image_writer_generation(const struct image_writer *w)
+{
+	return w->gen;
+}
+
+/* The entry for this file if it was inherited before: same directory and name, or same file. */
+static struct inherited *find_inherited(struct image_writer *w, const struct stat *dst,
+                                        const char *name, const struct stat *fst)
+{
+	for (uint32_t i = 0; i < w->ninh; i++) {
+		struct inherited *in = &w->inh[i];
+
+		if (dst && in->dir_dev == dst->st_dev && in->dir_ino == dst->st_ino &&
+		    strcmp(in->src_name, name) == 0)
+			return in;
+		if (fst && in->dev == fst->st_dev && in->ino == fst->st_ino)
+			return in;
+	}
+	return NULL;
+}
+
+/* Hard-link src_dir's file name into our directory under a fresh generation's name. */
+static int link_fresh(struct image_writer *w, int sfd, const char *src_dir, const char *name,
+                      char *ret_name, struct ferry_error *err)
+{
+	/* Nothing else writes here while we hold the lock; a stray file is skipped, not hit. */
+	for (int attempt = 0;; attempt++) {
+		gen_name(ret_name, "pages", w->next_gen++, "");
+		if (linkat(sfd, name, w->dirfd, ret_name, 0) == 0)
+			return 0;
+		if (errno == EEXIST && attempt < 16)
+			continue;
+		if (errno == EXDEV)
+			return ferr(
+			        err, -EXDEV,
+			        "pages file %s of %s: on another file system, cannot be "
+			        "hard-linked; put the image on the same file system as its parent",
+			        name, src_dir);
+		return ferr(err, -errno, "pages file %s of %s: linking it as %s: %m", name, src_dir,
+		            ret_name);
+	}
+}
+
+static int writer_inherit(struct image_writer *w, const char *src_dir, const char *name,
+                          uint64_t size, uint32_t *ret_index, struct ferry_error *err)
+{
+	_cleanup_close_ int sfd = -EBADF;
+	struct inherited *in;
+	struct stat dst, fst, lst;
+	uint64_t gen;
+	int r;
+
+	if (!parse_final_name(name, "pages", &gen))
+		return ferr(err, -EINVAL, "pages file \"%s\" of %s: not a pages file name", name,
+		            src_dir);
+	sfd = open(src_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (sfd < 0 || fstat(sfd, &dst) < 0)
+		return ferr(err, -errno, "pages file %s of %s: opening the directory: %m", name,
+		            src_dir);
+	/* Before looking at the file: once inherited, its removal from src_dir does not matter. */
+	in = find_inherited(w, &dst, name, NULL);
+	if (!in) {
+		if (fstatat(sfd, name, &fst, AT_SYMLINK_NOFOLLOW) < 0)
+			return ferr(err, -errno, "pages file %s of %s: %m", name, src_dir);
+		if (!S_ISREG(fst.st_mode))
+			return ferr(err, -EPROTO, "pages file %s of %s: not a regular file", name,
+			            src_dir);
+		if ((uint64_t)fst.st_size != size)
+			return ferr(err, -EPROTO,
+			            "pages file %s of %s: its MANIFEST records %" PRIu64
+			            " bytes, the file has %lld",
+			            name, src_dir, size, (long long)fst.st_size);
+		in = find_inherited(w, NULL, name, &fst);
+	}
+	if (in) {
+		if (in->size != size)
+			return ferr(err, -EPROTO,
+			            "pages file %s of %s: inherited before as %s with %" PRIu64
+			            " bytes, now said to have %" PRIu64,
+			            name, src_dir, in->name, in->size, size);
+		*ret_index = (uint32_t)(in - w->inh) + 1;
+		return 0;
+	}
+	if (1 + w->ninh >= PAGES_FILES_MAX)
+		return ferr(err, -E2BIG,
+		            "pages file %s of %s: an image names at most %d pages files", name,
+		            src_dir, PAGES_FILES_MAX);
+	if (w->ninh == w->inh_cap) {
+		uint32_t cap = w->inh_cap ? 2 * w->inh_cap : 8;
+		struct inherited *p = reallocarray(w->inh, cap, sizeof(*p));
+		if (!p)
+			return ferr(err, -ENOMEM, "pages file %s of %s: out of memory", name,
+			            src_dir);
+		w->inh = p;
+		w->inh_cap = cap;
+	}
+	in = &w->inh[w->ninh];
+	*in = (struct inherited){.size = size,
+	                         .dev = fst.st_dev,
+	                         .ino = fst.st_ino,
+	                         .dir_dev = dst.st_dev,
+	                         .dir_ino = dst.st_ino};
+	snprintf(in->src_name, sizeof(in->src_name), "%s", name);
+	if (dst.st_dev == w->dir_dev && dst.st_ino == w->dir_ino) {
+		/* Already in our directory (the parent is the image this one replaces). */
+		snprintf(in->name, sizeof(in->name), "%s", name);
+	} else {
+		r = link_fresh(w, sfd, src_dir, name, in->name, err);
+		if (r < 0)
+			return r;
+		/* What we linked must be what we checked: src_dir's name may have been replaced. */
+		if (fstatat(w->dirfd, in->name, &lst, AT_SYMLINK_NOFOLLOW) < 0 ||
+		    lst.st_dev != fst.st_dev || lst.st_ino != fst.st_ino) {
+			(void)unlinkat(w->dirfd, in->name, 0);
+			return ferr(err, -EAGAIN,
+			            "pages file %s of %s: replaced while it was being linked", name,
+			            src_dir);
+		}
+		in->linked = 1; /* image_writer_free removes it if we never commit */
+	}
+	*ret_index = ++w->ninh;
+	return 0;
+}
+
+int image_writer_inherit(struct image_writer *w, const char *src_dir, const char *name,
+                         uint64_t size, uint32_t *ret_index, struct ferry_error *err)
+{
+	if (w->finished)
+		return ferr(err, -EINVAL, "image %s: pages file %s of %s inherited after commit",
+		            w->dir, name, src_dir);
+	if (writer_inherit(w, src_dir, name, size, ret_index, err) < 0)
+		return ferr_prefix(err, "image %s", w->dir);
+	return 0;
+}
+
 static int rename_final(struct image_writer *w, const char *what, char *ret_name,
                         struct ferry_error *err)
 {
@@ -548,9 +803,34 @@ static int write_manifest(struct image_writer *w, const struct manifest *m, size
 	return 0;
 }
 
+/* Fill m's list: our own file (its name set by the rename), then the inherited ones. */
+static int list_pages(struct image_writer *w, struct manifest *m, struct ferry_error *err)
+{
+	struct stat st;
+
+	m->npages = 1 + w->ninh;
+	m->pages = calloc(m->npages, sizeof(*m->pages));
+	if (!m->pages)
+		return ferr(err, -ENOMEM, "out of memory");
+	m->pages[0].size = w->pages_size;
+	for (uint32_t i = 0; i < w->ninh; i++) {
+		const struct inherited *in = &w->inh[i];
+
+		/* Never commit a MANIFEST naming a file that is not there as it says. */
+		if (fstatat(w->dirfd, in->name, &st, AT_SYMLINK_NOFOLLOW) < 0)
+			return ferr(err, -errno, "inherited pages file %s: %m", in->name);
+		if (st.st_dev != in->dev || st.st_ino != in->ino)
+			return ferr(err, -EPROTO,
+			            "inherited pages file %s: replaced since inherited", in->name);
+		snprintf(m->pages[i + 1].name, sizeof(m->pages[i + 1].name), "%s", in->name);
+		m->pages[i + 1].size = in->size;
+	}
+	return 0;
+}
+
 static int writer_commit(struct image_writer *w, uint64_t *ret_bytes, struct ferry_error *err)
 {
-	struct manifest m = {.gen = w->gen};
+	_cleanup_(manifest_done) struct manifest m = {.gen = w->gen};
 	size_t mlen = 0;
 	int r;
 
@@ -563,19 +843,23 @@ static int writer_commit(struct image_writer *w, uint64_t *ret_bytes, struct fer
 		return ferr(err, r, "writing state-%" PRIu64 ".img.tmp: %s", w->gen, strerror(-r));
 	if (ftruncate(w->pages_fd, (off_t)w->pages_size) < 0)
 		return ferr(err, -errno, "sizing pages-%" PRIu64 ".img.tmp: %m", w->gen);
+	r = list_pages(w, &m, err);
+	if (r < 0)
+		return r;
 	/* Data first: the MANIFEST must never reach the disk before the files it names. */
 	if (fsync(w->state_fd) < 0)
 		return ferr(err, -errno, "syncing state-%" PRIu64 ".img.tmp: %m", w->gen);
 	if (fsync(w->pages_fd) < 0)
 		return ferr(err, -errno, "syncing pages-%" PRIu64 ".img.tmp: %m", w->gen);
 	if ((r = rename_final(w, "state", m.state_name, err)) < 0 ||
-	    (r = rename_final(w, "pages", m.pages_name, err)) < 0)
+	    (r = rename_final(w, "pages", m.pages[0].name, err)) < 0)
 		return r;
+	/* Also makes the hard links of inherited files durable; their data was synced by the
+	 * commit of the image they come from. */
 	if ((r = fsync_dir(w->dir)) < 0)
 		return ferr(err, r, "syncing the directory: %s", strerror(-r));
 	m.state_size = w->state_size;
 	m.state_csum = XXH3_64bits_digest(w->hash);
-	m.pages_size = w->pages_size;
 	r = write_manifest(w, &m, &mlen, err);
 	if (r < 0)
 		return r;
@@ -587,7 +871,9 @@ static int writer_commit(struct image_writer *w, uint64_t *ret_bytes, struct fer
 		/* Keep the old files: after a crash the old MANIFEST may be the one on disk. */
 		return ferr(err, r, "committed, but syncing the directory failed: %s",
 		            strerror(-r));
-	(void)scan_dir(w, 1, w->gen); /* old generations and leftovers; failures only leave junk */
+	/* Everything the new MANIFEST does not name; failures only leave junk. Other images'
+	 * hard links to a removed file keep its data. */
+	(void)scan_dir(w, &m);
 	if (ret_bytes)
 		*ret_bytes = w->state_size + w->pages_size + mlen;
 	return 0;
@@ -609,7 +895,7 @@ struct image_writer *image_writer_free(struct image_writer *w)
 
 	if (!w)
 		return NULL;
-	/* Our generation is above any the MANIFEST names, so its files are ours to remove. */
+	/* Our generations are above any the MANIFEST names, so these files are ours to remove. */
 	if (w->gen && !w->committed) {
 		for (size_t i = 0; i < ARRAY_SIZE(what); i++) {
 			gen_name(name, what[i], w->gen, ".tmp");
@@ -617,6 +903,9 @@ struct image_writer *image_writer_free(struct image_writer *w)
 			gen_name(name, what[i], w->gen, "");
 			(void)unlinkat(w->dirfd, name, 0);
 		}
+		for (uint32_t i = 0; i < w->ninh; i++)
+			if (w->inh[i].linked)
+				(void)unlinkat(w->dirfd, w->inh[i].name, 0);
 		(void)unlinkat(w->dirfd, "MANIFEST.tmp", 0);
 	}
 	safe_close(w->state_fd);
@@ -625,6 +914,7 @@ struct image_writer *image_writer_free(struct image_writer *w)
 	safe_close(w->dirfd);
 	wb_free(&w->buf);
 	XXH3_freeState(w->hash);
+	free(w->inh);
 	free(w->dir);
 	free(w);
 	return NULL;
@@ -633,11 +923,13 @@ struct image_writer *image_writer_free(struct image_writer *w)
 /* ---- reader ---- */
 
 struct image_reader {
+	char *dir;      /* as given to image_reader_open */
 	uint8_t *state; /* the whole state file, verified */
 	size_t state_len;
 	size_t pos; /* next frame */
-	int pages_fd;
-	uint64_t pages_size;
+	uint32_t npages;
+	struct pages_file *pages; /* as the MANIFEST names them */
+	int *pages_fd;            /* npages entries, -EBADF until opened */
 	uint64_t gen;
 };
 
@@ -646,14 +938,14 @@ static void image_reader_freep(struct image_reader **r)
 	*r = image_reader_free(*r);
 }
 
-static int open_sized(int dirfd, const char *name, uint64_t size, int *ret_fd,
+static int open_sized(int dirfd, const char *name, uint64_t size, const char *named_by, int *ret_fd,
                       struct ferry_error *err)
 {
 	_cleanup_close_ int fd = openat(dirfd, name, O_RDONLY | O_CLOEXEC);
 	struct stat st;
 
 	if (fd < 0 && errno == ENOENT)
-		return ferr(err, -ENOENT, "%s: missing (named by MANIFEST)", name);
+		return ferr(err, -ENOENT, "%s: missing (%s)", name, named_by);
 	if (fd < 0 || fstat(fd, &st) < 0)
 		return ferr(err, -errno, "%s: %m", name);
 	if (!S_ISREG(st.st_mode))
@@ -731,7 +1023,33 @@ static int verify_state(struct image_reader *r, const struct manifest *m, struct
 	return 0;
 }
 
-static int reader_load(int dirfd, const struct manifest *m, struct image_reader *r,
+/* Open every pages file the MANIFEST names; takes m->pages. */
+static int reader_open_pages(int dirfd, struct manifest *m, struct image_reader *r,
+                             struct ferry_error *err)
+{
+	int rc;
+
+	r->pages_fd = malloc(m->npages * sizeof(*r->pages_fd));
+	if (!r->pages_fd)
+		return ferr(err, -ENOMEM, "out of memory");
+	for (uint32_t i = 0; i < m->npages; i++)
+		r->pages_fd[i] = -EBADF;
+	r->npages = m->npages;
+	r->pages = TAKE_PTR(m->pages);
+	m->npages = 0;
+	for (uint32_t i = 0; i < r->npages; i++) {
+		rc = open_sized(
+		        dirfd, r->pages[i].name, r->pages[i].size,
+		        i == 0 ? "named by MANIFEST"
+		               : "an inherited pages file of this image's chain was removed",
+		        &r->pages_fd[i], err);
+		if (rc < 0)
+			return rc;
+	}
+	return 0;
+}
+
+static int reader_load(int dirfd, struct manifest *m, struct image_reader *r,
                        struct ferry_error *err)
 {
 	_cleanup_close_ int fd = -EBADF;
@@ -740,8 +1058,12 @@ static int reader_load(int dirfd, const struct manifest *m, struct image_reader 
 	if (m->state_size > STATE_MAX)
 		return ferr(err, -EPROTO, "%s: MANIFEST records %" PRIu64 " bytes, too large",
 		            m->state_name, m->state_size);
-	if ((rc = open_sized(dirfd, m->state_name, m->state_size, &fd, err)) < 0 ||
-	    (rc = open_sized(dirfd, m->pages_name, m->pages_size, &r->pages_fd, err)) < 0)
+	rc = open_sized(dirfd, m->state_name, m->state_size, "named by MANIFEST", &fd, err);
+	if (rc < 0)
+		return rc;
+	r->gen = m->gen;
+	rc = reader_open_pages(dirfd, m, r, err);
+	if (rc < 0)
 		return rc;
 	r->state_len = (size_t)m->state_size;
 	r->state = malloc(r->state_len ? r->state_len : 1);
@@ -750,8 +1072,6 @@ static int reader_load(int dirfd, const struct manifest *m, struct image_reader 
 	rc = pread_full(fd, r->state, r->state_len, 0);
 	if (rc < 0)
 		return ferr(err, rc, "%s: reading: %s", m->state_name, strerror(-rc));
-	r->gen = m->gen;
-	r->pages_size = m->pages_size;
 	r->pos = STATE_HDR_LEN;
 	return verify_state(r, m, err);
 }
@@ -765,11 +1085,13 @@ int image_reader_open(const char *dir, struct image_reader **ret, struct ferry_e
 		return ferr(err, -errno, "image %s: %m", dir);
 	for (int attempt = 0;; attempt++) {
 		_cleanup_(image_reader_freep) struct image_reader *rd = calloc(1, sizeof(*rd));
-		struct manifest m = {0}, again;
+		_cleanup_(manifest_done) struct manifest m = {0}, again = {0};
 
 		if (!rd)
 			return ferr(err, -ENOMEM, "image %s: out of memory", dir);
-		rd->pages_fd = -EBADF;
+		rd->dir = strdup(dir);
+		if (!rd->dir)
+			return ferr(err, -ENOMEM, "image %s: out of memory", dir);
 		r = manifest_read(dirfd, &m, err);
 		if (r == 0)
 			r = reader_load(dirfd, &m, rd, err);
@@ -809,14 +1131,39 @@ void image_reader_rewind(struct image_reader *r)
 	r->pos = STATE_HDR_LEN;
 }
 
+uint32_t image_reader_npages_files(const struct image_reader *r)
+{
+	return r->npages;
+}
+
+int image_reader_pages_fd_at(const struct image_reader *r, uint32_t idx)
+{
+	return idx < r->npages ? r->pages_fd[idx] : -EINVAL;
+}
+
+uint64_t image_reader_pages_size_at(const struct image_reader *r, uint32_t idx)
+{
+	return idx < r->npages ? r->pages[idx].size : 0;
+}
+
+const char *image_reader_pages_name(const struct image_reader *r, uint32_t idx)
+{
+	return idx < r->npages ? r->pages[idx].name : NULL;
+}
+
 int image_reader_pages_fd(const struct image_reader *r)
 {
-	return r->pages_fd;
+	return image_reader_pages_fd_at(r, 0);
 }
 
 uint64_t image_reader_pages_size(const struct image_reader *r)
 {
-	return r->pages_size;
+	return image_reader_pages_size_at(r, 0);
+}
+
+const char *image_reader_dir(const struct image_reader *r)
+{
+	return r->dir;
 }
 
 uint64_t image_reader_generation(const struct image_reader *r)
@@ -828,8 +1175,12 @@ struct image_reader *image_reader_free(struct image_reader *r)
 {
 	if (!r)
 		return NULL;
-	safe_close(r->pages_fd);
+	for (uint32_t i = 0; i < r->npages; i++)
+		safe_close(r->pages_fd[i]);
+	free(r->pages_fd);
+	free(r->pages);
 	free(r->state);
+	free(r->dir);
 	free(r);
 	return NULL;
 }

@@ -11,38 +11,13 @@
 #include <sys/uio.h>
 #include <sys/wait.h>
 
+#include "chain.h"
 #include "mem.h"
 #include "procfs.h"
 #include "task.h"
+#include "track.h"
 #include "util.h"
 
-/* PAGEMAP_SCAN (Linux 6.7); Debian 12's headers predate it. */
-#ifndef PAGEMAP_SCAN
-struct page_region {
-	uint64_t start;
-	uint64_t end;
-	uint64_t categories;
-};
-struct pm_scan_arg {
-	uint64_t size;
-	uint64_t flags;
-	uint64_t start;
-	uint64_t end;
-	uint64_t walk_end;
-	uint64_t vec;
-	uint64_t vec_len;
-	uint64_t max_pages;
-	uint64_t category_inverted;
-	uint64_t category_mask;
-	uint64_t category_anyof_mask;
-	uint64_t return_mask;
-};
-#define PAGEMAP_SCAN    _IOWR('f', 16, struct pm_scan_arg)
-#define PAGE_IS_FILE    (1 << 2)
-#define PAGE_IS_PRESENT (1 << 3)
-#define PAGE_IS_SWAPPED (1 << 4)
-#define PAGE_IS_PFNZERO (1 << 5)
-#endif
 
 /* Page data moves in chunks of this size; each chunk is one page run with its own checksum. */
 #define CHUNK  (1024UL * 1024)
@@ -153,6 +128,9 @@ static int run_pipeline(pid_t pid, struct copy_job *jobs, size_t njobs, struct i
 		}
 		jb->run->csum = image_checksum(pl.buf[slot], jb->len);
 		jb->run->off = image_pages_alloc(w, jb->len);
+		jb->run->file = 0;
+		jb->run->blk_off = jb->run->off;
+		jb->run->blk_pages = jb->run->npages;
 		pthread_mutex_lock(&pl.lock);
 		pl.len[slot] = jb->len;
 		pl.off[slot] = jb->run->off;
@@ -184,7 +162,8 @@ static int add_run(struct page_run **runs, size_t *n, uint64_t addr, uint64_t le
 		if (*n > 0) {
 			struct page_run *last = &(*runs)[*n - 1];
 			uint64_t lastlen = last->npages * MODEL_PAGE;
-			if (last->addr + lastlen == addr && lastlen + l <= CHUNK) {
+			if (last->file == 0 && last->addr + lastlen == addr &&
+			    lastlen + l <= CHUNK) {
 				last->npages += l / MODEL_PAGE;
 				addr += l;
 				len -= l;
@@ -200,40 +179,73 @@ static int add_run(struct page_run **runs, size_t *n, uint64_t addr, uint64_t le
 	return 0;
 }
 
+/*
+ * The pages of [s, e) (reported swapped by PAGEMAP_SCAN) that really hold data: swapped out or
+ * migrating, not the markers write-protection leaves where no page is (PAGEMAP_SCAN reports
+ * those as swapped too), and not file pages. *marker: the markers' swap type, measured on first
+ * need (-2: not yet).
+ */
+static int swapped_data(int pagemap_fd, uint64_t s, uint64_t e, int *marker, uint64_t **ranges,
+                        size_t *n)
+{
+	uint64_t ent[512];
+
+	if (*marker == -2)
+		*marker = track_marker_type();
+	while (s < e) {
+		size_t k = MIN(ARRAY_SIZE(ent), (e - s) / MODEL_PAGE);
+		int r = pread_full(pagemap_fd, ent, k * sizeof(ent[0]), (off_t)(s / MODEL_PAGE * 8));
+		if (r < 0)
+			return r;
+		for (size_t i = 0; i < k; i++, s += MODEL_PAGE) {
+			bool swap = ent[i] >> 62 & 1, file = ent[i] >> 61 & 1;
+			if (!swap || file || (int)(ent[i] & 31) == *marker)
+				continue;
+			if ((r = ranges_push(ranges, n, s, s + MODEL_PAGE)) < 0)
+				return r;
+		}
+	}
+	return 0;
+}
+
 /* Pages of a private mapping that hold data of their own: present or swapped, not file pages
- * and not the shared zero page. */
-static int scan_private(int pagemap_fd, struct vma *v, struct ferry_error *err)
+ * and not the shared zero page; appended to ranges (pairs). */
+static int scan_private(int pagemap_fd, uint64_t start, uint64_t end, int *marker,
+                        uint64_t **ranges, size_t *n, struct ferry_error *err)
 {
 	struct page_region regs[256];
-	uint64_t cursor = v->start;
+	uint64_t cursor = start;
 
-	while (cursor < v->end) {
+	while (cursor < end) {
 		struct pm_scan_arg a = {
 		        .size = sizeof(a),
 		        .start = cursor,
-		        .end = v->end,
+		        .end = end,
 		        .vec = (uint64_t)(uintptr_t)regs,
 		        .vec_len = ARRAY_SIZE(regs),
 		        .category_anyof_mask = PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
 		        .return_mask =
 		                PAGE_IS_PRESENT | PAGE_IS_SWAPPED | PAGE_IS_FILE | PAGE_IS_PFNZERO,
 		};
-		long n = ioctl(pagemap_fd, PAGEMAP_SCAN, &a);
-		if (n < 0)
+		long cnt = ioctl(pagemap_fd, PAGEMAP_SCAN, &a);
+		if (cnt < 0)
 			return ferr(err, -errno, "PAGEMAP_SCAN 0x%" PRIx64 "-0x%" PRIx64 ": %m",
-			            cursor, v->end);
-		for (long i = 0; i < n; i++) {
+			            cursor, end);
+		for (long i = 0; i < cnt; i++) {
 			uint64_t s = MAX(regs[i].start, cursor), e = regs[i].end;
 			uint64_t cat = regs[i].categories;
 			if (e <= s)
 				continue; /* a range reported twice */
 			if (!(cat & PAGE_IS_SWAPPED) && (cat & (PAGE_IS_FILE | PAGE_IS_PFNZERO)))
 				continue;
-			if (add_run(&v->runs, &v->nruns, s, e - s) < 0)
-				return ferr(err, -ENOMEM, "out of memory");
+			int r = (cat & PAGE_IS_PRESENT) ? ranges_push(ranges, n, s, e)
+			                                : swapped_data(pagemap_fd, s, e, marker, ranges, n);
+			if (r < 0)
+				return ferr(err, r, "pagemap 0x%" PRIx64 "-0x%" PRIx64 ": %s", s, e,
+				            strerror(-r));
 			cursor = e;
 		}
-		if (a.walk_end <= cursor && n == 0)
+		if (a.walk_end <= cursor && cnt == 0)
 			break;
 		cursor = MAX(cursor, a.walk_end);
 	}
@@ -381,19 +393,223 @@ static int classify(struct component *c, pid_t pid, const struct proc_map *m, st
 	return 0;
 }
 
-int mem_capture(struct component *c, struct process *p, const struct proc_map *maps, size_t nmaps,
-                struct image_writer *w, struct mem_stats *st, struct ferry_error *err)
+/* ---- staging: page data copied into memory while frozen, written after the thaw ---- */
+
+#define IOV_BATCH 512
+
+static int stage_reserve(struct mem_stage *sg, uint64_t need, struct ferry_error *err)
 {
-	struct copy_job *jobs;
-	_cleanup_close_ int pagemap = -EBADF;
-	size_t njobs = 0;
-	char path[64];
+	if (sg->used + need <= sg->cap)
+		return 0;
+	uint64_t cap = MAX(sg->cap * 2, (sg->used + need + CHUNK) & ~(CHUNK - 1));
+	void *b = sg->buf ? mremap(sg->buf, sg->cap, cap, MREMAP_MAYMOVE)
+	                  : mmap(NULL, cap, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+	                         -1, 0);
+	if (b == MAP_FAILED)
+		return ferr(err, -errno, "staging buffer of %" PRIu64 " bytes: %m", cap);
+	sg->buf = b;
+	sg->cap = cap;
+	return 0;
+}
+
+int mem_stage_prepare(struct mem_stage *sg, uint64_t bytes, struct ferry_error *err)
+{
+	if (bytes <= sg->cap)
+		return 0;
+	if (sg->buf)
+		munmap(sg->buf, sg->cap);
+	sg->buf = NULL;
+	sg->cap = sg->used = 0;
+	bytes = (bytes + CHUNK - 1) & ~(CHUNK - 1);
+	/* faulted in now, so that the copy in the freeze finds the memory ready */
+	void *b = mmap(NULL, bytes, PROT_READ | PROT_WRITE,
+	               MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+	if (b == MAP_FAILED)
+		return ferr(err, -errno, "staging buffer of %" PRIu64 " bytes: %m", bytes);
+	sg->buf = b;
+	sg->cap = bytes;
+	return 0;
+}
+
+void mem_stage_free(struct mem_stage *sg)
+{
+	if (sg->buf)
+		munmap(sg->buf, sg->cap);
+	free(sg->runs);
+	memset(sg, 0, sizeof(*sg));
+}
+
+/* Copy the runs' pages of pid into the staging buffer, many runs per system call. */
+static int stage_copy(pid_t pid, struct mem_stage *sg, struct page_run **runs, size_t n,
+                      struct ferry_error *err)
+{
+	struct iovec remote[IOV_BATCH];
+	_cleanup_close_ int memfd = -EBADF;
+	uint64_t total = 0;
 	int r;
 
-	snprintf(path, sizeof(path), "/proc/%d/pagemap", p->host_pid);
-	pagemap = open(path, O_RDONLY | O_CLOEXEC);
-	if (pagemap < 0)
-		return ferr(err, -errno, "%s: %m", path);
+	for (size_t i = 0; i < n; i++)
+		total += runs[i]->npages * MODEL_PAGE;
+	r = stage_reserve(sg, total, err);
+	if (r < 0)
+		return r;
+	sg->runs = realloc(sg->runs, (sg->nruns + n + 1) * sizeof(*sg->runs));
+	if (!sg->runs)
+		return ferr(err, -ENOMEM, "out of memory");
+	for (size_t i = 0; i < n;) {
+		size_t k = 0;
+		uint64_t len = 0;
+		for (; k < IOV_BATCH && i + k < n; k++) {
+			remote[k].iov_base = (void *)runs[i + k]->addr;
+			remote[k].iov_len = runs[i + k]->npages * MODEL_PAGE;
+			len += remote[k].iov_len;
+		}
+		struct iovec local = {sg->buf + sg->used, len};
+		ssize_t got = process_vm_readv(pid, &local, 1, remote, k, 0);
+		if (got != (ssize_t)len) {
+			/* a page it cannot read (PROT_NONE): run by run, through /proc/PID/mem */
+			if (memfd < 0) {
+				char path[64];
+				snprintf(path, sizeof(path), "/proc/%d/mem", pid);
+				memfd = open(path, O_RDONLY | O_CLOEXEC);
+				if (memfd < 0)
+					return ferr(err, -errno, "%s: %m", path);
+			}
+			uint64_t at = 0;
+			for (size_t j = 0; j < k; j++) {
+				r = read_mem(pid, memfd, (uint64_t)remote[j].iov_base,
+				             sg->buf + sg->used + at, remote[j].iov_len);
+				if (r < 0)
+					return ferr(err, r, "reading memory at 0x%" PRIx64 "+0x%zx: %s",
+					            (uint64_t)remote[j].iov_base, remote[j].iov_len,
+					            strerror(-r));
+				at += remote[j].iov_len;
+			}
+		}
+		for (size_t j = 0; j < k; j++)
+			sg->runs[sg->nruns++] = runs[i + j];
+		sg->used += len;
+		i += k;
+	}
+	return 0;
+}
+
+int mem_stage_flush(struct mem_stage *sg, struct image_writer *w, struct mem_stats *st,
+                    struct ferry_error *err)
+{
+	uint64_t t0 = now_ns(), at = 0;
+
+	if (sg->used == 0)
+		return 0;
+	/* one reservation, so the buffer goes out in one write */
+	uint64_t base = image_pages_alloc(w, sg->used);
+	for (size_t i = 0; i < sg->nruns; i++) {
+		struct page_run *run = sg->runs[i];
+		uint64_t len = run->npages * MODEL_PAGE;
+		run->file = 0;
+		run->off = run->blk_off = base + at;
+		run->blk_pages = run->npages;
+		run->csum = image_checksum(sg->buf + at, len);
+		at += len;
+	}
+	int r = pwrite_full(image_pages_fd(w), sg->buf, sg->used, (off_t)base);
+	st->write_ns += now_ns() - t0;
+	if (r < 0)
+		return ferr(err, r, "writing page data: %s", strerror(-r));
+	sg->used = 0;
+	sg->nruns = 0;
+	return 0;
+}
+
+/* ---- capture of the private mappings ---- */
+
+static int cmp_run(const void *a, const void *b)
+{
+	const struct page_run *x = a, *y = b;
+	return x->addr < y->addr ? -1 : x->addr > y->addr;
+}
+
+/*
+ * The pages of a private mapping to save. Without a parent, every page that holds data. With a
+ * parent and a mapping tracked since it was taken, the written pages are new and every other
+ * page with data is taken from the parent (or captured now where the parent has none).
+ */
+static int capture_private(const struct proc_map *m, struct vma *v, int pagemap, int *marker,
+                           struct mem_track *mt, struct ferry_error *err)
+{
+	_cleanup_free_ uint64_t *data = NULL, *written = NULL, *gaps = NULL;
+	size_t ndata = 0, nwritten = 0, ngaps = 0;
+	bool incremental = false;
+	int r;
+
+	r = scan_private(pagemap, v->start, v->end, marker, &data, &ndata, err);
+	if (r < 0)
+		return r;
+	if (mt && mt->tk) {
+		/* "uw": registered for write-protection, hence tracked since the last capture */
+		bool tracked = procfs_vmflag(m, "uw") && !mt->tk->fresh;
+		if (!tracked) {
+			tracked = track_register(mt->tk, v->start, v->end) == 0;
+			if (!tracked)
+				mt->untracked++;
+		} else if (mt->parent) {
+			incremental = true;
+		}
+		if (tracked) {
+			r = track_collect(mt->tk, v->start, v->end, incremental ? &written : NULL,
+			                  &nwritten, err);
+			if (r < 0)
+				return r;
+		}
+	}
+	/* data minus written: from the parent; the written pages: now */
+	for (size_t i = 0, w = 0; i < ndata; i++) {
+		uint64_t cur = data[2 * i], e = data[2 * i + 1];
+		while (incremental && w < nwritten && written[2 * w + 1] <= cur)
+			w++;
+		for (size_t k = w; incremental && k < nwritten && written[2 * k] < e; k++) {
+			uint64_t ws = MAX(written[2 * k], cur), we = MIN(written[2 * k + 1], e);
+			if (ws > cur && chain_resolve(mt->parent, cur, ws, &v->runs, &v->nruns, &gaps,
+			                              &ngaps) < 0)
+				return ferr(err, -ENOMEM, "out of memory");
+			if (add_run(&v->runs, &v->nruns, ws, we - ws) < 0)
+				return ferr(err, -ENOMEM, "out of memory");
+			cur = we;
+		}
+		if (cur >= e)
+			continue;
+		r = incremental ? chain_resolve(mt->parent, cur, e, &v->runs, &v->nruns, &gaps, &ngaps)
+		                : add_run(&v->runs, &v->nruns, cur, e - cur);
+		if (r < 0)
+			return ferr(err, -ENOMEM, "out of memory");
+	}
+	for (size_t i = 0; i < ngaps; i++)
+		if (add_run(&v->runs, &v->nruns, gaps[2 * i], gaps[2 * i + 1] - gaps[2 * i]) < 0)
+			return ferr(err, -ENOMEM, "out of memory");
+	if (incremental || ngaps)
+		qsort(v->runs, v->nruns, sizeof(*v->runs), cmp_run);
+	return 0;
+}
+
+int mem_capture(struct component *c, struct process *p, const struct proc_map *maps, size_t nmaps,
+                struct image_writer *w, struct mem_stats *st, struct mem_track *mt,
+                struct ferry_error *err)
+{
+	_cleanup_free_ struct copy_job *jobs = NULL;
+	_cleanup_free_ struct page_run **fresh = NULL;
+	_cleanup_close_ int own_pagemap = -EBADF;
+	size_t njobs = 0;
+	int pagemap, r, marker = -2;
+
+	if (mt && mt->tk) {
+		pagemap = mt->tk->pagemap;
+	} else {
+		char path[64];
+		snprintf(path, sizeof(path), "/proc/%d/pagemap", p->host_pid);
+		pagemap = own_pagemap = open(path, O_RDONLY | O_CLOEXEC);
+		if (pagemap < 0)
+			return ferr(err, -errno, "%s: %m", path);
+	}
 	p->vmas = calloc(nmaps ? nmaps : 1, sizeof(*p->vmas));
 	if (!p->vmas)
 		return ferr(err, -ENOMEM, "out of memory");
@@ -406,20 +622,25 @@ int mem_capture(struct component *c, struct process *p, const struct proc_map *m
 			return r;
 		if (v->kind == VMA_ANON || v->kind == VMA_FILE_PRIVATE) {
 			st->pages_scanned += (v->end - v->start) / MODEL_PAGE;
-			r = scan_private(pagemap, v, err);
+			r = capture_private(&maps[i], v, pagemap, &marker, mt, err);
 			if (r < 0)
 				return r;
 		}
 	}
+	/* the runs whose pages are copied now (not taken from a parent) */
 	for (size_t i = 0; i < p->nvmas; i++)
 		njobs += p->vmas[i].nruns;
 	jobs = calloc(njobs ? njobs : 1, sizeof(*jobs));
-	if (!jobs)
+	fresh = calloc(njobs ? njobs : 1, sizeof(*fresh));
+	if (!jobs || !fresh)
 		return ferr(err, -ENOMEM, "out of memory");
 	njobs = 0;
 	for (size_t i = 0; i < p->nvmas; i++)
 		for (size_t j = 0; j < p->vmas[i].nruns; j++) {
 			struct page_run *run = &p->vmas[i].runs[j];
+			if (CHAIN_IS_PARENT(run->file))
+				continue;
+			fresh[njobs] = run;
 			jobs[njobs++] = (struct copy_job){.src_fd = -1,
 			                                  .src = run->addr,
 			                                  .len = run->npages * MODEL_PAGE,
@@ -427,60 +648,134 @@ int mem_capture(struct component *c, struct process *p, const struct proc_map *m
 			st->pages_written += run->npages;
 		}
 	uint64_t t0 = now_ns();
-	r = run_pipeline(p->host_pid, jobs, njobs, w, err);
+	if (mt && mt->stage && w)
+		r = stage_copy(p->host_pid, mt->stage, fresh, njobs, err);
+	else
+		r = run_pipeline(p->host_pid, jobs, njobs, w, err);
 	st->write_ns += now_ns() - t0;
-	free(jobs);
 	return r;
 }
 
 /* ---- verification of page data before a restored component runs ---- */
 
-/* Checksums are taken straight from a read-only mapping of the page file: no copy. */
-static int verify_runs(const struct page_run *runs, size_t n, const uint8_t *file, uint64_t size,
+/* The pages files, mapped read-only: checksums are taken straight from them, with no copy. */
+struct mapped_files {
+	const uint8_t **p;
+	uint64_t *size;
+	uint32_t n;
+};
+
+/* Blocks already verified: an open-addressing set of (file, offset) keys. */
+struct block_set {
+	uint64_t *keys; /* key + 1; 0 is empty */
+	size_t cap;
+};
+
+/* 1 if key was new (and is now in the set), 0 if seen, -ENOMEM */
+static int block_set_add(struct block_set *bs, uint64_t key, size_t max_keys)
+{
+	if (!bs->keys) {
+		bs->cap = 64;
+		while (bs->cap < max_keys * 2)
+			bs->cap <<= 1;
+		bs->keys = calloc(bs->cap, sizeof(*bs->keys));
+		if (!bs->keys)
+			return -ENOMEM;
+	}
+	for (size_t h = (key * 0x9E3779B97F4A7C15ULL) & (bs->cap - 1);; h = (h + 1) & (bs->cap - 1)) {
+		if (bs->keys[h] == key + 1)
+			return 0;
+		if (bs->keys[h] == 0) {
+			bs->keys[h] = key + 1;
+			return 1;
+		}
+	}
+}
+
+static int verify_runs(const struct page_run *runs, size_t n, const struct mapped_files *mf,
+                       struct block_set *bs, size_t max_keys, bool own_only,
                        struct ferry_error *err)
 {
 	for (size_t i = 0; i < n; i++) {
-		uint64_t len = runs[i].npages * MODEL_PAGE;
+		const struct page_run *u = &runs[i];
+		uint64_t len = u->blk_pages * MODEL_PAGE;
+		if (u->file >= mf->n || (own_only && u->file != 0))
+			return ferr(err, -EPROTO, "page run at 0x%" PRIx64 ": pages file %u of %u",
+			            u->addr, u->file, mf->n);
 		if (len > CHUNK)
-			return ferr(err, -EPROTO, "page run at 0x%" PRIx64 " is too long",
-			            runs[i].addr);
-		if (runs[i].off > size || len > size - runs[i].off)
+			return ferr(err, -EPROTO, "page run at 0x%" PRIx64 " is too long", u->addr);
+		uint64_t size = mf->size[u->file];
+		if (u->blk_off > size || len > size - u->blk_off)
 			return ferr(err, -EIO,
-			            "pages file offset %" PRIu64 ": past its end (%" PRIu64
+			            "pages file %u offset %" PRIu64 ": past its end (%" PRIu64
 			            " bytes), truncated",
-			            runs[i].off, size);
-		if (image_checksum(file + runs[i].off, len) != runs[i].csum)
+			            u->file, u->blk_off, size);
+		int r = block_set_add(bs, ((uint64_t)u->file << 48) | (u->blk_off / MODEL_PAGE),
+		                      max_keys);
+		if (r < 0)
+			return ferr(err, r, "out of memory");
+		if (r == 0)
+			continue;
+		if (image_checksum(mf->p[u->file] + u->blk_off, len) != u->csum)
 			return ferr(err, -EBADMSG,
-			            "pages file offset %" PRIu64 " (data of 0x%" PRIx64
+			            "pages file %u offset %" PRIu64 " (data of 0x%" PRIx64
 			            "): checksum mismatch, image corrupted",
-			            runs[i].off, runs[i].addr);
+			            u->file, u->blk_off, u->addr);
 	}
 	return 0;
 }
 
-int mem_verify_pages(const struct component *c, int pages_fd, struct ferry_error *err)
+int mem_verify_pages(const struct component *c, const int *fds, uint32_t nfds,
+                     struct ferry_error *err)
 {
-	struct stat sb;
-	const uint8_t *file = NULL;
+	struct mapped_files mf = {.n = nfds};
+	struct block_set bs = {0};
+	size_t max_keys = 0;
 	int r = 0;
 
-	if (fstat(pages_fd, &sb) < 0)
-		return ferr(err, -errno, "pages file: %m");
-	uint64_t size = (uint64_t)sb.st_size;
-	if (size > 0) {
-		file = mmap(NULL, size, PROT_READ, MAP_SHARED, pages_fd, 0);
-		if (file == MAP_FAILED)
-			return ferr(err, -errno, "mapping the pages file: %m");
-		(void)madvise((void *)file, size, MADV_SEQUENTIAL);
+	mf.p = calloc(nfds ? nfds : 1, sizeof(*mf.p));
+	mf.size = calloc(nfds ? nfds : 1, sizeof(*mf.size));
+	if (!mf.p || !mf.size) {
+		r = ferr(err, -ENOMEM, "out of memory");
+		goto out;
 	}
+	for (uint32_t i = 0; i < nfds; i++) {
+		struct stat sb;
+		if (fstat(fds[i], &sb) < 0) {
+			r = ferr(err, -errno, "pages file %u: %m", i);
+			goto out;
+		}
+		mf.size[i] = (uint64_t)sb.st_size;
+		if (!mf.size[i])
+			continue;
+		const uint8_t *p = mmap(NULL, mf.size[i], PROT_READ, MAP_SHARED, fds[i], 0);
+		if (p == MAP_FAILED) {
+			r = ferr(err, -errno, "mapping pages file %u: %m", i);
+			goto out;
+		}
+		mf.p[i] = p;
+		(void)madvise((void *)p, mf.size[i], MADV_SEQUENTIAL);
+	}
+	for (size_t i = 0; i < c->nshmems; i++)
+		max_keys += c->shmems[i].nruns;
+	for (size_t i = 0; i < c->nprocs; i++)
+		for (size_t j = 0; j < c->procs[i].nvmas; j++)
+			max_keys += c->procs[i].vmas[j].nruns;
+	/* shared memory objects are filled from the image's own file */
 	for (size_t i = 0; i < c->nshmems && r == 0; i++)
-		r = verify_runs(c->shmems[i].runs, c->shmems[i].nruns, file, size, err);
+		r = verify_runs(c->shmems[i].runs, c->shmems[i].nruns, &mf, &bs, max_keys, true,
+		                err);
 	for (size_t i = 0; i < c->nprocs && r == 0; i++)
 		for (size_t j = 0; j < c->procs[i].nvmas && r == 0; j++)
-			r = verify_runs(c->procs[i].vmas[j].runs, c->procs[i].vmas[j].nruns, file,
-			                size, err);
-	if (file)
-		munmap((void *)file, size);
+			r = verify_runs(c->procs[i].vmas[j].runs, c->procs[i].vmas[j].nruns, &mf,
+			                &bs, max_keys, false, err);
+out:
+	for (uint32_t i = 0; mf.p && i < nfds; i++)
+		if (mf.p[i])
+			munmap((void *)mf.p[i], mf.size[i]);
+	free(mf.p);
+	free(mf.size);
+	free(bs.keys);
 	return r;
 }
 
@@ -555,13 +850,17 @@ static int load_runs(struct restorer *rs, const struct page_run *runs, size_t n,
 		/* coalesce runs contiguous both in memory and in the file */
 		size_t j = i + 1;
 		uint64_t len = runs[i].npages * MODEL_PAGE;
-		while (j < n && runs[j].addr == runs[i].addr + len &&
+		while (j < n && runs[j].addr == runs[i].addr + len && runs[j].file == runs[i].file &&
 		       runs[j].off == runs[i].off + len) {
 			len += runs[j].npages * MODEL_PAGE;
 			j++;
 		}
 		uint64_t dst = runs[i].addr + base;
-		long r = rs_sys(rs, "pread of page data", SYS_pread64, (uint64_t)rs->pages_fd, dst,
+		if (runs[i].file >= rs->npages_fds)
+			return ferr(err, -EPROTO, "loading 0x%" PRIx64 ": pages file %u of %u", dst,
+			            runs[i].file, rs->npages_fds);
+		long r = rs_sys(rs, "pread of page data", SYS_pread64,
+		                (uint64_t)rs->pages_fds[runs[i].file], dst,
 		                len, runs[i].off, 0, 0, err);
 		if (r >= 0 && (uint64_t)r != len)
 			return ferr(err, -EIO,

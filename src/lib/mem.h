@@ -11,14 +11,45 @@ struct mem_stats {
 	uint64_t write_ns;
 };
 
+struct track;
+struct chain;
+
+/* Page data copied into memory while the component is frozen, written after the thaw. */
+struct mem_stage {
+	uint8_t *buf;
+	uint64_t cap;
+	uint64_t used;
+	struct page_run **runs; /* the run of each staged piece, in buffer order */
+	size_t nruns;
+};
+
+/* mem_stage_prepare - have a faulted-in buffer of at least bytes (call before the freeze). */
+int mem_stage_prepare(struct mem_stage *sg, uint64_t bytes, struct ferry_error *err);
+/* mem_stage_flush - checksum the staged pages and write them into w's own pages file. */
+int mem_stage_flush(struct mem_stage *sg, struct image_writer *w, struct mem_stats *st,
+                    struct ferry_error *err);
+void mem_stage_free(struct mem_stage *sg);
+
+/* Dirty tracking, parent and staging for mem_capture; NULL members: not used. */
+struct mem_track {
+	struct track *tk;        /* register mappings, collect (and re-protect) written pages */
+	struct chain *parent;    /* incremental: pages not written come from this image */
+	struct mem_stage *stage; /* copy page data into memory instead of writing it now */
+	uint64_t untracked;      /* out: mappings that could not be registered for tracking */
+	char why[256];           /* out: why tracking could not start (tk then set to NULL) */
+};
+
 /*
  * mem_capture - classify every mapping of p (maps: its /proc smaps, read by the caller) (host pid
  * p->host_pid, frozen) into p->vmas and c->shmems, and write the page data that the files do not
  * hold into w. Refuses mappings it cannot restore (a device mapping, say) with the address range
- * and reason.
+ * and reason. With mt->tk every private mapping is (or stays) registered for tracking and its
+ * written pages are protected again; with mt->parent too, an incremental capture: page runs
+ * of pages not written since the parent name the parent's files (CHAIN_PARENT, see chain.h).
  */
 int mem_capture(struct component *c, struct process *p, const struct proc_map *maps, size_t nmaps,
-                struct image_writer *w, struct mem_stats *st, struct ferry_error *err);
+                struct image_writer *w, struct mem_stats *st, struct mem_track *mt,
+                struct ferry_error *err);
 
 /*
  * shmem_lookup - the index of the shmem object behind fd (a memfd or shared-anon file) in
@@ -35,8 +66,12 @@ int shmem_lookup(struct component *c, int fd, uint32_t kind, const char *name,
 int mem_restore(struct restorer *rs, const struct component *c, const struct process *p,
                 const struct proc_map *cur, size_t ncur, struct ferry_error *err);
 
-/* mem_verify_pages - check every page run's checksum against the pages file (any thread). */
-int mem_verify_pages(const struct component *c, int pages_fd, struct ferry_error *err);
+/*
+ * mem_verify_pages - check every checksummed block the page runs use against the image's pages
+ * files (fds, nfds of them; each block once), from any thread.
+ */
+int mem_verify_pages(const struct component *c, const int *fds, uint32_t nfds,
+                     struct ferry_error *err);
 
 /* Kernel probes for `ferry check`: 1 if the feature works; detail says what was seen. */
 int mem_probe_pagemap_scan(char *detail, size_t len);

@@ -5,11 +5,12 @@
 #include "util.h"
 
 /* Record versions: bump when a kind's payload changes; decoders accept what they know. */
-#define V_COMPONENT 1
+#define V_COMPONENT 2 /* 2: capture, track and parent ids */
 #define V_PROCESS   2 /* 2: interval timers appended */
 #define V_THREAD    1
-#define V_VMA       1
-#define V_SHMEM     1
+#define V_VMA       2 /* 2: page runs name their pages file and checksummed block */
+#define V_SHMEM     2
+#define V_PAGEFILE  1
 #define V_FD        3 /* 2: kind-specific numbers; 3: dup_of */
 #define V_SIGACTION 1
 #define V_SIGINFO   1
@@ -65,6 +66,9 @@ struct component *model_free(struct component *c)
 		free(c->shmems[i].runs);
 	}
 	free(c->shmems);
+	for (size_t i = 0; i < c->npagefiles; i++)
+		free(c->pagefiles[i].origin);
+	free(c->pagefiles);
 	free(c);
 	return NULL;
 }
@@ -91,7 +95,10 @@ static void put_runs(struct wbuf *wb, const struct page_run *runs, size_t n)
 	for (size_t i = 0; i < n; i++) {
 		wb_u64(wb, runs[i].addr);
 		wb_u64(wb, runs[i].npages);
+		wb_u32(wb, runs[i].file);
 		wb_u64(wb, runs[i].off);
+		wb_u64(wb, runs[i].blk_off);
+		wb_u64(wb, runs[i].blk_pages);
 		wb_u64(wb, runs[i].csum);
 	}
 }
@@ -99,16 +106,26 @@ static void put_runs(struct wbuf *wb, const struct page_run *runs, size_t n)
 static int get_runs(struct rbuf *rb, struct page_run **ret, size_t *ret_n)
 {
 	uint32_t n = rb_u32(rb);
-	if (rb->err || n > (rb->len - rb->off) / 32)
+	if (rb->err || n > (rb->len - rb->off) / 52)
 		return -EPROTO;
 	struct page_run *runs = calloc(n ? n : 1, sizeof(*runs));
 	if (!runs)
 		return -ENOMEM;
 	for (uint32_t i = 0; i < n; i++) {
-		runs[i].addr = rb_u64(rb);
-		runs[i].npages = rb_u64(rb);
-		runs[i].off = rb_u64(rb);
-		runs[i].csum = rb_u64(rb);
+		struct page_run *u = &runs[i];
+		u->addr = rb_u64(rb);
+		u->npages = rb_u64(rb);
+		u->file = rb_u32(rb);
+		u->off = rb_u64(rb);
+		u->blk_off = rb_u64(rb);
+		u->blk_pages = rb_u64(rb);
+		u->csum = rb_u64(rb);
+		/* the data must lie inside its checksummed block */
+		if (u->npages == 0 || u->off < u->blk_off || u->npages > u->blk_pages ||
+		    (u->off - u->blk_off) / MODEL_PAGE > u->blk_pages - u->npages) {
+			free(runs);
+			return -EPROTO;
+		}
 	}
 	*ret = runs;
 	*ret_n = n;
@@ -386,7 +403,16 @@ int model_save(const struct component *c, struct image_writer *w, struct ferry_e
 	wb_u64(&wb, (uint64_t)c->created);
 	wb_u64(&wb, c->log_offset);
 	wb_u64(&wb, c->log_id);
+	wb_u64(&wb, c->capture_id);
+	wb_u64(&wb, c->track_id);
+	wb_u64(&wb, c->parent_id);
 	PUT(IMG_COMPONENT, V_COMPONENT);
+	for (size_t i = 0; i < c->npagefiles; i++) {
+		wb_str(&wb, c->pagefiles[i].origin);
+		wb_u64(&wb, c->pagefiles[i].gen);
+		wb_u64(&wb, (uint64_t)c->pagefiles[i].created);
+		PUT(IMG_PAGEFILE, V_PAGEFILE);
+	}
 	for (size_t i = 0; i < c->nshmems; i++) {
 		put_shmem(&wb, &c->shmems[i]);
 		PUT(IMG_SHMEM, V_SHMEM);
@@ -446,7 +472,21 @@ static int load_one(struct component *c, uint16_t kind, uint16_t ver, struct rbu
 		c->created = (int64_t)rb_u64(rb);
 		c->log_offset = rb_u64(rb);
 		c->log_id = rb_u64(rb);
+		c->capture_id = rb_u64(rb);
+		c->track_id = rb_u64(rb);
+		c->parent_id = rb_u64(rb);
 		return rb->err;
+	case IMG_PAGEFILE: {
+		char origin[PATH_MAX];
+		if (GROW(c->pagefiles, c->npagefiles) < 0)
+			return -ENOMEM;
+		struct pagefile *f = &c->pagefiles[c->npagefiles++];
+		rb_str(rb, origin, sizeof(origin));
+		f->gen = rb_u64(rb);
+		f->created = (int64_t)rb_u64(rb);
+		f->origin = strdup(origin);
+		return f->origin ? rb->err : -ENOMEM;
+	}
 	case IMG_SHMEM:
 		if (GROW(c->shmems, c->nshmems) < 0)
 			return -ENOMEM;

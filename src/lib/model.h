@@ -12,12 +12,27 @@
 /* Size of pages in page runs; the image always uses 4 KiB units. */
 #define MODEL_PAGE 4096UL
 
-/* A run of page data in the pages file: npages pages for addr (or shmem offset) at file off. */
+/*
+ * A run of page data: npages pages for addr (or shmem offset), stored at offset off of pages file
+ * `file` (an index into the image's list of pages files; 0 is the image's own). The data lies
+ * inside a checksummed block of that file (blk_pages pages at blk_off, checksum csum): a fresh
+ * run is its own block; a run an incremental image takes from its parent may be part of one.
+ */
 struct page_run {
 	uint64_t addr;
 	uint64_t npages;
+	uint32_t file;
 	uint64_t off;
+	uint64_t blk_off;
+	uint64_t blk_pages;
 	uint64_t csum;
+};
+
+/* Where a pages file of the image was first written (for `inspect`), in manifest order. */
+struct pagefile {
+	char *origin;    /* image directory that wrote it */
+	uint64_t gen;    /* its generation there */
+	int64_t created; /* unix seconds */
 };
 
 enum vma_kind {
@@ -185,6 +200,11 @@ struct component {
 	int64_t created;
 	uint64_t log_offset; /* log length at checkpoint */
 	uint64_t log_id;     /* identity of the log history */
+	uint64_t capture_id; /* random identity of this capture (an incremental child names it) */
+	uint64_t track_id;   /* identity of the dirty tracking that ran since it (0: none) */
+	uint64_t parent_id;  /* capture_id of the parent of an incremental image, else 0 */
+	struct pagefile *pagefiles;
+	size_t npagefiles;
 	struct process *procs;
 	size_t nprocs;
 	struct shmem *shmems;

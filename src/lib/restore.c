@@ -33,7 +33,9 @@ enum { SLOT_SYNC = 0, SLOT_REPORT = 1, SLOT_PAGES = 2, SLOT_EXE = 3, SLOT_FIRST_
 
 struct restore_arg {
 	const struct component *c;
-	int pages_fd; /* the reader's, inherited by the monitor and the helper */
+	const int *pages_fds; /* the reader's, inherited by the monitor and the helper */
+	uint32_t npages;      /* pages files of the image */
+	int *pages_slot;      /* where each is placed in the helper (0: temp_lo + SLOT_PAGES) */
 	int temp_lo;
 	int *vma_fd;   /* per vma of process 0 */
 	int *shmem_fd; /* per shmem object */
@@ -133,14 +135,18 @@ static int helper_prepare(struct restore_arg *a, int sync_rd, int rep_wr, const 
 		(void)setrlimit(RLIMIT_NOFILE, &rl);
 	}
 	/* clear the fd table but for our three: park them high, close the rest */
-	if (dup2(sync_rd, STAGING) < 0 || dup2(rep_wr, STAGING + 1) < 0 ||
-	    dup2(a->pages_fd, STAGING + 2) < 0)
+	if (dup2(sync_rd, STAGING) < 0 || dup2(rep_wr, STAGING + 1) < 0)
 		return ferr(err, -errno, "parking fds: %m");
+	for (uint32_t i = 0; i < a->npages; i++)
+		if (dup2(a->pages_fds[i], STAGING + 2 + (int)i) < 0)
+			return ferr(err, -errno, "parking fds: %m");
 	syscall(SYS_close_range, 0, STAGING - 1, 0);
 	if ((r = place(STAGING, a->temp_lo + SLOT_SYNC, err)) < 0 ||
-	    (r = place(STAGING + 1, a->temp_lo + SLOT_REPORT, err)) < 0 ||
-	    (r = place(STAGING + 2, a->temp_lo + SLOT_PAGES, err)) < 0)
+	    (r = place(STAGING + 1, a->temp_lo + SLOT_REPORT, err)) < 0)
 		return r;
+	for (uint32_t i = 0; i < a->npages; i++)
+		if ((r = place(STAGING + 2 + (int)i, a->pages_slot[i], err)) < 0)
+			return r;
 	syscall(SYS_close_range, STAGING, ~0U, 0);
 	/* files the mappings need */
 	fd = open(p->exe, O_RDONLY | O_CLOEXEC);
@@ -202,7 +208,8 @@ _noreturn_ static void helper_main(struct restore_arg *a, int sync_rd, int rep_w
 
 struct verify {
 	const struct component *c;
-	int fd;
+	const int *fds;
+	uint32_t nfds;
 	struct ferry_error err;
 	int r;
 	uint64_t ns;
@@ -212,7 +219,7 @@ static void *verify_main(void *arg)
 {
 	struct verify *v = arg;
 	uint64_t t0 = now_ns();
-	v->r = mem_verify_pages(v->c, v->fd, &v->err);
+	v->r = mem_verify_pages(v->c, v->fds, v->nfds, &v->err);
 	v->ns = now_ns() - t0;
 	return NULL;
 }
@@ -278,7 +285,7 @@ static int restore_start(void *arg, const char *log_path, pid_t *ret_pid, void *
 	struct restore_arg *a = arg;
 	const struct process *p = &a->c->procs[0];
 	struct restorer rs = {0};
-	struct verify ver = {.c = a->c, .fd = a->pages_fd};
+	struct verify ver = {.c = a->c, .fds = a->pages_fds, .nfds = a->npages};
 	_cleanup_free_ struct tracee *threads =
 	        calloc(p->nthreads ? p->nthreads : 1, sizeof(struct tracee));
 	int sync[2], rep[2], status, r;
@@ -313,7 +320,8 @@ static int restore_start(void *arg, const char *log_path, pid_t *ret_pid, void *
 	}
 	rs.pid = pid;
 	rs.temp_lo = a->temp_lo;
-	rs.pages_fd = a->temp_lo + SLOT_PAGES;
+	rs.pages_fds = a->pages_slot;
+	rs.npages_fds = a->npages;
 	rs.exe_fd = a->temp_lo + SLOT_EXE;
 	rs.vma_fd = a->vma_fd;
 	rs.shmem_fd = a->shmem_fd;
@@ -388,6 +396,7 @@ int ferry_restore(const struct ferry_runtime *rt, const char *dir, const char *n
 	struct image_reader *rd = NULL;
 	struct component *c = NULL;
 	struct restore_arg a = {0};
+	int *pages_fds = NULL;
 	struct ferry_restore_stats st = {0};
 	char log[PATH_MAX];
 	uint64_t t0 = now_ns();
@@ -435,15 +444,21 @@ int ferry_restore(const struct ferry_runtime *rt, const char *dir, const char *n
 	for (size_t i = 0; i < p->nfds; i++)
 		top = MAX(top, p->fds[i].fd + 1);
 	a.c = c;
-	a.pages_fd = image_reader_pages_fd(rd);
+	a.npages = image_reader_npages_files(rd);
+	a.pages_fds = pages_fds = calloc(a.npages, sizeof(int));
+	a.pages_slot = calloc(a.npages, sizeof(int));
 	a.temp_lo = top;
 	a.vma_fd = calloc(p->nvmas ? p->nvmas : 1, sizeof(int));
 	a.shmem_fd = calloc(c->nshmems ? c->nshmems : 1, sizeof(int));
-	if (!a.vma_fd || !a.shmem_fd) {
+	if (!a.vma_fd || !a.shmem_fd || !pages_fds || !a.pages_slot) {
 		r = ferr(err, -ENOMEM, "out of memory");
 		goto out;
 	}
 	int slot = top + SLOT_FIRST_FREE;
+	for (uint32_t i = 0; i < a.npages; i++) {
+		pages_fds[i] = image_reader_pages_fd_at(rd, i);
+		a.pages_slot[i] = i == 0 ? top + SLOT_PAGES : slot++;
+	}
 	for (size_t i = 0; i < c->nshmems; i++) {
 		size_t users = 0;
 		bool whole = false;
@@ -476,6 +491,8 @@ int ferry_restore(const struct ferry_runtime *rt, const char *dir, const char *n
 	if (ret_stats)
 		*ret_stats = a.stats;
 out:
+	free(pages_fds);
+	free(a.pages_slot);
 	free(a.vma_fd);
 	free(a.shmem_fd);
 	model_free(c);

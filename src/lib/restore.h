@@ -18,7 +18,8 @@ struct restorer {
 	struct tracee main; /* its main thread, seized and stopped */
 	uint64_t scratch;   /* a page in the helper for system call arguments */
 	int temp_lo;        /* first temporary fd number in the helper */
-	int pages_fd;       /* the image's page file, in the helper */
+	int *pages_fds;     /* the image's pages files, in the helper (index as in page runs) */
+	uint32_t npages_fds;
 	int exe_fd;         /* the executable, in the helper */
 	int *vma_fd;        /* per vma: fd of its file in the helper, or -1 */
 	int *shmem_fd;      /* per shmem object: fd in the helper, or -1 */

@@ -315,6 +315,11 @@ int monitor_launch(const struct ferry_runtime *rt, const char *name, bool restor
 	}
 	if (!log_id && getrandom(&log_id, sizeof(log_id), 0) != sizeof(log_id))
 		log_id = (uint64_t)now_ns();
+	/* a new run: no dirty tracking and no checkpoint figures of the last one */
+	snprintf(path, sizeof(path), "%s/track", dir);
+	(void)unlink(path);
+	snprintf(path, sizeof(path), "%s/stats", dir);
+	(void)unlink(path);
 	snprintf(path, sizeof(path), "%s/log.id", dir);
 	snprintf(idbuf, sizeof(idbuf), "%016" PRIx64 "\n", log_id);
 	r = write_atomic(path, idbuf);

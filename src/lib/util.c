@@ -204,3 +204,25 @@ int fsync_dir(const char *dir)
 		return -errno;
 	return 0;
 }
+
+int ranges_push(uint64_t **v, size_t *n, uint64_t s, uint64_t e)
+{
+	if (e <= s)
+		return 0;
+	if (*n > 0 && (*v)[2 * *n - 1] >= s) {
+		(*v)[2 * *n - 1] = MAX((*v)[2 * *n - 1], e);
+		return 0;
+	}
+	uint64_t *p = *v;
+	/* capacity doubles at powers of two, like grow() */
+	if (*n == 0 || (*n & (*n - 1)) == 0) {
+		p = realloc(*v, (*n ? *n * 2 : 1) * 2 * sizeof(uint64_t));
+		if (!p)
+			return -ENOMEM;
+	}
+	p[2 * *n] = s;
+	p[2 * *n + 1] = e;
+	*v = p;
+	(*n)++;
+	return 0;
+}

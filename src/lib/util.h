@@ -106,3 +106,9 @@ int mkdir_p(const char *path, mode_t mode);
 
 /* fsync_dir - fsync the directory containing path entries (for rename durability). */
 int fsync_dir(const char *dir);
+
+/*
+ * ranges_push - append [s, e) to a list of ranges kept as pairs (*v has 2 * *n entries),
+ * merging it into the last one when they touch. Ranges must come in address order. 0 or -ENOMEM.
+ */
+int ranges_push(uint64_t **v, size_t *n, uint64_t s, uint64_t e);

@@ -1,0 +1,432 @@
+/* Dirty-page tracking: a userfaultfd made inside the component, PAGEMAP_SCAN from outside. */
+#include <fcntl.h>
+#include <inttypes.h>
+#include <linux/userfaultfd.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+
+#include "runtime.h"
+#include "track.h"
+#include "util.h"
+
+/* Linux 6.4 and 6.7 features; Debian 12's headers predate them. */
+#ifndef UFFD_FEATURE_WP_UNPOPULATED
+#define UFFD_FEATURE_WP_UNPOPULATED (1 << 13)
+#endif
+#ifndef UFFD_FEATURE_WP_ASYNC
+#define UFFD_FEATURE_WP_ASYNC (1 << 15)
+#endif
+#ifndef UFFD_USER_MODE_ONLY
+#define UFFD_USER_MODE_ONLY 1
+#endif
+
+#define TRACK_FEATURES (UFFD_FEATURE_WP_ASYNC | UFFD_FEATURE_WP_UNPOPULATED)
+#define TASK_TOP       0x7ffffffff000ULL
+/* Kept small: read-only scans with long vectors returned some ranges twice on this kernel. */
+#define SCAN_VEC 256
+/* The holder keeps the userfaultfd at this fd number. */
+#define HOLDER_FD 3
+
+static void track_path(const struct ferry_runtime *rt, const char *name, char *buf, size_t len)
+{
+	char dir[PATH_MAX];
+
+	runtime_dir(rt, name, dir, sizeof(dir));
+	snprintf(buf, len, "%s/track", dir);
+}
+
+static int pidfd_getfd_of(pid_t pid, int fd)
+{
+	_cleanup_close_ int pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
+	if (pidfd < 0)
+		return -errno;
+	int r = (int)syscall(SYS_pidfd_getfd, pidfd, fd, 0);
+	return r < 0 ? -errno : r;
+}
+
+static bool is_uffd(int fd)
+{
+	char path[64], target[64];
+	snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
+	ssize_t n = readlink(path, target, sizeof(target) - 1);
+	if (n <= 0)
+		return false;
+	target[n] = '\0';
+	return strstr(target, "userfaultfd") != NULL;
+}
+
+int track_open_pagemap(struct track *tk, pid_t pid, struct ferry_error *err)
+{
+	char path[64];
+
+	if (tk->pagemap >= 0)
+		return 0;
+	snprintf(path, sizeof(path), "/proc/%d/pagemap", pid);
+	tk->pagemap = open(path, O_RDONLY | O_CLOEXEC);
+	if (tk->pagemap < 0)
+		return ferr(err, -errno, "%s: %m", path);
+	return 0;
+}
+
+int track_attach(const struct ferry_runtime *rt, const char *name, pid_t pid, struct track *tk,
+                 char *why, size_t whylen)
+{
+	char path[PATH_MAX], comm[32] = "";
+	_cleanup_free_ char *text = NULL, *ctext = NULL;
+	long long hpid = 0, cpid = 0, fdno = -1;
+	unsigned long long id = 0, last = 0;
+	struct stat sb;
+
+	track_path(rt, name, path, sizeof(path));
+	if (read_file(path, &text, NULL) < 0) {
+		snprintf(why, whylen, "no dirty tracking yet (first checkpoint of this run)");
+		return -ENOENT;
+	}
+	if (sscanf(text, "pid=%lld holder=%lld fd=%lld id=%llu last=%llx", &cpid, &hpid, &fdno,
+	           &id, &last) != 5 ||
+	    hpid <= 0 || fdno < 0) {
+		snprintf(why, whylen, "%s: unreadable", path);
+		return -EPROTO;
+	}
+	if (cpid != pid) {
+		snprintf(why, whylen, "the tracking recorded is of another process (pid %lld)",
+		         cpid);
+		return -ESTALE;
+	}
+	snprintf(path, sizeof(path), "/proc/%lld/comm", hpid);
+	if (read_file(path, &ctext, NULL) == 0)
+		snprintf(comm, sizeof(comm), "%.*s", (int)strcspn(ctext, "\n"), ctext);
+	if (strcmp(comm, "ferry-track") != 0) {
+		snprintf(why, whylen, "the tracking holder (pid %lld) is gone", hpid);
+		return -ESRCH;
+	}
+	int fd = pidfd_getfd_of((pid_t)hpid, (int)fdno);
+	if (fd < 0) {
+		snprintf(why, whylen, "the tracking holder (pid %lld): fd %lld: %s", hpid, fdno,
+		         strerror(-fd));
+		return fd;
+	}
+	if (fstat(fd, &sb) < 0 || (uint64_t)sb.st_ino != id || !is_uffd(fd)) {
+		safe_close(fd);
+		snprintf(why, whylen, "the tracking holder (pid %lld) holds another file", hpid);
+		return -ESTALE;
+	}
+	tk->uffd = fd;
+	tk->id = id;
+	tk->last = last;
+	tk->holder = (pid_t)hpid;
+	tk->fresh = false;
+	struct ferry_error e = {0};
+	int r = track_open_pagemap(tk, pid, &e);
+	if (r < 0) {
+		snprintf(why, whylen, "%s", e.msg);
+		tk->uffd = safe_close(tk->uffd);
+		return r;
+	}
+	return 0;
+}
+
+static int uffd_api(int fd)
+{
+	struct uffdio_api api = {.api = UFFD_API, .features = TRACK_FEATURES};
+
+	if (ioctl(fd, UFFDIO_API, &api) < 0)
+		return -errno;
+	if ((api.features & TRACK_FEATURES) != TRACK_FEATURES)
+		return -ENOTSUP;
+	return 0;
+}
+
+int track_start(struct tracee *main, pid_t pid, struct track *tk, struct ferry_error *err)
+{
+	long fd_in = -1, ignored;
+	struct stat sb;
+	int r;
+
+	r = tracee_syscall(main, &fd_in, NULL, SYS_userfaultfd,
+	                   O_CLOEXEC | O_NONBLOCK | UFFD_USER_MODE_ONLY, 0, 0, 0, 0, 0, err);
+	if (r < 0)
+		return ferr_prefix(err, "pid %d: injected userfaultfd", pid);
+	if (fd_in < 0)
+		return ferr(err, (int)fd_in, "pid %d: userfaultfd: %s", pid, strerror((int)-fd_in));
+	int fd = pidfd_getfd_of(pid, (int)fd_in);
+	r = tracee_syscall(main, &ignored, NULL, SYS_close, (uint64_t)fd_in, 0, 0, 0, 0, 0, err);
+	if (fd < 0) {
+		safe_close(fd);
+		return ferr(err, fd, "pid %d: pidfd_getfd of its userfaultfd: %s", pid,
+		            strerror(-fd));
+	}
+	if (r < 0) {
+		safe_close(fd);
+		return ferr_prefix(err, "pid %d: closing the injected userfaultfd", pid);
+	}
+	r = uffd_api(fd);
+	if (r < 0 || fstat(fd, &sb) < 0) {
+		safe_close(fd);
+		r = r < 0 ? r : -errno;
+		return ferr(err, r,
+		            "pid %d: userfaultfd without asynchronous write-protection "
+		            "(WP_ASYNC, Linux >= 6.7): %s",
+		            pid, strerror(-r));
+	}
+	r = track_open_pagemap(tk, pid, err);
+	if (r < 0) {
+		safe_close(fd);
+		return r;
+	}
+	tk->uffd = fd;
+	tk->id = (uint64_t)sb.st_ino;
+	tk->last = 0;
+	tk->holder = 0;
+	tk->fresh = true;
+	return 0;
+}
+
+int track_register(const struct track *tk, uint64_t start, uint64_t end)
+{
+	struct uffdio_register reg = {.range = {.start = start, .len = end - start},
+	                              .mode = UFFDIO_REGISTER_MODE_WP};
+
+	return ioctl(tk->uffd, UFFDIO_REGISTER, &reg) < 0 ? -errno : 0;
+}
+
+/* One PAGEMAP_SCAN pass over [start, end), calling back for each region found. */
+static int scan(int pagemap, uint64_t flags, uint64_t mask, uint64_t inverted, uint64_t start,
+                uint64_t end, int (*fn)(void *arg, uint64_t s, uint64_t e), void *arg)
+{
+	struct page_region regs[SCAN_VEC];
+
+	while (start < end) {
+		struct pm_scan_arg a = {
+		        .size = sizeof(a),
+		        .flags = flags,
+		        .start = start,
+		        .end = end,
+		        .vec = (uint64_t)(uintptr_t)regs,
+		        .vec_len = ARRAY_SIZE(regs),
+		        .category_inverted = inverted,
+		        .category_mask = mask,
+		        .return_mask = mask,
+		};
+		long n = ioctl(pagemap, PAGEMAP_SCAN, &a);
+		if (n < 0)
+			return -errno;
+		for (long i = 0; i < n; i++) {
+			int r = fn(arg, MAX(regs[i].start, start), regs[i].end);
+			if (r < 0)
+				return r;
+		}
+		if (a.walk_end <= start)
+			break;
+		start = a.walk_end;
+	}
+	return 0;
+}
+
+struct range_list {
+	uint64_t **v;
+	size_t *n;
+};
+
+static int add_range(void *arg, uint64_t s, uint64_t e)
+{
+	struct range_list *l = arg;
+
+	return l->v ? ranges_push(l->v, l->n, s, e) : 0;
+}
+
+int track_collect(const struct track *tk, uint64_t start, uint64_t end, uint64_t **ranges,
+                  size_t *n, struct ferry_error *err)
+{
+	struct range_list l = {ranges, n};
+	int r = scan(tk->pagemap, PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC, PAGE_IS_WRITTEN, 0,
+	             start, end, add_range, &l);
+	if (r < 0)
+		return ferr(err, r,
+		            "PAGEMAP_SCAN (collect and protect) 0x%" PRIx64 "-0x%" PRIx64 ": %s",
+		            start, end, strerror(-r));
+	return 0;
+}
+
+static int add_bytes(void *arg, uint64_t s, uint64_t e)
+{
+	*(uint64_t *)arg += e - s;
+	return 0;
+}
+
+uint64_t track_estimate(const struct track *tk)
+{
+	uint64_t bytes = 0;
+
+	if (tk->pagemap < 0)
+		return 0;
+	/* written and not a file page: what a collect would return, plus new mappings' data */
+	if (scan(tk->pagemap, 0, PAGE_IS_WRITTEN | PAGE_IS_FILE, PAGE_IS_FILE, 0, TASK_TOP,
+	         add_bytes, &bytes) < 0)
+		return 0;
+	return bytes;
+}
+
+/* The holder: keeps the userfaultfd open until the component exits. */
+_noreturn_ static void holder_main(int uffd, int pidfd)
+{
+	int hi_uffd = fcntl(uffd, F_DUPFD, 100), hi_pidfd = fcntl(pidfd, F_DUPFD, 100);
+	int null = open("/dev/null", O_RDWR | O_CLOEXEC);
+
+	if (hi_uffd < 0 || hi_pidfd < 0 || null < 0)
+		_exit(1);
+	sigset_t none;
+	sigemptyset(&none);
+	sigprocmask(SIG_SETMASK, &none, NULL); /* not the blocked signals of a ferry --every */
+	(void)setsid();
+	(void)prctl(PR_SET_NAME, "ferry-track");
+	if (dup2(null, 0) < 0 || dup2(null, 1) < 0 || dup2(null, 2) < 0 ||
+	    dup2(hi_uffd, HOLDER_FD) < 0 || dup2(hi_pidfd, HOLDER_FD + 1) < 0)
+		_exit(1);
+	syscall(SYS_close_range, HOLDER_FD + 2, ~0U, 0);
+	if (chdir("/") < 0) {
+		/* only to not pin a mount */
+	}
+	struct pollfd p = {.fd = HOLDER_FD + 1, .events = POLLIN};
+	for (;;)
+		if (poll(&p, 1, -1) > 0)
+			_exit(0);
+}
+
+static int spawn_holder(int uffd, pid_t pid, pid_t *ret, struct ferry_error *err)
+{
+	_cleanup_close_ int pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
+	int p[2], status;
+	pid_t holder = 0;
+
+	if (pidfd < 0)
+		return ferr(err, -errno, "pid %d: pidfd_open: %m", pid);
+	if (pipe2(p, O_CLOEXEC) < 0)
+		return ferr(err, -errno, "pipe: %m");
+	pid_t mid = fork();
+	if (mid == 0) {
+		/* double fork: the holder is nobody's child and outlives us */
+		pid_t h = fork();
+		if (h == 0)
+			holder_main(uffd, pidfd);
+		(void)write_full(p[1], &h, sizeof(h));
+		_exit(h > 0 ? 0 : 1);
+	}
+	safe_close(p[1]);
+	int r = mid < 0 ? -errno : read_full(p[0], &holder, sizeof(holder));
+	safe_close(p[0]);
+	if (mid > 0)
+		while (waitpid(mid, &status, 0) < 0 && errno == EINTR)
+			;
+	if (r < 0 || holder <= 0)
+		return ferr(err, r < 0 ? r : -ECHILD, "starting the tracking holder: %s",
+		            strerror(r < 0 ? -r : ECHILD));
+	*ret = holder;
+	return 0;
+}
+
+int track_keep(const struct ferry_runtime *rt, const char *name, pid_t pid, struct track *tk,
+               struct ferry_error *err)
+{
+	char path[PATH_MAX], tmp[PATH_MAX + 8], text[256];
+	int r;
+
+	if (!tk->holder) {
+		r = spawn_holder(tk->uffd, pid, &tk->holder, err);
+		if (r < 0)
+			return r;
+	}
+	track_path(rt, name, path, sizeof(path));
+	snprintf(tmp, sizeof(tmp), "%s.tmp", path);
+	int n = snprintf(text, sizeof(text),
+	                 "pid=%d\nholder=%d\nfd=%d\nid=%" PRIu64 "\nlast=%" PRIx64 "\n", pid,
+	                 tk->holder, HOLDER_FD, tk->id, tk->last);
+	_cleanup_close_ int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	if (fd < 0)
+		return ferr(err, -errno, "%s: %m", tmp);
+	r = write_full(fd, text, (size_t)n);
+	if (r == 0 && rename(tmp, path) < 0)
+		r = -errno;
+	if (r < 0)
+		return ferr(err, r, "%s: %s", path, strerror(-r));
+	return 0;
+}
+
+void track_release(struct track *tk)
+{
+	tk->uffd = safe_close(tk->uffd);
+	tk->pagemap = safe_close(tk->pagemap);
+}
+
+int track_probe(char *detail, size_t len)
+{
+	const size_t pg = 4096, npg = 4;
+	_cleanup_close_ int fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | UFFD_USER_MODE_ONLY);
+	struct track tk = {.uffd = fd, .pagemap = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC)};
+	uint64_t *ranges = NULL;
+	size_t n = 0;
+	int ok = 0;
+
+	uint8_t *m = mmap(NULL, pg * npg, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1,
+	                  0);
+	if (fd < 0 || tk.pagemap < 0 || m == MAP_FAILED) {
+		snprintf(detail, len, "userfaultfd: %s", strerror(errno));
+		goto out;
+	}
+	memset(m, 1, pg * npg);
+	uint64_t s = (uint64_t)(uintptr_t)m, e = s + pg * npg;
+	int r = uffd_api(fd);
+	if (r == 0)
+		r = track_register(&tk, s, e);
+	if (r == 0)
+		r = track_collect(&tk, s, e, NULL, &n, NULL); /* protect all */
+	if (r < 0) {
+		snprintf(detail, len, "asynchronous write-protection (WP_ASYNC, Linux >= 6.7): %s",
+		         strerror(-r));
+		goto out;
+	}
+	m[2 * pg] = 2; /* exactly one page written */
+	r = track_collect(&tk, s, e, &ranges, &n, NULL);
+	ok = r == 0 && n == 1 && ranges[0] == s + 2 * pg && ranges[1] == s + 3 * pg;
+	snprintf(detail, len, "%s",
+	         ok ? "written pages found and protected again in one step (uffd-wp async + "
+	              "PAGEMAP_SCAN)"
+	            : "PAGEMAP_SCAN did not report exactly the page written");
+out:
+	free(ranges);
+	if (m != MAP_FAILED)
+		munmap(m, pg * npg);
+	safe_close(tk.pagemap);
+	return ok;
+}
+
+int track_marker_type(void)
+{
+	const size_t pg = 4096;
+	_cleanup_close_ int fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | UFFD_USER_MODE_ONLY);
+	struct track tk = {.uffd = fd, .pagemap = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC)};
+	uint64_t entry = 0;
+	int type = -1;
+
+	uint8_t *m = mmap(NULL, 2 * pg, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (fd >= 0 && tk.pagemap >= 0 && m != MAP_FAILED) {
+		uint64_t s = (uint64_t)(uintptr_t)m;
+		m[0] = 1; /* a page table; the second page stays empty and gets a marker */
+		if (uffd_api(fd) == 0 && track_register(&tk, s, s + 2 * pg) == 0 &&
+		    track_collect(&tk, s, s + 2 * pg, NULL, NULL, NULL) == 0 &&
+		    pread_full(tk.pagemap, &entry, sizeof(entry), (off_t)((s + pg) / pg * 8)) == 0 &&
+		    (entry >> 62 & 1))
+			type = (int)(entry & 31);
+	}
+	if (m != MAP_FAILED)
+		munmap(m, 2 * pg);
+	safe_close(tk.pagemap);
+	return type;
+}
