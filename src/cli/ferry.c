@@ -290,7 +290,54 @@ static void describe_threads(struct json_object *proc)
 	}
 }
 
-static void describe_memory(struct json_object *proc)
+/* "#0:169 #2:16215": how many of a mapping's saved pages each pages file of a chain holds. */
+static void sources_str(struct json_object *m, char *buf, size_t len)
+{
+	size_t n, at = 0;
+	struct json_object *a = jarr(m, "sources", &n);
+	int64_t seen[16], count[16];
+	size_t k = 0;
+
+	buf[0] = '\0';
+	for (size_t i = 0; i < n; i++) {
+		struct json_object *s = json_object_array_get_idx(a, i);
+		int64_t f = jint(s, "file", 0), np = jint(s, "pages", 0);
+		size_t j = 0;
+		while (j < k && seen[j] != f)
+			j++;
+		if (j == k && k < 16) {
+			seen[k] = f;
+			count[k++] = 0;
+		}
+		if (j < k)
+			count[j] += np;
+	}
+	for (size_t j = 0; j < k && at < len; j++)
+		at += (size_t)snprintf(buf + at, len - at, "%s#%" PRId64 ":%" PRId64, j ? " " : "",
+		                       seen[j], count[j]);
+}
+
+static void describe_pagefiles(struct json_object *o)
+{
+	size_t n;
+	struct json_object *a = jarr(o, "pages_files", &n);
+	char sz[16], when[32];
+
+	if (n <= 1)
+		return;
+	printf("\n  Pages files (an incremental chain: the data of %zu checkpoints)\n", n);
+	printf("    %-3s %-16s %7s %8s  %s\n", "#", "NAME", "SIZE", "PAGES", "WRITTEN BY");
+	for (size_t i = 0; i < n; i++) {
+		struct json_object *f = json_object_array_get_idx(a, i);
+		printf("    %-3" PRId64 " %-16s %7s %8" PRId64 "  %s generation %" PRId64 ", %s\n",
+		       jint(f, "index", 0), jstr(f, "name", "?"),
+		       size_str((uint64_t)jint(f, "bytes", 0), sz), jint(f, "pages", 0),
+		       jstr(f, "origin", "?"), jint(f, "generation", 0),
+		       time_str(jint(f, "created", 0), when));
+	}
+}
+
+static void describe_memory(struct json_object *proc, bool chain)
 {
 	size_t n;
 	struct json_object *a = jarr(proc, "memory", &n);
@@ -307,8 +354,8 @@ static void describe_memory(struct json_object *proc)
 	}
 	if (!n)
 		return;
-	printf("    %-*s %7s %-4s %-11s %7s  %s\n", w, "RANGE", "SIZE", "PROT", "KIND", "PAGES",
-	       "PATH");
+	printf("    %-*s %7s %-4s %-11s %7s  %s%s\n", w, "RANGE", "SIZE", "PROT", "KIND", "PAGES",
+	       chain ? "FROM (pages file:pages)  " : "", "PATH");
 	for (size_t i = 0; i < n; i++) {
 		struct json_object *m = json_object_array_get_idx(a, i);
 		int64_t size = jint(m, "size", 0), np = jint(m, "pages", 0);
@@ -316,11 +363,17 @@ static void describe_memory(struct json_object *proc)
 
 		snprintf(range, sizeof(range), "%s-%s", hex_short(jstr(m, "start", "?")),
 		         hex_short(jstr(m, "end", "?")));
+		char from[96] = "";
 		total += (uint64_t)size;
 		pages += (uint64_t)np;
-		printf("    %-*s %7s %-4s %-11s %7" PRId64 "%s%s\n", w, range,
+		if (chain) {
+			char src[72];
+			sources_str(m, src, sizeof(src));
+			snprintf(from, sizeof(from), "  %-23s", src);
+		}
+		printf("    %-*s %7s %-4s %-11s %7" PRId64 "%s%s%s\n", w, range,
 		       size_str((uint64_t)size, sz), jstr(m, "prot", "?"), jstr(m, "kind", "?"), np,
-		       path ? "  " : "", path ? path : "");
+		       from, path ? "  " : "", path ? path : "");
 	}
 	printf("    %-*s %7s %-4s %-11s %7" PRIu64 "  (%s of page data)\n", w, "total",
 	       size_str(total, sz), "", "", pages, size_str(pages * PAGE_SIZE_4K, range));
@@ -387,6 +440,9 @@ static void describe_print(struct json_object *o, const char *what)
 	if ((v = jint(o, "image_bytes", -1)) >= 0)
 		printf(" image %s,", size_str((uint64_t)v, sz));
 	printf(" %zu process%s\n", n, n == 1 ? "" : "es");
+	size_t nfiles;
+	(void)jarr(o, "pages_files", &nfiles);
+	describe_pagefiles(o);
 
 	for (size_t i = 0; i < n; i++) {
 		struct json_object *p = json_object_array_get_idx(procs, i);
@@ -400,7 +456,7 @@ static void describe_print(struct json_object *o, const char *what)
 			printf(", umask %04" PRIo64, (uint64_t)v);
 		printf("\n");
 		describe_threads(p);
-		describe_memory(p);
+		describe_memory(p, nfiles > 1);
 		describe_fds(p);
 		describe_signals(p);
 	}

@@ -21,6 +21,7 @@
 #include "runtime.h"
 #include "task.h"
 #include "threads.h"
+#include "track.h"
 #include "util.h"
 
 static json_object *hex(uint64_t v)
@@ -366,7 +367,7 @@ static const struct {
 	probe_fn probe;
 } probes[] = {
         {"pagemap_scan", mem_probe_pagemap_scan},         {"vdso_mremap", mem_probe_vdso_mremap},
-        {"process_vm_readv", mem_probe_vm_readv},         {"ptrace_seize", threads_probe_ptrace},
+        {"process_vm_readv", mem_probe_vm_readv},         {"dirty_tracking", track_probe},         {"ptrace_seize", threads_probe_ptrace},
         {"pid_namespace_set_tid", runtime_probe_set_tid}, {"prctl_mm_map", task_probe_mm_map},
 };
 
