@@ -11,6 +11,7 @@ import difflib
 import glob
 import json
 import os
+import random
 import re
 import shutil
 import signal
@@ -22,6 +23,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 TEST_TIMEOUT = 30  # seconds per test
 FOREIGN_TIMEOUT = 60  # foreign programs run twice (reference and checkpointed)
+INCREMENTAL_TIMEOUT = 60  # chains of checkpoints of components that write much memory
 POLL = 0.05
 
 # Feature programs that change files in their scratch directory: a checkpoint that lets them
@@ -29,6 +31,8 @@ POLL = 0.05
 WRITES_FILES = {"append_file"}
 # Feature programs used by the refusal tests only.
 REFUSAL_ONLY = {"unsupported_fd"}
+# Feature programs used by the incremental tests only (their protocol has steps and more lines).
+INCREMENTAL_ONLY = {"incr_pattern"}
 # /proc/PID/status fields that must be equal before checkpoint and after restore.
 STATUS_FIELDS = ("Threads", "SigBlk", "SigIgn", "SigCgt", "ShdPnd", "Umask")
 
@@ -703,6 +707,442 @@ def monitor_death(ctx):
 
 
 # ---------------------------------------------------------------------------------------------
+# Incremental checkpoints: images holding only the pages written since their parent image.
+
+PAGE = 4096
+
+
+def ckpt_json(ctx, name, *args):
+    """`ferry checkpoint NAME ARGS --json`, its one JSON object."""
+    out = ctx.ferry("checkpoint", name, *args, "--json")[1]
+    try:
+        return json.loads(out)
+    except ValueError as e:
+        raise Fail(f"`ferry checkpoint {name} {' '.join(args)} --json` is not JSON ({e}): "
+                   f"{out[:200]!r}")
+
+
+def inspect_json(ctx, img):
+    out = ctx.ferry("inspect", img, "--json")[1]
+    try:
+        return json.loads(out)
+    except ValueError as e:
+        raise Fail(f"`ferry inspect {img} --json` is not JSON ({e}): {out[:200]!r}")
+
+
+def same_dir(a, b):
+    return isinstance(a, str) and isinstance(b, str) and os.path.realpath(a) == os.path.realpath(b)
+
+
+def brief(j):
+    keys = ("incremental", "parent", "fallback", "files", "pages_written", "seq")
+    return {k: j.get(k) for k in keys if k in j}
+
+
+def expect_full(j, what):
+    """A checkpoint taken without --parent: full, one pages file, no parent, no fallback."""
+    if (j.get("incremental") is not False or j.get("files") != 1 or j.get("parent") is not None
+            or j.get("fallback") is not None):
+        raise Fail(f"{what}: not a plain full checkpoint: {brief(j)}")
+
+
+def expect_incremental(j, parent, what):
+    if j.get("incremental") is not True or not same_dir(j.get("parent"), parent):
+        raise Fail(f"{what}: not an incremental checkpoint on {parent}: {brief(j)}")
+    if j.get("fallback") is not None:
+        raise Fail(f"{what}: incremental, yet with a fallback: {brief(j)}")
+
+
+def pages_files(image, what, want=None):
+    """The image's pages_files, checked to be indexed 0..n-1 (and n == want, if given)."""
+    files = image.get("pages_files")
+    if not isinstance(files, list) or not files:
+        raise Fail(f"{what}: inspect lists no pages_files: {str(files)[:200]}")
+    if [f.get("index") for f in files] != list(range(len(files))):
+        raise Fail(f"{what}: pages_files indexes {[f.get('index') for f in files]}")
+    if want is not None and len(files) != want:
+        raise Fail(f"{what}: {len(files)} pages_files, expected {want}",
+                   "\n".join(f"{f.get('index')}: {f.get('origin')} {f.get('pages')} pages"
+                             for f in files))
+    return files
+
+
+def expect_origins(files, chain, what):
+    """The pages files were first written in the directories of chain (oldest first), the
+    image's own file in the last of them."""
+    origins = [f.get("origin") for f in files]
+    got = sorted(os.path.realpath(o) if isinstance(o, str) else repr(o) for o in origins)
+    if not same_dir(origins[0], chain[-1]) or got != sorted(os.path.realpath(c) for c in chain):
+        raise Fail(f"{what}: pages files first written in {origins}, expected {chain[-1]} "
+                   f"first, then {', '.join(os.path.basename(c) for c in chain[:-1])}")
+
+
+def page_sources(image, what):
+    """{page address: pages file index} over the memory of the image's process, with each
+    mapping's sources checked to lie inside it, not to overlap, and to name a listed file."""
+    files = pages_files(image, what)
+    procs = image.get("processes") or []
+    if len(procs) != 1:
+        raise Fail(f"{what}: {len(procs)} processes in the image, expected 1")
+    pages = {}
+    for m in procs[0].get("memory") or []:
+        lo, hi = int(m["start"], 16), int(m["end"], 16)
+        for src in m.get("sources") or []:
+            start, n, f = int(src["start"], 16), src["pages"], src["file"]
+            if not (lo <= start and start + n * PAGE <= hi and 0 <= f < len(files)):
+                raise Fail(f"{what}: mapping {m['start']}-{m['end']} has a source {src} "
+                           f"outside it or from an unlisted file")
+            for i in range(n):
+                if start + i * PAGE in pages:
+                    raise Fail(f"{what}: page {start + i * PAGE:#x} has two sources")
+                pages[start + i * PAGE] = f
+    return pages
+
+
+def own_pages_outside(image, lo, hi):
+    """Lines naming the mappings with pages in the image's own file outside [lo, hi)."""
+    lines = []
+    for m in image["processes"][0].get("memory") or []:
+        n = sum(s["pages"] for s in m.get("sources") or [] if s["file"] == 0 and
+                not lo <= int(s["start"], 16) < hi)
+        if n:
+            lines.append(f"{m['start']}-{m['end']} {m.get('prot')} {m.get('kind')} "
+                         f"{m.get('path') or ''}: {n} of its {m.get('pages')} pages")
+    return "\n".join(lines)
+
+
+def untouched_reservations(image):
+    """PROT_NONE anonymous mappings the image holds pages of (as text), for a component whose
+    PROT_NONE mappings are reservations it never touched."""
+    return [f"{m['start']}-{m['end']}: {m.get('pages')} pages"
+            for m in image["processes"][0].get("memory") or []
+            if m.get("prot", "").startswith("---") and m.get("kind") == "anon" and m.get("pages")]
+
+
+def same_layout(snap):
+    """snap with adjacent mappings of equal protection and path (and contiguous offsets, for a
+    file) merged: dirty-page tracking may split a mapping the kernel would otherwise merge (a
+    heap grown after its registration), which a restore need not reproduce."""
+    maps = []
+    for line in snap["maps"]:
+        rng, perms, off, path = (line.split(None, 3) + [""])[:4]
+        lo, hi = (int(x, 16) for x in rng.split("-"))
+        if maps:
+            plo, phi, pperms, poff, ppath = maps[-1]
+            if (phi == lo and pperms == perms and ppath == path and
+                    (not path.startswith("/") or int(off, 16) == int(poff, 16) + phi - plo)):
+                maps[-1] = (plo, hi, perms, poff, path)
+                continue
+        maps.append((lo, hi, perms, off, path))
+    return dict(snap, maps=[f"{lo:x}-{hi:x} {perms} {off} {path}" for lo, hi, perms, off, path
+                            in maps])
+
+
+def step(ctx, k):
+    open(os.path.join(ctx.scratch, f"step-{k}"), "w").close()
+
+
+def incremental_pattern(ctx):
+    """Each link of a chain of incremental checkpoints holds exactly the pages the component
+    wrote since the previous link (and a few of its stack, stdio and libc pages); the last link
+    restores the whole 64 MiB region."""
+    d = [os.path.join(ctx.root, f"d{i}") for i in range(3)]
+    ctx.start("c", ctx.feature("incr_pattern"))
+    log = ctx.wait_line("c", "^READY$")
+    m = re.search(r"^REGION ([0-9a-f]+) (\d+)$", log, re.M)
+    if not m:
+        raise Fail(f"the program did not print its region: {log!r}")
+    start, npages = int(m.group(1), 16), int(m.group(2))
+    end = start + npages * PAGE
+    expect_full(ckpt_json(ctx, "c", "--dir", d[0]), "d0")
+    pages_files(inspect_json(ctx, d[0]), "d0", want=1)
+    for k in (1, 2):
+        written = {start + i * PAGE for i in range(npages) if (i * 7919 + k * 31) % 97 == 0}
+        step(ctx, k)
+        log = ctx.wait_line("c", rf"^WROTE {k} \d+$")
+        if not re.search(rf"^WROTE {k} {len(written)}$", log, re.M):
+            raise Fail(f"step {k}: the program wrote other pages than {len(written)}", tail(log, 1))
+        j = ckpt_json(ctx, "c", "--dir", d[k], "--parent", d[k - 1])
+        expect_incremental(j, d[k - 1], f"d{k}")
+        if j.get("files") != k + 1:
+            raise Fail(f"d{k}: reads {j.get('files')} pages files, expected {k + 1}")
+        image = inspect_json(ctx, d[k])
+        files = pages_files(image, f"d{k}", want=k + 1)
+        expect_origins(files, d[:k + 1], f"d{k}")
+        src = page_sources(image, f"d{k}")
+        own = {a for a, f in src.items() if f == 0}
+        inside = {a for a in own if start <= a < end}
+        missing, extra = sorted(written - inside), sorted(inside - written)
+        if missing or extra:
+            raise Fail(f"d{k}: the region's pages in its own file are not the {len(written)} "
+                       f"written by step {k}: {len(missing)} missing "
+                       f"({', '.join(hex(a) for a in missing[:4])}), {len(extra)} extra "
+                       f"({', '.join(hex(a) for a in extra[:4])})")
+        if len(own) - len(inside) > 64:
+            raise Fail(f"d{k}: {len(own) - len(inside)} pages outside the region in its own "
+                       f"file, expected at most 64", own_pages_outside(image, start, end))
+        unsaved = [a for a in range(start, end, PAGE) if a not in src]
+        if unsaved:
+            raise Fail(f"d{k}: {len(unsaved)} pages of the region have no source "
+                       f"(first {unsaved[0]:#x})")
+        counts = [sum(1 for f in src.values() if f == i) for i in range(len(files))]
+        if [f.get("pages") for f in files] != counts:
+            raise Fail(f"d{k}: pages_files count {[f.get('pages') for f in files]} pages, the "
+                       f"mappings' sources {counts}")
+        if not isinstance(j.get("pages_written"), int) or j["pages_written"] > len(own):
+            raise Fail(f"d{k}: pages_written {j.get('pages_written')}, its own file holds "
+                       f"{len(own)} pages")
+    ctx.ferry("kill", "c")
+    ctx.ferry("restore", "--dir", d[2], "--name", "c")
+    ctx.go()
+    expect_log(ctx, "c", log + "PASS\n")
+
+
+def incremental_chain(ctx, links):
+    """A full checkpoint, then links-1 incremental ones, each after a step that changes the
+    address space (mmap, mremap grow and move, munmap, mprotect, MADV_DONTNEED, writes, sbrk);
+    the last link restores with the same /proc view and every region's checksum. No link holds
+    pages of the component's PROT_NONE reservations, which it never touches."""
+    d = [os.path.join(ctx.root, f"d{i}") for i in range(links)]
+    ctx.start("c", ctx.feature("incr_chain"))
+    log = ctx.wait_line("c", "^READY$")
+    before = None
+    for k in range(links):
+        if k:
+            step(ctx, k)
+            log = ctx.wait_line("c", rf"^WROTE {k}$")
+        if k == links - 1:
+            before = proc_snapshot(ctx.pid("c"))
+        if k == 0:
+            expect_full(ckpt_json(ctx, "c", "--dir", d[0]), "d0")
+        else:
+            j = ckpt_json(ctx, "c", "--dir", d[k], "--parent", d[k - 1])  # --keep: no bound
+            expect_incremental(j, d[k - 1], f"d{k}")
+            if j.get("files") != k + 1:  # each step fills a page no later step rewrites
+                raise Fail(f"d{k}: reads {j.get('files')} pages files, expected {k + 1}")
+        image = inspect_json(ctx, d[k])
+        held = untouched_reservations(image)
+        if held:
+            raise Fail(f"d{k} holds pages of PROT_NONE reservations the component never "
+                       f"touched ({len(held)} mappings)", "\n".join(held[:8]))
+    if links == 10:
+        expect_origins(pages_files(image, "d9", want=10), d, "d9")
+    ctx.ferry("kill", "c")
+    ctx.ferry("restore", "--dir", d[-1], "--name", "c")
+    after = proc_snapshot(ctx.pid("c"))
+    if before["maps"] != after["maps"]:
+        say("maps differ after restore (compared with adjacent equal mappings merged): " +
+            "; ".join(sorted(set(before["maps"]) ^ set(after["maps"]))))
+    compare_snapshots(same_layout(before), same_layout(after), "after restore")
+    ctx.go()
+    expect_log(ctx, "c", log + "PASS\n")
+
+
+def incremental_fallback(ctx):
+    """--parent naming an image that is not the component's latest checkpoint: a full
+    checkpoint, which says why, and restores; it then is the latest, a valid parent."""
+    d = [os.path.join(ctx.root, f"d{i}") for i in range(4)]
+    ctx.start("c", ctx.feature("incr_chain"))
+    ctx.wait_line("c", "^READY$")
+    expect_full(ckpt_json(ctx, "c", "--dir", d[0]), "d0")
+    step(ctx, 1)
+    ctx.wait_line("c", "^WROTE 1$")
+    expect_incremental(ckpt_json(ctx, "c", "--dir", d[1], "--parent", d[0]), d[0], "d1")
+    step(ctx, 2)
+    log = ctx.wait_line("c", "^WROTE 2$")  # the log as d2 saves it
+    j = ckpt_json(ctx, "c", "--dir", d[2], "--parent", d[0])  # d1 is the latest
+    fallback = j.get("fallback")
+    if j.get("incremental") is not False or not isinstance(fallback, str) or not fallback.strip():
+        raise Fail(f"d2 on the outdated parent d0: not a full checkpoint with a reason: "
+                   f"{brief(j)}")
+    if j.get("files") != 1:
+        raise Fail(f"d2: a full checkpoint that reads {j.get('files')} pages files")
+    pages_files(inspect_json(ctx, d[2]), "d2", want=1)
+    say(f"fallback: {fallback}")
+    step(ctx, 3)
+    ctx.wait_line("c", "^WROTE 3$")
+    expect_incremental(ckpt_json(ctx, "c", "--dir", d[3], "--parent", d[2]), d[2], "d3")
+    ctx.ferry("kill", "c")
+    os.unlink(os.path.join(ctx.scratch, "step-3"))  # d2 was taken before step 3
+    ctx.ferry("restore", "--dir", d[2], "--name", "c")
+    ctx.go()
+    expect_log(ctx, "c", log + "PASS\n")
+
+
+class Continuous:
+    """`ferry checkpoint ... --every` running in the background, output in files; stop() ends
+    it (by its pid) if it still runs."""
+
+    def __init__(self, ctx, *args):
+        self.ctx = ctx
+        self.cmd = "ferry " + " ".join(args)
+        self.out = os.path.join(ctx.root, "continuous.out")
+        self.err = os.path.join(ctx.root, "continuous.err")
+        say(self.cmd + " &")
+        with open(self.out, "w") as out, open(self.err, "w") as err:
+            self.p = subprocess.Popen([ctx.ferry_bin, *args], stdin=subprocess.DEVNULL,
+                                      stdout=out, stderr=err, env=ctx.env, cwd=ctx.scratch)
+
+    def stderr(self):
+        return _read(self.err)
+
+    def records(self):
+        """The JSON objects of the complete lines printed so far."""
+        recs = []
+        for line in _read(self.out).splitlines(keepends=True):
+            if not line.endswith("\n") or not line.strip():
+                continue
+            try:
+                recs.append(json.loads(line))
+            except ValueError as e:
+                raise Fail(f"`{self.cmd}` printed a line that is not JSON ({e}): {line[:200]!r}")
+        return recs
+
+    def wait_records(self, n, limit=None):
+        def probe():
+            recs = self.records()
+            if len(recs) >= n:
+                return recs
+            if self.p.poll() is not None:
+                raise Fail(f"`{self.cmd}` exited {self.p.returncode} after {len(recs)} "
+                           f"checkpoints", f"its stderr:\n{tail(self.stderr(), 8)}")
+            return None
+        return self.ctx.wait_for(f"{n} checkpoints from `{self.cmd}`", probe, limit)
+
+    def wait(self, timeout):
+        try:
+            return self.p.wait(timeout=max(timeout, 0.5))
+        except subprocess.TimeoutExpired:
+            raise Fail(f"`{self.cmd}` did not end {timeout:.0f} s after it was signalled",
+                       f"its threads: {where_stuck(self.p.pid)}")
+
+    def stop(self):
+        if self.p.poll() is None:
+            safe_kill(self.p.pid, signal.SIGKILL)
+        self.p.wait()
+
+
+def temp_files(img):
+    """The temp files of a checkpoint being written in img, as "name (size)"."""
+    found = []
+    try:
+        for f in sorted(os.listdir(img)):
+            if f.endswith(".tmp"):
+                found.append(f"{f} ({os.path.getsize(os.path.join(img, f))} bytes)")
+    except OSError:
+        pass
+    return found
+
+
+def incremental_killed_link(ctx):
+    """Continuous checkpoints of a component writing memory fast; ferry SIGKILLed in the middle
+    of a link: the component runs on and DIR restores (its newest committed image)."""
+    img = os.path.join(ctx.root, "img")
+    ctx.start("c", ctx.feature("incr_threads"))
+    ctx.wait_line("c", "^READY$")
+    pid = ctx.pid("c")
+    bg = Continuous(ctx, "checkpoint", "c", "--dir", img, "--every", "50ms", "--json")
+    try:
+        n = len(bg.wait_records(2))
+        bg.wait_records(n + 1)  # a link just committed: kill the next one at a random moment
+        delay = random.uniform(0, 0.05)
+        time.sleep(delay)
+        end = time.monotonic() + 1
+        while not temp_files(img) and time.monotonic() < end and bg.p.poll() is None:
+            time.sleep(0.001)
+        mid = temp_files(img)
+        if bg.p.poll() is not None:
+            raise Fail(f"`{bg.cmd}` exited {bg.p.returncode} before it was killed",
+                       f"its stderr:\n{tail(bg.stderr(), 8)}")
+        safe_kill(bg.p.pid, signal.SIGKILL)
+        bg.wait(10)
+    finally:
+        bg.stop()
+    recs = bg.records()
+    say(f"killed {delay * 1000:.0f} ms after checkpoint {len(recs)} was reported; "
+        f"{'during a link: ' + ', '.join(mid) if mid else 'between links'}")
+    time.sleep(0.3)
+    try:
+        state = _read(f"/proc/{pid}/stat").rsplit(")", 1)[1].split()[0]
+    except OSError:
+        state = "gone"
+    if state not in ("S", "R", "D"):
+        c = ctx.component("c") or {}
+        raise Fail(f"after ferry was killed {'during a link' if mid else 'between links'} "
+                   f"({delay * 1000:.0f} ms after checkpoint {len(recs)} was reported) the "
+                   f"component is {state!r}: {c.get('state')}, exit status "
+                   f"{c.get('exit_status')}", f"temp files when killed: {', '.join(mid)}")
+    ctx.ferry("kill", "c")
+    ctx.ferry("restore", "--dir", img, "--name", "c")
+    ctx.go()
+    expect_log(ctx, "c", "READY\nPASS\n")
+
+
+def incremental_continuous(ctx):
+    """`checkpoint --every 100ms --keep 4` of a component writing memory fast, ended by SIGTERM
+    (exit 0): ten checkpoints or more, never more than 4 pages files, stats that add up, and
+    DIR restores."""
+    img = os.path.join(ctx.root, "img")
+    ctx.start("c", ctx.feature("incr_threads"))
+    ctx.wait_line("c", "^READY$")
+    bg = Continuous(ctx, "checkpoint", "c", "--dir", img, "--every", "100ms", "--keep", "4",
+                    "--json")
+    try:
+        t0 = time.monotonic()
+        bg.wait_records(1)
+        time.sleep(max(0.0, 3 - (time.monotonic() - t0)))
+        bg.wait_records(10, limit=max(1.0, ctx.left() - 25))  # a slow machine: a while more
+        safe_kill(bg.p.pid, signal.SIGTERM)
+        rc = bg.wait(15)
+    finally:
+        bg.stop()
+    if rc != 0:
+        raise Fail(f"`{bg.cmd}` exited {rc} on SIGTERM", f"its stderr:\n{tail(bg.stderr(), 8)}")
+    recs = bg.records()
+    seqs = [r.get("seq") for r in recs]
+    if any(not isinstance(s, int) for s in seqs) or seqs != sorted(set(seqs)):
+        raise Fail(f"seq of the checkpoints: {seqs}")
+    over = [brief(r) for r in recs if not isinstance(r.get("files"), int) or
+            not 1 <= r["files"] <= 4]
+    if over:
+        raise Fail(f"checkpoints reading more than 4 pages files (--keep 4): {over[:3]}")
+    if not any(r.get("incremental") is True for r in recs):
+        raise Fail(f"none of {len(recs)} checkpoints was incremental: {brief(recs[-1])}")
+    files = pages_files(inspect_json(ctx, img), "DIR")
+    if len(files) > 4:
+        raise Fail(f"DIR reads {len(files)} pages files, expected at most 4 (--keep 4)")
+    out = ctx.ferry("stats", "c", "--json")[1]
+    try:
+        stats = json.loads(out)
+    except ValueError as e:
+        raise Fail(f"`ferry stats c --json` is not JSON ({e}): {out[:200]!r}")
+    fz = stats.get("freeze_ms") or {}
+    if stats.get("name") != "c" or not isinstance(stats.get("count"), int) or stats["count"] < 10:
+        raise Fail(f"stats: {len(recs)} checkpoints reported, stats say {str(stats)[:300]}")
+    if not all(isinstance(fz.get(k), (int, float)) for k in ("min", "median", "max")) or not (
+            fz["min"] <= fz["median"] <= fz["max"]):
+        raise Fail(f"stats: freeze_ms {fz}")
+    if not isinstance((stats.get("latest") or {}).get("incremental"), bool):
+        raise Fail(f"stats: latest {stats.get('latest')}")
+    say(f"{len(recs)} checkpoints; freeze_ms {fz}; last {brief(recs[-1])}")
+    ctx.ferry("kill", "c")
+    ctx.ferry("restore", "--dir", img, "--name", "c")
+    ctx.go()
+    expect_log(ctx, "c", "READY\nPASS\n")
+
+
+INCREMENTAL_TESTS = (
+    ("pattern", incremental_pattern),
+    ("chain-1", lambda ctx: incremental_chain(ctx, 1)),
+    ("chain-2", lambda ctx: incremental_chain(ctx, 2)),
+    ("chain-10", lambda ctx: incremental_chain(ctx, 10)),
+    ("fallback", incremental_fallback),
+    ("killed-link", incremental_killed_link),
+    ("continuous", incremental_continuous),
+)
+
+
+# ---------------------------------------------------------------------------------------------
 
 
 def unit_test(path):
@@ -733,7 +1173,7 @@ def collect(builds):
             tests.append((f"{tag}/unit/{os.path.basename(u)}", None, unit_test(u), 120))
         ferry = os.path.join(b, "ferry")
         for prog in features:
-            if prog in REFUSAL_ONLY:
+            if prog in REFUSAL_ONLY or prog in INCREMENTAL_ONLY:
                 continue
             for variant, fn in (("restore", feature_restore), ("twice", feature_twice),
                                 ("live", feature_live)):
@@ -752,6 +1192,8 @@ def collect(builds):
         tests.append((f"{tag}/runtime/generations", ferry, generations, TEST_TIMEOUT))
         tests.append((f"{tag}/runtime/crash-mid-checkpoint", ferry, crash_mid_checkpoint,
                       TEST_TIMEOUT))
+        for name, fn in INCREMENTAL_TESTS:
+            tests.append((f"{tag}/incremental/{name}", ferry, fn, INCREMENTAL_TIMEOUT))
     return tests, features_dir
 
 

@@ -83,6 +83,9 @@ int ferry_kill(const struct ferry_runtime *rt, const char *name, struct ferry_er
 
 /* Flags of ferry_checkpoint. */
 #define FERRY_CKPT_STOP (1u << 0) /* end the component once the image is durable */
+/* a full image with a short freeze: memory is copied in rounds while the component runs, and
+ * only what it wrote during the last round is copied while it is frozen */
+#define FERRY_CKPT_LIVE (1u << 1)
 
 /* How to checkpoint. A zeroed struct asks for a full checkpoint. */
 struct ferry_ckpt_opts {
@@ -107,6 +110,8 @@ struct ferry_ckpt_stats {
 	uint32_t vmas;
 	uint32_t fds;
 	uint32_t files;   /* pages files the image reads (1 for a full image) */
+	uint32_t precopy_rounds; /* live: rounds of copying while the component ran */
+	uint64_t precopy_bytes;  /* live: bytes copied in those rounds */
 	bool incremental; /* pages not written since the parent were taken from it */
 	bool tracked;     /* dirty tracking runs on after this checkpoint */
 	char fallback[FERRY_FALLBACK_MAX]; /* why an incremental checkpoint became full, or "" */

@@ -82,7 +82,7 @@ static int runtime_open(struct cli *c)
 /* What a command's options produced. */
 struct opts {
 	const char *name, *dir, *parent, *keep, *every, *count;
-	bool json, stop, follow;
+	bool json, stop, follow, live;
 	int rest; /* index of the first operand in argv */
 };
 
@@ -105,6 +105,7 @@ static int parse_cmd(struct cli *c, int argc, char **argv, const char *shortopts
 	        {"keep", required_argument, NULL, 'k'},
 	        {"every", required_argument, NULL, 'e'},
 	        {"count", required_argument, NULL, 'c'},
+	        {"live", no_argument, NULL, 'l'},
 	        {NULL, 0, NULL, 0},
 	};
 	bool plus = shortopts[0] == '+';
@@ -149,6 +150,9 @@ static int parse_cmd(struct cli *c, int argc, char **argv, const char *shortopts
 			break;
 		case 'c':
 			o->count = optarg;
+			break;
+		case 'l':
+			o->live = true;
 			break;
 		case ':':
 			return usage_error(c, "option '%s' needs an argument", argv[optind - 1]);
@@ -527,6 +531,9 @@ static struct json_object *ckpt_json(const char *name, const char *dir, const st
 	jset(j, "fallback", st->fallback[0] ? json_object_new_string(st->fallback) : NULL);
 	jset(j, "tracked", json_object_new_boolean(st->tracked));
 	jset(j, "files", json_object_new_int64(st->files));
+	jset(j, "live", json_object_new_boolean(o->live));
+	jset(j, "precopy_rounds", json_object_new_int64(st->precopy_rounds));
+	jset(j, "precopy_bytes", json_object_new_uint64(st->precopy_bytes));
 	jset(j, "freeze_ms", json_ms(st->freeze_ns));
 	jset(j, "total_ms", json_ms(st->total_ns));
 	jset(j, "write_ms", json_ms(st->write_ns));
@@ -550,6 +557,9 @@ static void ckpt_print(const char *name, const char *dir, const struct opts *o,
 	       ms(st->total_ns), st->threads, st->vmas, st->fds, st->pages_written,
 	       st->pages_written * PAGE_SIZE_4K / 1048576.0, st->bytes_written / 1048576.0,
 	       st->files, st->files == 1 ? "" : "s", o->stop ? ", component stopped" : "");
+	if (st->precopy_rounds)
+		printf("%s: live: %" PRIu32 " rounds copied %.1f MiB while it ran\n", name,
+		       st->precopy_rounds, st->precopy_bytes / 1048576.0);
 	if (st->fallback[0])
 		printf("%s: not incremental: %s\n", name, st->fallback);
 	fflush(stdout);
@@ -594,7 +604,7 @@ static int cmd_checkpoint(struct cli *c, int argc, char **argv)
 	uint64_t every = 0, count = 0;
 	const char *name;
 	struct opts o;
-	int r = parse_cmd(c, argc, argv, "d:jsp:k:e:c:", 1, "NAME", &o);
+	int r = parse_cmd(c, argc, argv, "d:jsp:k:e:c:l", 1, "NAME", &o);
 
 	if (r >= 0)
 		return r;
@@ -608,9 +618,11 @@ static int cmd_checkpoint(struct cli *c, int argc, char **argv)
 		                   o.every);
 	if (o.count && (!o.every || !(count = parse_count(o.count))))
 		return usage_error(c, "--count wants --every and a positive number");
-	if (o.every && (o.parent || o.stop))
-		return usage_error(c, "--every takes neither --parent nor --stop");
-	co.flags = o.stop ? FERRY_CKPT_STOP : 0;
+	if (o.every && (o.parent || o.stop || o.live))
+		return usage_error(c, "--every takes neither --parent, --stop nor --live");
+	if (o.live && (o.parent || o.stop))
+		return usage_error(c, "--live takes neither --parent nor --stop");
+	co.flags = (o.stop ? FERRY_CKPT_STOP : 0) | (o.live ? FERRY_CKPT_LIVE : 0);
 	co.parent = o.parent;
 	if ((r = runtime_open(c)))
 		return r;
@@ -1048,7 +1060,7 @@ static const struct command commands[] = {
          "Start PROGRAM as component NAME (own PID and mount namespaces, output to its log).",
          "  -n, --name NAME    name of the component\n"},
         {"checkpoint", cmd_checkpoint,
-         "NAME --dir DIR [--parent PREV_DIR | --every INTERVAL [--count N]] [--keep N] "
+         "NAME --dir DIR [--parent PREV_DIR | --every INTERVAL [--count N] | --live] [--keep N] "
          "[--stop] [--json]",
          "Freeze component NAME, save it into image directory DIR and let it run on.",
          "  -d, --dir DIR      image directory (an earlier image there stays valid on failure)\n"
@@ -1060,6 +1072,9 @@ static const struct command commands[] = {
          "                     2s, ...) until SIGINT/SIGTERM; DIR always holds the newest\n"
          "                     complete one\n"
          "  -c, --count N      with --every: stop after N checkpoints\n"
+         "  -l, --live         a full image with a short freeze: memory is copied while NAME\n"
+         "                     runs, in rounds, then only what it wrote meanwhile is copied\n"
+         "                     frozen; the image is NAME at that last freeze\n"
          "  -k, --keep N       an image reads at most N pages files (default 8 with --every,\n"
          "                     no bound with --parent): older ones are folded into the new one\n"
          "  -j, --json         print the figures as JSON (--every: one line each)\n"},

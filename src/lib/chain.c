@@ -17,6 +17,50 @@ static int cmp_run(const void *a, const void *b)
 	return x->addr < y->addr ? -1 : x->addr > y->addr;
 }
 
+void runs_sort(struct page_run *runs, size_t n)
+{
+	qsort(runs, n, sizeof(*runs), cmp_run);
+}
+
+int runs_subtract(struct page_run **runs, size_t *n, const uint64_t *ranges, size_t nranges)
+{
+	struct page_run *out = NULL;
+	size_t nout = 0, k = 0;
+
+	for (size_t i = 0; i < *n; i++) {
+		const struct page_run *u = &(*runs)[i];
+		uint64_t cur = u->addr, end = u->addr + u->npages * MODEL_PAGE;
+		while (k < nranges && ranges[2 * k + 1] <= cur)
+			k++;
+		for (size_t j = k; cur < end; j++) {
+			/* the next cut, or none */
+			uint64_t cs = j < nranges ? MAX(ranges[2 * j], cur) : end;
+			uint64_t ce = j < nranges ? MIN(ranges[2 * j + 1], end) : end;
+			if (cs >= end) {
+				cs = ce = end;
+			}
+			if (cs > cur) {
+				if (GROW(out, nout) < 0) {
+					free(out);
+					return -ENOMEM;
+				}
+				struct page_run *p = &out[nout++];
+				*p = *u;
+				p->addr = cur;
+				p->npages = (cs - cur) / MODEL_PAGE;
+				p->off = u->off + (cur - u->addr);
+			}
+			cur = MAX(cur, ce);
+			if (j >= nranges)
+				break;
+		}
+	}
+	free(*runs);
+	*runs = out;
+	*n = nout;
+	return 0;
+}
+
 static bool private_kind(uint32_t kind)
 {
 	return kind == VMA_ANON || kind == VMA_FILE_PRIVATE;
@@ -91,14 +135,14 @@ int chain_resolve(const struct chain *ch, uint64_t s, uint64_t e, struct page_ru
 	for (size_t i = lo; i < ch->nidx && ch->idx[i].addr < e; i++) {
 		const struct page_run *pr = &ch->idx[i];
 		uint64_t ps = MAX(s, pr->addr), pe = MIN(e, pr->addr + pr->npages * MODEL_PAGE);
-		if (ps > cur && ranges_push(gaps, ngaps, cur, ps) < 0)
+		if (ps > cur && gaps && ranges_push(gaps, ngaps, cur, ps) < 0)
 			return -ENOMEM;
 		if (GROW(*runs, *n) < 0)
 			return -ENOMEM;
 		(*runs)[(*n)++] = (struct page_run){
 		        .addr = ps,
 		        .npages = (pe - ps) / MODEL_PAGE,
-		        .file = CHAIN_PARENT | pr->file,
+		        .file = ch->own ? pr->file : (CHAIN_PARENT | pr->file),
 		        .off = pr->off + (ps - pr->addr),
 		        .blk_off = pr->blk_off,
 		        .blk_pages = pr->blk_pages,
@@ -106,7 +150,7 @@ int chain_resolve(const struct chain *ch, uint64_t s, uint64_t e, struct page_ru
 		};
 		cur = pe;
 	}
-	if (cur < e && ranges_push(gaps, ngaps, cur, e) < 0)
+	if (cur < e && gaps && ranges_push(gaps, ngaps, cur, e) < 0)
 		return -ENOMEM;
 	return 0;
 }

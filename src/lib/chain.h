@@ -11,13 +11,17 @@
 #define CHAIN_PARENT      0x80000000u
 #define CHAIN_IS_PARENT(f) (((f) & CHAIN_PARENT) != 0)
 
-/* The parent of an incremental capture: its committed image and model. */
+/*
+ * The parent of an incremental capture: a committed image and its model, or (own: rd and pc
+ * NULL) pages already copied into the image being written, by the rounds of a live checkpoint.
+ */
 struct chain {
 	char dir[PATH_MAX];
 	struct image_reader *rd;
 	struct component *pc;
-	struct page_run *idx; /* its private-memory page runs, sorted by address */
+	struct page_run *idx; /* its private-memory page runs, sorted by address, disjoint */
 	size_t nidx;
+	bool own; /* runs name the writer's own files: taken as they are */
 };
 
 /* chain_open - open and verify the committed image in dir as a parent (*ret owned by caller). */
@@ -25,9 +29,19 @@ int chain_open(const char *dir, struct chain **ret, struct ferry_error *err);
 struct chain *chain_free(struct chain *ch);
 
 /*
+ * runs_subtract - remove the pages of ranges (sorted pairs) from the sorted disjoint runs
+ * (*runs, *n), splitting runs where needed (the parts keep their checksummed block). 0 or -ENOMEM.
+ */
+int runs_subtract(struct page_run **runs, size_t *n, const uint64_t *ranges, size_t nranges);
+
+/* runs_sort - sort runs by address. */
+void runs_sort(struct page_run *runs, size_t n);
+
+/*
  * chain_resolve - append to (*runs, *n) the parent's page runs covering [s, e), their file
  * marked CHAIN_PARENT | index in the parent; the parts of [s, e) the parent holds no data for
- * are appended to gaps (range pairs) to be captured now. 0 or -ENOMEM.
+ * are appended to gaps (range pairs; NULL: ignored) to be captured now. 0 or -ENOMEM. With ch->own the runs
+ * keep their file.
  */
 int chain_resolve(const struct chain *ch, uint64_t s, uint64_t e, struct page_run **runs,
                   size_t *n, uint64_t **gaps, size_t *ngaps);

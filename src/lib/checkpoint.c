@@ -87,7 +87,8 @@ static int refuse_children(pid_t pid, struct ferry_error *err)
 
 static int capture_frozen(struct frozen *fz, struct component *c, struct process *p,
                           const char *log_path, struct image_writer *w, struct mem_stats *st,
-                          struct mem_track *mt, struct ferry_error *err)
+                          struct mem_track *mt, const struct proc_map *pre, size_t npre,
+                          struct ferry_error *err)
 {
 	_cleanup_free_ struct proc_map *maps = NULL;
 	size_t nmaps = 0;
@@ -98,7 +99,9 @@ static int capture_frozen(struct frozen *fz, struct component *c, struct process
 	r = refuse_children(p->host_pid, err);
 	if (r < 0)
 		return r;
-	r = procfs_maps(p->host_pid, &maps, &nmaps);
+	/* smaps was read before the freeze: only what changed since is read again */
+	r = pre ? procfs_maps_refresh(p->host_pid, pre, npre, &maps, &nmaps)
+	        : procfs_maps(p->host_pid, &maps, &nmaps);
 	if (r < 0)
 		return ferr(err, r, "pid %d: reading mappings: %s", p->host_pid, strerror(-r));
 	for (size_t i = 0; i < nmaps && !sys_ip; i++)
@@ -193,7 +196,7 @@ static void reap_killed(struct frozen *fz)
 
 int checkpoint_capture(pid_t pid, const char *log_path, struct image_writer *w, struct frozen *fz,
                        struct component **ret, struct mem_stats *st, struct mem_track *mt,
-                       struct ferry_error *err)
+                       const struct proc_map *pre, size_t npre, struct ferry_error *err)
 {
 	struct component *c = calloc(1, sizeof(*c));
 	int r;
@@ -208,7 +211,7 @@ int checkpoint_capture(pid_t pid, const char *log_path, struct image_writer *w, 
 	c->created = (int64_t)time(NULL);
 	r = freeze(pid, fz, err);
 	if (r == 0)
-		r = capture_frozen(fz, c, &c->procs[0], log_path, w, st, mt, err);
+		r = capture_frozen(fz, c, &c->procs[0], log_path, w, st, mt, pre, npre, err);
 	if (r < 0) {
 		model_free(c);
 		return r;
@@ -264,6 +267,75 @@ static void stats_record(const struct ferry_runtime *rt, const char *name,
 		(void)write_full(fd, line, (size_t)n);
 }
 
+/* Start tracking in a brief freeze: inject userfaultfd() and take a copy of it out. */
+static int start_tracking(pid_t pid, struct track *tk, uint64_t *ret_freeze_ns,
+                          struct ferry_error *err)
+{
+	_cleanup_free_ struct proc_map *maps = NULL;
+	struct frozen fz = {0};
+	size_t nmaps = 0;
+	uint64_t sys_ip = 0, t0 = now_ns();
+	int r = procfs_maps(pid, &maps, &nmaps);
+
+	if (r < 0)
+		return ferr(err, r, "pid %d: reading mappings: %s", pid, strerror(-r));
+	for (size_t i = 0; i < nmaps && !sys_ip; i++)
+		if (strcmp(maps[i].path, "[vdso]") == 0)
+			(void)tracee_find_syscall_insn(pid, maps[i].start, maps[i].end, &sys_ip);
+	if (!sys_ip)
+		return ferr(err, -ENOTSUP, "pid %d: no vdso with a syscall instruction", pid);
+	r = freeze(pid, &fz, err);
+	for (size_t i = 0; r == 0 && i < fz.n; i++)
+		if (fz.t[i].tid == pid) {
+			fz.t[i].syscall_ip = sys_ip;
+			r = track_start(&fz.t[i], pid, tk, err);
+			break;
+		}
+	checkpoint_thaw(&fz);
+	*ret_freeze_ns = now_ns() - t0;
+	return r;
+}
+
+/* Rounds of a live checkpoint before its short freeze: a round copies what the last one saw
+ * written, until that is little or stops shrinking. */
+#define PRECOPY_ROUNDS_MAX 8
+#define PRECOPY_ENOUGH     (8ULL << 20)
+
+static int precopy(const struct ferry_runtime *rt, const char *name, pid_t pid, struct plan *pl,
+                   struct image_writer *w, struct ferry_ckpt_stats *s, struct ferry_error *err)
+{
+	uint64_t bytes = 0, last = UINT64_MAX;
+	int r;
+
+	if (!pl->tracking) {
+		r = start_tracking(pid, &pl->tk, &s->freeze_ns, err);
+		if (r < 0)
+			return ferr_prefix(err, "live checkpoint needs dirty tracking");
+		pl->tracking = true;
+		r = track_keep(rt, name, pid, &pl->tk, err); /* its holder; last stays 0 */
+		if (r < 0)
+			return r;
+	}
+	pl->ch = chain_free(pl->ch);
+	pl->ch = calloc(1, sizeof(*pl->ch));
+	if (!pl->ch)
+		return ferr(err, -ENOMEM, "out of memory");
+	pl->ch->own = true;
+	for (uint32_t round = 0; round < PRECOPY_ROUNDS_MAX; round++) {
+		r = mem_precopy(pid, &pl->tk, w, round == 0, &pl->ch->idx, &pl->ch->nidx, &bytes,
+		                err);
+		if (r < 0)
+			return ferr_prefix(err, "live round %u", round);
+		pl->tk.fresh = false; /* every private mapping is registered now */
+		s->precopy_rounds++;
+		s->precopy_bytes += bytes;
+		if (round > 0 && (bytes <= PRECOPY_ENOUGH || bytes >= last))
+			break;
+		last = bytes;
+	}
+	return 0;
+}
+
 static int checkpoint_once(const struct ferry_runtime *rt, const char *name, const char *dir,
                            const struct ferry_ckpt_opts *o, struct mem_stage *sg,
                            struct ferry_ckpt_stats *ret_stats, struct ferry_error *err)
@@ -298,6 +370,11 @@ static int checkpoint_once(const struct ferry_runtime *rt, const char *name, con
 		if (r < 0)
 			goto fail;
 	}
+	if (o->flags & FERRY_CKPT_LIVE) {
+		r = precopy(rt, name, rec.pid, &pl, w, &s, err);
+		if (r < 0)
+			goto fail;
+	}
 	if (getrandom(&capture_id, sizeof(capture_id), 0) != sizeof(capture_id)) {
 		r = ferr(err, -errno, "getrandom: %m");
 		goto fail;
@@ -312,8 +389,12 @@ static int checkpoint_once(const struct ferry_runtime *rt, const char *name, con
 	struct mem_track mt = {.tk = (pl.tracking || !stop) ? &pl.tk : NULL,
 	                       .parent = pl.ch,
 	                       .stage = pl.ch ? sg : NULL};
+	_cleanup_free_ struct proc_map *pre = NULL;
+	size_t npre = 0;
+	if (procfs_maps(rec.pid, &pre, &npre) < 0)
+		pre = NULL; /* read in the freeze then */
 	tf = now_ns();
-	r = checkpoint_capture(rec.pid, rec.log_path, w, &fz, &c, &st, &mt, err);
+	r = checkpoint_capture(rec.pid, rec.log_path, w, &fz, &c, &st, &mt, pre, npre, err);
 	if (r < 0) {
 		checkpoint_thaw(&fz);
 		goto fail;
@@ -322,8 +403,9 @@ static int checkpoint_once(const struct ferry_runtime *rt, const char *name, con
 	 * it does nothing after the moment the image shows */
 	if (!stop) {
 		checkpoint_thaw(&fz);
-		s.freeze_ns = now_ns() - tf;
+		s.freeze_ns += now_ns() - tf;
 	}
+	s.incremental = pl.ch != NULL && !pl.ch->own;
 	if (!mt.tk && !pl.why[0])
 		snprintf(pl.why, sizeof(pl.why), "%s", mt.why);
 	s.tracked = mt.tk && !stop;
@@ -332,16 +414,16 @@ static int checkpoint_once(const struct ferry_runtime *rt, const char *name, con
 		if (r < 0)
 			goto fail_frozen;
 	}
-	r = mem_stage_flush(sg, w, &st, err);
+	r = mem_stage_flush(sg, w, &c->procs[0], &st, err);
 	if (r == 0)
-		r = chain_finish(pl.ch, c, w, o->keep, dir, &cs, err);
+		r = chain_finish(s.incremental ? pl.ch : NULL, c, w, o->keep, dir, &cs, err);
 	if (r < 0)
 		goto fail_frozen;
 	snprintf(c->name, sizeof(c->name), "%s", name);
 	c->log_id = runtime_log_id(rt, name);
 	c->capture_id = capture_id;
 	c->track_id = s.tracked ? pl.tk.id : 0;
-	c->parent_id = pl.ch ? pl.ch->pc->capture_id : 0;
+	c->parent_id = s.incremental ? pl.ch->pc->capture_id : 0;
 	r = model_save(c, w, err);
 	if (r == 0)
 		r = image_writer_commit(w, &bytes, err);
@@ -360,7 +442,7 @@ static int checkpoint_once(const struct ferry_runtime *rt, const char *name, con
 			s.tracked = false;
 	}
 	if (stop) {
-		s.freeze_ns = now_ns() - tf;
+		s.freeze_ns += now_ns() - tf;
 		r = safe_kill(rec.pid, SIGKILL);
 		/* as its tracer we see its threads die first; only then can its monitor reap it */
 		reap_killed(&fz);
@@ -385,7 +467,6 @@ static int checkpoint_once(const struct ferry_runtime *rt, const char *name, con
 	s.pages_folded = cs.pages_folded;
 	s.bytes_written = bytes;
 	s.files = cs.files;
-	s.incremental = pl.ch != NULL;
 	if (o->parent && !pl.ch)
 		snprintf(s.fallback, sizeof(s.fallback), "%s", pl.why);
 	stats_record(rt, name, &s);

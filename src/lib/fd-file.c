@@ -20,46 +20,43 @@ static bool file_probe(const struct fd_info *fi, const struct fd_capture_ctx *ct
 }
 
 /*
- * Locks on the file (POSIX record locks owned by the process, flock locks of this open file)
- * from /proc/locks, as triples (LK_* flags, start, end) in e->extra. Taken by the first fd of
- * the file only: a POSIX lock belongs to the process, not to one fd.
+ * Locks taken through this open file (POSIX record locks of the process, flock and open file
+ * description locks), from the "lock:" lines of its fdinfo, as triples (LK_* flags, start, end)
+ * in e->extra. fdinfo lists a lock under the open file it was taken through, so every lock is
+ * seen once. Not /proc/locks: reading it costs an RCU grace period (it takes the file lock
+ * rwsem for writing), milliseconds inside the freeze, and it does not name OFD locks' owners.
  */
 #define LK_WRITE (1u << 0) /* an exclusive lock, else shared */
-#define LK_FLOCK (1u << 1) /* flock(), else a POSIX record lock */
+#define LK_FLOCK (1u << 1) /* flock() */
+#define LK_OFD   (1u << 2) /* an open file description lock (F_OFD_SETLK) */
 
 static int locks_capture(struct fd_capture_ctx *ctx, const struct fd_info *fi, struct fd_entry *e,
                          struct ferry_error *err)
 {
-	_cleanup_free_ char *all = NULL;
+	_cleanup_free_ char *info = NULL;
 	uint64_t v[48];
 	uint32_t n = 0;
 
-	for (size_t i = 0; i + 1 < ctx->p->nfds; i++)
-		if (ctx->p->fds[i].fid.dev == (uint64_t)fi->st.st_dev &&
-		    ctx->p->fds[i].fid.ino == fi->st.st_ino)
-			return 0;
-	if (read_file("/proc/locks", &all, NULL) < 0)
+	if (fds_fdinfo(ctx->p->host_pid, fi->fd, &info) < 0)
 		return 0;
-	for (char *l = strtok(all, "\n"); l; l = strtok(NULL, "\n")) {
+	for (char *l = strstr(info, "lock:\t"); l; l = strstr(l + 1, "lock:\t")) {
 		char kind[16], mode[16], rw[16], end[32];
-		unsigned maj, min;
-		unsigned long long ino, start;
-		int pid;
-		if (strstr(l, "->") ||
-		    sscanf(l, "%*d: %15s %15s %15s %d %x:%x:%llu %llu %31s", kind, mode, rw, &pid,
-		           &maj, &min, &ino, &start, end) != 9)
+		unsigned long long start;
+		if (sscanf(l, "lock:\t%*d: %15s %15s %15s %*d %*x:%*x:%*u %llu %31s", kind, mode, rw,
+		           &start, end) != 5)
 			continue;
-		if (pid != ctx->p->host_pid || ino != fi->st.st_ino ||
-		    makedev(maj, min) != fi->st.st_dev)
-			continue;
-		if (strcmp(kind, "POSIX") != 0 && strcmp(kind, "FLOCK") != 0)
+		uint64_t f = strcmp(rw, "WRITE") == 0 ? LK_WRITE : 0;
+		if (strcmp(kind, "FLOCK") == 0)
+			f |= LK_FLOCK;
+		else if (strcmp(kind, "OFDLCK") == 0)
+			f |= LK_OFD;
+		else if (strcmp(kind, "POSIX") != 0)
 			return ferr(err, -ENOTSUP, "%s holds a %s lock (unsupported)", fi->link,
 			            kind);
 		if (n + 3 > ARRAY_SIZE(v))
 			return ferr(err, -ENOTSUP, "%s: more than 16 locks (unsupported)",
 			            fi->link);
-		v[n++] = (strcmp(rw, "WRITE") == 0 ? LK_WRITE : 0) |
-		         (strcmp(kind, "FLOCK") == 0 ? LK_FLOCK : 0);
+		v[n++] = f;
 		v[n++] = start;
 		v[n++] = strcmp(end, "EOF") == 0 ? UINT64_MAX : strtoull(end, NULL, 10);
 	}
@@ -93,7 +90,8 @@ int fd_file_relock(struct restorer *rs, const struct process *p, struct ferry_er
 				if (w < 0)
 					return ferr(err, w, "scratch write: %s", strerror(-w));
 				r = rs_sys(rs, "fcntl(F_SETLK)", SYS_fcntl, (uint64_t)e->fd,
-				           F_SETLK, rs->scratch, 0, 0, 0, err);
+				           f & LK_OFD ? F_OFD_SETLK : F_SETLK, rs->scratch, 0, 0, 0,
+				           err);
 			}
 			if (r < 0)
 				return ferr_prefix(
@@ -143,7 +141,7 @@ static void file_describe(const struct fd_entry *e, char *buf, size_t len)
 	for (uint32_t i = 0; i + 2 < e->nextra && n < len; i += 3)
 		n += (size_t)snprintf(buf + n, len - n, ", %s %s lock",
 		                      e->extra[i] & LK_WRITE ? "write" : "read",
-		                      e->extra[i] & LK_FLOCK ? "flock" : "POSIX");
+		                      e->extra[i] & LK_FLOCK ? "flock" : e->extra[i] & LK_OFD ? "OFD" : "POSIX");
 }
 
 const struct fd_ops fd_file_ops = {

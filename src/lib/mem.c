@@ -494,9 +494,36 @@ static int stage_copy(pid_t pid, struct mem_stage *sg, struct page_run **runs, s
 	return 0;
 }
 
-int mem_stage_flush(struct mem_stage *sg, struct image_writer *w, struct mem_stats *st,
-                    struct ferry_error *err)
+static bool page_is_zero(const uint8_t *p)
 {
+	const uint64_t *w = (const uint64_t *)p;
+	for (size_t i = 0; i < MODEL_PAGE / 8; i++)
+		if (w[i])
+			return false;
+	return true;
+}
+
+/* Drop the zero pages of anonymous mappings from their runs: an empty page reads as zeros. */
+static int drop_zero_pages(struct process *p, const uint64_t *zero, size_t nzero)
+{
+	for (size_t i = 0, k = 0; i < p->nvmas && k < nzero; i++) {
+		struct vma *v = &p->vmas[i];
+		size_t first = k;
+		while (k < nzero && zero[2 * k] < v->end)
+			k++;
+		if (v->kind != VMA_ANON || k == first)
+			continue;
+		if (runs_subtract(&v->runs, &v->nruns, zero + 2 * first, k - first) < 0)
+			return -ENOMEM;
+	}
+	return 0;
+}
+
+int mem_stage_flush(struct mem_stage *sg, struct image_writer *w, struct process *p,
+                    struct mem_stats *st, struct ferry_error *err)
+{
+	_cleanup_free_ uint64_t *zero = NULL;
+	size_t nzero = 0;
 	uint64_t t0 = now_ns(), at = 0;
 
 	if (sg->used == 0)
@@ -506,6 +533,10 @@ int mem_stage_flush(struct mem_stage *sg, struct image_writer *w, struct mem_sta
 	for (size_t i = 0; i < sg->nruns; i++) {
 		struct page_run *run = sg->runs[i];
 		uint64_t len = run->npages * MODEL_PAGE;
+		for (uint64_t o = 0; o < len; o += MODEL_PAGE)
+			if (page_is_zero(sg->buf + at + o) &&
+			    ranges_push(&zero, &nzero, run->addr + o, run->addr + o + MODEL_PAGE) < 0)
+				return ferr(err, -ENOMEM, "out of memory");
 		run->file = 0;
 		run->off = run->blk_off = base + at;
 		run->blk_pages = run->npages;
@@ -518,6 +549,18 @@ int mem_stage_flush(struct mem_stage *sg, struct image_writer *w, struct mem_sta
 		return ferr(err, r, "writing page data: %s", strerror(-r));
 	sg->used = 0;
 	sg->nruns = 0;
+	if (nzero) {
+		uint64_t before = 0, after = 0;
+		for (size_t i = 0; i < p->nvmas; i++)
+			for (size_t j = 0; j < p->vmas[i].nruns; j++)
+				before += p->vmas[i].runs[j].npages;
+		if (drop_zero_pages(p, zero, nzero) < 0)
+			return ferr(err, -ENOMEM, "out of memory");
+		for (size_t i = 0; i < p->nvmas; i++)
+			for (size_t j = 0; j < p->vmas[i].nruns; j++)
+				after += p->vmas[i].runs[j].npages;
+		st->pages_written -= MIN(st->pages_written, before - after);
+	}
 	return 0;
 }
 
@@ -542,9 +585,6 @@ static int capture_private(const struct proc_map *m, struct vma *v, int pagemap,
 	bool incremental = false;
 	int r;
 
-	r = scan_private(pagemap, v->start, v->end, marker, &data, &ndata, err);
-	if (r < 0)
-		return r;
 	if (mt && mt->tk) {
 		/* "uw": registered for write-protection, hence tracked since the last capture */
 		bool tracked = procfs_vmflag(m, "uw") && !mt->tk->fresh;
@@ -562,6 +602,31 @@ static int capture_private(const struct proc_map *m, struct vma *v, int pagemap,
 				return r;
 		}
 	}
+	if (incremental && v->kind == VMA_ANON) {
+		/*
+		 * Without a scan of the whole mapping: an anonymous page that was not written since
+		 * the parent is as it was then (it holds data exactly where the parent has a run:
+		 * only a write, a fault on an empty entry or a zap changes it, and each shows as
+		 * written). Written ranges are copied; empty pages among them read as zeros and are
+		 * dropped from the runs when the copy is written out (mem_stage_flush).
+		 */
+		uint64_t cur = v->start;
+		for (size_t k = 0; k <= nwritten; k++) {
+			uint64_t ws = k < nwritten ? written[2 * k] : v->end;
+			uint64_t we = k < nwritten ? written[2 * k + 1] : v->end;
+			if (ws > cur &&
+			    chain_resolve(mt->parent, cur, ws, &v->runs, &v->nruns, NULL, NULL) < 0)
+				return ferr(err, -ENOMEM, "out of memory");
+			if (we > ws && add_run(&v->runs, &v->nruns, ws, we - ws) < 0)
+				return ferr(err, -ENOMEM, "out of memory");
+			cur = MAX(cur, we);
+		}
+		qsort(v->runs, v->nruns, sizeof(*v->runs), cmp_run);
+		return 0;
+	}
+	r = scan_private(pagemap, v->start, v->end, marker, &data, &ndata, err);
+	if (r < 0)
+		return r;
 	/* data minus written: from the parent; the written pages: now */
 	for (size_t i = 0, w = 0; i < ndata; i++) {
 		uint64_t cur = data[2 * i], e = data[2 * i + 1];
@@ -638,8 +703,8 @@ int mem_capture(struct component *c, struct process *p, const struct proc_map *m
 	for (size_t i = 0; i < p->nvmas; i++)
 		for (size_t j = 0; j < p->vmas[i].nruns; j++) {
 			struct page_run *run = &p->vmas[i].runs[j];
-			if (CHAIN_IS_PARENT(run->file))
-				continue;
+			if (run->blk_pages)
+				continue; /* already stored: in a parent, or by a live round */
 			fresh[njobs] = run;
 			jobs[njobs++] = (struct copy_job){.src_fd = -1,
 			                                  .src = run->addr,
@@ -654,6 +719,98 @@ int mem_capture(struct component *c, struct process *p, const struct proc_map *m
 		r = run_pipeline(p->host_pid, jobs, njobs, w, err);
 	st->write_ns += now_ns() - t0;
 	return r;
+}
+
+/* ---- live checkpoints: rounds of copying while the component runs ---- */
+
+/* The pages in both a and b (sorted range pairs), appended to out. */
+static int ranges_intersect(const uint64_t *a, size_t na, const uint64_t *b, size_t nb,
+                            uint64_t **out, size_t *nout)
+{
+	for (size_t i = 0, j = 0; i < na && j < nb;) {
+		uint64_t s = MAX(a[2 * i], b[2 * j]), e = MIN(a[2 * i + 1], b[2 * j + 1]);
+		if (s < e && ranges_push(out, nout, s, e) < 0)
+			return -ENOMEM;
+		if (a[2 * i + 1] < b[2 * j + 1])
+			i++;
+		else
+			j++;
+	}
+	return 0;
+}
+
+/* A private mapping whose pages a live round can copy (classify() decides the rest later). */
+static bool precopy_candidate(const struct proc_map *m)
+{
+	return m->perms[3] == 'p' && m->path[0] != '[' && !procfs_vmflag(m, "io") &&
+	       !procfs_vmflag(m, "pf") && (m->ino == 0 || m->path[0] == '/');
+}
+
+int mem_precopy(pid_t pid, struct track *tk, struct image_writer *w, bool first,
+                struct page_run **pre, size_t *npre, uint64_t *ret_bytes,
+                struct ferry_error *err)
+{
+	_cleanup_free_ struct proc_map *maps = NULL;
+	_cleanup_free_ uint64_t *take = NULL;
+	_cleanup_free_ struct page_run *fresh = NULL;
+	_cleanup_free_ struct copy_job *jobs = NULL;
+	size_t nmaps = 0, ntake = 0, nfresh = 0;
+	int marker = -2, r;
+
+	r = procfs_maps(pid, &maps, &nmaps);
+	if (r < 0)
+		return ferr(err, r, "pid %d: reading mappings: %s", pid, strerror(-r));
+	for (size_t i = 0; i < nmaps; i++) {
+		const struct proc_map *m = &maps[i];
+		_cleanup_free_ uint64_t *data = NULL, *written = NULL;
+		size_t ndata = 0, nwritten = 0;
+		if (!precopy_candidate(m))
+			continue;
+		bool registered = procfs_vmflag(m, "uw");
+		if (!registered && track_register(tk, m->start, m->end) < 0)
+			continue; /* not trackable: the final freeze copies it */
+		/* protect first, then copy: a write after this point is seen next round */
+		bool all = first || !registered;
+		r = track_collect(tk, m->start, m->end, all ? NULL : &written, &nwritten, err);
+		if (r < 0)
+			return r;
+		r = scan_private(tk->pagemap, m->start, m->end, &marker, &data, &ndata, err);
+		if (r < 0)
+			return r;
+		r = all ? 0 : ranges_intersect(data, ndata, written, nwritten, &take, &ntake);
+		for (size_t k = 0; all && r == 0 && k < ndata; k++)
+			r = ranges_push(&take, &ntake, data[2 * k], data[2 * k + 1]);
+		if (r < 0)
+			return ferr(err, r, "out of memory");
+	}
+	/* newer copies replace older ones */
+	if (runs_subtract(pre, npre, take, ntake) < 0)
+		return ferr(err, -ENOMEM, "out of memory");
+	for (size_t i = 0; i < ntake; i++)
+		if (add_run(&fresh, &nfresh, take[2 * i], take[2 * i + 1] - take[2 * i]) < 0)
+			return ferr(err, -ENOMEM, "out of memory");
+	jobs = calloc(nfresh ? nfresh : 1, sizeof(*jobs));
+	if (!jobs)
+		return ferr(err, -ENOMEM, "out of memory");
+	uint64_t bytes = 0;
+	for (size_t i = 0; i < nfresh; i++) {
+		jobs[i] = (struct copy_job){.src_fd = -1,
+		                            .src = fresh[i].addr,
+		                            .len = fresh[i].npages * MODEL_PAGE,
+		                            .run = &fresh[i]};
+		bytes += jobs[i].len;
+	}
+	r = run_pipeline(pid, jobs, nfresh, w, err);
+	if (r < 0)
+		return r;
+	for (size_t i = 0; i < nfresh; i++) {
+		if (GROW(*pre, *npre) < 0)
+			return ferr(err, -ENOMEM, "out of memory");
+		(*pre)[(*npre)++] = fresh[i];
+	}
+	runs_sort(*pre, *npre);
+	*ret_bytes = bytes;
+	return 0;
 }
 
 /* ---- verification of page data before a restored component runs ---- */

@@ -25,9 +25,13 @@ struct mem_stage {
 
 /* mem_stage_prepare - have a faulted-in buffer of at least bytes (call before the freeze). */
 int mem_stage_prepare(struct mem_stage *sg, uint64_t bytes, struct ferry_error *err);
-/* mem_stage_flush - checksum the staged pages and write them into w's own pages file. */
-int mem_stage_flush(struct mem_stage *sg, struct image_writer *w, struct mem_stats *st,
-                    struct ferry_error *err);
+/*
+ * mem_stage_flush - checksum the staged pages of p and write them into w's own pages file. The
+ * zero pages among them leave the runs of p's anonymous mappings (an empty page reads as zeros;
+ * an incremental capture copies written ranges without looking which hold pages).
+ */
+int mem_stage_flush(struct mem_stage *sg, struct image_writer *w, struct process *p,
+                    struct mem_stats *st, struct ferry_error *err);
 void mem_stage_free(struct mem_stage *sg);
 
 /* Dirty tracking, parent and staging for mem_capture; NULL members: not used. */
@@ -65,6 +69,18 @@ int shmem_lookup(struct component *c, int fd, uint32_t kind, const char *name,
  */
 int mem_restore(struct restorer *rs, const struct component *c, const struct process *p,
                 const struct proc_map *cur, size_t ncur, struct ferry_error *err);
+
+/*
+ * mem_precopy - one round of a live checkpoint, while the component (host pid pid) runs:
+ * register new private mappings for tracking, collect the pages written since the last round
+ * (first: every page that holds data) protecting them again, and copy them into w's own pages
+ * file. *pre: the runs copied so far (sorted, disjoint; a newer copy replaces an older one).
+ * *ret_bytes: bytes copied in this round. Pages this round misses are found by the final,
+ * frozen capture: as written, or as data with no run in *pre.
+ */
+int mem_precopy(pid_t pid, struct track *tk, struct image_writer *w, bool first,
+                struct page_run **pre, size_t *npre, uint64_t *ret_bytes,
+                struct ferry_error *err);
 
 /*
  * mem_verify_pages - check every checksummed block the page runs use against the image's pages

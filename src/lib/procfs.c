@@ -9,7 +9,8 @@
 #include "procfs.h"
 #include "util.h"
 
-int procfs_maps(pid_t pid, struct proc_map **ret, size_t *ret_n)
+/* Parse /proc/PID/smaps (VmFlags included) or /proc/PID/maps (which = "maps": no flags). */
+static int parse_maps(pid_t pid, const char *which, struct proc_map **ret, size_t *ret_n)
 {
 	char path[64];
 	_cleanup_free_ char *buf = NULL;
@@ -17,7 +18,7 @@ int procfs_maps(pid_t pid, struct proc_map **ret, size_t *ret_n)
 	size_t n = 0;
 	int r;
 
-	snprintf(path, sizeof(path), "/proc/%d/smaps", pid);
+	snprintf(path, sizeof(path), "/proc/%d/%s", pid, which);
 	r = read_file(path, &buf, NULL);
 	if (r < 0)
 		return r;
@@ -47,6 +48,42 @@ int procfs_maps(pid_t pid, struct proc_map **ret, size_t *ret_n)
 		} else if (n > 0 && strncmp(line, "VmFlags:", 8) == 0) {
 			snprintf(maps[n - 1].vmflags, sizeof(maps[n - 1].vmflags), "%s", line + 8);
 		}
+	}
+	*ret = maps;
+	*ret_n = n;
+	return 0;
+}
+
+int procfs_maps(pid_t pid, struct proc_map **ret, size_t *ret_n)
+{
+	return parse_maps(pid, "smaps", ret, ret_n);
+}
+
+static bool same_vma(const struct proc_map *a, const struct proc_map *b)
+{
+	return a->start == b->start && a->end == b->end && a->pgoff == b->pgoff &&
+	       a->ino == b->ino && a->dev_major == b->dev_major && a->dev_minor == b->dev_minor &&
+	       strcmp(a->perms, b->perms) == 0 && strcmp(a->path, b->path) == 0;
+}
+
+int procfs_maps_refresh(pid_t pid, const struct proc_map *old, size_t nold,
+                        struct proc_map **ret, size_t *ret_n)
+{
+	struct proc_map *maps = NULL;
+	size_t n = 0;
+	int r = parse_maps(pid, "maps", &maps, &n);
+
+	if (r < 0)
+		return r;
+	/* both lists are in address order */
+	for (size_t i = 0, j = 0; i < n; i++) {
+		while (j < nold && old[j].start < maps[i].start)
+			j++;
+		if (j == nold || !same_vma(&old[j], &maps[i])) {
+			free(maps);
+			return procfs_maps(pid, ret, ret_n); /* changed meanwhile: read it all */
+		}
+		memcpy(maps[i].vmflags, old[j].vmflags, sizeof(maps[i].vmflags));
 	}
 	*ret = maps;
 	*ret_n = n;
