@@ -414,7 +414,9 @@ static int checkpoint_once(const struct ferry_runtime *rt, const char *name, con
 		if (r < 0)
 			goto fail_frozen;
 	}
-	r = mem_stage_flush(sg, w, &c->procs[0], &st, err);
+	r = mem_stage_flush(sg, w, &st, err);
+	if (r == 0)
+		r = mem_finish_runs(sg, &c->procs[0], pl.ch, &st, err);
 	if (r == 0)
 		r = chain_finish(s.incremental ? pl.ch : NULL, c, w, o->keep, dir, &cs, err);
 	if (r < 0)

@@ -436,16 +436,80 @@ void mem_stage_free(struct mem_stage *sg)
 	if (sg->buf)
 		munmap(sg->buf, sg->cap);
 	free(sg->runs);
+	free(sg->zero);
 	memset(sg, 0, sizeof(*sg));
 }
 
-/* Copy the runs' pages of pid into the staging buffer, many runs per system call. */
+/* One half of a staged copy: runs [from, to) of pid into dst, many runs per system call. */
+struct stage_part {
+	pid_t pid;
+	struct page_run **runs;
+	size_t from, to;
+	uint8_t *dst;
+	int r;
+	struct ferry_error err;
+};
+
+static void *stage_part_copy(void *arg)
+{
+	struct stage_part *sp = arg;
+	struct iovec remote[IOV_BATCH];
+	_cleanup_close_ int memfd = -EBADF;
+	uint8_t *dst = sp->dst;
+
+	for (size_t i = sp->from; i < sp->to;) {
+		size_t k = 0;
+		uint64_t len = 0;
+		for (; k < IOV_BATCH && i + k < sp->to; k++) {
+			remote[k].iov_base = (void *)sp->runs[i + k]->addr;
+			remote[k].iov_len = sp->runs[i + k]->npages * MODEL_PAGE;
+			len += remote[k].iov_len;
+		}
+		struct iovec local = {dst, len};
+		if (process_vm_readv(sp->pid, &local, 1, remote, k, 0) != (ssize_t)len) {
+			/* a page it cannot read (PROT_NONE): run by run, through /proc/PID/mem */
+			if (memfd < 0) {
+				char path[64];
+				snprintf(path, sizeof(path), "/proc/%d/mem", sp->pid);
+				memfd = open(path, O_RDONLY | O_CLOEXEC);
+				if (memfd < 0) {
+					sp->r = ferr(&sp->err, -errno, "%s: %m", path);
+					return NULL;
+				}
+			}
+			uint64_t at = 0;
+			for (size_t j = 0; j < k; j++) {
+				int r = read_mem(sp->pid, memfd, (uint64_t)remote[j].iov_base,
+				                 dst + at, remote[j].iov_len);
+				if (r < 0) {
+					sp->r = ferr(&sp->err, r,
+					             "reading memory at 0x%" PRIx64 "+0x%zx: %s",
+					             (uint64_t)remote[j].iov_base, remote[j].iov_len,
+					             strerror(-r));
+					return NULL;
+				}
+				at += remote[j].iov_len;
+			}
+		}
+		dst += len;
+		i += k;
+	}
+	return NULL;
+}
+
+/*
+ * Copy the runs' pages of pid into the staging buffer. Scattered pages cost a page-table walk
+ * each: with more than a few MiB the second half goes on another thread (the component is
+ * frozen, so the other CPU is free).
+ */
 static int stage_copy(pid_t pid, struct mem_stage *sg, struct page_run **runs, size_t n,
                       struct ferry_error *err)
 {
-	struct iovec remote[IOV_BATCH];
-	_cleanup_close_ int memfd = -EBADF;
-	uint64_t total = 0;
+	struct stage_part part[2] = {{.pid = pid, .runs = runs}, {.pid = pid, .runs = runs}};
+	uint64_t total = 0, half = 0;
+	size_t mid = 0;
+	pthread_t th;
+	bool threaded = false;
 	int r;
 
 	for (size_t i = 0; i < n; i++)
@@ -456,41 +520,27 @@ static int stage_copy(pid_t pid, struct mem_stage *sg, struct page_run **runs, s
 	sg->runs = realloc(sg->runs, (sg->nruns + n + 1) * sizeof(*sg->runs));
 	if (!sg->runs)
 		return ferr(err, -ENOMEM, "out of memory");
-	for (size_t i = 0; i < n;) {
-		size_t k = 0;
-		uint64_t len = 0;
-		for (; k < IOV_BATCH && i + k < n; k++) {
-			remote[k].iov_base = (void *)runs[i + k]->addr;
-			remote[k].iov_len = runs[i + k]->npages * MODEL_PAGE;
-			len += remote[k].iov_len;
+	while (mid < n && half < total / 2)
+		half += runs[mid++]->npages * MODEL_PAGE;
+	part[0] = (struct stage_part){.pid = pid, .runs = runs, .to = mid, .dst = sg->buf + sg->used};
+	part[1] = (struct stage_part){
+	        .pid = pid, .runs = runs, .from = mid, .to = n, .dst = sg->buf + sg->used + half};
+	if (total >= 4 * CHUNK && mid < n)
+		threaded = pthread_create(&th, NULL, stage_part_copy, &part[1]) == 0;
+	stage_part_copy(&part[0]);
+	if (threaded)
+		pthread_join(th, NULL);
+	else
+		stage_part_copy(&part[1]);
+	for (int i = 0; i < 2; i++)
+		if (part[i].r < 0) {
+			if (err)
+				*err = part[i].err;
+			return part[i].r;
 		}
-		struct iovec local = {sg->buf + sg->used, len};
-		ssize_t got = process_vm_readv(pid, &local, 1, remote, k, 0);
-		if (got != (ssize_t)len) {
-			/* a page it cannot read (PROT_NONE): run by run, through /proc/PID/mem */
-			if (memfd < 0) {
-				char path[64];
-				snprintf(path, sizeof(path), "/proc/%d/mem", pid);
-				memfd = open(path, O_RDONLY | O_CLOEXEC);
-				if (memfd < 0)
-					return ferr(err, -errno, "%s: %m", path);
-			}
-			uint64_t at = 0;
-			for (size_t j = 0; j < k; j++) {
-				r = read_mem(pid, memfd, (uint64_t)remote[j].iov_base,
-				             sg->buf + sg->used + at, remote[j].iov_len);
-				if (r < 0)
-					return ferr(err, r, "reading memory at 0x%" PRIx64 "+0x%zx: %s",
-					            (uint64_t)remote[j].iov_base, remote[j].iov_len,
-					            strerror(-r));
-				at += remote[j].iov_len;
-			}
-		}
-		for (size_t j = 0; j < k; j++)
-			sg->runs[sg->nruns++] = runs[i + j];
-		sg->used += len;
-		i += k;
-	}
+	for (size_t i = 0; i < n; i++)
+		sg->runs[sg->nruns++] = runs[i];
+	sg->used += total;
 	return 0;
 }
 
@@ -503,29 +553,12 @@ static bool page_is_zero(const uint8_t *p)
 	return true;
 }
 
-/* Drop the zero pages of anonymous mappings from their runs: an empty page reads as zeros. */
-static int drop_zero_pages(struct process *p, const uint64_t *zero, size_t nzero)
+int mem_stage_flush(struct mem_stage *sg, struct image_writer *w, struct mem_stats *st,
+                    struct ferry_error *err)
 {
-	for (size_t i = 0, k = 0; i < p->nvmas && k < nzero; i++) {
-		struct vma *v = &p->vmas[i];
-		size_t first = k;
-		while (k < nzero && zero[2 * k] < v->end)
-			k++;
-		if (v->kind != VMA_ANON || k == first)
-			continue;
-		if (runs_subtract(&v->runs, &v->nruns, zero + 2 * first, k - first) < 0)
-			return -ENOMEM;
-	}
-	return 0;
-}
-
-int mem_stage_flush(struct mem_stage *sg, struct image_writer *w, struct process *p,
-                    struct mem_stats *st, struct ferry_error *err)
-{
-	_cleanup_free_ uint64_t *zero = NULL;
-	size_t nzero = 0;
 	uint64_t t0 = now_ns(), at = 0;
 
+	sg->nzero = 0;
 	if (sg->used == 0)
 		return 0;
 	/* one reservation, so the buffer goes out in one write */
@@ -535,7 +568,8 @@ int mem_stage_flush(struct mem_stage *sg, struct image_writer *w, struct process
 		uint64_t len = run->npages * MODEL_PAGE;
 		for (uint64_t o = 0; o < len; o += MODEL_PAGE)
 			if (page_is_zero(sg->buf + at + o) &&
-			    ranges_push(&zero, &nzero, run->addr + o, run->addr + o + MODEL_PAGE) < 0)
+			    ranges_push(&sg->zero, &sg->nzero, run->addr + o,
+			                run->addr + o + MODEL_PAGE) < 0)
 				return ferr(err, -ENOMEM, "out of memory");
 		run->file = 0;
 		run->off = run->blk_off = base + at;
@@ -549,18 +583,65 @@ int mem_stage_flush(struct mem_stage *sg, struct image_writer *w, struct process
 		return ferr(err, r, "writing page data: %s", strerror(-r));
 	sg->used = 0;
 	sg->nruns = 0;
-	if (nzero) {
-		uint64_t before = 0, after = 0;
-		for (size_t i = 0; i < p->nvmas; i++)
-			for (size_t j = 0; j < p->vmas[i].nruns; j++)
-				before += p->vmas[i].runs[j].npages;
-		if (drop_zero_pages(p, zero, nzero) < 0)
-			return ferr(err, -ENOMEM, "out of memory");
-		for (size_t i = 0; i < p->nvmas; i++)
-			for (size_t j = 0; j < p->vmas[i].nruns; j++)
-				after += p->vmas[i].runs[j].npages;
-		st->pages_written -= MIN(st->pages_written, before - after);
+	return 0;
+}
+
+/* Complete the runs of a mapping marked from_parent: the parent's runs between the written. */
+static int resolve_parent(struct vma *v, const struct chain *parent)
+{
+	struct page_run *runs = NULL;
+	size_t n = 0;
+	uint64_t cur = v->start;
+
+	for (size_t k = 0; k <= v->nruns; k++) {
+		uint64_t s = k < v->nruns ? v->runs[k].addr : v->end;
+		if (s > cur && chain_resolve(parent, cur, s, &runs, &n, NULL, NULL) < 0)
+			goto oom;
+		if (k == v->nruns)
+			break;
+		if (GROW(runs, n) < 0)
+			goto oom;
+		runs[n++] = v->runs[k];
+		cur = s + v->runs[k].npages * MODEL_PAGE;
 	}
+	free(v->runs);
+	v->runs = runs;
+	v->nruns = n;
+	v->from_parent = false;
+	return 0;
+oom:
+	free(runs);
+	return -ENOMEM;
+}
+
+int mem_finish_runs(struct mem_stage *sg, struct process *p, const struct chain *parent,
+                    struct mem_stats *st, struct ferry_error *err)
+{
+	uint64_t before = 0, after = 0;
+
+	for (size_t i = 0; i < p->nvmas; i++) {
+		if (p->vmas[i].from_parent && resolve_parent(&p->vmas[i], parent) < 0)
+			return ferr(err, -ENOMEM, "out of memory");
+		for (size_t j = 0; j < p->vmas[i].nruns; j++)
+			before += p->vmas[i].runs[j].npages;
+	}
+	if (!sg->nzero)
+		return 0;
+	/* zero pages of anonymous mappings: an empty page reads as zeros just as well */
+	for (size_t i = 0, k = 0; i < p->nvmas && k < sg->nzero; i++) {
+		struct vma *v = &p->vmas[i];
+		size_t first = k;
+		while (k < sg->nzero && sg->zero[2 * k] < v->end)
+			k++;
+		if (v->kind == VMA_ANON && k > first &&
+		    runs_subtract(&v->runs, &v->nruns, sg->zero + 2 * first, k - first) < 0)
+			return ferr(err, -ENOMEM, "out of memory");
+	}
+	for (size_t i = 0; i < p->nvmas; i++)
+		for (size_t j = 0; j < p->vmas[i].nruns; j++)
+			after += p->vmas[i].runs[j].npages;
+	st->pages_written -= MIN(st->pages_written, before - after);
+	sg->nzero = 0;
 	return 0;
 }
 
@@ -610,18 +691,12 @@ static int capture_private(const struct proc_map *m, struct vma *v, int pagemap,
 		 * written). Written ranges are copied; empty pages among them read as zeros and are
 		 * dropped from the runs when the copy is written out (mem_stage_flush).
 		 */
-		uint64_t cur = v->start;
-		for (size_t k = 0; k <= nwritten; k++) {
-			uint64_t ws = k < nwritten ? written[2 * k] : v->end;
-			uint64_t we = k < nwritten ? written[2 * k + 1] : v->end;
-			if (ws > cur &&
-			    chain_resolve(mt->parent, cur, ws, &v->runs, &v->nruns, NULL, NULL) < 0)
+		for (size_t k = 0; k < nwritten; k++)
+			if (add_run(&v->runs, &v->nruns, written[2 * k],
+			            written[2 * k + 1] - written[2 * k]) < 0)
 				return ferr(err, -ENOMEM, "out of memory");
-			if (we > ws && add_run(&v->runs, &v->nruns, ws, we - ws) < 0)
-				return ferr(err, -ENOMEM, "out of memory");
-			cur = MAX(cur, we);
-		}
-		qsort(v->runs, v->nruns, sizeof(*v->runs), cmp_run);
+		/* the rest needs only the parent's model: worked out after the thaw */
+		v->from_parent = true;
 		return 0;
 	}
 	r = scan_private(pagemap, v->start, v->end, marker, &data, &ndata, err);

@@ -21,16 +21,23 @@ struct mem_stage {
 	uint64_t used;
 	struct page_run **runs; /* the run of each staged piece, in buffer order */
 	size_t nruns;
+	uint64_t *zero; /* pages found zero by the last flush (range pairs, in address order) */
+	size_t nzero;
 };
 
 /* mem_stage_prepare - have a faulted-in buffer of at least bytes (call before the freeze). */
 int mem_stage_prepare(struct mem_stage *sg, uint64_t bytes, struct ferry_error *err);
+/* mem_stage_flush - checksum the staged pages and write them into w's own pages file. */
+int mem_stage_flush(struct mem_stage *sg, struct image_writer *w, struct mem_stats *st,
+                    struct ferry_error *err);
+
 /*
- * mem_stage_flush - checksum the staged pages of p and write them into w's own pages file. The
- * zero pages among them leave the runs of p's anonymous mappings (an empty page reads as zeros;
- * an incremental capture copies written ranges without looking which hold pages).
+ * mem_finish_runs - after the flush, outside the freeze: complete the runs of mappings an
+ * incremental capture marked from_parent with the parent's runs for every page not written
+ * since it; drop the zero pages the flush found from anonymous mappings' runs (an incremental
+ * capture copies written ranges without looking which hold pages; an empty page reads as zeros).
  */
-int mem_stage_flush(struct mem_stage *sg, struct image_writer *w, struct process *p,
+int mem_finish_runs(struct mem_stage *sg, struct process *p, const struct chain *parent,
                     struct mem_stats *st, struct ferry_error *err);
 void mem_stage_free(struct mem_stage *sg);
 

@@ -79,6 +79,8 @@ struct vma {
 	struct file_id fid;
 	struct page_run *runs;
 	size_t nruns;
+	bool from_parent; /* at capture, not stored: the pages not in runs yet come from the
+	                     parent (mem_finish_runs, after the thaw) */
 };
 
 enum shmem_kind {
