@@ -1131,8 +1131,52 @@ def incremental_continuous(ctx):
     expect_log(ctx, "c", "READY\nPASS\n")
 
 
+def incremental_live(ctx):
+    """`checkpoint --live` of a component writing memory on four threads: a full image taken in
+    rounds while it runs and a short freeze at the end; first with no tracking yet (it starts
+    in a brief freeze), then again with it, then an incremental link on the live image. The
+    live image restores exactly (the program checks every page against its counters), and so
+    does the link through it."""
+    d = [os.path.join(ctx.root, f"d{i}") for i in range(3)]
+    ctx.start("c", ctx.feature("incr_threads"))
+    ctx.wait_line("c", "^READY$")
+    for i in (0, 1):
+        j = ckpt_json(ctx, "c", "--dir", d[i], "--live")
+        expect_full(j, f"d{i}")
+        if j.get("live") is not True or not isinstance(j.get("precopy_rounds"), int) or \
+                j["precopy_rounds"] < 1 or not j.get("precopy_bytes"):
+            raise Fail(f"d{i}: not a live checkpoint: {j}")
+        if j.get("tracked") is not True:
+            raise Fail(f"d{i}: dirty tracking does not go on after a live checkpoint: {j}")
+        say(f"d{i}: live, {j['precopy_rounds']} rounds, {j['precopy_bytes']} bytes while "
+            f"running, freeze {j.get('freeze_ms')} ms")
+    j = ckpt_json(ctx, "c", "--dir", d[2], "--parent", d[1])
+    expect_incremental(j, d[1], "d2")
+    ctx.ferry("kill", "c")
+    ctx.ferry("restore", "--dir", d[1], "--name", "c")
+    ctx.ferry("kill", "c")
+    ctx.ferry("restore", "--dir", d[2], "--name", "c")
+    ctx.go()
+    expect_log(ctx, "c", "READY\nPASS\n")
+
+
+def incremental_live_refused(ctx):
+    """--live with --parent or --stop is a usage error (exit 2), and nothing is written."""
+    img = os.path.join(ctx.root, "img")
+    ctx.start("c", ctx.feature("incr_threads"))
+    ctx.wait_line("c", "^READY$")
+    for extra in (("--parent", img), ("--stop",)):
+        rc, _, err = ctx.ferry("checkpoint", "c", "--dir", img, "--live", *extra, ok=False)
+        if rc != 2 or "--live" not in err:
+            raise Fail(f"--live {' '.join(extra)}: exit {rc}, stderr {err!r}")
+    if os.path.exists(img):
+        raise Fail("a refused command created the image directory")
+
+
 INCREMENTAL_TESTS = (
     ("pattern", incremental_pattern),
+    ("live", incremental_live),
+    ("live-refused", incremental_live_refused),
     ("chain-1", lambda ctx: incremental_chain(ctx, 1)),
     ("chain-2", lambda ctx: incremental_chain(ctx, 2)),
     ("chain-10", lambda ctx: incremental_chain(ctx, 10)),

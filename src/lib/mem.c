@@ -817,8 +817,15 @@ static int ranges_intersect(const uint64_t *a, size_t na, const uint64_t *b, siz
 /* A private mapping whose pages a live round can copy (classify() decides the rest later). */
 static bool precopy_candidate(const struct proc_map *m)
 {
-	return m->perms[3] == 'p' && m->path[0] != '[' && !procfs_vmflag(m, "io") &&
-	       !procfs_vmflag(m, "pf") && (m->ino == 0 || m->path[0] == '/');
+	static const char *const special[] = {"[vdso]", "[vvar]", "[vvar_vclock]", "[vsyscall]"};
+
+	for (size_t i = 0; i < ARRAY_SIZE(special); i++)
+		if (strcmp(m->path, special[i]) == 0)
+			return false;
+	/* every other private mapping, [heap] and [stack] included: the final capture takes
+	 * a registered mapping's unwritten pages from the rounds, so each must be in them */
+	return m->perms[3] == 'p' && !procfs_vmflag(m, "io") && !procfs_vmflag(m, "pf") &&
+	       (m->ino == 0 || m->path[0] == '/');
 }
 
 int mem_precopy(pid_t pid, struct track *tk, struct image_writer *w, bool first,
