@@ -89,10 +89,11 @@ int ferry_kill(const struct ferry_runtime *rt, const char *name, struct ferry_er
 
 /* How to checkpoint. A zeroed struct asks for a full checkpoint. */
 struct ferry_ckpt_opts {
-	unsigned flags;     /* FERRY_CKPT_* */
-	const char *parent; /* incremental: an image of NAME to take unwritten pages from, or NULL */
-	unsigned keep;      /* bound on the pages files an image reads (0: no bound); older parent
-	                       files holding the fewest pages are folded into the new image */
+	unsigned flags; /* FERRY_CKPT_* */
+	const char
+	        *parent; /* incremental: an image of NAME to take unwritten pages from, or NULL */
+	unsigned keep;   /* bound on the pages files an image reads (0: no bound); older parent
+	                    files holding the fewest pages are folded into the new image */
 };
 
 #define FERRY_FALLBACK_MAX 256
@@ -109,11 +110,11 @@ struct ferry_ckpt_stats {
 	uint32_t threads;
 	uint32_t vmas;
 	uint32_t fds;
-	uint32_t files;   /* pages files the image reads (1 for a full image) */
+	uint32_t files;          /* pages files the image reads (1 for a full image) */
 	uint32_t precopy_rounds; /* live: rounds of copying while the component ran */
 	uint64_t precopy_bytes;  /* live: bytes copied in those rounds */
-	bool incremental; /* pages not written since the parent were taken from it */
-	bool tracked;     /* dirty tracking runs on after this checkpoint */
+	bool incremental;        /* pages not written since the parent were taken from it */
+	bool tracked;            /* dirty tracking runs on after this checkpoint */
 	char fallback[FERRY_FALLBACK_MAX]; /* why an incremental checkpoint became full, or "" */
 };
 
@@ -145,9 +146,8 @@ typedef int (*ferry_tick_fn)(void *arg, const struct ferry_ckpt_stats *st);
  * holds the newest complete checkpoint. opts->keep bounds the files a restore reads.
  */
 int ferry_checkpoint_every(const struct ferry_runtime *rt, const char *name, const char *dir,
-                           const struct ferry_ckpt_opts *opts, uint64_t interval_ns,
-                           uint64_t count, ferry_tick_fn tick, void *arg,
-                           struct ferry_error *err);
+                           const struct ferry_ckpt_opts *opts, uint64_t interval_ns, uint64_t count,
+                           ferry_tick_fn tick, void *arg, struct ferry_error *err);
 
 /* Figures over the checkpoints of the current run of a component. */
 struct ferry_stat_summary {

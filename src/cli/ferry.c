@@ -87,26 +87,20 @@ struct opts {
 };
 
 /*
- * parse_cmd - parse the options in SHORTOPTS (a subset of "n:d:jsfp:k:e:c:"; a leading '+' stops at the
- * first operand, for `run`), answer --help and insist on NPOS operands (-1: any number), named
+ * parse_cmd - parse the options in SHORTOPTS (a subset of "n:d:jsfp:k:e:c:"; a leading '+' stops at
+ * the first operand, for `run`), answer --help and insist on NPOS operands (-1: any number), named
  * WHAT when missing. Returns -1 when the command should proceed, else the exit status to end with.
  */
 static int parse_cmd(struct cli *c, int argc, char **argv, const char *shortopts, int npos,
                      const char *what, struct opts *o)
 {
 	static const struct option longopts[] = {
-	        {"help", no_argument, NULL, 'h'},
-	        {"name", required_argument, NULL, 'n'},
-	        {"dir", required_argument, NULL, 'd'},
-	        {"json", no_argument, NULL, 'j'},
-	        {"stop", no_argument, NULL, 's'},
-	        {"follow", no_argument, NULL, 'f'},
-	        {"parent", required_argument, NULL, 'p'},
-	        {"keep", required_argument, NULL, 'k'},
-	        {"every", required_argument, NULL, 'e'},
-	        {"count", required_argument, NULL, 'c'},
-	        {"live", no_argument, NULL, 'l'},
-	        {NULL, 0, NULL, 0},
+	        {"help", no_argument, NULL, 'h'},         {"name", required_argument, NULL, 'n'},
+	        {"dir", required_argument, NULL, 'd'},    {"json", no_argument, NULL, 'j'},
+	        {"stop", no_argument, NULL, 's'},         {"follow", no_argument, NULL, 'f'},
+	        {"parent", required_argument, NULL, 'p'}, {"keep", required_argument, NULL, 'k'},
+	        {"every", required_argument, NULL, 'e'},  {"count", required_argument, NULL, 'c'},
+	        {"live", no_argument, NULL, 'l'},         {NULL, 0, NULL, 0},
 	};
 	bool plus = shortopts[0] == '+';
 	char spec[32];
@@ -584,8 +578,8 @@ static int every_tick(void *arg, const struct ferry_ckpt_stats *st)
 			struct json_object *j = ckpt_json(ev->name, ev->dir, ev->o,
 			                                  st->incremental ? ev->dir : NULL, st);
 			jset(j, "seq", json_object_new_uint64(ev->seq));
-			puts(json_object_to_json_string_ext(j, JSON_C_TO_STRING_PLAIN |
-			                                               JSON_C_TO_STRING_NOSLASHESCAPE));
+			puts(json_object_to_json_string_ext(
+			        j, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE));
 			fflush(stdout);
 			json_object_put(j);
 		} else {
@@ -612,7 +606,8 @@ static int cmd_checkpoint(struct cli *c, int argc, char **argv)
 	if (!o.dir)
 		return usage_error(c, "missing --dir DIR");
 	if (o.keep && (!(co.keep = (unsigned)parse_count(o.keep)) || co.keep < 2))
-		return usage_error(c, "--keep wants a number of images, 2 or more, not '%s'", o.keep);
+		return usage_error(c, "--keep wants a number of images, 2 or more, not '%s'",
+		                   o.keep);
 	if (o.every && !(every = parse_duration(o.every)))
 		return usage_error(c, "--every wants a duration like 100ms or 2s, not '%s'",
 		                   o.every);
@@ -642,8 +637,8 @@ static int cmd_checkpoint(struct cli *c, int argc, char **argv)
 	if (r < 0)
 		return fail(c, name, r);
 	if (o.json) {
-		struct json_object *j = ckpt_json(name, o.dir, &o, st.incremental ? o.parent : NULL,
-		                                  &st);
+		struct json_object *j =
+		        ckpt_json(name, o.dir, &o, st.incremental ? o.parent : NULL, &st);
 		json_print(j);
 		json_object_put(j);
 		return 0;
@@ -722,7 +717,8 @@ static int cmd_stats(struct cli *c, int argc, char **argv)
 	            {"bytes written", st.latest.bytes_written, st.bytes_written}};
 	for (size_t i = 0; i < sizeof(rows) / sizeof(rows[0]); i++)
 		printf("  %-14s %10" PRIu64 " %10" PRIu64 " %10" PRIu64 " %10" PRIu64 "\n",
-		       rows[i].what, rows[i].latest, rows[i].s.min, rows[i].s.median, rows[i].s.max);
+		       rows[i].what, rows[i].latest, rows[i].s.min, rows[i].s.median,
+		       rows[i].s.max);
 	return 0;
 }
 

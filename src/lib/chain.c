@@ -117,8 +117,8 @@ int chain_open(const char *dir, struct chain **ret, struct ferry_error *err)
 	return 0;
 }
 
-int chain_resolve(const struct chain *ch, uint64_t s, uint64_t e, struct page_run **runs,
-                  size_t *n, uint64_t **gaps, size_t *ngaps)
+int chain_resolve(const struct chain *ch, uint64_t s, uint64_t e, struct page_run **runs, size_t *n,
+                  uint64_t **gaps, size_t *ngaps)
 {
 	size_t lo = 0, hi = ch->nidx;
 	uint64_t cur = s;
@@ -177,8 +177,8 @@ static int fold(struct chain *ch, struct component *c, uint32_t j, struct image_
 			continue;
 		uint64_t blen = run->blk_pages * MODEL_PAGE, len = run->npages * MODEL_PAGE;
 		if (blen > BLOCK_MAX)
-			return ferr(err, -EPROTO, "parent %s: block at %" PRIu64 " too long", ch->dir,
-			            run->blk_off);
+			return ferr(err, -EPROTO, "parent %s: block at %" PRIu64 " too long",
+			            ch->dir, run->blk_off);
 		if (run->blk_off != have_off) {
 			r = pread_full(fd, buf, blen, (off_t)run->blk_off);
 			if (r < 0)
@@ -189,7 +189,8 @@ static int fold(struct chain *ch, struct component *c, uint32_t j, struct image_
 				return ferr(err, -EBADMSG,
 				            "parent %s: %s offset %" PRIu64
 				            ": checksum mismatch, image corrupted",
-				            ch->dir, image_reader_pages_name(ch->rd, j), run->blk_off);
+				            ch->dir, image_reader_pages_name(ch->rd, j),
+				            run->blk_off);
 			have_off = run->blk_off;
 		}
 		const uint8_t *data = buf + (run->off - run->blk_off);
@@ -284,8 +285,7 @@ int chain_finish(struct chain *ch, struct component *c, struct image_writer *w, 
 	for (uint32_t j = 0; j < nparent && r == 0; j++) {
 		if (!count[j])
 			continue;
-		const struct pagefile *pf =
-		        j < ch->pc->npagefiles ? &ch->pc->pagefiles[j] : NULL;
+		const struct pagefile *pf = j < ch->pc->npagefiles ? &ch->pc->pagefiles[j] : NULL;
 		r = set_origin(&c->pagefiles[map[j]], pf ? pf->origin : ch->dir, pf ? pf->gen : 0,
 		               pf ? pf->created : 0);
 	}

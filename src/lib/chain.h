@@ -8,8 +8,8 @@
 #include "model.h"
 
 /* A page run's file while capture runs: index j of the parent's pages files. */
-#define CHAIN_PARENT      0x80000000u
-#define CHAIN_IS_PARENT(f) (((f) & CHAIN_PARENT) != 0)
+#define CHAIN_PARENT       0x80000000u
+#define CHAIN_IS_PARENT(f) (((f)&CHAIN_PARENT) != 0)
 
 /*
  * The parent of an incremental capture: a committed image and its model, or (own: rd and pc
@@ -40,11 +40,11 @@ void runs_sort(struct page_run *runs, size_t n);
 /*
  * chain_resolve - append to (*runs, *n) the parent's page runs covering [s, e), their file
  * marked CHAIN_PARENT | index in the parent; the parts of [s, e) the parent holds no data for
- * are appended to gaps (range pairs; NULL: ignored) to be captured now. 0 or -ENOMEM. With ch->own the runs
- * keep their file.
+ * are appended to gaps (range pairs; NULL: ignored) to be captured now. 0 or -ENOMEM. With ch->own
+ * the runs keep their file.
  */
-int chain_resolve(const struct chain *ch, uint64_t s, uint64_t e, struct page_run **runs,
-                  size_t *n, uint64_t **gaps, size_t *ngaps);
+int chain_resolve(const struct chain *ch, uint64_t s, uint64_t e, struct page_run **runs, size_t *n,
+                  uint64_t **gaps, size_t *ngaps);
 
 /* Figures of chain_finish. */
 struct chain_stats {

@@ -223,8 +223,8 @@ int checkpoint_capture(pid_t pid, const char *log_path, struct image_writer *w, 
 /* The tracking and parent of one checkpoint, decided before the freeze. */
 struct plan {
 	struct track tk;
-	bool tracking;     /* tk.uffd is an attached tracking */
-	struct chain *ch;  /* the parent, when incremental */
+	bool tracking;    /* tk.uffd is an attached tracking */
+	struct chain *ch; /* the parent, when incremental */
 	char why[FERRY_FALLBACK_MAX];
 };
 
@@ -233,7 +233,8 @@ static void plan_parent(struct plan *pl, const char *name, const char *parent)
 	struct ferry_error e = {0};
 
 	if (!pl->tracking) {
-		snprintf(pl->why, sizeof(pl->why), "%s", pl->why[0] ? pl->why : "no dirty tracking");
+		snprintf(pl->why, sizeof(pl->why), "%s",
+		         pl->why[0] ? pl->why : "no dirty tracking");
 		return;
 	}
 	if (chain_open(parent, &pl->ch, &e) < 0) {
@@ -503,9 +504,8 @@ int ferry_checkpoint(const struct ferry_runtime *rt, const char *name, const cha
 }
 
 int ferry_checkpoint_every(const struct ferry_runtime *rt, const char *name, const char *dir,
-                           const struct ferry_ckpt_opts *opts, uint64_t interval_ns,
-                           uint64_t count, ferry_tick_fn tick, void *arg,
-                           struct ferry_error *err)
+                           const struct ferry_ckpt_opts *opts, uint64_t interval_ns, uint64_t count,
+                           ferry_tick_fn tick, void *arg, struct ferry_error *err)
 {
 	struct ferry_ckpt_opts o = *opts;
 	struct mem_stage sg = {0}; /* kept from one checkpoint to the next: no fresh faults */
@@ -530,7 +530,8 @@ int ferry_checkpoint_every(const struct ferry_runtime *rt, const char *name, con
 		next.tv_nsec = (long)(ns % 1000000000ULL);
 		struct timespec now;
 		clock_gettime(CLOCK_MONOTONIC, &now);
-		if (now.tv_sec > next.tv_sec || (now.tv_sec == next.tv_sec && now.tv_nsec > next.tv_nsec))
+		if (now.tv_sec > next.tv_sec ||
+		    (now.tv_sec == next.tv_sec && now.tv_nsec > next.tv_nsec))
 			next = now; /* behind: start the next one at once, do not catch up */
 		/* in slices, so that tick can end a long wait soon */
 		for (;;) {
@@ -544,7 +545,8 @@ int ferry_checkpoint_every(const struct ferry_runtime *rt, const char *name, con
 			bool last = slice.tv_sec > next.tv_sec ||
 			            (slice.tv_sec == next.tv_sec && slice.tv_nsec >= next.tv_nsec);
 			const struct timespec *until = last ? &next : &slice;
-			while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, until, NULL) == EINTR)
+			while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, until, NULL) ==
+			       EINTR)
 				;
 			if (tick && tick(arg, NULL))
 				goto out;
@@ -604,7 +606,8 @@ int ferry_stats(const struct ferry_runtime *rt, const char *name, struct ferry_s
 		struct ferry_ckpt_stats s = {0};
 		int inc = 0;
 		unsigned files = 0;
-		if (sscanf(line, "%" SCNu64 " %" SCNu64 " %" SCNu64 " %" SCNu64 " %" SCNu64 " %d %u",
+		if (sscanf(line,
+		           "%" SCNu64 " %" SCNu64 " %" SCNu64 " %" SCNu64 " %" SCNu64 " %d %u",
 		           &s.freeze_ns, &s.total_ns, &s.pages_scanned, &s.pages_written,
 		           &s.bytes_written, &inc, &files) != 7)
 			continue;

@@ -179,13 +179,12 @@ static json_object *describe_pagefiles(const struct component *c, const struct i
 		json_object_object_add(f, "name",
 		                       json_object_new_string(image_reader_pages_name(rd, i)));
 		json_object_object_add(
-		        f, "bytes", json_object_new_int64((int64_t)image_reader_pages_size_at(rd, i)));
-		json_object_object_add(f, "origin",
-		                       pf ? json_object_new_string(pf->origin) : NULL);
+		        f, "bytes",
+		        json_object_new_int64((int64_t)image_reader_pages_size_at(rd, i)));
+		json_object_object_add(f, "origin", pf ? json_object_new_string(pf->origin) : NULL);
 		json_object_object_add(f, "generation",
 		                       json_object_new_int64(pf ? (int64_t)pf->gen : 0));
-		json_object_object_add(f, "created",
-		                       json_object_new_int64(pf ? pf->created : 0));
+		json_object_object_add(f, "created", json_object_new_int64(pf ? pf->created : 0));
 		json_object_object_add(f, "pages", json_object_new_int64((int64_t)pages));
 		json_object_array_add(arr, f);
 	}
@@ -366,9 +365,10 @@ static const struct {
 	const char *feature;
 	probe_fn probe;
 } probes[] = {
-        {"pagemap_scan", mem_probe_pagemap_scan},         {"vdso_mremap", mem_probe_vdso_mremap},
-        {"process_vm_readv", mem_probe_vm_readv},         {"dirty_tracking", track_probe},         {"ptrace_seize", threads_probe_ptrace},
-        {"pid_namespace_set_tid", runtime_probe_set_tid}, {"prctl_mm_map", task_probe_mm_map},
+        {"pagemap_scan", mem_probe_pagemap_scan}, {"vdso_mremap", mem_probe_vdso_mremap},
+        {"process_vm_readv", mem_probe_vm_readv}, {"dirty_tracking", track_probe},
+        {"ptrace_seize", threads_probe_ptrace},   {"pid_namespace_set_tid", runtime_probe_set_tid},
+        {"prctl_mm_map", task_probe_mm_map},
 };
 
 int ferry_check(struct json_object **ret, struct ferry_error *err)

@@ -42,8 +42,8 @@ static int locks_capture(struct fd_capture_ctx *ctx, const struct fd_info *fi, s
 	for (char *l = strstr(info, "lock:\t"); l; l = strstr(l + 1, "lock:\t")) {
 		char kind[16], mode[16], rw[16], end[32];
 		unsigned long long start;
-		if (sscanf(l, "lock:\t%*d: %15s %15s %15s %*d %*x:%*x:%*u %llu %31s", kind, mode, rw,
-		           &start, end) != 5)
+		if (sscanf(l, "lock:\t%*d: %15s %15s %15s %*d %*x:%*x:%*u %llu %31s", kind, mode,
+		           rw, &start, end) != 5)
 			continue;
 		uint64_t f = strcmp(rw, "WRITE") == 0 ? LK_WRITE : 0;
 		if (strcmp(kind, "FLOCK") == 0)
@@ -141,7 +141,9 @@ static void file_describe(const struct fd_entry *e, char *buf, size_t len)
 	for (uint32_t i = 0; i + 2 < e->nextra && n < len; i += 3)
 		n += (size_t)snprintf(buf + n, len - n, ", %s %s lock",
 		                      e->extra[i] & LK_WRITE ? "write" : "read",
-		                      e->extra[i] & LK_FLOCK ? "flock" : e->extra[i] & LK_OFD ? "OFD" : "POSIX");
+		                      e->extra[i] & LK_FLOCK ? "flock"
+		                      : e->extra[i] & LK_OFD ? "OFD"
+		                                             : "POSIX");
 }
 
 const struct fd_ops fd_file_ops = {

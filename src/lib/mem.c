@@ -18,7 +18,6 @@
 #include "track.h"
 #include "util.h"
 
-
 /* Page data moves in chunks of this size; each chunk is one page run with its own checksum. */
 #define CHUNK  (1024UL * 1024)
 #define NSLOTS 4
@@ -194,7 +193,8 @@ static int swapped_data(int pagemap_fd, uint64_t s, uint64_t e, int *marker, uin
 		*marker = track_marker_type();
 	while (s < e) {
 		size_t k = MIN(ARRAY_SIZE(ent), (e - s) / MODEL_PAGE);
-		int r = pread_full(pagemap_fd, ent, k * sizeof(ent[0]), (off_t)(s / MODEL_PAGE * 8));
+		int r = pread_full(pagemap_fd, ent, k * sizeof(ent[0]),
+		                   (off_t)(s / MODEL_PAGE * 8));
 		if (r < 0)
 			return r;
 		for (size_t i = 0; i < k; i++, s += MODEL_PAGE) {
@@ -238,8 +238,9 @@ static int scan_private(int pagemap_fd, uint64_t start, uint64_t end, int *marke
 				continue; /* a range reported twice */
 			if (!(cat & PAGE_IS_SWAPPED) && (cat & (PAGE_IS_FILE | PAGE_IS_PFNZERO)))
 				continue;
-			int r = (cat & PAGE_IS_PRESENT) ? ranges_push(ranges, n, s, e)
-			                                : swapped_data(pagemap_fd, s, e, marker, ranges, n);
+			int r = (cat & PAGE_IS_PRESENT)
+			                ? ranges_push(ranges, n, s, e)
+			                : swapped_data(pagemap_fd, s, e, marker, ranges, n);
 			if (r < 0)
 				return ferr(err, r, "pagemap 0x%" PRIx64 "-0x%" PRIx64 ": %s", s, e,
 				            strerror(-r));
@@ -403,8 +404,8 @@ static int stage_reserve(struct mem_stage *sg, uint64_t need, struct ferry_error
 		return 0;
 	uint64_t cap = MAX(sg->cap * 2, (sg->used + need + CHUNK) & ~(CHUNK - 1));
 	void *b = sg->buf ? mremap(sg->buf, sg->cap, cap, MREMAP_MAYMOVE)
-	                  : mmap(NULL, cap, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
-	                         -1, 0);
+	                  : mmap(NULL, cap, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1,
+	                         0);
 	if (b == MAP_FAILED)
 		return ferr(err, -errno, "staging buffer of %" PRIu64 " bytes: %m", cap);
 	sg->buf = b;
@@ -484,8 +485,8 @@ static void *stage_part_copy(void *arg)
 				if (r < 0) {
 					sp->r = ferr(&sp->err, r,
 					             "reading memory at 0x%" PRIx64 "+0x%zx: %s",
-					             (uint64_t)remote[j].iov_base, remote[j].iov_len,
-					             strerror(-r));
+					             (uint64_t)remote[j].iov_base,
+					             remote[j].iov_len, strerror(-r));
 					return NULL;
 				}
 				at += remote[j].iov_len;
@@ -522,7 +523,8 @@ static int stage_copy(pid_t pid, struct mem_stage *sg, struct page_run **runs, s
 		return ferr(err, -ENOMEM, "out of memory");
 	while (mid < n && half < total / 2)
 		half += runs[mid++]->npages * MODEL_PAGE;
-	part[0] = (struct stage_part){.pid = pid, .runs = runs, .to = mid, .dst = sg->buf + sg->used};
+	part[0] =
+	        (struct stage_part){.pid = pid, .runs = runs, .to = mid, .dst = sg->buf + sg->used};
 	part[1] = (struct stage_part){
 	        .pid = pid, .runs = runs, .from = mid, .to = n, .dst = sg->buf + sg->used + half};
 	if (total >= 4 * CHUNK && mid < n)
@@ -709,8 +711,8 @@ static int capture_private(const struct proc_map *m, struct vma *v, int pagemap,
 			w++;
 		for (size_t k = w; incremental && k < nwritten && written[2 * k] < e; k++) {
 			uint64_t ws = MAX(written[2 * k], cur), we = MIN(written[2 * k + 1], e);
-			if (ws > cur && chain_resolve(mt->parent, cur, ws, &v->runs, &v->nruns, &gaps,
-			                              &ngaps) < 0)
+			if (ws > cur && chain_resolve(mt->parent, cur, ws, &v->runs, &v->nruns,
+			                              &gaps, &ngaps) < 0)
 				return ferr(err, -ENOMEM, "out of memory");
 			if (add_run(&v->runs, &v->nruns, ws, we - ws) < 0)
 				return ferr(err, -ENOMEM, "out of memory");
@@ -718,8 +720,9 @@ static int capture_private(const struct proc_map *m, struct vma *v, int pagemap,
 		}
 		if (cur >= e)
 			continue;
-		r = incremental ? chain_resolve(mt->parent, cur, e, &v->runs, &v->nruns, &gaps, &ngaps)
-		                : add_run(&v->runs, &v->nruns, cur, e - cur);
+		r = incremental
+		            ? chain_resolve(mt->parent, cur, e, &v->runs, &v->nruns, &gaps, &ngaps)
+		            : add_run(&v->runs, &v->nruns, cur, e - cur);
 		if (r < 0)
 			return ferr(err, -ENOMEM, "out of memory");
 	}
@@ -829,8 +832,7 @@ static bool precopy_candidate(const struct proc_map *m)
 }
 
 int mem_precopy(pid_t pid, struct track *tk, struct image_writer *w, bool first,
-                struct page_run **pre, size_t *npre, uint64_t *ret_bytes,
-                struct ferry_error *err)
+                struct page_run **pre, size_t *npre, uint64_t *ret_bytes, struct ferry_error *err)
 {
 	_cleanup_free_ struct proc_map *maps = NULL;
 	_cleanup_free_ uint64_t *take = NULL;
@@ -921,7 +923,8 @@ static int block_set_add(struct block_set *bs, uint64_t key, size_t max_keys)
 		if (!bs->keys)
 			return -ENOMEM;
 	}
-	for (size_t h = (key * 0x9E3779B97F4A7C15ULL) & (bs->cap - 1);; h = (h + 1) & (bs->cap - 1)) {
+	for (size_t h = (key * 0x9E3779B97F4A7C15ULL) & (bs->cap - 1);;
+	     h = (h + 1) & (bs->cap - 1)) {
 		if (bs->keys[h] == key + 1)
 			return 0;
 		if (bs->keys[h] == 0) {
@@ -1089,8 +1092,8 @@ static int load_runs(struct restorer *rs, const struct page_run *runs, size_t n,
 		/* coalesce runs contiguous both in memory and in the file */
 		size_t j = i + 1;
 		uint64_t len = runs[i].npages * MODEL_PAGE;
-		while (j < n && runs[j].addr == runs[i].addr + len && runs[j].file == runs[i].file &&
-		       runs[j].off == runs[i].off + len) {
+		while (j < n && runs[j].addr == runs[i].addr + len &&
+		       runs[j].file == runs[i].file && runs[j].off == runs[i].off + len) {
 			len += runs[j].npages * MODEL_PAGE;
 			j++;
 		}
@@ -1099,8 +1102,8 @@ static int load_runs(struct restorer *rs, const struct page_run *runs, size_t n,
 			return ferr(err, -EPROTO, "loading 0x%" PRIx64 ": pages file %u of %u", dst,
 			            runs[i].file, rs->npages_fds);
 		long r = rs_sys(rs, "pread of page data", SYS_pread64,
-		                (uint64_t)rs->pages_fds[runs[i].file], dst,
-		                len, runs[i].off, 0, 0, err);
+		                (uint64_t)rs->pages_fds[runs[i].file], dst, len, runs[i].off, 0, 0,
+		                err);
 		if (r >= 0 && (uint64_t)r != len)
 			return ferr(err, -EIO,
 			            "loading 0x%" PRIx64 ": short read (%ld of %" PRIu64 ")", dst,

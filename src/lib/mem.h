@@ -86,8 +86,7 @@ int mem_restore(struct restorer *rs, const struct component *c, const struct pro
  * frozen capture: as written, or as data with no run in *pre.
  */
 int mem_precopy(pid_t pid, struct track *tk, struct image_writer *w, bool first,
-                struct page_run **pre, size_t *npre, uint64_t *ret_bytes,
-                struct ferry_error *err);
+                struct page_run **pre, size_t *npre, uint64_t *ret_bytes, struct ferry_error *err);
 
 /*
  * mem_verify_pages - check every checksummed block the page runs use against the image's pages

@@ -66,8 +66,8 @@ static bool same_vma(const struct proc_map *a, const struct proc_map *b)
 	       strcmp(a->perms, b->perms) == 0 && strcmp(a->path, b->path) == 0;
 }
 
-int procfs_maps_refresh(pid_t pid, const struct proc_map *old, size_t nold,
-                        struct proc_map **ret, size_t *ret_n)
+int procfs_maps_refresh(pid_t pid, const struct proc_map *old, size_t nold, struct proc_map **ret,
+                        size_t *ret_n)
 {
 	struct proc_map *maps = NULL;
 	size_t n = 0;

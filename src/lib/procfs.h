@@ -22,8 +22,8 @@ int procfs_maps(pid_t pid, struct proc_map **ret, size_t *ret_n);
  * page table to count pages, tens of milliseconds for a GiB), with the VmFlags of old (an
  * earlier procfs_maps). If any mapping differs from old, smaps is read again instead.
  */
-int procfs_maps_refresh(pid_t pid, const struct proc_map *old, size_t nold,
-                        struct proc_map **ret, size_t *ret_n);
+int procfs_maps_refresh(pid_t pid, const struct proc_map *old, size_t nold, struct proc_map **ret,
+                        size_t *ret_n);
 
 /* procfs_stat - fields of /proc/PID/stat, 1-based as in proc(5); fields[0] unused. */
 #define PROCFS_STAT_FIELDS 53
@@ -34,8 +34,8 @@ int procfs_stat(pid_t pid, uint64_t fields[PROCFS_STAT_FIELDS]);
  * page table to count pages, tens of milliseconds for a GiB), with the VmFlags of old (an
  * earlier procfs_maps). If any mapping differs from old, smaps is read again instead.
  */
-int procfs_maps_refresh(pid_t pid, const struct proc_map *old, size_t nold,
-                        struct proc_map **ret, size_t *ret_n);
+int procfs_maps_refresh(pid_t pid, const struct proc_map *old, size_t nold, struct proc_map **ret,
+                        size_t *ret_n);
 
 /* procfs_status_u64 - the number after "Key:" in /proc/PID/status (base 10, or 16 with hex). */
 int procfs_status_u64(pid_t pid, const char *key, int base, uint64_t *ret);

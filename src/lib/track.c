@@ -89,8 +89,8 @@ int track_attach(const struct ferry_runtime *rt, const char *name, pid_t pid, st
 		snprintf(why, whylen, "no dirty tracking yet (first checkpoint of this run)");
 		return -ENOENT;
 	}
-	if (sscanf(text, "pid=%lld holder=%lld fd=%lld id=%llu last=%llx", &cpid, &hpid, &fdno,
-	           &id, &last) != 5 ||
+	if (sscanf(text, "pid=%lld holder=%lld fd=%lld id=%llu last=%llx", &cpid, &hpid, &fdno, &id,
+	           &last) != 5 ||
 	    hpid <= 0 || fdno < 0) {
 		snprintf(why, whylen, "%s: unreadable", path);
 		return -EPROTO;
@@ -374,8 +374,8 @@ int track_probe(char *detail, size_t len)
 	size_t n = 0;
 	int ok = 0;
 
-	uint8_t *m = mmap(NULL, pg * npg, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1,
-	                  0);
+	uint8_t *m =
+	        mmap(NULL, pg * npg, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	if (fd < 0 || tk.pagemap < 0 || m == MAP_FAILED) {
 		snprintf(detail, len, "userfaultfd: %s", strerror(errno));
 		goto out;
@@ -421,7 +421,8 @@ int track_marker_type(void)
 		m[0] = 1; /* a page table; the second page stays empty and gets a marker */
 		if (uffd_api(fd) == 0 && track_register(&tk, s, s + 2 * pg) == 0 &&
 		    track_collect(&tk, s, s + 2 * pg, NULL, NULL, NULL) == 0 &&
-		    pread_full(tk.pagemap, &entry, sizeof(entry), (off_t)((s + pg) / pg * 8)) == 0 &&
+		    pread_full(tk.pagemap, &entry, sizeof(entry), (off_t)((s + pg) / pg * 8)) ==
+		            0 &&
 		    (entry >> 62 & 1))
 			type = (int)(entry & 31);
 	}

@@ -31,15 +31,15 @@ struct pm_scan_arg {
 	uint64_t category_anyof_mask;
 	uint64_t return_mask;
 };
-#define PAGEMAP_SCAN           _IOWR('f', 16, struct pm_scan_arg)
-#define PM_SCAN_WP_MATCHING    (1 << 0)
-#define PM_SCAN_CHECK_WPASYNC  (1 << 1)
-#define PAGE_IS_WPALLOWED      (1 << 0)
-#define PAGE_IS_WRITTEN        (1 << 1)
-#define PAGE_IS_FILE           (1 << 2)
-#define PAGE_IS_PRESENT        (1 << 3)
-#define PAGE_IS_SWAPPED        (1 << 4)
-#define PAGE_IS_PFNZERO        (1 << 5)
+#define PAGEMAP_SCAN          _IOWR('f', 16, struct pm_scan_arg)
+#define PM_SCAN_WP_MATCHING   (1 << 0)
+#define PM_SCAN_CHECK_WPASYNC (1 << 1)
+#define PAGE_IS_WPALLOWED     (1 << 0)
+#define PAGE_IS_WRITTEN       (1 << 1)
+#define PAGE_IS_FILE          (1 << 2)
+#define PAGE_IS_PRESENT       (1 << 3)
+#define PAGE_IS_SWAPPED       (1 << 4)
+#define PAGE_IS_PFNZERO       (1 << 5)
 #endif
 
 /*
@@ -58,7 +58,10 @@ struct track {
 	bool fresh;    /* started by this checkpoint (every page counts as written) */
 };
 
-#define TRACK_INIT {.uffd = -EBADF, .pagemap = -EBADF}
+#define TRACK_INIT                                                                                 \
+	{                                                                                          \
+		.uffd = -EBADF, .pagemap = -EBADF                                                  \
+	}
 
 /*
  * track_attach - find the running tracking of component NAME (host pid pid) through its holder.

@@ -37,7 +37,8 @@ int main(int argc, char **argv)
 			_exit(1);
 		if (flock(g2, LOCK_EX | LOCK_NB) == 0 || errno != EWOULDBLOCK)
 			_exit(2);
-		struct flock o = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = 0, .l_len = 0};
+		struct flock o = {
+		        .l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = 0, .l_len = 0};
 		if (fcntl(g3, F_OFD_GETLK, &o) < 0 || o.l_type != F_RDLCK || o.l_start != 0 ||
 		    o.l_len != 50)
 			_exit(3);
@@ -47,8 +48,9 @@ int main(int argc, char **argv)
 	if (child < 0 || waitpid(child, &st, 0) != child)
 		feature_fail("fork: %s", strerror(errno));
 	else if (!WIFEXITED(st) || WEXITSTATUS(st) != 0)
-		feature_fail("%s", WEXITSTATUS(st) == 1   ? "the POSIX lock on bytes 10-99 is gone"
-		                   : WEXITSTATUS(st) == 2 ? "the flock lock is gone"
-		                                          : "the OFD read lock on bytes 0-49 is gone");
+		feature_fail("%s", WEXITSTATUS(st) == 1 ? "the POSIX lock on bytes 10-99 is gone"
+		                   : WEXITSTATUS(st) == 2
+		                           ? "the flock lock is gone"
+		                           : "the OFD read lock on bytes 0-49 is gone");
 	return feature_finish();
 }
