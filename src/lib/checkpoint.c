@@ -349,6 +349,8 @@ static int checkpoint_once(const struct ferry_runtime *rt, const char *name, con
 	struct frozen fz = {0};
 	struct plan pl = {.tk = TRACK_INIT};
 	struct chain_stats cs = {0};
+	_cleanup_free_ struct proc_map *pre = NULL; /* smaps, read just before the freeze */
+	size_t npre = 0;
 	bool stop = o->flags & FERRY_CKPT_STOP;
 	uint64_t t0 = now_ns(), tf, bytes = 0, capture_id = 0;
 	int r;
@@ -390,8 +392,6 @@ static int checkpoint_once(const struct ferry_runtime *rt, const char *name, con
 	struct mem_track mt = {.tk = (pl.tracking || !stop) ? &pl.tk : NULL,
 	                       .parent = pl.ch,
 	                       .stage = pl.ch ? sg : NULL};
-	_cleanup_free_ struct proc_map *pre = NULL;
-	size_t npre = 0;
 	if (procfs_maps(rec.pid, &pre, &npre) < 0)
 		pre = NULL; /* read in the freeze then */
 	tf = now_ns();

@@ -518,9 +518,11 @@ static int stage_copy(pid_t pid, struct mem_stage *sg, struct page_run **runs, s
 	r = stage_reserve(sg, total, err);
 	if (r < 0)
 		return r;
-	sg->runs = realloc(sg->runs, (sg->nruns + n + 1) * sizeof(*sg->runs));
-	if (!sg->runs)
+	struct page_run **grown =
+	        realloc(sg->runs, (sg->nruns + n + 1) * sizeof(struct page_run *));
+	if (!grown)
 		return ferr(err, -ENOMEM, "out of memory");
+	sg->runs = grown;
 	while (mid < n && half < total / 2)
 		half += runs[mid++]->npages * MODEL_PAGE;
 	part[0] =
@@ -774,7 +776,7 @@ int mem_capture(struct component *c, struct process *p, const struct proc_map *m
 	for (size_t i = 0; i < p->nvmas; i++)
 		njobs += p->vmas[i].nruns;
 	jobs = calloc(njobs ? njobs : 1, sizeof(*jobs));
-	fresh = calloc(njobs ? njobs : 1, sizeof(*fresh));
+	fresh = calloc(njobs ? njobs : 1, sizeof(struct page_run *));
 	if (!jobs || !fresh)
 		return ferr(err, -ENOMEM, "out of memory");
 	njobs = 0;
