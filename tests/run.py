@@ -636,6 +636,41 @@ def crash_mid_checkpoint(ctx):
         raise Fail("restored memory differs", tail(ctx.log("c"), 3))
 
 
+def die_mid_injection(ctx):
+    """ferry SIGKILLed in the middle of the system calls it injects into a frozen component
+    (sigaltstack, PR_GET_TID_ADDRESS, brk, each at its entry and after it ran, the registers not
+    yet put back): every thread returns into rt_sigreturn with the frame ferry left on its stack,
+    so the component runs on exactly as before (a 4-thread program that checks its memory
+    against its counters). Without that frame the thread resumes with the injected registers and
+    the component dies (SIGSEGV). The kill comes from ferry itself (FERRY_TEST_DIE_IN_SYSCALL),
+    so the moment is exact."""
+    img = os.path.join(ctx.root, "img")
+    ctx.start("c", ctx.feature("incr_threads"))
+    ctx.wait_line("c", "^READY$")
+    pid = ctx.pid("c")
+    for spec in ("131:entry", "131:exit", "157:exit", "12:exit"):
+        env = ctx.env
+        ctx.env = dict(env, FERRY_TEST_DIE_IN_SYSCALL=spec)
+        try:
+            rc, _, err = ctx.ferry("checkpoint", "c", "--dir", img, ok=False)
+        finally:
+            ctx.env = env
+        if rc != -signal.SIGKILL and rc != 128 + signal.SIGKILL:
+            raise Fail(f"ferry did not die at {spec} (exit {rc}): {tail(err, 2)}")
+        time.sleep(0.2)
+        try:
+            state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            state = "gone"
+        if state not in ("S", "R"):
+            c = ctx.component("c") or {}
+            raise Fail(f"after ferry died at {spec} the component is {state!r} "
+                       f"({c.get('state')})", ctx.log("c"))
+        say(f"{spec}: ferry died, the component runs on")
+    ctx.go()
+    expect_log(ctx, "c", "READY\nPASS\n")
+
+
 def describe(ctx):
     """`ferry caps` of the running component and `ferry inspect` of its image describe the same
     capability space: threads with registers, the memory map by kind, fds with their meaning."""
@@ -1235,6 +1270,8 @@ def collect(builds):
         tests.append((f"{tag}/runtime/describe", ferry, describe, TEST_TIMEOUT))
         tests.append((f"{tag}/runtime/generations", ferry, generations, TEST_TIMEOUT))
         tests.append((f"{tag}/runtime/crash-mid-checkpoint", ferry, crash_mid_checkpoint,
+                      TEST_TIMEOUT))
+        tests.append((f"{tag}/runtime/die-mid-injection", ferry, die_mid_injection,
                       TEST_TIMEOUT))
         for name, fn in INCREMENTAL_TESTS:
             tests.append((f"{tag}/incremental/{name}", ferry, fn, INCREMENTAL_TIMEOUT))

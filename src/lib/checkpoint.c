@@ -22,8 +22,10 @@
 
 void checkpoint_thaw(struct frozen *fz)
 {
-	for (size_t i = 0; i < fz->n; i++)
+	for (size_t i = 0; i < fz->n; i++) {
+		(void)tracee_disarm(&fz->t[i], NULL);
 		(void)tracee_detach(&fz->t[i], NULL);
+	}
 	free(fz->t);
 	fz->t = NULL;
 	fz->n = 0;
@@ -85,10 +87,35 @@ static int refuse_children(pid_t pid, struct ferry_error *err)
 	return 0;
 }
 
+/*
+ * Arm every frozen thread for injection (tracee_arm). A thread whose stack has no room for the
+ * frame is injected into unarmed, as before: only a dying ferry would hurt it.
+ */
+static int arm_all(struct frozen *fz, pid_t pid, uint64_t sigreturn_ip, const struct proc_map *maps,
+                   size_t nmaps)
+{
+	if (!sigreturn_ip && tracee_find_sigreturn(pid, maps, nmaps, &sigreturn_ip) < 0)
+		return 0; /* no trampoline in this process: unarmed */
+	for (size_t i = 0; i < fz->n; i++)
+		(void)tracee_arm(&fz->t[i], sigreturn_ip, NULL);
+	return 0;
+}
+
+static int disarm_all(struct frozen *fz, struct ferry_error *err)
+{
+	int r = 0;
+
+	for (size_t i = 0; i < fz->n; i++) {
+		int q = tracee_disarm(&fz->t[i], r < 0 ? NULL : err);
+		if (q < 0 && r == 0)
+			r = q;
+	}
+	return r;
+}
+
 static int capture_frozen(struct frozen *fz, struct component *c, struct process *p,
                           const char *log_path, struct image_writer *w, struct mem_stats *st,
-                          struct mem_track *mt, const struct proc_map *pre, size_t npre,
-                          struct ferry_error *err)
+                          struct mem_track *mt, const struct prefreeze *pf, struct ferry_error *err)
 {
 	_cleanup_free_ struct proc_map *maps = NULL;
 	size_t nmaps = 0;
@@ -100,8 +127,8 @@ static int capture_frozen(struct frozen *fz, struct component *c, struct process
 	if (r < 0)
 		return r;
 	/* smaps was read before the freeze: only what changed since is read again */
-	r = pre ? procfs_maps_refresh(p->host_pid, pre, npre, &maps, &nmaps)
-	        : procfs_maps(p->host_pid, &maps, &nmaps);
+	r = pf && pf->maps ? procfs_maps_refresh(p->host_pid, pf->maps, pf->nmaps, &maps, &nmaps)
+	                   : procfs_maps(p->host_pid, &maps, &nmaps);
 	if (r < 0)
 		return ferr(err, r, "pid %d: reading mappings: %s", p->host_pid, strerror(-r));
 	for (size_t i = 0; i < nmaps && !sys_ip; i++)
@@ -118,6 +145,9 @@ static int capture_frozen(struct frozen *fz, struct component *c, struct process
 	}
 	if (!main)
 		return ferr(err, -ESRCH, "pid %d: main thread is gone", p->host_pid);
+	r = arm_all(fz, p->host_pid, pf ? pf->sigreturn_ip : 0, maps, nmaps);
+	if (r < 0)
+		return ferr(err, r, "pid %d: arming its threads: %s", p->host_pid, strerror(-r));
 	if (mt && mt->tk && mt->tk->uffd < 0) {
 		/* no tracking yet: start it now; without it the checkpoint is still taken */
 		struct ferry_error e = {0};
@@ -145,6 +175,10 @@ static int capture_frozen(struct frozen *fz, struct component *c, struct process
 	r = procfs_ns_tid(p->host_pid, p->host_pid, &p->pid);
 	if (r < 0)
 		return ferr(err, r, "pid %d: namespace pid: %s", p->host_pid, strerror(-r));
+	/* no more injected calls: the stack bytes under the frames back before memory is read */
+	r = disarm_all(fz, err);
+	if (r < 0)
+		return r;
 	struct fd_capture_ctx fctx = {.c = c, .p = p, .w = w, .st = st, .log_path = log_path};
 	r = fds_capture(&fctx, err);
 	if (r < 0)
@@ -196,7 +230,7 @@ static void reap_killed(struct frozen *fz)
 
 int checkpoint_capture(pid_t pid, const char *log_path, struct image_writer *w, struct frozen *fz,
                        struct component **ret, struct mem_stats *st, struct mem_track *mt,
-                       const struct proc_map *pre, size_t npre, struct ferry_error *err)
+                       const struct prefreeze *pf, struct ferry_error *err)
 {
 	struct component *c = calloc(1, sizeof(*c));
 	int r;
@@ -211,7 +245,7 @@ int checkpoint_capture(pid_t pid, const char *log_path, struct image_writer *w, 
 	c->created = (int64_t)time(NULL);
 	r = freeze(pid, fz, err);
 	if (r == 0)
-		r = capture_frozen(fz, c, &c->procs[0], log_path, w, st, mt, pre, npre, err);
+		r = capture_frozen(fz, c, &c->procs[0], log_path, w, st, mt, pf, err);
 	if (r < 0) {
 		model_free(c);
 		return r;
@@ -288,8 +322,13 @@ static int start_tracking(pid_t pid, struct track *tk, uint64_t *ret_freeze_ns,
 	r = freeze(pid, &fz, err);
 	for (size_t i = 0; r == 0 && i < fz.n; i++)
 		if (fz.t[i].tid == pid) {
+			uint64_t sr = 0;
 			fz.t[i].syscall_ip = sys_ip;
+			if (tracee_find_sigreturn(pid, maps, nmaps, &sr) == 0)
+				(void)tracee_arm(&fz.t[i], sr, NULL);
 			r = track_start(&fz.t[i], pid, tk, err);
+			int q = tracee_disarm(&fz.t[i], r < 0 ? NULL : err);
+			r = r < 0 ? r : q;
 			break;
 		}
 	checkpoint_thaw(&fz);
@@ -349,8 +388,7 @@ static int checkpoint_once(const struct ferry_runtime *rt, const char *name, con
 	struct frozen fz = {0};
 	struct plan pl = {.tk = TRACK_INIT};
 	struct chain_stats cs = {0};
-	_cleanup_free_ struct proc_map *pre = NULL; /* smaps, read just before the freeze */
-	size_t npre = 0;
+	struct prefreeze pf = {0};
 	bool stop = o->flags & FERRY_CKPT_STOP;
 	uint64_t t0 = now_ns(), tf, bytes = 0, capture_id = 0;
 	int r;
@@ -392,10 +430,12 @@ static int checkpoint_once(const struct ferry_runtime *rt, const char *name, con
 	struct mem_track mt = {.tk = (pl.tracking || !stop) ? &pl.tk : NULL,
 	                       .parent = pl.ch,
 	                       .stage = pl.ch ? sg : NULL};
-	if (procfs_maps(rec.pid, &pre, &npre) < 0)
-		pre = NULL; /* read in the freeze then */
+	if (procfs_maps(rec.pid, &pf.maps, &pf.nmaps) == 0)
+		(void)tracee_find_sigreturn(rec.pid, pf.maps, pf.nmaps, &pf.sigreturn_ip);
+	else
+		pf.maps = NULL; /* read in the freeze then */
 	tf = now_ns();
-	r = checkpoint_capture(rec.pid, rec.log_path, w, &fz, &c, &st, &mt, pre, npre, err);
+	r = checkpoint_capture(rec.pid, rec.log_path, w, &fz, &c, &st, &mt, &pf, err);
 	if (r < 0) {
 		checkpoint_thaw(&fz);
 		goto fail;
@@ -484,6 +524,7 @@ fail_frozen:
 fail:
 	ferr_prefix(err, "%s left running; nothing written", name);
 out:
+	free(pf.maps);
 	model_free(c);
 	image_writer_free(w);
 	chain_free(pl.ch);

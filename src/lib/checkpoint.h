@@ -11,6 +11,13 @@ struct frozen {
 	size_t n;
 };
 
+/* What a checkpoint learns of the component just before freezing it. */
+struct prefreeze {
+	struct proc_map *maps; /* its smaps: inside the freeze only /proc/PID/maps is read */
+	size_t nmaps;
+	uint64_t sigreturn_ip; /* an rt_sigreturn trampoline in it (tracee_arm), or 0 */
+};
+
 /* checkpoint_thaw - detach every thread (they run on); fz is emptied. */
 void checkpoint_thaw(struct frozen *fz);
 
@@ -18,8 +25,9 @@ void checkpoint_thaw(struct frozen *fz);
  * checkpoint_capture - freeze every thread of the component whose init is host pid, capture
  * it into a new model (*ret), leaving it frozen in fz: the caller thaws it (also on failure). With
  * w NULL no page data is read (the model still lists which pages hold data). log_path identifies
- * the runtime's log among the fds. pre (npre entries, may be NULL): the component's smaps read
- * just before, so that inside the freeze only /proc/PID/maps is read. */
+ * the runtime's log among the fds. pf (may be NULL): what was read just before the freeze.
+ * Every thread is armed (tracee_arm) while system calls are injected into it, so that the
+ * component survives ferry dying at any moment. */
 int checkpoint_capture(pid_t pid, const char *log_path, struct image_writer *w, struct frozen *fz,
                        struct component **ret, struct mem_stats *st, struct mem_track *mt,
-                       const struct proc_map *pre, size_t npre, struct ferry_error *err);
+                       const struct prefreeze *pf, struct ferry_error *err);

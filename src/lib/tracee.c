@@ -1,12 +1,16 @@
 /* Ptrace mechanics: seizing threads, injecting system calls, putting registers back. */
+#include <inttypes.h>
+#include <stdio.h>
 #include <string.h>
 #include <time.h>
+#include <elf.h>
 #include <sys/ptrace.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
 #include <sys/wait.h>
 #include <linux/ptrace.h>
 
+#include "procfs.h"
 #include "tracee.h"
 #include "util.h"
 
@@ -132,6 +136,72 @@ static int step_to_syscall_stop(struct tracee *t, pid_t *ret_new_tid, struct fer
 	}
 }
 
+/*
+ * The armed way: the thread first enters rt_sigreturn from the trampoline; at its entry stop
+ * the call becomes nr, and its return address the trampoline again. Until the registers are
+ * put back at the end, a thread let go by a dying tracer returns into rt_sigreturn, and the
+ * frame on its stack puts it back where it was stopped.
+ */
+/*
+ * For the tests: FERRY_TEST_DIE_IN_SYSCALL=NR:PHASE makes ferry SIGKILL itself while it
+ * injects call NR, at PHASE "entry" (the thread stopped at the entry of rt_sigreturn) or "exit"
+ * (NR done, its registers not yet put back): what a crash or an admin's kill -9 would do.
+ */
+static void test_die(long nr, const char *phase)
+{
+	const char *spec = getenv("FERRY_TEST_DIE_IN_SYSCALL");
+	char want[48];
+
+	snprintf(want, sizeof(want), "%ld:%s", nr, phase);
+	if (spec && strcmp(spec, want) == 0)
+		(void)safe_kill(getpid(), SIGKILL);
+}
+
+static int armed_syscall(struct tracee *t, long *ret, pid_t *ret_new_tid, long nr, uint64_t a0,
+                         uint64_t a1, uint64_t a2, uint64_t a3, uint64_t a4, uint64_t a5,
+                         struct ferry_error *err)
+{
+	struct user_regs_struct r = t->regs;
+	int rc;
+
+	r.rip = t->sigreturn_ip;
+	r.rsp = t->frame_sp;
+	r.orig_rax = (uint64_t)-1;
+	t->clobbered = true;
+	rc = tracee_setregs(t->tid, &r, err);
+	if (rc == 0)
+		rc = step_to_syscall_stop(t, ret_new_tid, err); /* entry of rt_sigreturn */
+	if (rc == 0)
+		rc = tracee_getregs(t->tid, &r, err);
+	if (rc < 0)
+		return ferr_prefix(err, "injecting syscall %ld", nr);
+	test_die(nr, "entry");
+	r.orig_rax = (uint64_t)nr;
+	r.rdi = a0;
+	r.rsi = a1;
+	r.rdx = a2;
+	r.r10 = a3;
+	r.r8 = a4;
+	r.r9 = a5;
+	r.rip = t->sigreturn_ip; /* where the call returns to: rt_sigreturn */
+	rc = tracee_setregs(t->tid, &r, err);
+	if (rc == 0)
+		rc = step_to_syscall_stop(t, ret_new_tid, err); /* exit of nr */
+	if (rc == 0)
+		rc = tracee_getregs(t->tid, &r, err);
+	if (rc < 0)
+		return ferr_prefix(err, "injecting syscall %ld", nr);
+	test_die(nr, "exit");
+	*ret = (long)r.rax;
+	r = t->regs;
+	regs_for_resume(&r, false);
+	rc = tracee_setregs(t->tid, &r, err);
+	if (rc < 0)
+		return rc;
+	t->clobbered = false;
+	return 0;
+}
+
 int tracee_syscall(struct tracee *t, long *ret, pid_t *ret_new_tid, long nr, uint64_t a0,
                    uint64_t a1, uint64_t a2, uint64_t a3, uint64_t a4, uint64_t a5,
                    struct ferry_error *err)
@@ -139,6 +209,8 @@ int tracee_syscall(struct tracee *t, long *ret, pid_t *ret_new_tid, long nr, uin
 	struct user_regs_struct r = t->regs;
 	int rc;
 
+	if (t->frame_sp && t->sigreturn_ip)
+		return armed_syscall(t, ret, ret_new_tid, nr, a0, a1, a2, a3, a4, a5, err);
 	if (!t->syscall_ip)
 		return ferr(err, -EINVAL, "thread %d: no syscall instruction known", t->tid);
 	r.rip = t->syscall_ip;
@@ -157,9 +229,11 @@ int tracee_syscall(struct tracee *t, long *ret, pid_t *ret_new_tid, long nr, uin
 	rc = step_to_syscall_stop(t, ret_new_tid, err); /* entry */
 	if (rc < 0)
 		return ferr_prefix(err, "injecting syscall %ld", nr);
+	test_die(nr, "entry");
 	rc = step_to_syscall_stop(t, ret_new_tid, err); /* exit */
 	if (rc < 0)
 		return ferr_prefix(err, "injecting syscall %ld", nr);
+	test_die(nr, "exit");
 	rc = tracee_getregs(t->tid, &r, err);
 	if (rc < 0)
 		return rc;
@@ -195,6 +269,137 @@ int tracee_find_syscall_insn(pid_t pid, uint64_t vdso_start, uint64_t vdso_end, 
 		}
 	}
 	return -ENOENT;
+}
+
+int tracee_find_sigreturn(pid_t pid, const struct proc_map *maps, size_t nmaps, uint64_t *ret)
+{
+	static const uint8_t glibc[] = {0x48, 0xc7, 0xc0, 0x0f, 0x00, 0x00, 0x00, 0x0f, 0x05};
+	static const uint8_t musl[] = {0xb8, 0x0f, 0x00, 0x00, 0x00, 0x0f, 0x05};
+
+	/* libc first: that is where the trampoline is; then any other executable file */
+	for (int pass = 0; pass < 2; pass++)
+		for (size_t i = 0; i < nmaps; i++) {
+			const struct proc_map *m = &maps[i];
+			bool libc = strstr(m->path, "/libc") != NULL;
+			if (m->perms[2] != 'x' || m->path[0] != '/' || libc != (pass == 0))
+				continue;
+			size_t len = m->end - m->start;
+			_cleanup_free_ uint8_t *buf = len <= (64u << 20) ? malloc(len) : NULL;
+			if (!buf || tracee_peek(pid, m->start, buf, len) < 0)
+				continue;
+			const uint8_t *at = memmem(buf, len, glibc, sizeof(glibc));
+			if (!at)
+				at = memmem(buf, len, musl, sizeof(musl));
+			if (at) {
+				*ret = m->start + (uint64_t)(at - buf);
+				return 0;
+			}
+		}
+	return -ENOENT;
+}
+
+/* The kernel's struct rt_sigframe on x86_64 (arch/x86/include/asm/sigframe.h), flat. */
+struct kframe {
+	uint64_t pretcode;
+	uint64_t uc_flags;
+	uint64_t uc_link;
+	uint64_t ss_sp;
+	int32_t ss_flags;
+	int32_t ss_pad;
+	uint64_t ss_size;
+	uint64_t gregs[18]; /* r8..r15 rdi rsi rbp rbx rdx rax rcx rsp rip eflags */
+	uint16_t cs, gs, fs, ss;
+	uint64_t err, trapno, oldmask, cr2, fpstate;
+	uint64_t reserved1[8];
+	uint64_t sigmask;
+	uint8_t info[128];
+};
+_Static_assert(sizeof(struct kframe) == 440, "struct rt_sigframe is 440 bytes");
+
+#define UC_FP_XSTATE         0x1
+#define UC_SIGCONTEXT_SS     0x2
+#define UC_STRICT_RESTORE_SS 0x4
+#ifndef FP_XSTATE_MAGIC2
+#define FP_XSTATE_MAGIC2 0x46505845u
+#endif
+#define FRAME_XSTATE_MAX 16384
+
+int tracee_arm(struct tracee *t, uint64_t sigreturn_ip, struct ferry_error *err)
+{
+	_cleanup_free_ uint8_t *xs = calloc(1, FRAME_XSTATE_MAX + 64);
+	struct iovec iov = {xs, FRAME_XSTATE_MAX};
+	struct user_regs_struct r = t->regs;
+	struct kframe f = {0};
+	uint64_t mask = 0;
+	uint32_t xsize;
+
+	if (!xs)
+		return ferr(err, -ENOMEM, "out of memory");
+	if (ptrace(PTRACE_GETREGSET, t->tid, (void *)NT_X86_XSTATE, &iov) < 0 ||
+	    ptrace(PTRACE_GETSIGMASK, t->tid, (void *)sizeof(mask), &mask) < 0)
+		return ferr(err, -errno, "thread %d: reading its state for a signal frame: %m",
+		            t->tid);
+	/* the xsave area as a signal frame holds it: sw_reserved (filled in by the kernel for
+	 * ptrace too) says its size; FP_XSTATE_MAGIC2 follows it */
+	memcpy(&xsize, xs + 464 + 12, sizeof(xsize));
+	if (xsize < 576 || xsize > iov.iov_len)
+		xsize = (uint32_t)iov.iov_len;
+	uint32_t magic2 = FP_XSTATE_MAGIC2;
+	memcpy(xs + xsize, &magic2, sizeof(magic2));
+	/* below the red zone and the stack scratch: [frame][pad][xsave area, 64-aligned] */
+	uint64_t top = ((r.rsp - 128 - STACK_SCRATCH) & ~15ULL);
+	uint64_t fp = (top - xsize - 4) & ~63ULL;
+	uint64_t fr = ((fp - sizeof(f)) & ~15ULL) - 8; /* like the kernel: frame + 8 aligned */
+	regs_for_resume(&r, false); /* the state to go on from: an interrupted call restarts */
+	const uint64_t g[18] = {r.r8,  r.r9,  r.r10, r.r11, r.r12, r.r13, r.r14, r.r15, r.rdi,
+	                        r.rsi, r.rbp, r.rbx, r.rdx, r.rax, r.rcx, r.rsp, r.rip, r.eflags};
+	memcpy(f.gregs, g, sizeof(g));
+	f.uc_flags = UC_FP_XSTATE | UC_SIGCONTEXT_SS | UC_STRICT_RESTORE_SS;
+	f.ss_flags = 3; /* an invalid mode: rt_sigreturn's sigaltstack fails, leaving it as is */
+	f.cs = (uint16_t)r.cs;
+	f.ss = (uint16_t)r.ss;
+	f.fpstate = fp;
+	f.sigmask = mask;
+	size_t len = top - fr;
+	t->saved = malloc(len);
+	if (!t->saved)
+		return ferr(err, -ENOMEM, "out of memory");
+	int rc = tracee_peek(t->tid, fr, t->saved, len);
+	if (rc == 0)
+		rc = tracee_poke(t->tid, fp, xs, xsize + 4);
+	if (rc == 0)
+		rc = tracee_poke(t->tid, fr, &f, sizeof(f));
+	if (rc < 0) {
+		/* no room on this stack (or it cannot be read): put back what may be written */
+		if (t->saved)
+			(void)tracee_poke(t->tid, fr, t->saved, len);
+		free(t->saved);
+		t->saved = NULL;
+		return ferr(err, rc, "thread %d: signal frame at 0x%" PRIx64 ": %s", t->tid, fr,
+		            strerror(-rc));
+	}
+	t->saved_at = fr;
+	t->saved_len = len;
+	t->sigreturn_ip = sigreturn_ip;
+	t->frame_sp = fr + 8; /* rt_sigreturn finds the frame at sp - 8 */
+	return 0;
+}
+
+int tracee_disarm(struct tracee *t, struct ferry_error *err)
+{
+	int rc = 0;
+
+	if (t->saved) {
+		rc = tracee_poke(t->tid, t->saved_at, t->saved, t->saved_len);
+		if (rc < 0)
+			ferr(err, rc, "thread %d: putting stack bytes back at 0x%" PRIx64 ": %s",
+			     t->tid, t->saved_at, strerror(-rc));
+		free(t->saved);
+	}
+	t->saved = NULL;
+	t->saved_len = 0;
+	t->frame_sp = 0;
+	return rc;
 }
 
 int tracee_peek(pid_t pid, uint64_t addr, void *buf, size_t len)

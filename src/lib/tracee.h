@@ -17,6 +17,13 @@ struct tracee {
 	uint64_t syscall_ip;          /* address of a `syscall` instruction in its address space */
 	bool clobbered;               /* registers changed by injection: put back on detach */
 	int deferred_sig;             /* a signal that arrived mid-injection, delivered on detach */
+	/* armed (tracee_arm): a signal frame of the thread's own state lies on its stack, so that
+	 * injected calls can be made to return into rt_sigreturn if ferry dies meanwhile */
+	uint64_t sigreturn_ip; /* address of `mov $15,%rax; syscall` in the process */
+	uint64_t frame_sp;     /* the stack pointer rt_sigreturn expects, or 0 */
+	uint64_t saved_at;     /* stack bytes the frame covers, put back by tracee_disarm */
+	uint8_t *saved;
+	size_t saved_len;
 };
 
 /* tracee_seize - PTRACE_SEIZE tid with opts (PTRACE_O_*), then interrupt it and wait for the stop.
@@ -40,6 +47,28 @@ int tracee_syscall(struct tracee *t, long *ret, pid_t *ret_new_tid, long nr, uin
 /* tracee_setregs / tracee_getregs - PTRACE_SETREGS / GETREGS with context in err. */
 int tracee_setregs(pid_t tid, const struct user_regs_struct *regs, struct ferry_error *err);
 int tracee_getregs(pid_t tid, struct user_regs_struct *regs, struct ferry_error *err);
+
+/*
+ * tracee_find_sigreturn - the address of an rt_sigreturn trampoline (`mov $15,%rax; syscall`,
+ * glibc's __restore_rt, or musl's `mov $15,%eax; syscall`) in the executable mappings of pid
+ * (maps: its /proc maps; libc first). -ENOENT if there is none.
+ */
+struct proc_map;
+int tracee_find_sigreturn(pid_t pid, const struct proc_map *maps, size_t nmaps, uint64_t *ret);
+
+/*
+ * tracee_arm - make the injected calls into stopped thread t safe against ferry dying: write
+ * below its stack scratch a signal frame (rt_sigframe with its registers as they must resume,
+ * its signal mask and its FPU/vector state) and inject every later call through sigreturn_ip,
+ * with the call's return leading into rt_sigreturn. Should the tracer die at any moment, the
+ * kernel lets the thread run on and it restores its own state from the frame. The stack bytes
+ * the frame covers are saved; tracee_disarm puts them back. A thread whose stack has no room
+ * (an error here) can still be injected into, unprotected.
+ */
+int tracee_arm(struct tracee *t, uint64_t sigreturn_ip, struct ferry_error *err);
+
+/* tracee_disarm - put back the stack bytes under the frame (registers must be back already). */
+int tracee_disarm(struct tracee *t, struct ferry_error *err);
 
 /* tracee_detach - PTRACE_DETACH (resumes the thread). */
 int tracee_detach(struct tracee *t, struct ferry_error *err);
