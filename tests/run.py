@@ -32,7 +32,7 @@ WRITES_FILES = {"append_file"}
 # Feature programs used by the refusal tests only.
 REFUSAL_ONLY = {"unsupported_fd"}
 # Feature programs used by the incremental tests only (their protocol has steps and more lines).
-INCREMENTAL_ONLY = {"incr_pattern"}
+INCREMENTAL_ONLY = {"incr_pattern", "incr_reuse"}
 # /proc/PID/status fields that must be equal before checkpoint and after restore.
 STATUS_FIELDS = ("Threads", "SigBlk", "SigIgn", "SigCgt", "ShdPnd", "Umask")
 
@@ -1195,6 +1195,24 @@ def incremental_live(ctx):
     expect_log(ctx, "c", "READY\nPASS\n")
 
 
+def incremental_reuse(ctx):
+    """A range that changes owner between two links: a mapping is unmapped and its neighbour
+    grows in place over it, another is replaced by a new mapping half written. The parent holds
+    the old owners' pages there; the restored incremental image must not (the program checks
+    the grown part reads zeros and the new mapping holds exactly its own pages)."""
+    d = [os.path.join(ctx.root, f"d{i}") for i in range(2)]
+    ctx.start("c", ctx.feature("incr_reuse"))
+    ctx.wait_line("c", "^READY$")
+    expect_full(ckpt_json(ctx, "c", "--dir", d[0]), "d0")
+    step(ctx, 1)
+    ctx.wait_line("c", "^WROTE 1$")
+    expect_incremental(ckpt_json(ctx, "c", "--dir", d[1], "--parent", d[0]), d[0], "d1")
+    ctx.ferry("kill", "c")
+    ctx.ferry("restore", "--dir", d[1], "--name", "c")
+    ctx.go()
+    expect_log(ctx, "c", "READY\nWROTE 1\nPASS\n")
+
+
 def incremental_live_refused(ctx):
     """--live with --parent or --stop is a usage error (exit 2), and nothing is written."""
     img = os.path.join(ctx.root, "img")
@@ -1212,6 +1230,7 @@ INCREMENTAL_TESTS = (
     ("pattern", incremental_pattern),
     ("live", incremental_live),
     ("live-refused", incremental_live_refused),
+    ("reuse", incremental_reuse),
     ("chain-1", lambda ctx: incremental_chain(ctx, 1)),
     ("chain-2", lambda ctx: incremental_chain(ctx, 2)),
     ("chain-10", lambda ctx: incremental_chain(ctx, 10)),

@@ -104,7 +104,7 @@ struct ferry_ckpt_stats {
 	uint64_t total_ns;      /* call start -> image committed */
 	uint64_t write_ns;      /* page data copy + write */
 	uint64_t pages_scanned; /* pages in dumpable mappings */
-	uint64_t pages_written; /* pages whose contents went into the image */
+	uint64_t pages_written; /* pages the image holds in its own pages file */
 	uint64_t pages_folded;  /* pages copied from older images of a chain to bound its length */
 	uint64_t bytes_written; /* bytes of all image files */
 	uint32_t threads;

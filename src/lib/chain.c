@@ -73,6 +73,7 @@ struct chain *chain_free(struct chain *ch)
 	model_free(ch->pc);
 	image_reader_free(ch->rd);
 	free(ch->idx);
+	free(ch->through);
 	free(ch);
 	return NULL;
 }
@@ -117,6 +118,26 @@ int chain_open(const char *dir, struct chain **ret, struct ferry_error *err)
 	return 0;
 }
 
+/*
+ * A range ch has no run for: without a chain under it, a gap; with one, taken from it where
+ * ch lets through (pages that held data), and empty elsewhere.
+ */
+static int gap(const struct chain *ch, uint64_t s, uint64_t e, struct page_run **runs, size_t *n,
+               uint64_t **gaps, size_t *ngaps)
+{
+	if (!ch->under)
+		return gaps ? ranges_push(gaps, ngaps, s, e) : 0;
+	for (size_t k = 0; k < ch->nthrough; k++) {
+		uint64_t ts = MAX(ch->through[2 * k], s), te = MIN(ch->through[2 * k + 1], e);
+		if (ts >= te)
+			continue;
+		int r = chain_resolve(ch->under, ts, te, runs, n, gaps, ngaps);
+		if (r < 0)
+			return r;
+	}
+	return 0;
+}
+
 int chain_resolve(const struct chain *ch, uint64_t s, uint64_t e, struct page_run **runs, size_t *n,
                   uint64_t **gaps, size_t *ngaps)
 {
@@ -135,7 +156,7 @@ int chain_resolve(const struct chain *ch, uint64_t s, uint64_t e, struct page_ru
 	for (size_t i = lo; i < ch->nidx && ch->idx[i].addr < e; i++) {
 		const struct page_run *pr = &ch->idx[i];
 		uint64_t ps = MAX(s, pr->addr), pe = MIN(e, pr->addr + pr->npages * MODEL_PAGE);
-		if (ps > cur && gaps && ranges_push(gaps, ngaps, cur, ps) < 0)
+		if (ps > cur && gap(ch, cur, ps, runs, n, gaps, ngaps) < 0)
 			return -ENOMEM;
 		if (GROW(*runs, *n) < 0)
 			return -ENOMEM;
@@ -150,7 +171,7 @@ int chain_resolve(const struct chain *ch, uint64_t s, uint64_t e, struct page_ru
 		};
 		cur = pe;
 	}
-	if (cur < e && gaps && ranges_push(gaps, ngaps, cur, e) < 0)
+	if (cur < e && gap(ch, cur, e, runs, n, gaps, ngaps) < 0)
 		return -ENOMEM;
 	return 0;
 }

@@ -21,7 +21,11 @@ struct chain {
 	struct component *pc;
 	struct page_run *idx; /* its private-memory page runs, sorted by address, disjoint */
 	size_t nidx;
-	bool own; /* runs name the writer's own files: taken as they are */
+	bool own;                  /* runs name the writer's own files: taken as they are */
+	const struct chain *under; /* where the pages this one has no run for come from, or NULL */
+	uint64_t *through; /* where under may be asked (pairs, in order): the pages that held data
+	                      when this one was made; elsewhere a page with no run here is empty */
+	size_t nthrough;
 };
 
 /* chain_open - open and verify the committed image in dir as a parent (*ret owned by caller). */

@@ -257,8 +257,9 @@ int checkpoint_capture(pid_t pid, const char *log_path, struct image_writer *w, 
 /* The tracking and parent of one checkpoint, decided before the freeze. */
 struct plan {
 	struct track tk;
-	bool tracking;    /* tk.uffd is an attached tracking */
-	struct chain *ch; /* the parent, when incremental */
+	bool tracking;     /* tk.uffd is an attached tracking */
+	struct chain *ch;  /* the parent, when incremental */
+	struct chain *pre; /* pages copied before the freeze (over ch), or NULL */
 	char why[FERRY_FALLBACK_MAX];
 };
 
@@ -336,13 +337,19 @@ static int start_tracking(pid_t pid, struct track *tk, uint64_t *ret_freeze_ns,
 	return r;
 }
 
-/* Rounds of a live checkpoint before its short freeze: a round copies what the last one saw
- * written, until that is little or stops shrinking. */
+/*
+ * Rounds of copying before the freeze, while the component runs. A live checkpoint copies
+ * everything, then what the last round saw written, until that is little or stops shrinking;
+ * an incremental one copies in one round what was written since its parent. The freeze then
+ * copies only what was written since the last round; the rest comes from the rounds (pl->pre)
+ * and, under them, from the parent image.
+ */
 #define PRECOPY_ROUNDS_MAX 8
 #define PRECOPY_ENOUGH     (8ULL << 20)
 
 static int precopy(const struct ferry_runtime *rt, const char *name, pid_t pid, struct plan *pl,
-                   struct image_writer *w, struct ferry_ckpt_stats *s, struct ferry_error *err)
+                   struct image_writer *w, bool live, struct prefreeze *pf,
+                   struct ferry_ckpt_stats *s, struct ferry_error *err)
 {
 	uint64_t bytes = 0, last = UINT64_MAX;
 	int r;
@@ -356,20 +363,21 @@ static int precopy(const struct ferry_runtime *rt, const char *name, pid_t pid, 
 		if (r < 0)
 			return r;
 	}
-	pl->ch = chain_free(pl->ch);
-	pl->ch = calloc(1, sizeof(*pl->ch));
-	if (!pl->ch)
+	pl->pre = calloc(1, sizeof(*pl->pre));
+	if (!pl->pre)
 		return ferr(err, -ENOMEM, "out of memory");
-	pl->ch->own = true;
+	pl->pre->own = true;
+	pl->pre->under = pl->ch;
 	for (uint32_t round = 0; round < PRECOPY_ROUNDS_MAX; round++) {
-		r = mem_precopy(pid, &pl->tk, w, round == 0, &pl->ch->idx, &pl->ch->nidx, &bytes,
-		                err);
+		r = mem_precopy(pid, &pl->tk, w, live && round == 0, &pf->maps, &pf->nmaps,
+		                &pl->pre->idx, &pl->pre->nidx, &pl->pre->through,
+		                &pl->pre->nthrough, &bytes, err);
 		if (r < 0)
-			return ferr_prefix(err, "live round %u", round);
+			return ferr_prefix(err, "copy round %u while running", round);
 		pl->tk.fresh = false; /* every private mapping is registered now */
 		s->precopy_rounds++;
 		s->precopy_bytes += bytes;
-		if (round > 0 && (bytes <= PRECOPY_ENOUGH || bytes >= last))
+		if (!live || (round > 0 && (bytes <= PRECOPY_ENOUGH || bytes >= last)))
 			break;
 		last = bytes;
 	}
@@ -390,7 +398,7 @@ static int checkpoint_once(const struct ferry_runtime *rt, const char *name, con
 	struct chain_stats cs = {0};
 	struct prefreeze pf = {0};
 	bool stop = o->flags & FERRY_CKPT_STOP;
-	uint64_t t0 = now_ns(), tf, bytes = 0, capture_id = 0;
+	uint64_t t0 = now_ns(), tf, bytes = 0, capture_id = 0, own_pages = 0;
 	int r;
 
 	r = ferry_component_get(rt, name, &rec, err);
@@ -411,16 +419,19 @@ static int checkpoint_once(const struct ferry_runtime *rt, const char *name, con
 		if (r < 0)
 			goto fail;
 	}
-	if (o->flags & FERRY_CKPT_LIVE) {
-		r = precopy(rt, name, rec.pid, &pl, w, &s, err);
+	/* a live checkpoint copies its memory while the component runs; so does an incremental
+	 * one, the pages written since its parent: the freeze copies what was written meanwhile */
+	if ((o->flags & FERRY_CKPT_LIVE) || pl.ch) {
+		r = precopy(rt, name, rec.pid, &pl, w, o->flags & FERRY_CKPT_LIVE, &pf, &s, err);
 		if (r < 0)
 			goto fail;
 	}
+	struct chain *from = pl.pre ? pl.pre : pl.ch; /* where unwritten pages come from */
 	if (getrandom(&capture_id, sizeof(capture_id), 0) != sizeof(capture_id)) {
 		r = ferr(err, -errno, "getrandom: %m");
 		goto fail;
 	}
-	if (pl.ch) {
+	if (from) {
 		/* the pages to copy while frozen: a buffer faulted in now, before the freeze */
 		uint64_t est = track_estimate(&pl.tk);
 		r = mem_stage_prepare(sg, est + est / 4 + 4 * 1048576, err);
@@ -428,9 +439,14 @@ static int checkpoint_once(const struct ferry_runtime *rt, const char *name, con
 			goto fail;
 	}
 	struct mem_track mt = {.tk = (pl.tracking || !stop) ? &pl.tk : NULL,
-	                       .parent = pl.ch,
-	                       .stage = pl.ch ? sg : NULL};
-	if (procfs_maps(rec.pid, &pf.maps, &pf.nmaps) == 0)
+	                       .parent = from,
+	                       .stage = from ? sg : NULL};
+	if (pl.pre) {
+		/* the mappings as the last round saw them (its registrations included) */
+		mt.seen = pf.maps;
+		mt.nseen = pf.nmaps;
+	}
+	if (pf.maps || procfs_maps(rec.pid, &pf.maps, &pf.nmaps) == 0)
 		(void)tracee_find_sigreturn(rec.pid, pf.maps, pf.nmaps, &pf.sigreturn_ip);
 	else
 		pf.maps = NULL; /* read in the freeze then */
@@ -446,7 +462,7 @@ static int checkpoint_once(const struct ferry_runtime *rt, const char *name, con
 		checkpoint_thaw(&fz);
 		s.freeze_ns += now_ns() - tf;
 	}
-	s.incremental = pl.ch != NULL && !pl.ch->own;
+	s.incremental = pl.ch != NULL;
 	if (!mt.tk && !pl.why[0])
 		snprintf(pl.why, sizeof(pl.why), "%s", mt.why);
 	s.tracked = mt.tk && !stop;
@@ -457,16 +473,24 @@ static int checkpoint_once(const struct ferry_runtime *rt, const char *name, con
 	}
 	r = mem_stage_flush(sg, w, &st, err);
 	if (r == 0)
-		r = mem_finish_runs(sg, &c->procs[0], pl.ch, &st, err);
+		r = mem_finish_runs(sg, &c->procs[0], from, &st, err);
 	if (r == 0)
-		r = chain_finish(s.incremental ? pl.ch : NULL, c, w, o->keep, dir, &cs, err);
+		r = chain_finish(pl.ch, c, w, o->keep, dir, &cs, err);
 	if (r < 0)
 		goto fail_frozen;
 	snprintf(c->name, sizeof(c->name), "%s", name);
 	c->log_id = runtime_log_id(rt, name);
 	c->capture_id = capture_id;
 	c->track_id = s.tracked ? pl.tk.id : 0;
-	c->parent_id = s.incremental ? pl.ch->pc->capture_id : 0;
+	c->parent_id = pl.ch ? pl.ch->pc->capture_id : 0;
+	/* the pages this image holds in its own file, copied frozen or in rounds before */
+	for (size_t i = 0; i < c->procs[0].nvmas; i++)
+		for (size_t j = 0; j < c->procs[0].vmas[i].nruns; j++)
+			if (c->procs[0].vmas[i].runs[j].file == 0)
+				own_pages += c->procs[0].vmas[i].runs[j].npages;
+	for (size_t i = 0; i < c->nshmems; i++)
+		for (size_t j = 0; j < c->shmems[i].nruns; j++)
+			own_pages += c->shmems[i].runs[j].npages;
 	r = model_save(c, w, err);
 	if (r == 0)
 		r = image_writer_commit(w, &bytes, err);
@@ -506,7 +530,7 @@ static int checkpoint_once(const struct ferry_runtime *rt, const char *name, con
 	s.total_ns = now_ns() - t0;
 	s.write_ns = st.write_ns;
 	s.pages_scanned = st.pages_scanned;
-	s.pages_written = st.pages_written;
+	s.pages_written = own_pages;
 	s.pages_folded = cs.pages_folded;
 	s.bytes_written = bytes;
 	s.files = cs.files;
@@ -527,6 +551,7 @@ out:
 	free(pf.maps);
 	model_free(c);
 	image_writer_free(w);
+	chain_free(pl.pre);
 	chain_free(pl.ch);
 	track_release(&pl.tk);
 	return r;

@@ -658,6 +658,26 @@ static int cmp_run(const void *a, const void *b)
 }
 
 /*
+ * 1 if v is a mapping the last round before the freeze saw just so. Only then may its empty
+ * pages be taken as they were then: a mapping that grew or moved since may now cover a range
+ * whose earlier owner the rounds and the parent describe.
+ */
+static bool seen_unchanged(const struct mem_track *mt, const struct vma *v)
+{
+	size_t lo = 0, hi = mt->nseen;
+
+	while (lo < hi) {
+		size_t mid = (lo + hi) / 2;
+		if (mt->seen[mid].start < v->start)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo < mt->nseen && mt->seen[lo].start == v->start && mt->seen[lo].end == v->end &&
+	       procfs_vmflag(&mt->seen[lo], "uw");
+}
+
+/*
  * The pages of a private mapping to save. Without a parent, every page that holds data. With a
  * parent and a mapping tracked since it was taken, the written pages are new and every other
  * page with data is taken from the parent (or captured now where the parent has none).
@@ -687,7 +707,7 @@ static int capture_private(const struct proc_map *m, struct vma *v, int pagemap,
 				return r;
 		}
 	}
-	if (incremental && v->kind == VMA_ANON) {
+	if (incremental && v->kind == VMA_ANON && seen_unchanged(mt, v)) {
 		/*
 		 * Without a scan of the whole mapping: an anonymous page that was not written since
 		 * the parent is as it was then (it holds data exactly where the parent has a run:
@@ -834,27 +854,39 @@ static bool precopy_candidate(const struct proc_map *m)
 }
 
 int mem_precopy(pid_t pid, struct track *tk, struct image_writer *w, bool first,
-                struct page_run **pre, size_t *npre, uint64_t *ret_bytes, struct ferry_error *err)
+                struct proc_map **io_maps, size_t *io_nmaps, struct page_run **pre, size_t *npre,
+                uint64_t **through, size_t *nthrough, uint64_t *ret_bytes, struct ferry_error *err)
 {
-	_cleanup_free_ struct proc_map *maps = NULL;
 	_cleanup_free_ uint64_t *take = NULL;
 	_cleanup_free_ struct page_run *fresh = NULL;
 	_cleanup_free_ struct copy_job *jobs = NULL;
+	struct proc_map *maps = NULL;
 	size_t nmaps = 0, ntake = 0, nfresh = 0;
 	int marker = -2, r;
 
-	r = procfs_maps(pid, &maps, &nmaps);
+	/* smaps walks every page table: read it once, then only what changed */
+	r = *io_maps ? procfs_maps_refresh(pid, *io_maps, *io_nmaps, &maps, &nmaps)
+	             : procfs_maps(pid, &maps, &nmaps);
 	if (r < 0)
 		return ferr(err, r, "pid %d: reading mappings: %s", pid, strerror(-r));
+	free(*io_maps);
+	*io_maps = maps;
+	*io_nmaps = nmaps;
 	for (size_t i = 0; i < nmaps; i++) {
-		const struct proc_map *m = &maps[i];
+		struct proc_map *m = &maps[i];
 		_cleanup_free_ uint64_t *data = NULL, *written = NULL;
 		size_t ndata = 0, nwritten = 0;
 		if (!precopy_candidate(m))
 			continue;
 		bool registered = procfs_vmflag(m, "uw");
-		if (!registered && track_register(tk, m->start, m->end) < 0)
-			continue; /* not trackable: the final freeze copies it */
+		if (!registered) {
+			if (track_register(tk, m->start, m->end) < 0)
+				continue; /* not trackable: the final freeze copies it */
+			/* as smaps would show it now */
+			size_t l = strlen(m->vmflags);
+			snprintf(m->vmflags + l, sizeof(m->vmflags) - l, "%suw ",
+			         l && m->vmflags[l - 1] != ' ' ? " " : "");
+		}
 		/* protect first, then copy: a write after this point is seen next round */
 		bool all = first || !registered;
 		r = track_collect(tk, m->start, m->end, all ? NULL : &written, &nwritten, err);
@@ -866,6 +898,9 @@ int mem_precopy(pid_t pid, struct track *tk, struct image_writer *w, bool first,
 		r = all ? 0 : ranges_intersect(data, ndata, written, nwritten, &take, &ntake);
 		for (size_t k = 0; all && r == 0 && k < ndata; k++)
 			r = ranges_push(&take, &ntake, data[2 * k], data[2 * k + 1]);
+		/* the data not written: as the earlier image has it */
+		for (size_t k = 0; !all && r == 0 && k < ndata; k++)
+			r = ranges_push(through, nthrough, data[2 * k], data[2 * k + 1]);
 		if (r < 0)
 			return ferr(err, r, "out of memory");
 	}
@@ -1087,9 +1122,48 @@ static int move_vdso(struct restorer *rs, const struct process *p, const struct 
 }
 
 /* Load the page runs of a mapping: the helper reads the pages file into its own memory. */
-static int load_runs(struct restorer *rs, const struct page_run *runs, size_t n, uint64_t base,
-                     struct ferry_error *err)
+/* Runs shorter than this are filled from outside, many per system call; longer ones by the
+ * helper reading the pages file itself (one injected pread, like a process reading a file). */
+#define FILL_SMALL (256UL * 1024)
+#define FILL_BUF   (4UL * 1024 * 1024)
+#define FILL_IOV   1024
+
+/* Pieces of small runs gathered for one process_vm_writev into the helper. */
+struct fill {
+	uint8_t *buf;
+	uint64_t used;
+	struct iovec remote[FILL_IOV];
+	size_t n;
+};
+
+static int fill_flush(struct restorer *rs, struct fill *f, struct ferry_error *err)
 {
+	struct iovec local = {f->buf, f->used};
+
+	if (f->n == 0)
+		return 0;
+	ssize_t w = process_vm_writev(rs->pid, &local, 1, f->remote, f->n, 0);
+	if (w != (ssize_t)f->used)
+		return ferr(err, w < 0 ? -errno : -EIO,
+		            "filling %zu page runs from 0x%" PRIx64 ": %s", f->n,
+		            (uint64_t)(uintptr_t)f->remote[0].iov_base,
+		            w < 0 ? strerror(errno) : "short write");
+	f->used = 0;
+	f->n = 0;
+	return 0;
+}
+
+/*
+ * Load the page runs of a mapping. A long run is read by the helper into its own memory
+ * (pread from the pages file). Short runs, which an incremental chain has by the thousand
+ * (each page written since the base splits the base's runs), would cost an injected call each:
+ * they are read here from the same files and written into the helper in batches.
+ */
+static int load_runs(struct restorer *rs, struct fill *f, const struct page_run *runs, size_t n,
+                     uint64_t base, struct ferry_error *err)
+{
+	int r;
+
 	for (size_t i = 0; i < n;) {
 		/* coalesce runs contiguous both in memory and in the file */
 		size_t j = i + 1;
@@ -1103,19 +1177,36 @@ static int load_runs(struct restorer *rs, const struct page_run *runs, size_t n,
 		if (runs[i].file >= rs->npages_fds)
 			return ferr(err, -EPROTO, "loading 0x%" PRIx64 ": pages file %u of %u", dst,
 			            runs[i].file, rs->npages_fds);
-		long r = rs_sys(rs, "pread of page data", SYS_pread64,
-		                (uint64_t)rs->pages_fds[runs[i].file], dst, len, runs[i].off, 0, 0,
-		                err);
-		if (r >= 0 && (uint64_t)r != len)
-			return ferr(err, -EIO,
-			            "loading 0x%" PRIx64 ": short read (%ld of %" PRIu64 ")", dst,
-			            r, len);
-		if (r < 0)
-			return ferr_prefix(err, "loading 0x%" PRIx64 "+%" PRIu64, dst, len);
+		if (len < FILL_SMALL && rs->local_fds) {
+			if (f->n == FILL_IOV || f->used + len > FILL_BUF) {
+				r = fill_flush(rs, f, err);
+				if (r < 0)
+					return r;
+			}
+			r = pread_full(rs->local_fds[runs[i].file], f->buf + f->used, len,
+			               (off_t)runs[i].off);
+			if (r < 0)
+				return ferr(err, r, "loading 0x%" PRIx64 ": pages file %u: %s", dst,
+				            runs[i].file, strerror(-r));
+			f->remote[f->n++] = (struct iovec){(void *)dst, len};
+			f->used += len;
+		} else {
+			long rr = rs_sys(rs, "pread of page data", SYS_pread64,
+			                 (uint64_t)rs->pages_fds[runs[i].file], dst, len,
+			                 runs[i].off, 0, 0, err);
+			if (rr >= 0 && (uint64_t)rr != len)
+				return ferr(err, -EIO,
+				            "loading 0x%" PRIx64 ": short read (%ld of %" PRIu64
+				            ")",
+				            dst, rr, len);
+			if (rr < 0)
+				return ferr_prefix(err, "loading 0x%" PRIx64 "+%" PRIu64, dst, len);
+		}
 		rs->pages_loaded += len / MODEL_PAGE;
 		i = j;
 	}
-	return 0;
+	/* before map_one protects the mapping: the batch goes in now */
+	return fill_flush(rs, f, err);
 }
 
 static const uint32_t madv_flags[][2] = {
@@ -1124,8 +1215,8 @@ static const uint32_t madv_flags[][2] = {
         {VMA_F_WIPEONFORK, MADV_WIPEONFORK},
 };
 
-static int map_one(struct restorer *rs, const struct component *c, const struct process *p,
-                   size_t idx, struct ferry_error *err)
+static int map_one(struct restorer *rs, struct fill *f, const struct component *c,
+                   const struct process *p, size_t idx, struct ferry_error *err)
 {
 	const struct vma *v = &p->vmas[idx];
 	uint64_t len = v->end - v->start;
@@ -1172,12 +1263,12 @@ static int map_one(struct restorer *rs, const struct component *c, const struct 
 		return ferr_prefix(err, "mapping 0x%" PRIx64 "-0x%" PRIx64 " %s", v->start, v->end,
 		                   v->path ? v->path : "");
 	if (v->kind == VMA_SHMEM && rs->shmem_fd[v->shmem] < 0) {
-		r = load_runs(rs, c->shmems[v->shmem].runs, c->shmems[v->shmem].nruns,
+		r = load_runs(rs, f, c->shmems[v->shmem].runs, c->shmems[v->shmem].nruns,
 		              v->start - v->pgoff, err);
 		if (r < 0)
 			return (int)r;
 	} else {
-		r = load_runs(rs, v->runs, v->nruns, 0, err);
+		r = load_runs(rs, f, v->runs, v->nruns, 0, err);
 		if (r < 0)
 			return (int)r;
 	}
@@ -1254,11 +1345,20 @@ int mem_restore(struct restorer *rs, const struct component *c, const struct pro
 		return (int)r;
 	/* 4. every mapping, filled, with its final protection */
 	uint64_t t0 = now_ns();
-	for (size_t i = 0; i < p->nvmas; i++) {
-		r = map_one(rs, c, p, i, err);
-		if (r < 0)
-			return (int)r;
+	struct fill *f = calloc(1, sizeof(*f));
+	if (f)
+		f->buf = mmap(NULL, FILL_BUF, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+		              -1, 0);
+	if (!f || f->buf == MAP_FAILED) {
+		free(f);
+		return ferr(err, -ENOMEM, "out of memory");
 	}
+	for (size_t i = 0; i < p->nvmas && r >= 0; i++)
+		r = map_one(rs, f, c, p, i, err);
+	munmap(f->buf, FILL_BUF);
+	free(f);
+	if (r < 0)
+		return (int)r;
 	rs->pages_ns += now_ns() - t0;
 	return 0;
 }

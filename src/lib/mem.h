@@ -43,11 +43,13 @@ void mem_stage_free(struct mem_stage *sg);
 
 /* Dirty tracking, parent and staging for mem_capture; NULL members: not used. */
 struct mem_track {
-	struct track *tk;        /* register mappings, collect (and re-protect) written pages */
-	struct chain *parent;    /* incremental: pages not written come from this image */
-	struct mem_stage *stage; /* copy page data into memory instead of writing it now */
-	uint64_t untracked;      /* out: mappings that could not be registered for tracking */
-	char why[256];           /* out: why tracking could not start (tk then set to NULL) */
+	struct track *tk;            /* register mappings, collect (and re-protect) written pages */
+	struct chain *parent;        /* incremental: pages not written come from this image */
+	struct mem_stage *stage;     /* copy page data into memory instead of writing it now */
+	const struct proc_map *seen; /* the mappings as the last round before the freeze saw them */
+	size_t nseen;
+	uint64_t untracked; /* out: mappings that could not be registered for tracking */
+	char why[256];      /* out: why tracking could not start (tk then set to NULL) */
 };
 
 /*
@@ -83,10 +85,17 @@ int mem_restore(struct restorer *rs, const struct component *c, const struct pro
  * (first: every page that holds data) protecting them again, and copy them into w's own pages
  * file. *pre: the runs copied so far (sorted, disjoint; a newer copy replaces an older one).
  * *ret_bytes: bytes copied in this round. Pages this round misses are found by the final,
- * frozen capture: as written, or as data with no run in *pre.
+ * frozen capture: as written, or as data with no run in *pre. *io_maps (*io_nmaps): the
+ * mappings with their VmFlags, read from smaps when NULL, else refreshed from /proc/PID/maps;
+ * left as they are after this round's registrations (the caller owns and frees them).
+ * *through (*nthrough pairs, in order within a round): the pages that hold data in mappings
+ * tracked since the last capture, where a page this round did not copy is as that capture
+ * has it; every other page with no run is empty (a mapping registered only now is copied
+ * whole).
  */
 int mem_precopy(pid_t pid, struct track *tk, struct image_writer *w, bool first,
-                struct page_run **pre, size_t *npre, uint64_t *ret_bytes, struct ferry_error *err);
+                struct proc_map **io_maps, size_t *io_nmaps, struct page_run **pre, size_t *npre,
+                uint64_t **through, size_t *nthrough, uint64_t *ret_bytes, struct ferry_error *err);
 
 /*
  * mem_verify_pages - check every checksummed block the page runs use against the image's pages

@@ -322,6 +322,7 @@ static int restore_start(void *arg, const char *log_path, pid_t *ret_pid, void *
 	rs.temp_lo = a->temp_lo;
 	rs.pages_fds = a->pages_slot;
 	rs.npages_fds = a->npages;
+	rs.local_fds = a->pages_fds;
 	rs.exe_fd = a->temp_lo + SLOT_EXE;
 	rs.vma_fd = a->vma_fd;
 	rs.shmem_fd = a->shmem_fd;

@@ -20,9 +20,10 @@ struct restorer {
 	int temp_lo;        /* first temporary fd number in the helper */
 	int *pages_fds;     /* the image's pages files, in the helper (index as in page runs) */
 	uint32_t npages_fds;
-	int exe_fd;    /* the executable, in the helper */
-	int *vma_fd;   /* per vma: fd of its file in the helper, or -1 */
-	int *shmem_fd; /* per shmem object: fd in the helper, or -1 */
+	const int *local_fds; /* the same files, opened in the restoring process (index alike) */
+	int exe_fd;           /* the executable, in the helper */
+	int *vma_fd;          /* per vma: fd of its file in the helper, or -1 */
+	int *shmem_fd;        /* per shmem object: fd in the helper, or -1 */
 	uint64_t pages_loaded;
 	uint64_t pages_ns;
 };
