@@ -19,16 +19,6 @@ enum { IN_DOMAIN, IN_TYPE, IN_PROTO, IN_FLAGS, IN_BACKLOG, IN_ALEN, IN_ADDR, IN_
 #define IN_REUSEPORT (1u << 2)
 #define IN_V6ONLY    (1u << 3)
 
-/* Our own copy of the component's socket. */
-static int sock_copy(pid_t pid, int fd)
-{
-	_cleanup_close_ int pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
-	if (pidfd < 0)
-		return -errno;
-	int s = (int)syscall(SYS_pidfd_getfd, pidfd, fd, 0);
-	return s < 0 ? -errno : s;
-}
-
 static int opt(int s, int level, int name)
 {
 	int v = 0;
@@ -40,7 +30,7 @@ static bool inet_probe(const struct fd_info *fi, const struct fd_capture_ctx *ct
 {
 	if (!S_ISSOCK(fi->st.st_mode))
 		return false;
-	_cleanup_close_ int s = sock_copy(ctx->p->host_pid, fi->fd);
+	_cleanup_close_ int s = pidfd_getfd_of(ctx->p->host_pid, fi->fd);
 	if (s < 0)
 		return false;
 	int dom = opt(s, SOL_SOCKET, SO_DOMAIN), type = opt(s, SOL_SOCKET, SO_TYPE);
@@ -77,7 +67,7 @@ static long queued(pid_t pid, const char *table, ino_t ino)
 static int inet_capture(struct fd_capture_ctx *ctx, const struct fd_info *fi, struct fd_entry *e,
                         struct ferry_error *err)
 {
-	_cleanup_close_ int s = sock_copy(ctx->p->host_pid, fi->fd);
+	_cleanup_close_ int s = pidfd_getfd_of(ctx->p->host_pid, fi->fd);
 	uint64_t v[IN_N] = {0};
 	struct sockaddr_storage sa;
 	socklen_t sl = sizeof(sa);
@@ -182,7 +172,7 @@ static int inet_kernel_probe(char *detail, size_t len)
 	bool ok = s >= 0 && bind(s, (struct sockaddr *)&a, sizeof(a)) == 0 && listen(s, 4) == 0 &&
 	          fstat(s, &sb) == 0;
 	if (ok) {
-		_cleanup_close_ int copy = sock_copy(getpid(), s);
+		_cleanup_close_ int copy = pidfd_getfd_of(getpid(), s);
 		ok = copy >= 0 && opt(copy, SOL_SOCKET, SO_ACCEPTCONN) == 1 &&
 		     queued(getpid(), "tcp", sb.st_ino) == 0;
 	}

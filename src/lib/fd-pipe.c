@@ -55,16 +55,12 @@ static int other_end(pid_t pid, ino_t ino, int want_write)
 /* The bytes in the pipe, copied with tee() from our own copy of its read end: not consumed. */
 static int peek(pid_t pid, int read_fd, uint8_t **ret, size_t *ret_len, int *ret_size)
 {
-	_cleanup_close_ int pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
-	_cleanup_close_ int ours = -EBADF;
+	_cleanup_close_ int ours = pidfd_getfd_of(pid, read_fd);
 	int tmp[2];
 	ssize_t n;
 
-	if (pidfd < 0)
-		return -errno;
-	ours = (int)syscall(SYS_pidfd_getfd, pidfd, read_fd, 0);
 	if (ours < 0)
-		return -errno;
+		return ours;
 	*ret_size = fcntl(ours, F_GETPIPE_SZ);
 	if (*ret_size <= 0 || (unsigned)*ret_size > MAX_PIPE)
 		return -EPROTO;

@@ -142,6 +142,39 @@ static int step_to_syscall_stop(struct tracee *t, pid_t *ret_new_tid, struct fer
  * put back at the end, a thread let go by a dying tracer returns into rt_sigreturn, and the
  * frame on its stack puts it back where it was stopped.
  */
+static void set_call(struct user_regs_struct *r, uint64_t a0, uint64_t a1, uint64_t a2, uint64_t a3,
+                     uint64_t a4, uint64_t a5)
+{
+	r->rdi = a0;
+	r->rsi = a1;
+	r->rdx = a2;
+	r->r10 = a3;
+	r->r8 = a4;
+	r->r9 = a5;
+}
+
+/*
+ * After the call: its result, and the registers back at once, not at detach: if ferry dies
+ * now, the kernel lets the thread go on, and it must go on from where it was stopped (an
+ * interrupted call restarted).
+ */
+static int call_done(struct tracee *t, long *ret, struct ferry_error *err)
+{
+	struct user_regs_struct r;
+	int rc = tracee_getregs(t->tid, &r, err);
+
+	if (rc < 0)
+		return rc;
+	*ret = (long)r.rax;
+	r = t->regs;
+	regs_for_resume(&r, false);
+	rc = tracee_setregs(t->tid, &r, err);
+	if (rc < 0)
+		return rc;
+	t->clobbered = false;
+	return 0;
+}
+
 /*
  * For the tests: FERRY_TEST_DIE_IN_SYSCALL=NR:PHASE makes ferry SIGKILL itself while it
  * injects call NR, at PHASE "entry" (the thread stopped at the entry of rt_sigreturn) or "exit"
@@ -177,29 +210,15 @@ static int armed_syscall(struct tracee *t, long *ret, pid_t *ret_new_tid, long n
 		return ferr_prefix(err, "injecting syscall %ld", nr);
 	test_die(nr, "entry");
 	r.orig_rax = (uint64_t)nr;
-	r.rdi = a0;
-	r.rsi = a1;
-	r.rdx = a2;
-	r.r10 = a3;
-	r.r8 = a4;
-	r.r9 = a5;
+	set_call(&r, a0, a1, a2, a3, a4, a5);
 	r.rip = t->sigreturn_ip; /* where the call returns to: rt_sigreturn */
 	rc = tracee_setregs(t->tid, &r, err);
 	if (rc == 0)
 		rc = step_to_syscall_stop(t, ret_new_tid, err); /* exit of nr */
-	if (rc == 0)
-		rc = tracee_getregs(t->tid, &r, err);
 	if (rc < 0)
 		return ferr_prefix(err, "injecting syscall %ld", nr);
 	test_die(nr, "exit");
-	*ret = (long)r.rax;
-	r = t->regs;
-	regs_for_resume(&r, false);
-	rc = tracee_setregs(t->tid, &r, err);
-	if (rc < 0)
-		return rc;
-	t->clobbered = false;
-	return 0;
+	return call_done(t, ret, err);
 }
 
 int tracee_syscall(struct tracee *t, long *ret, pid_t *ret_new_tid, long nr, uint64_t a0,
@@ -216,12 +235,7 @@ int tracee_syscall(struct tracee *t, long *ret, pid_t *ret_new_tid, long nr, uin
 	r.rip = t->syscall_ip;
 	r.rax = (uint64_t)nr;
 	r.orig_rax = (uint64_t)-1; /* no restart fix-up of the call we interrupted */
-	r.rdi = a0;
-	r.rsi = a1;
-	r.rdx = a2;
-	r.r10 = a3;
-	r.r8 = a4;
-	r.r9 = a5;
+	set_call(&r, a0, a1, a2, a3, a4, a5);
 	t->clobbered = true;
 	rc = tracee_setregs(t->tid, &r, err);
 	if (rc < 0)
@@ -234,21 +248,7 @@ int tracee_syscall(struct tracee *t, long *ret, pid_t *ret_new_tid, long nr, uin
 	if (rc < 0)
 		return ferr_prefix(err, "injecting syscall %ld", nr);
 	test_die(nr, "exit");
-	rc = tracee_getregs(t->tid, &r, err);
-	if (rc < 0)
-		return rc;
-	*ret = (long)r.rax;
-	/*
-	 * Registers back at once, not at detach: if ferry dies now, the kernel lets the thread
-	 * go on, and it must go on from where it was stopped (an interrupted call restarted).
-	 */
-	r = t->regs;
-	regs_for_resume(&r, false);
-	rc = tracee_setregs(t->tid, &r, err);
-	if (rc < 0)
-		return rc;
-	t->clobbered = false;
-	return 0;
+	return call_done(t, ret, err);
 }
 
 int tracee_find_syscall_insn(pid_t pid, uint64_t vdso_start, uint64_t vdso_end, uint64_t *ret)

@@ -42,15 +42,6 @@ static void track_path(const struct ferry_runtime *rt, const char *name, char *b
 	snprintf(buf, len, "%s/track", dir);
 }
 
-static int pidfd_getfd_of(pid_t pid, int fd)
-{
-	_cleanup_close_ int pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
-	if (pidfd < 0)
-		return -errno;
-	int r = (int)syscall(SYS_pidfd_getfd, pidfd, fd, 0);
-	return r < 0 ? -errno : r;
-}
-
 static bool is_uffd(int fd)
 {
 	char path[64], target[64];

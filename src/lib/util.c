@@ -226,3 +226,12 @@ int ranges_push(uint64_t **v, size_t *n, uint64_t s, uint64_t e)
 	(*n)++;
 	return 0;
 }
+
+int pidfd_getfd_of(pid_t pid, int fd)
+{
+	_cleanup_close_ int pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
+	if (pidfd < 0)
+		return -errno;
+	int r = (int)syscall(SYS_pidfd_getfd, pidfd, fd, 0);
+	return r < 0 ? -errno : r;
+}

@@ -108,6 +108,12 @@ int mkdir_p(const char *path, mode_t mode);
 int fsync_dir(const char *dir);
 
 /*
+ * pidfd_getfd_of - a copy of fd number fd of process pid (pidfd_open + pidfd_getfd), opened
+ * O_CLOEXEC in the caller; >= 0 or -errno.
+ */
+int pidfd_getfd_of(pid_t pid, int fd);
+
+/*
  * ranges_push - append [s, e) to a list of ranges kept as pairs (*v has 2 * *n entries),
  * merging it into the last one when they touch. Ranges must come in address order. 0 or -ENOMEM.
  */
