@@ -661,6 +661,30 @@ static int cmp_run(const void *a, const void *b)
 	return x->addr < y->addr ? -1 : x->addr > y->addr;
 }
 
+/* What follow() found. */
+enum { FOLLOW_NOW = 0, FOLLOW_BEFORE = 1, FOLLOW_NOT = 2 };
+
+/*
+ * Keep [s, e) tracked and protect its pages again (collecting in *written, when not NULL, those
+ * written since the last collect). FOLLOW_BEFORE: it was tracked already (flagged: VmFlags say
+ * "uw"); FOLLOW_NOW: registered now, every page of it counts as new; FOLLOW_NOT: it cannot be
+ * tracked. A flag read a moment ago can be stale (the mapping replaced by one of the same
+ * size): a collect then fails with EPERM, and the mapping is registered anew.
+ */
+static int follow(const struct track *tk, bool flagged, uint64_t s, uint64_t e, uint64_t **written,
+                  size_t *nwritten, struct ferry_error *err)
+{
+	if (flagged) {
+		int r = track_collect(tk, s, e, written, nwritten, err);
+		if (r != -EPERM)
+			return r < 0 ? r : FOLLOW_BEFORE;
+	}
+	if (track_register(tk, s, e) < 0)
+		return FOLLOW_NOT;
+	int r = track_collect(tk, s, e, NULL, NULL, err);
+	return r < 0 ? r : FOLLOW_NOW;
+}
+
 /*
  * 1 if v is a mapping the last round before the freeze saw just so. Only then may its empty
  * pages be taken as they were then: a mapping that grew or moved since may now cover a range
@@ -696,20 +720,14 @@ static int capture_private(const struct proc_map *m, struct vma *v, int pagemap,
 
 	if (mt && mt->tk) {
 		/* "uw": registered for write-protection, hence tracked since the last capture */
-		bool tracked = procfs_vmflag(m, "uw") && !mt->tk->fresh;
-		if (!tracked) {
-			tracked = track_register(mt->tk, v->start, v->end) == 0;
-			if (!tracked)
-				mt->untracked++;
-		} else if (mt->parent) {
-			incremental = true;
-		}
-		if (tracked) {
-			r = track_collect(mt->tk, v->start, v->end, incremental ? &written : NULL,
-			                  &nwritten, err);
-			if (r < 0)
-				return r;
-		}
+		bool flagged = procfs_vmflag(m, "uw") && !mt->tk->fresh;
+		r = follow(mt->tk, flagged, v->start, v->end,
+		           flagged && mt->parent ? &written : NULL, &nwritten, err);
+		if (r < 0)
+			return r;
+		if (r == FOLLOW_NOT)
+			mt->untracked++;
+		incremental = r == FOLLOW_BEFORE && mt->parent;
 	}
 	if (incremental && v->kind == VMA_ANON && seen_unchanged(mt, v)) {
 		/*
@@ -883,20 +901,21 @@ int mem_precopy(pid_t pid, struct track *tk, struct image_writer *w, bool first,
 		size_t ndata = 0, nwritten = 0;
 		if (!precopy_candidate(m))
 			continue;
-		bool registered = procfs_vmflag(m, "uw");
-		if (!registered) {
-			if (track_register(tk, m->start, m->end) < 0)
-				continue; /* not trackable: the final freeze copies it */
+		/* protect first, then copy: a write after this point is seen next round */
+		bool flagged = procfs_vmflag(m, "uw");
+		r = follow(tk, flagged, m->start, m->end, flagged && !first ? &written : NULL,
+		           &nwritten, err);
+		if (r < 0)
+			return r;
+		if (r == FOLLOW_NOT)
+			continue; /* not trackable: the final freeze copies it */
+		if (r == FOLLOW_NOW) {
 			/* as smaps would show it now */
 			size_t l = strlen(m->vmflags);
 			snprintf(m->vmflags + l, sizeof(m->vmflags) - l, "%suw ",
 			         l && m->vmflags[l - 1] != ' ' ? " " : "");
 		}
-		/* protect first, then copy: a write after this point is seen next round */
-		bool all = first || !registered;
-		r = track_collect(tk, m->start, m->end, all ? NULL : &written, &nwritten, err);
-		if (r < 0)
-			return r;
+		bool all = first || r == FOLLOW_NOW;
 		r = scan_private(tk->pagemap, m->start, m->end, m->ino == 0, &marker, &data, &ndata,
 		                 err);
 		if (r < 0)
