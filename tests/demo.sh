@@ -47,9 +47,16 @@ sleep 1.5
 run logs demo | tail -5
 
 step "3. Checkpoint it" \
-	"ferry freezes every thread, saves registers, memory, fds and signal state into $IMG" \
-	"and lets the component run on."
-run checkpoint demo --dir "$IMG"
+	"ferry freezes every thread, saves registers, memory, fds and signal state into $IMG/base" \
+	"and lets the component run on. From now on the kernel tracks which pages it writes."
+run checkpoint demo --dir "$IMG/base"
+
+step "3b. Checkpoint it again, incrementally" \
+	"Only the pages written since the first checkpoint are copied; the rest is read" \
+	"through the first image (its page file is hard-linked, not copied)."
+sleep 0.5
+run checkpoint demo --dir "$IMG/incr" --parent "$IMG/base"
+run stats demo
 LAST=$("$FERRY" logs demo | grep '^tick' | tail -1 || true)
 
 step "4. Kill the original" \
@@ -59,14 +66,15 @@ run kill demo
 run ps
 
 step "5. Look inside the image" \
-	"Threads with their registers, the memory map, the fds and what they mean:"
-echo "\$ ferry inspect $IMG | head -40"
-"$FERRY" inspect "$IMG" | head -40 || true
+	"Its chain of page files, threads with their registers, the memory map and where each" \
+	"mapping's pages come from, the fds and what they mean:"
+echo "\$ ferry inspect $IMG/incr | head -44"
+"$FERRY" inspect "$IMG/incr" | head -44 || true
 
 step "6. Restore it" \
 	"A new component is built from the image, with the same pids, addresses, fds and" \
 	"registers, and resumes where the checkpoint caught it."
-run restore --dir "$IMG"
+run restore --dir "$IMG/incr"
 run ps
 
 step "7. Watch it continue" \

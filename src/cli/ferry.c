@@ -367,7 +367,7 @@ static void describe_memory(struct json_object *proc, bool chain)
 		if (chain) {
 			char src[72];
 			sources_str(m, src, sizeof(src));
-			snprintf(from, sizeof(from), "  %-23s", src);
+			snprintf(from, sizeof(from), path ? "  %-23s" : "  %s", src);
 		}
 		printf("    %-*s %7s %-4s %-11s %7" PRId64 "%s%s%s\n", w, range,
 		       size_str((uint64_t)size, sz), jstr(m, "prot", "?"), jstr(m, "kind", "?"), np,
