@@ -552,8 +552,10 @@ static void ckpt_print(const char *name, const char *dir, const struct opts *o,
 	       st->pages_written * PAGE_SIZE_4K / 1048576.0, st->bytes_written / 1048576.0,
 	       st->files, st->files == 1 ? "" : "s", o->stop ? ", component stopped" : "");
 	if (st->precopy_rounds)
-		printf("%s: live: %" PRIu32 " rounds copied %.1f MiB while it ran\n", name,
-		       st->precopy_rounds, st->precopy_bytes / 1048576.0);
+		printf("%s: %.1f MiB copied in %" PRIu32
+		       " round%s while it ran, before the freeze\n",
+		       name, st->precopy_bytes / 1048576.0, st->precopy_rounds,
+		       st->precopy_rounds == 1 ? "" : "s");
 	if (st->fallback[0])
 		printf("%s: not incremental: %s\n", name, st->fallback);
 	fflush(stdout);
