@@ -86,6 +86,10 @@ int ferry_kill(const struct ferry_runtime *rt, const char *name, struct ferry_er
 /* a full image with a short freeze: memory is copied in rounds while the component runs, and
  * only what it wrote during the last round is copied while it is frozen */
 #define FERRY_CKPT_LIVE (1u << 1)
+/* incremental: no round of copying while the component runs before the freeze. For a component
+ * that rewrites the same pages all the time the round copies them twice and doubles its
+ * write-protect faults; ferry_checkpoint_every sets this itself when it sees so. */
+#define FERRY_CKPT_NO_ROUNDS (1u << 2)
 
 /* How to checkpoint. A zeroed struct asks for a full checkpoint. */
 struct ferry_ckpt_opts {
@@ -105,6 +109,7 @@ struct ferry_ckpt_stats {
 	uint64_t write_ns;      /* page data copy + write */
 	uint64_t pages_scanned; /* pages in dumpable mappings */
 	uint64_t pages_written; /* pages the image holds in its own pages file */
+	uint64_t pages_frozen;  /* of them, pages copied while the component was frozen */
 	uint64_t pages_folded;  /* pages copied from older images of a chain to bound its length */
 	uint64_t bytes_written; /* bytes of all image files */
 	uint32_t threads;

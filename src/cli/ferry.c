@@ -533,6 +533,7 @@ static struct json_object *ckpt_json(const char *name, const char *dir, const st
 	jset(j, "write_ms", json_ms(st->write_ns));
 	jset(j, "pages_scanned", json_object_new_uint64(st->pages_scanned));
 	jset(j, "pages_written", json_object_new_uint64(st->pages_written));
+	jset(j, "pages_frozen", json_object_new_uint64(st->pages_frozen));
 	jset(j, "pages_folded", json_object_new_uint64(st->pages_folded));
 	jset(j, "bytes_written", json_object_new_uint64(st->bytes_written));
 	jset(j, "threads", json_object_new_int64(st->threads));

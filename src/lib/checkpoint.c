@@ -421,7 +421,7 @@ static int checkpoint_once(const struct ferry_runtime *rt, const char *name, con
 	}
 	/* a live checkpoint copies its memory while the component runs; so does an incremental
 	 * one, the pages written since its parent: the freeze copies what was written meanwhile */
-	if ((o->flags & FERRY_CKPT_LIVE) || pl.ch) {
+	if ((o->flags & FERRY_CKPT_LIVE) || (pl.ch && !(o->flags & FERRY_CKPT_NO_ROUNDS))) {
 		r = precopy(rt, name, rec.pid, &pl, w, o->flags & FERRY_CKPT_LIVE, &pf, &s, err);
 		if (r < 0)
 			goto fail;
@@ -531,6 +531,7 @@ static int checkpoint_once(const struct ferry_runtime *rt, const char *name, con
 	s.write_ns = st.write_ns;
 	s.pages_scanned = st.pages_scanned;
 	s.pages_written = own_pages;
+	s.pages_frozen = st.pages_written;
 	s.pages_folded = cs.pages_folded;
 	s.bytes_written = bytes;
 	s.files = cs.files;
@@ -589,6 +590,18 @@ int ferry_checkpoint_every(const struct ferry_runtime *rt, const char *name, con
 		r = checkpoint_once(rt, name, dir, &o, &sg, &st, err);
 		if (r < 0 || (tick && tick(arg, &st)))
 			break;
+		/*
+		 * The round before the freeze pays when the pages written since the last checkpoint
+		 * are left alone afterwards. A component rewriting the same pages all the time
+		 * writes them again before the freeze: then the round only copies them twice and
+		 * doubles the write-protect faults, so go without it, and try it again now and
+		 * then.
+		 */
+		if (o.flags & FERRY_CKPT_NO_ROUNDS)
+			o.flags &= (i % 8 == 7) ? ~FERRY_CKPT_NO_ROUNDS : ~0u;
+		else if (st.incremental && st.precopy_bytes &&
+		         st.pages_frozen * 2 * 4096 >= st.precopy_bytes)
+			o.flags |= FERRY_CKPT_NO_ROUNDS;
 		if (count && i + 1 == count)
 			break;
 		uint64_t ns = (uint64_t)next.tv_nsec + interval_ns;
