@@ -1213,6 +1213,34 @@ def incremental_reuse(ctx):
     expect_log(ctx, "c", "READY\nWROTE 1\nPASS\n")
 
 
+def incremental_every_fresh(ctx):
+    """`--every` on a component never checkpointed before, one writing memory as fast as it can
+    (bench-dirtier, rate mode): its first checkpoint starts the tracking and its holder process,
+    and the next one follows 100 ms later. The holder must not keep the image directory's lock
+    it inherited; it did until it closed its fds, and the second checkpoint found the image
+    busy (4 times in 6 before the fix). Four times over, each with a new component."""
+    dirtier = os.path.join(os.path.dirname(ctx.features), "bench", "bench-dirtier")
+    shm = tempfile.mkdtemp(prefix="ferry-test-every-", dir="/dev/shm")  # fast commits, as in use
+    try:
+        every_fresh_tries(ctx, dirtier, shm)
+    finally:
+        shutil.rmtree(shm, ignore_errors=True)
+
+
+def every_fresh_tries(ctx, dirtier, shm):
+    for t in range(4):
+        img = os.path.join(shm, f"img{t}")
+        ctx.start(f"c{t}", [dirtier, "-m", "rate", "256", "100", "1000"])
+        ctx.wait_line(f"c{t}", r"^RATE seq=1 ")
+        rc, out, err = ctx.ferry("checkpoint", f"c{t}", "--dir", img, "--every", "100ms",
+                                 "--count", "3", "--json", ok=False)
+        lines = [ln for ln in out.splitlines() if ln.startswith("{")]
+        if rc != 0 or len(lines) != 3:
+            raise Fail(f"try {t}: `--every 100ms --count 3` exited {rc} after {len(lines)} "
+                       f"checkpoints", tail(err, 3))
+        ctx.ferry("kill", f"c{t}")
+
+
 def incremental_live_refused(ctx):
     """--live with --parent or --stop is a usage error (exit 2), and nothing is written."""
     img = os.path.join(ctx.root, "img")
@@ -1231,6 +1259,7 @@ INCREMENTAL_TESTS = (
     ("live", incremental_live),
     ("live-refused", incremental_live_refused),
     ("reuse", incremental_reuse),
+    ("every-fresh", incremental_every_fresh),
     ("chain-1", lambda ctx: incremental_chain(ctx, 1)),
     ("chain-2", lambda ctx: incremental_chain(ctx, 2)),
     ("chain-10", lambda ctx: incremental_chain(ctx, 10)),

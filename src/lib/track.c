@@ -266,12 +266,18 @@ uint64_t track_estimate(const struct track *tk)
 }
 
 /* The holder: keeps the userfaultfd open until the component exits. */
-_noreturn_ static void holder_main(int uffd, int pidfd)
+/*
+ * The holder: keeps the userfaultfd open until the component exits. It reports its pid only
+ * once it has closed every other fd it inherited: the image directory's lock among them, which
+ * a holder still holding it would make the next checkpoint find busy.
+ */
+_noreturn_ static void holder_main(int uffd, int pidfd, int report)
 {
 	int hi_uffd = fcntl(uffd, F_DUPFD, 100), hi_pidfd = fcntl(pidfd, F_DUPFD, 100);
+	int hi_report = fcntl(report, F_DUPFD, 100);
 	int null = open("/dev/null", O_RDWR | O_CLOEXEC);
 
-	if (hi_uffd < 0 || hi_pidfd < 0 || null < 0)
+	if (hi_uffd < 0 || hi_pidfd < 0 || hi_report < 0 || null < 0)
 		_exit(1);
 	sigset_t none;
 	sigemptyset(&none);
@@ -279,12 +285,16 @@ _noreturn_ static void holder_main(int uffd, int pidfd)
 	(void)setsid();
 	(void)prctl(PR_SET_NAME, "ferry-track");
 	if (dup2(null, 0) < 0 || dup2(null, 1) < 0 || dup2(null, 2) < 0 ||
-	    dup2(hi_uffd, HOLDER_FD) < 0 || dup2(hi_pidfd, HOLDER_FD + 1) < 0)
+	    dup2(hi_uffd, HOLDER_FD) < 0 || dup2(hi_pidfd, HOLDER_FD + 1) < 0 ||
+	    dup2(hi_report, HOLDER_FD + 2) < 0)
 		_exit(1);
-	syscall(SYS_close_range, HOLDER_FD + 2, ~0U, 0);
+	syscall(SYS_close_range, HOLDER_FD + 3, ~0U, 0);
 	if (chdir("/") < 0) {
 		/* only to not pin a mount */
 	}
+	pid_t me = getpid();
+	(void)write_full(HOLDER_FD + 2, &me, sizeof(me));
+	close(HOLDER_FD + 2);
 	struct pollfd p = {.fd = HOLDER_FD + 1, .events = POLLIN};
 	for (;;)
 		if (poll(&p, 1, -1) > 0)
@@ -306,11 +316,11 @@ static int spawn_holder(int uffd, pid_t pid, pid_t *ret, struct ferry_error *err
 		/* double fork: the holder is nobody's child and outlives us */
 		pid_t h = fork();
 		if (h == 0)
-			holder_main(uffd, pidfd);
-		(void)write_full(p[1], &h, sizeof(h));
+			holder_main(uffd, pidfd, p[1]);
 		_exit(h > 0 ? 0 : 1);
 	}
 	safe_close(p[1]);
+	/* EOF (0 bytes) if the holder died before reporting */
 	int r = mid < 0 ? -errno : read_full(p[0], &holder, sizeof(holder));
 	safe_close(p[0]);
 	if (mid > 0)
