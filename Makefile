@@ -38,6 +38,7 @@ check: build asan
 
 bench: build
 	./bench/run.sh $(BUILD)
+	./bench/incr.sh $(BUILD)
 
 format:
 	clang-format -i $$(git ls-files '*.c' '*.h')
