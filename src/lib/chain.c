@@ -127,7 +127,16 @@ static int gap(const struct chain *ch, uint64_t s, uint64_t e, struct page_run *
 {
 	if (!ch->under)
 		return gaps ? ranges_push(gaps, ngaps, s, e) : 0;
-	for (size_t k = 0; k < ch->nthrough; k++) {
+	/* the first range that ends after s: through can hold many thousands */
+	size_t lo = 0, hi = ch->nthrough;
+	while (lo < hi) {
+		size_t mid = (lo + hi) / 2;
+		if (ch->through[2 * mid + 1] <= s)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	for (size_t k = lo; k < ch->nthrough && ch->through[2 * k] < e; k++) {
 		uint64_t ts = MAX(ch->through[2 * k], s), te = MIN(ch->through[2 * k + 1], e);
 		if (ts >= te)
 			continue;

@@ -348,7 +348,7 @@ static int start_tracking(pid_t pid, struct track *tk, uint64_t *ret_freeze_ns,
 #define PRECOPY_ENOUGH     (8ULL << 20)
 
 static int precopy(const struct ferry_runtime *rt, const char *name, pid_t pid, struct plan *pl,
-                   struct image_writer *w, bool live, struct prefreeze *pf,
+                   struct image_writer *w, bool live, bool scan_only, struct prefreeze *pf,
                    struct ferry_ckpt_stats *s, struct ferry_error *err)
 {
 	uint64_t bytes = 0, last = UINT64_MAX;
@@ -369,11 +369,15 @@ static int precopy(const struct ferry_runtime *rt, const char *name, pid_t pid, 
 	pl->pre->own = true;
 	pl->pre->under = pl->ch;
 	for (uint32_t round = 0; round < PRECOPY_ROUNDS_MAX; round++) {
-		r = mem_precopy(pid, &pl->tk, w, live && round == 0, &pf->maps, &pf->nmaps,
-		                &pl->pre->idx, &pl->pre->nidx, &pl->pre->through,
-		                &pl->pre->nthrough, &bytes, err);
+		enum mem_round mode = live && round == 0 ? MEM_ROUND_ALL
+		                      : scan_only        ? MEM_ROUND_SCAN
+		                                         : MEM_ROUND_WRITTEN;
+		r = mem_precopy(pid, &pl->tk, w, mode, &pf->maps, &pf->nmaps, &pl->pre->idx,
+		                &pl->pre->nidx, &pl->pre->through, &pl->pre->nthrough, &bytes, err);
 		if (r < 0)
 			return ferr_prefix(err, "copy round %u while running", round);
+		if (scan_only)
+			break;
 		pl->tk.fresh = false; /* every private mapping is registered now */
 		s->precopy_rounds++;
 		s->precopy_bytes += bytes;
@@ -421,8 +425,11 @@ static int checkpoint_once(const struct ferry_runtime *rt, const char *name, con
 	}
 	/* a live checkpoint copies its memory while the component runs; so does an incremental
 	 * one, the pages written since its parent: the freeze copies what was written meanwhile */
-	if ((o->flags & FERRY_CKPT_LIVE) || (pl.ch && !(o->flags & FERRY_CKPT_NO_ROUNDS))) {
-		r = precopy(rt, name, rec.pid, &pl, w, o->flags & FERRY_CKPT_LIVE, &pf, &s, err);
+	if ((o->flags & FERRY_CKPT_LIVE) || pl.ch) {
+		/* without copying rounds, still one scan: where tracked mappings hold data */
+		bool scan_only = pl.ch && (o->flags & FERRY_CKPT_NO_ROUNDS);
+		r = precopy(rt, name, rec.pid, &pl, w, o->flags & FERRY_CKPT_LIVE, scan_only, &pf,
+		            &s, err);
 		if (r < 0)
 			goto fail;
 	}

@@ -876,10 +876,11 @@ static bool precopy_candidate(const struct proc_map *m)
 	       (m->ino == 0 || m->path[0] == '/');
 }
 
-int mem_precopy(pid_t pid, struct track *tk, struct image_writer *w, bool first,
+int mem_precopy(pid_t pid, struct track *tk, struct image_writer *w, enum mem_round mode,
                 struct proc_map **io_maps, size_t *io_nmaps, struct page_run **pre, size_t *npre,
                 uint64_t **through, size_t *nthrough, uint64_t *ret_bytes, struct ferry_error *err)
 {
+	bool first = mode == MEM_ROUND_ALL;
 	_cleanup_free_ uint64_t *take = NULL;
 	_cleanup_free_ struct page_run *fresh = NULL;
 	_cleanup_free_ struct copy_job *jobs = NULL;
@@ -901,8 +902,17 @@ int mem_precopy(pid_t pid, struct track *tk, struct image_writer *w, bool first,
 		size_t ndata = 0, nwritten = 0;
 		if (!precopy_candidate(m))
 			continue;
-		/* protect first, then copy: a write after this point is seen next round */
 		bool flagged = procfs_vmflag(m, "uw");
+		if (mode == MEM_ROUND_SCAN) {
+			/* where the pages hold data; written and new ones are the freeze's */
+			r = flagged ? scan_private(tk->pagemap, m->start, m->end, m->ino == 0,
+			                           &marker, through, nthrough, err)
+			            : 0;
+			if (r < 0)
+				return r;
+			continue;
+		}
+		/* protect first, then copy: a write after this point is seen next round */
 		r = follow(tk, flagged, m->start, m->end, flagged && !first ? &written : NULL,
 		           &nwritten, err);
 		if (r < 0)

@@ -93,7 +93,13 @@ int mem_restore(struct restorer *rs, const struct component *c, const struct pro
  * has it; every other page with no run is empty (a mapping registered only now is copied
  * whole).
  */
-int mem_precopy(pid_t pid, struct track *tk, struct image_writer *w, bool first,
+/* What a round of mem_precopy does. */
+enum mem_round {
+	MEM_ROUND_ALL = 0,     /* copy every page that holds data (first round of a live one) */
+	MEM_ROUND_WRITTEN = 1, /* copy the pages written since the last collect */
+	MEM_ROUND_SCAN = 2,    /* copy nothing: only note where tracked mappings hold data */
+};
+int mem_precopy(pid_t pid, struct track *tk, struct image_writer *w, enum mem_round mode,
                 struct proc_map **io_maps, size_t *io_nmaps, struct page_run **pre, size_t *npre,
                 uint64_t **through, size_t *nthrough, uint64_t *ret_bytes, struct ferry_error *err);
 
