@@ -1241,6 +1241,30 @@ def every_fresh_tries(ctx, dirtier, shm):
         ctx.ferry("kill", f"c{t}")
 
 
+def incremental_after_restore(ctx):
+    """A restored component is tracked from its first instruction (its monitor keeps the
+    userfaultfd): the next checkpoint, with the image it came from as parent, is incremental,
+    and a restore from that link is exact. Twice: restore, step, link; restore the link, step,
+    link again."""
+    d = [os.path.join(ctx.root, f"d{i}") for i in range(3)]
+    ctx.start("c", ctx.feature("incr_chain"))
+    ctx.wait_line("c", "^READY$")
+    expect_full(ckpt_json(ctx, "c", "--dir", d[0]), "d0")
+    for k in (1, 2):
+        ctx.ferry("kill", "c")
+        ctx.ferry("restore", "--dir", d[k - 1], "--name", "c")
+        step(ctx, k)
+        ctx.wait_line("c", rf"^WROTE {k}$")
+        j = ckpt_json(ctx, "c", "--dir", d[k], "--parent", d[k - 1])
+        expect_incremental(j, d[k - 1], f"d{k}")
+        if j.get("files") != k + 1:
+            raise Fail(f"d{k}: reads {j.get('files')} pages files, expected {k + 1}")
+    ctx.ferry("kill", "c")
+    ctx.ferry("restore", "--dir", d[2], "--name", "c")
+    ctx.go()
+    expect_log(ctx, "c", "READY\nWROTE 1\nWROTE 2\nPASS\n")
+
+
 def incremental_live_refused(ctx):
     """--live with --parent or --stop is a usage error (exit 2), and nothing is written."""
     img = os.path.join(ctx.root, "img")
@@ -1260,6 +1284,7 @@ INCREMENTAL_TESTS = (
     ("live-refused", incremental_live_refused),
     ("reuse", incremental_reuse),
     ("every-fresh", incremental_every_fresh),
+    ("after-restore", incremental_after_restore),
     ("chain-1", lambda ctx: incremental_chain(ctx, 1)),
     ("chain-2", lambda ctx: incremental_chain(ctx, 2)),
     ("chain-10", lambda ctx: incremental_chain(ctx, 10)),

@@ -276,8 +276,8 @@ static void plan_parent(struct plan *pl, const char *name, const char *parent)
 		snprintf(pl->why, sizeof(pl->why), "%s", e.msg);
 		return;
 	}
-	if (pl->ch->pc->capture_id == 0 || pl->ch->pc->capture_id != pl->tk.last ||
-	    pl->ch->pc->track_id != pl->tk.id) {
+	/* last is set only by captures of this tracking (or by the restore it started with) */
+	if (pl->ch->pc->capture_id == 0 || pl->ch->pc->capture_id != pl->tk.last) {
 		snprintf(pl->why, sizeof(pl->why),
 		         "%s is not the latest checkpoint of this run of %s: the pages written "
 		         "since it are not known",

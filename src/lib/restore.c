@@ -19,6 +19,7 @@
 #include "runtime.h"
 #include "task.h"
 #include "threads.h"
+#include "track.h"
 #include "util.h"
 
 #ifndef PTRACE_GET_RSEQ_CONFIGURATION
@@ -32,6 +33,8 @@ enum { SLOT_SYNC = 0, SLOT_REPORT = 1, SLOT_PAGES = 2, SLOT_EXE = 3, SLOT_FIRST_
 #define STAGING 4000
 
 struct restore_arg {
+	const struct ferry_runtime *rt;
+	const char *name;
 	const struct component *c;
 	const int *pages_fds; /* the reader's, inherited by the monitor and the helper */
 	uint32_t npages;      /* pages files of the image */
@@ -273,6 +276,12 @@ static int rebuild(struct restorer *rs, struct restore_arg *a, struct tracee *th
 	             err);
 	if (ret < 0)
 		return (int)ret;
+	/* its memory is the image's now: tracking starts here, so that the next checkpoint
+	 * can be incremental on the image (a failure only makes that one full) */
+	if (a->c->capture_id) {
+		struct ferry_error e = {0};
+		(void)track_restored(a->rt, a->name, &rs->main, rs->pid, p, a->c->capture_id, &e);
+	}
 	/* every injected call put the final registers back; once more, to be plain about it */
 	r = tracee_setregs(rs->main.tid, &rs->main.regs, err);
 	threads[0] = rs->main;
@@ -444,6 +453,8 @@ int ferry_restore(const struct ferry_runtime *rt, const char *dir, const char *n
 	int top = 3;
 	for (size_t i = 0; i < p->nfds; i++)
 		top = MAX(top, p->fds[i].fd + 1);
+	a.rt = rt;
+	a.name = name;
 	a.c = c;
 	a.npages = image_reader_npages_files(rd);
 	a.pages_fds = pages_fds = calloc(a.npages, sizeof(int));

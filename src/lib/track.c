@@ -12,6 +12,7 @@
 #include <sys/syscall.h>
 #include <sys/wait.h>
 
+#include "model.h"
 #include "runtime.h"
 #include "track.h"
 #include "util.h"
@@ -94,7 +95,8 @@ int track_attach(const struct ferry_runtime *rt, const char *name, pid_t pid, st
 	snprintf(path, sizeof(path), "/proc/%lld/comm", hpid);
 	if (read_file(path, &ctext, NULL) == 0)
 		snprintf(comm, sizeof(comm), "%.*s", (int)strcspn(ctext, "\n"), ctext);
-	if (strcmp(comm, "ferry-track") != 0) {
+	/* a holder, or the monitor of a restored component (track_restored) */
+	if (strcmp(comm, "ferry-track") != 0 && strcmp(comm, "ferry-monitor") != 0) {
 		snprintf(why, whylen, "the tracking holder (pid %lld) is gone", hpid);
 		return -ESRCH;
 	}
@@ -113,6 +115,7 @@ int track_attach(const struct ferry_runtime *rt, const char *name, pid_t pid, st
 	tk->id = id;
 	tk->last = last;
 	tk->holder = (pid_t)hpid;
+	tk->holder_fd = (int)fdno;
 	tk->fresh = false;
 	struct ferry_error e = {0};
 	int r = track_open_pagemap(tk, pid, &e);
@@ -343,12 +346,13 @@ int track_keep(const struct ferry_runtime *rt, const char *name, pid_t pid, stru
 		r = spawn_holder(tk->uffd, pid, &tk->holder, err);
 		if (r < 0)
 			return r;
+		tk->holder_fd = HOLDER_FD;
 	}
 	track_path(rt, name, path, sizeof(path));
 	snprintf(tmp, sizeof(tmp), "%s.tmp", path);
 	int n = snprintf(text, sizeof(text),
 	                 "pid=%d\nholder=%d\nfd=%d\nid=%" PRIu64 "\nlast=%" PRIx64 "\n", pid,
-	                 tk->holder, HOLDER_FD, tk->id, tk->last);
+	                 tk->holder, tk->holder_fd, tk->id, tk->last);
 	_cleanup_close_ int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
 	if (fd < 0)
 		return ferr(err, -errno, "%s: %m", tmp);
@@ -357,6 +361,35 @@ int track_keep(const struct ferry_runtime *rt, const char *name, pid_t pid, stru
 		r = -errno;
 	if (r < 0)
 		return ferr(err, r, "%s: %s", path, strerror(-r));
+	return 0;
+}
+
+int track_restored(const struct ferry_runtime *rt, const char *name, struct tracee *main, pid_t pid,
+                   const struct process *p, uint64_t capture_id, struct ferry_error *err)
+{
+	struct track tk = TRACK_INIT;
+	int r = track_start(main, pid, &tk, err);
+
+	for (size_t i = 0; r == 0 && i < p->nvmas; i++) {
+		const struct vma *v = &p->vmas[i];
+		if (v->kind != VMA_ANON && v->kind != VMA_FILE_PRIVATE)
+			continue;
+		/* a mapping that cannot be tracked is saved whole by the next checkpoint */
+		if (track_register(&tk, v->start, v->end) == 0)
+			r = track_collect(&tk, v->start, v->end, NULL, NULL, err);
+	}
+	if (r == 0) {
+		tk.holder = getpid();
+		tk.holder_fd = tk.uffd;
+		tk.last = capture_id;
+		r = track_keep(rt, name, pid, &tk, err);
+	}
+	if (r < 0) {
+		track_release(&tk);
+		return r;
+	}
+	/* the userfaultfd stays open in this process for as long as it lives */
+	tk.pagemap = safe_close(tk.pagemap);
 	return 0;
 }
 

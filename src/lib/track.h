@@ -54,7 +54,8 @@ struct track {
 	int pagemap;   /* /proc/PID/pagemap of the component */
 	uint64_t id;   /* identity of this tracking: the userfaultfd's inode number */
 	uint64_t last; /* capture_id of the last capture that re-protected everything (0: none) */
-	pid_t holder;  /* host pid of the holder process, 0 if none yet */
+	pid_t holder;  /* host pid of the process keeping the userfaultfd, 0 if none yet */
+	int holder_fd; /* its fd number there */
 	bool fresh;    /* started by this checkpoint (every page counts as written) */
 };
 
@@ -107,6 +108,18 @@ uint64_t track_estimate(const struct track *tk);
  */
 int track_keep(const struct ferry_runtime *rt, const char *name, pid_t pid, struct track *tk,
                struct ferry_error *err);
+
+/*
+ * track_restored - start tracking a component just restored from an image (its memory is the
+ * image's, nothing of it has run yet): inject userfaultfd() through main (stopped, syscall_ip
+ * set), register and protect every private mapping of p, and record the calling process as
+ * the one keeping the tracking (the restored component's monitor, which lives as long as it),
+ * with the image's capture as the last one: a checkpoint with --parent that image is then
+ * incremental. Failure only means the first checkpoint will be full.
+ */
+struct process;
+int track_restored(const struct ferry_runtime *rt, const char *name, struct tracee *main, pid_t pid,
+                   const struct process *p, uint64_t capture_id, struct ferry_error *err);
 
 /* track_release - close our fds (the holder keeps tracking alive). */
 void track_release(struct track *tk);
