@@ -108,7 +108,7 @@ int chain_open(const char *dir, struct chain **ret, struct ferry_error *err)
 				ch->idx[ch->nidx++] = v->runs[k];
 			}
 		}
-	qsort(ch->idx, ch->nidx, sizeof(*ch->idx), cmp_run);
+	runs_sort(ch->idx, ch->nidx);
 	for (size_t i = 1; i < ch->nidx; i++)
 		if (ch->idx[i - 1].addr + ch->idx[i - 1].npages * MODEL_PAGE > ch->idx[i].addr)
 			return ferr(err, -EPROTO,

@@ -131,11 +131,7 @@ static int capture_frozen(struct frozen *fz, struct component *c, struct process
 	                   : procfs_maps(p->host_pid, &maps, &nmaps);
 	if (r < 0)
 		return ferr(err, r, "pid %d: reading mappings: %s", p->host_pid, strerror(-r));
-	for (size_t i = 0; i < nmaps && !sys_ip; i++)
-		if (strcmp(maps[i].path, "[vdso]") == 0)
-			(void)tracee_find_syscall_insn(p->host_pid, maps[i].start, maps[i].end,
-			                               &sys_ip);
-	if (!sys_ip)
+	if (tracee_find_syscall_insn(p->host_pid, maps, nmaps, &sys_ip) < 0)
 		return ferr(err, -ENOTSUP, "pid %d: no vdso with a syscall instruction",
 		            p->host_pid);
 	for (size_t i = 0; i < fz->n; i++) {
@@ -315,10 +311,7 @@ static int start_tracking(pid_t pid, struct track *tk, uint64_t *ret_freeze_ns,
 
 	if (r < 0)
 		return ferr(err, r, "pid %d: reading mappings: %s", pid, strerror(-r));
-	for (size_t i = 0; i < nmaps && !sys_ip; i++)
-		if (strcmp(maps[i].path, "[vdso]") == 0)
-			(void)tracee_find_syscall_insn(pid, maps[i].start, maps[i].end, &sys_ip);
-	if (!sys_ip)
+	if (tracee_find_syscall_insn(pid, maps, nmaps, &sys_ip) < 0)
 		return ferr(err, -ENOTSUP, "pid %d: no vdso with a syscall instruction", pid);
 	r = freeze(pid, &fz, err);
 	for (size_t i = 0; r == 0 && i < fz.n; i++)

@@ -655,12 +655,6 @@ int mem_finish_runs(struct mem_stage *sg, struct process *p, const struct chain 
 
 /* ---- capture of the private mappings ---- */
 
-static int cmp_run(const void *a, const void *b)
-{
-	const struct page_run *x = a, *y = b;
-	return x->addr < y->addr ? -1 : x->addr > y->addr;
-}
-
 /* What follow() found. */
 enum { FOLLOW_NOW = 0, FOLLOW_BEFORE = 1, FOLLOW_NOT = 2 };
 
@@ -725,8 +719,6 @@ static int capture_private(const struct proc_map *m, struct vma *v, int pagemap,
 		           flagged && mt->parent ? &written : NULL, &nwritten, err);
 		if (r < 0)
 			return r;
-		if (r == FOLLOW_NOT)
-			mt->untracked++;
 		incremental = r == FOLLOW_BEFORE && mt->parent;
 	}
 	if (incremental && v->kind == VMA_ANON && seen_unchanged(mt, v)) {
@@ -775,7 +767,7 @@ static int capture_private(const struct proc_map *m, struct vma *v, int pagemap,
 		if (add_run(&v->runs, &v->nruns, gaps[2 * i], gaps[2 * i + 1] - gaps[2 * i]) < 0)
 			return ferr(err, -ENOMEM, "out of memory");
 	if (incremental || ngaps)
-		qsort(v->runs, v->nruns, sizeof(*v->runs), cmp_run);
+		runs_sort(v->runs, v->nruns);
 	return 0;
 }
 

@@ -48,8 +48,7 @@ struct mem_track {
 	struct mem_stage *stage;     /* copy page data into memory instead of writing it now */
 	const struct proc_map *seen; /* the mappings as the last round before the freeze saw them */
 	size_t nseen;
-	uint64_t untracked; /* out: mappings that could not be registered for tracking */
-	char why[256];      /* out: why tracking could not start (tk then set to NULL) */
+	char why[256]; /* out: why tracking could not start (tk then set to NULL) */
 };
 
 /*

@@ -251,11 +251,8 @@ static int rebuild(struct restorer *rs, struct restore_arg *a, struct tracee *th
 	r = procfs_maps(rs->pid, &maps, &nmaps);
 	if (r < 0)
 		return ferr(err, r, "helper mappings: %s", strerror(-r));
-	for (size_t i = 0; i < nmaps && !rs->main.syscall_ip; i++)
-		if (strcmp(maps[i].path, "[vdso]") == 0)
-			(void)tracee_find_syscall_insn(rs->pid, maps[i].start, maps[i].end,
-			                               &rs->main.syscall_ip);
-	if (!rs->main.syscall_ip)
+	if (!rs->main.syscall_ip &&
+	    tracee_find_syscall_insn(rs->pid, maps, nmaps, &rs->main.syscall_ip) < 0)
 		return ferr(err, -ENOTSUP, "no syscall instruction in the helper's vdso");
 	if ((r = unregister_rseq(rs, err)) < 0 ||
 	    (r = mem_restore(rs, a->c, p, maps, nmaps, err)) < 0 ||

@@ -251,21 +251,23 @@ int tracee_syscall(struct tracee *t, long *ret, pid_t *ret_new_tid, long nr, uin
 	return call_done(t, ret, err);
 }
 
-int tracee_find_syscall_insn(pid_t pid, uint64_t vdso_start, uint64_t vdso_end, uint64_t *ret)
+int tracee_find_syscall_insn(pid_t pid, const struct proc_map *maps, size_t nmaps, uint64_t *ret)
 {
-	size_t len = vdso_end - vdso_start;
-	_cleanup_free_ uint8_t *buf = malloc(len);
-	int r;
-
-	if (!buf)
-		return -ENOMEM;
-	r = tracee_peek(pid, vdso_start, buf, len);
-	if (r < 0)
-		return r;
-	for (size_t i = 0; i + 1 < len; i++) {
-		if (buf[i] == 0x0f && buf[i + 1] == 0x05) {
-			*ret = vdso_start + i;
-			return 0;
+	for (size_t m = 0; m < nmaps; m++) {
+		if (strcmp(maps[m].path, "[vdso]") != 0)
+			continue;
+		size_t len = maps[m].end - maps[m].start;
+		_cleanup_free_ uint8_t *buf = malloc(len);
+		if (!buf)
+			return -ENOMEM;
+		int r = tracee_peek(pid, maps[m].start, buf, len);
+		if (r < 0)
+			return r;
+		for (size_t i = 0; i + 1 < len; i++) {
+			if (buf[i] == 0x0f && buf[i + 1] == 0x05) {
+				*ret = maps[m].start + i;
+				return 0;
+			}
 		}
 	}
 	return -ENOENT;

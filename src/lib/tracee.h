@@ -73,8 +73,12 @@ int tracee_disarm(struct tracee *t, struct ferry_error *err);
 /* tracee_detach - PTRACE_DETACH (resumes the thread). */
 int tracee_detach(struct tracee *t, struct ferry_error *err);
 
-/* tracee_find_syscall_insn - address of a `syscall` instruction in the vdso of pid (0 if none). */
-int tracee_find_syscall_insn(pid_t pid, uint64_t vdso_start, uint64_t vdso_end, uint64_t *ret);
+/*
+ * tracee_find_syscall_insn - address of a `syscall` instruction in the [vdso] of pid (maps: its
+ * mappings); -ENOENT if there is none.
+ */
+struct proc_map;
+int tracee_find_syscall_insn(pid_t pid, const struct proc_map *maps, size_t nmaps, uint64_t *ret);
 
 /*
  * Scratch memory for the arguments and results of injected calls in a stopped thread: just
