@@ -13,6 +13,7 @@
 
 /*
  * Usage: bench-dirtier [-m step|rate] SIZE_MIB PERMILLE PERIOD_MS [GO_FILE]
+ *        bench-dirtier -m pace SIZE_MIB MB_PER_S PERIOD_MS [GO_FILE]
  *        (the mode may also come from BENCH_DIRTIER_MODE; -m wins; default step)
  *
  * Maps SIZE_MIB of private anonymous memory with MADV_NOHUGEPAGE (so that the kernel tracks
@@ -31,6 +32,12 @@
  *       prints `RATE seq=S t0=T0 t1=T1 pages=N pps=P`: pages written between CLOCK_MONOTONIC
  *       times T0 and T1 (ms) and their rate.
  *
+ * pace  The loop of rate over all the pages (PERMILLE 1000), but paced: it dirties
+ *       MB_PER_S x 10^6 bytes of pages a second (one word per 4 KiB page, so a page counts
+ *       4096 bytes), in 1 ms steps; 0 only sleeps. Time it spends stopped (a freeze, a
+ *       migration) is not made up for later: it never writes more than 10 ms worth at once.
+ *       Every PERIOD_MS it prints `PACE seq=S t0=T0 t1=T1 pages=N mbps=M`, the rate it kept.
+ *
  * In both modes, once GO_FILE exists it checks every word of its memory against what it
  * wrote (step: it replays its steps; rate: the pass and position of the loop), prints PASS or
  * FAIL with the first wrong word, and then only sleeps. All output goes through write(2),
@@ -43,6 +50,8 @@
 #define MAX_STEPS  65536
 #define RATE_TAG   0x5a17c0de00000000ull
 #define RATE_BATCH 4096 /* writes between two looks at the clock */
+#define PACE_TICK  1    /* ms between two batches of pace mode */
+#define PACE_DEBT  10   /* ms of writes pace mode may make up at most after a stop */
 
 static uint64_t *mem;
 static size_t npages;
@@ -301,6 +310,49 @@ static void run_rate(unsigned permille, unsigned period_ms, const char *go)
 	}
 }
 
+/*
+ * Pace mode: the rate loop over every page (set of npages, so set_page(j) = j), at most
+ * mbps x 10^6 / PAGE pages a second; verify_rate checks it.
+ */
+static void run_pace(unsigned mbps, unsigned period_ms, const char *go)
+{
+	const double pages_per_ms = (double)mbps * 1e6 / PAGE / 1e3;
+	size_t pos = 0;
+	uint64_t pass = 0, count = 0, seq = 0;
+	double t0 = now_ms(), next = t0 + period_ms, last = t0, owed = 0;
+
+	say("PACE start mbps=%u pages_per_s=%.0f\n", mbps, pages_per_ms * 1e3);
+	for (;;) {
+		nap(PACE_TICK);
+		double t = now_ms();
+		owed += (t - last) * pages_per_ms;
+		if (owed > PACE_DEBT * pages_per_ms)
+			owed = PACE_DEBT * pages_per_ms;
+		last = t;
+		for (; owed >= 1; owed -= 1) {
+			mem[pos * WPP] = RATE_TAG ^ (pass << 32) ^ pos;
+			count++;
+			if (++pos == npages) {
+				pos = 0;
+				pass++;
+			}
+		}
+		if (t < next)
+			continue;
+		say("PACE seq=%llu t0=%.3f t1=%.3f pages=%llu mbps=%.1f\n",
+		    (unsigned long long)++seq, t0, t, (unsigned long long)count,
+		    (double)count * PAGE / 1e3 / (t - t0));
+		count = 0;
+		t0 = t;
+		next = t + period_ms;
+		if (exists(go)) {
+			verify_rate(npages, pass, pos);
+			for (;;)
+				nap(100);
+		}
+	}
+}
+
 static unsigned long number(const char *what, const char *s, unsigned long lo, unsigned long hi)
 {
 	char *end;
@@ -318,11 +370,14 @@ static unsigned long number(const char *what, const char *s, unsigned long lo, u
 static void usage(FILE *f)
 {
 	fprintf(f, "usage: bench-dirtier [-m step|rate] SIZE_MIB PERMILLE PERIOD_MS [GO_FILE]\n"
+	           "       bench-dirtier -m pace SIZE_MIB MB_PER_S PERIOD_MS [GO_FILE]\n"
 	           "  step (default): on GO_FILE.step-K rewrite PERMILLE/1000 of the pages "
 	           "(or the permille in that file), print WROTE K n ms\n"
 	           "  rate: write one word per page over PERMILLE/1000 of the pages at full "
 	           "speed, print RATE ... pps=P every PERIOD_MS\n"
-	           "  both: on GO_FILE check every word, print PASS or FAIL\n"
+	           "  pace: the rate loop over all pages, dirtying MB_PER_S x 10^6 bytes of "
+	           "pages a second (0: none), print PACE ... mbps=M every PERIOD_MS\n"
+	           "  all: on GO_FILE check every word, print PASS or FAIL\n"
 	           "  the mode may also come from BENCH_DIRTIER_MODE\n");
 }
 
@@ -347,13 +402,16 @@ int main(int argc, char **argv)
 	}
 	if (!mode || !*mode)
 		mode = "step";
-	if ((strcmp(mode, "step") && strcmp(mode, "rate")) || argc - optind < 3 ||
-	    argc - optind > 4) {
+	if ((strcmp(mode, "step") && strcmp(mode, "rate") && strcmp(mode, "pace")) ||
+	    argc - optind < 3 || argc - optind > 4) {
 		usage(stderr);
 		return 2;
 	}
 	mib = number("size (MiB)", argv[optind], 1, 1UL << 20);
-	permille = number("permille", argv[optind + 1], 1, 1000);
+	if (strcmp(mode, "pace") == 0)
+		permille = number("rate (MB/s)", argv[optind + 1], 0, 100000);
+	else
+		permille = number("permille", argv[optind + 1], 1, 1000);
 	period = number("period (ms)", argv[optind + 2], 1, 3600 * 1000);
 	go = argc - optind == 4 ? argv[optind + 3] : NULL;
 	if (strcmp(mode, "step") == 0 && !go) {
@@ -375,6 +433,12 @@ int main(int argc, char **argv)
 	}
 	for (size_t page = 0; page < npages; page++)
 		write_page(page, 0);
+	if (strcmp(mode, "pace") == 0) {
+		say("READY mode=pace size_mib=%lu pages=%zu mbps=%lu pid=%d addr=%p\n", mib, npages,
+		    permille, (int)getpid(), (void *)mem);
+		run_pace((unsigned)permille, (unsigned)period, go);
+		return 0;
+	}
 	say("READY mode=%s size_mib=%lu pages=%zu permille=%lu set_pages=%zu pid=%d addr=%p\n",
 	    mode, mib, npages, permille, set_size((unsigned)permille), (int)getpid(), (void *)mem);
 	if (strcmp(mode, "rate") == 0)

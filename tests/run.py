@@ -20,6 +20,8 @@ import sys
 import tempfile
 import time
 
+import migrate_tests
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 TEST_TIMEOUT = 30  # seconds per test
 FOREIGN_TIMEOUT = 60  # foreign programs run twice (reference and checkpointed)
@@ -33,6 +35,8 @@ WRITES_FILES = {"append_file"}
 REFUSAL_ONLY = {"unsupported_fd"}
 # Feature programs used by the incremental tests only (their protocol has steps and more lines).
 INCREMENTAL_ONLY = {"incr_pattern", "incr_reuse"}
+# Feature programs used by the migration tests only (tests/migrate_tests.py).
+MIGRATE_ONLY = {"mig_compute"}
 # /proc/PID/status fields that must be equal before checkpoint and after restore.
 STATUS_FIELDS = ("Threads", "SigBlk", "SigIgn", "SigCgt", "ShdPnd", "Umask")
 
@@ -215,6 +219,7 @@ class Ctx:
         self.deadline = time.monotonic() + timeout
         self.last_cmd = ""
         self.last_err = ""
+        self.on_cleanup = []  # callables run first by cleanup (nodes, namespaces)
 
     def left(self):
         return self.deadline - time.monotonic()
@@ -314,6 +319,11 @@ class Ctx:
     def cleanup(self):
         """ferry kill every component; then end (by pid) anything still naming our dirs."""
         problems = []
+        for fn in self.on_cleanup:
+            try:
+                fn()
+            except Exception as e:  # cleanup goes on; the strays check below reports
+                say(f"cleanup: {e}")
         for n in dict.fromkeys(self.names):
             rc, _, err = run_cmd([self.ferry_bin, "kill", n], env=self.env, timeout=15)
             if rc != 0:  # often just "no component": it was killed or forgotten already
@@ -354,18 +364,47 @@ def restore_dir(src, dst):
     shutil.copytree(src, dst)
 
 
-def feature_restore(ctx, prog):
-    """run -> READY -> checkpoint -> kill -> restore -> go -> PASS; /proc equal across."""
+def feature_restore(ctx, prog, lazy=False):
+    """run -> READY -> checkpoint -> kill -> restore -> go -> PASS; /proc equal across.
+    lazy: `restore --lazy`, the pages of anonymous mappings come on first touch and from the
+    background filler; a page not supplied reads as zeros: FAIL."""
     img = os.path.join(ctx.root, "img")
     ctx.start("c", ctx.feature(prog))
     ctx.wait_line("c", "^READY$")
     before = proc_snapshot(ctx.pid("c"))
     ctx.ferry("checkpoint", "c", "--dir", img, *(["--stop"] if prog in WRITES_FILES else []))
     ctx.forget("c")
-    ctx.ferry("restore", "--dir", img, "--name", "c")
-    compare_snapshots(before, proc_snapshot(ctx.pid("c")), "after restore")
+    ctx.ferry("restore", "--dir", img, "--name", "c", *(["--lazy"] if lazy else []))
+    compare_snapshots(before, proc_snapshot(ctx.pid("c")),
+                      "after lazy restore" if lazy else "after restore")
     ctx.go()
     expect_log(ctx, "c", "READY\nPASS\n")
+
+
+def lazy_checkpoint_filling(ctx, memhog):
+    """256 MiB restored lazily and checkpointed at once, with the image it came from as
+    parent: the link is incremental (one userfaultfd supplies pages and tracks writes) and
+    holds every page (the checkpoint waits for the filler), so a plain restore of it PASSes."""
+    d = [os.path.join(ctx.root, f"d{i}") for i in range(2)]
+    go = os.path.join(ctx.scratch, "go")
+    ctx.start("c", [memhog, "256", go])
+    log = ctx.wait_line("c", "^READY ")
+    ctx.ferry("checkpoint", "c", "--dir", d[0])
+    ctx.ferry("kill", "c")
+    ctx.ferry("restore", "--dir", d[0], "--name", "c", "--lazy")
+    j = ckpt_json(ctx, "c", "--dir", d[1], "--parent", d[0])
+    expect_incremental(j, d[0], "d1")
+    if not isinstance(j.get("pages_written"), int) or j["pages_written"] > 1024:
+        raise Fail(f"d1: {j.get('pages_written')} pages written, expected a few: {brief(j)}")
+    ctx.ferry("kill", "c")
+    ctx.ferry("restore", "--dir", d[1], "--name", "c")
+    ctx.go()
+    log = ctx.wait_line("c", r"^(PASS|FAIL)")
+    if not re.search(r"^PASS ", log, re.M):
+        raise Fail("the restored link is not the memory checkpointed", tail(log, 2))
+
+
+LAZY_FEATURES = ("heap_stack", "threads8", "mappings", "incr_threads")
 
 
 def feature_twice(ctx, prog):
@@ -1325,7 +1364,7 @@ def collect(builds):
             tests.append((f"{tag}/unit/{os.path.basename(u)}", None, unit_test(u), 120))
         ferry = os.path.join(b, "ferry")
         for prog in features:
-            if prog in REFUSAL_ONLY or prog in INCREMENTAL_ONLY:
+            if prog in REFUSAL_ONLY or prog in INCREMENTAL_ONLY or prog in MIGRATE_ONLY:
                 continue
             for variant, fn in (("restore", feature_restore), ("twice", feature_twice),
                                 ("live", feature_live)):
@@ -1348,6 +1387,17 @@ def collect(builds):
                       TEST_TIMEOUT))
         for name, fn in INCREMENTAL_TESTS:
             tests.append((f"{tag}/incremental/{name}", ferry, fn, INCREMENTAL_TIMEOUT))
+        for prog in LAZY_FEATURES:
+            if prog in features:
+                tests.append((f"{tag}/restore-lazy/{prog}", ferry,
+                              lambda ctx, prog=prog: feature_restore(ctx, prog, lazy=True),
+                              TEST_TIMEOUT))
+        memhog = os.path.join(builds[0], "bench", "bench-memhog")  # not ASan's: shadow maps
+        tests.append((f"{tag}/restore-lazy/checkpoint-while-filling", ferry,
+                      lambda ctx, memhog=memhog: lazy_checkpoint_filling(ctx, memhog),
+                      INCREMENTAL_TIMEOUT))
+        for name, fn, timeout in migrate_tests.tests():
+            tests.append((f"{tag}/migrate/{name}", ferry, fn, timeout))
     return tests, features_dir
 
 

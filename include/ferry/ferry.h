@@ -90,6 +90,11 @@ int ferry_kill(const struct ferry_runtime *rt, const char *name, struct ferry_er
  * that rewrites the same pages all the time the round copies them twice and doubles its
  * write-protect faults; ferry_checkpoint_every sets this itself when it sees so. */
 #define FERRY_CKPT_NO_ROUNDS (1u << 2)
+/* post-copy migration, with FERRY_CKPT_STOP and a handover callback: the image records where
+ * the private anonymous pages hold data and reserves their room in its pages file, but does not
+ * copy them (the file has holes there, their checksums are 0); the handover callback copies them
+ * from the frozen component itself. Such an image restores only lazily, from that copy. */
+#define FERRY_CKPT_DEFER_ANON (1u << 3)
 
 /* How to checkpoint. A zeroed struct asks for a full checkpoint. */
 struct ferry_ckpt_opts {
@@ -98,6 +103,12 @@ struct ferry_ckpt_opts {
 	        *parent; /* incremental: an image of NAME to take unwritten pages from, or NULL */
 	unsigned keep;   /* bound on the pages files an image reads (0: no bound); older parent
 	                    files holding the fewest pages are folded into the new image */
+	/* with FERRY_CKPT_STOP: called once the image is committed, the component still frozen
+	 * (since frozen_at_ns, CLOCK_MONOTONIC).
+	 * Returns 1 to end the component, 0 to let it run on (the checkpoint still succeeds),
+	 * < 0 to let it run on and fail with that error. NULL: end it. */
+	int (*handover)(void *arg, uint64_t frozen_at_ns, struct ferry_error *err);
+	void *handover_arg;
 };
 
 #define FERRY_FALLBACK_MAX 256
@@ -200,6 +211,106 @@ int ferry_caps(const struct ferry_runtime *rt, const char *name, struct json_obj
 
 /* ferry_check - probe every kernel feature ferry relies on; JSON array of {feature, ok, detail}. */
 int ferry_check(struct json_object **ret, struct ferry_error *err);
+
+/* ---- Nodes and live migration ---- */
+
+#define FERRY_NODE_NAME_MAX 64
+#define FERRY_ADDR_MAX      128
+
+/*
+ * A node: a state directory, a name, the address peers reach it at, and the cluster key every
+ * node of the cluster holds (channels between nodes are authenticated and encrypted with it).
+ */
+struct ferry_node {
+	struct ferry_runtime rt;
+	char name[FERRY_NODE_NAME_MAX];
+	char listen[FERRY_ADDR_MAX]; /* HOST:PORT */
+	uint8_t key[32];
+};
+
+/* ferry_node_init - load the key file and describe the node. */
+int ferry_node_init(struct ferry_node *n, const char *name, const char *listen,
+                    const char *state_dir, const char *key_path, struct ferry_error *err);
+
+/* ferry_key_generate - write a new random cluster key to path (mode 0600). */
+int ferry_key_generate(const char *path, struct ferry_error *err);
+
+/* ferry_node_listen - the TCP socket peers connect to; ferry_node_control_listen - the Unix
+ * socket (STATE_DIR/ferryd.sock) the local CLI talks to. */
+int ferry_node_listen(const struct ferry_node *n, int *ret_fd, struct ferry_error *err);
+int ferry_node_control_listen(const struct ferry_node *n, int *ret_fd, struct ferry_error *err);
+
+/* ferry_node_serve_peer - one connection from another node (a migration coming in, or a
+ * question about one); ferry_node_serve_control - one connection from the local CLI. Each runs
+ * in a process of its own that ends with the node (ferryd forks them). */
+int ferry_node_serve_peer(const struct ferry_node *n, int fd, struct ferry_error *err);
+int ferry_node_serve_control(const struct ferry_node *n, int fd, struct ferry_error *err);
+
+/* ferry_node_recover - at start: settle migrations a killed node left in doubt (a component
+ * frozen for its hand-over is ended if it was handed over, thawed otherwise), remove partial
+ * incoming images. */
+int ferry_node_recover(const struct ferry_node *n, struct ferry_error *err);
+
+enum ferry_migrate_mode {
+	FERRY_MIGRATE_PRECOPY = 0,
+	FERRY_MIGRATE_STOP_AND_COPY = 1,
+	FERRY_MIGRATE_POSTCOPY = 2,
+};
+
+/* What a migration is doing, for progress displays. */
+struct ferry_migrate_progress {
+	const char *phase; /* "setup", "precopy", "stop", "handover", "done" */
+	uint32_t round;
+	uint64_t bytes;            /* sent so far over the wire */
+	uint64_t rate;             /* bytes/s measured on the link */
+	uint64_t dirty_rate;       /* bytes/s the component writes */
+	uint64_t expected_down_ns; /* if it were stopped now */
+};
+
+struct ferry_migrate_opts {
+	enum ferry_migrate_mode mode;
+	unsigned max_downtime_ms; /* pre-copy: stop once the rest fits (0: 20 ms) */
+	unsigned max_rounds;      /* pre-copy: at most this many rounds (0: 30) */
+	bool carry_files;         /* send open files the destination lacks or has otherwise */
+	bool compress;            /* zstd on the stream */
+	void (*progress)(void *arg, const struct ferry_migrate_progress *p);
+	void *progress_arg;
+};
+
+struct ferry_migrate_stats {
+	char id[33];
+	char dest_node[FERRY_NODE_NAME_MAX];
+	pid_t dest_pid;         /* host pid of the component on the destination */
+	uint64_t total_ns;      /* request -> running at the destination */
+	uint64_t setup_ns;      /* connection, authentication, offer */
+	uint64_t downtime_ns;   /* frozen at the source -> running at the destination */
+	uint64_t restore_ns;    /* of the downtime: the destination's restore */
+	uint64_t bytes_precopy; /* wire bytes sent while the component ran */
+	uint64_t bytes_downtime;
+	uint64_t bytes_postcopy;
+	uint64_t bytes_total;
+	uint32_t rounds;
+	uint64_t dirty_rate; /* bytes/s written by the component during pre-copy (last round) */
+	uint64_t rate;       /* bytes/s of the link */
+	uint32_t files_carried;
+	bool confirmed;       /* the destination said the component runs */
+	char post_error[256]; /* post-copy: why streaming the rest failed after the hand-over */
+};
+
+/*
+ * ferry_migrate - move component NAME of node n to the node at `to` (HOST:PORT). On any
+ * failure before the hand-over the component runs on here, unharmed; after it, it runs only
+ * at the destination. Runs in the calling process (ferryd runs it in a worker).
+ */
+int ferry_migrate(const struct ferry_node *n, const char *name, const char *to,
+                  const struct ferry_migrate_opts *o, struct ferry_migrate_stats *ret,
+                  struct ferry_error *err);
+
+/* ferry_migrate_request - ask the local node (ferryd of state dir rt) to migrate NAME, with
+ * progress reported to o->progress as it goes. */
+int ferry_migrate_request(const struct ferry_runtime *rt, const char *name, const char *to,
+                          const struct ferry_migrate_opts *o, struct ferry_migrate_stats *ret,
+                          struct ferry_error *err);
 
 #ifdef __cplusplus
 }

@@ -14,7 +14,9 @@
 #include <sys/wait.h>
 #include <time.h>
 
+#include "cli.h"
 #include "ferry/ferry.h"
+#include "restore.h"
 #include "util.h"
 
 #ifndef FERRY_VERSION
@@ -62,6 +64,18 @@ _printf_(2, 3) static int usage_error(const struct cli *c, const char *fmt, ...)
 	return EXIT_USAGE;
 }
 
+int cli_usage_error(const char *cmd, const char *fmt, ...)
+{
+	va_list ap;
+
+	fprintf(stderr, "ferry: %s: ", cmd);
+	va_start(ap, fmt);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+	fprintf(stderr, "\nTry 'ferry %s --help'.\n", cmd);
+	return EXIT_USAGE;
+}
+
 static int command_help(const struct command *cmd)
 {
 	printf("Usage: ferry %s %s\n\n%s\n", cmd->name, cmd->args, cmd->summary);
@@ -82,7 +96,7 @@ static int runtime_open(struct cli *c)
 /* What a command's options produced. */
 struct opts {
 	const char *name, *dir, *parent, *keep, *every, *count;
-	bool json, stop, follow, live;
+	bool json, stop, follow, live, lazy;
 	int rest; /* index of the first operand in argv */
 };
 
@@ -95,12 +109,19 @@ static int parse_cmd(struct cli *c, int argc, char **argv, const char *shortopts
                      const char *what, struct opts *o)
 {
 	static const struct option longopts[] = {
-	        {"help", no_argument, NULL, 'h'},         {"name", required_argument, NULL, 'n'},
-	        {"dir", required_argument, NULL, 'd'},    {"json", no_argument, NULL, 'j'},
-	        {"stop", no_argument, NULL, 's'},         {"follow", no_argument, NULL, 'f'},
-	        {"parent", required_argument, NULL, 'p'}, {"keep", required_argument, NULL, 'k'},
-	        {"every", required_argument, NULL, 'e'},  {"count", required_argument, NULL, 'c'},
-	        {"live", no_argument, NULL, 'l'},         {NULL, 0, NULL, 0},
+	        {"help", no_argument, NULL, 'h'},
+	        {"name", required_argument, NULL, 'n'},
+	        {"dir", required_argument, NULL, 'd'},
+	        {"json", no_argument, NULL, 'j'},
+	        {"stop", no_argument, NULL, 's'},
+	        {"follow", no_argument, NULL, 'f'},
+	        {"parent", required_argument, NULL, 'p'},
+	        {"keep", required_argument, NULL, 'k'},
+	        {"every", required_argument, NULL, 'e'},
+	        {"count", required_argument, NULL, 'c'},
+	        {"live", no_argument, NULL, 'l'},
+	        {"lazy", no_argument, NULL, 'L'},
+	        {NULL, 0, NULL, 0},
 	};
 	bool plus = shortopts[0] == '+';
 	char spec[32];
@@ -147,6 +168,9 @@ static int parse_cmd(struct cli *c, int argc, char **argv, const char *shortopts
 			break;
 		case 'l':
 			o->live = true;
+			break;
+		case 'L':
+			o->lazy = true;
 			break;
 		case ':':
 			return usage_error(c, "option '%s' needs an argument", argv[optind - 1]);
@@ -732,7 +756,7 @@ static int cmd_restore(struct cli *c, int argc, char **argv)
 	char name[FERRY_NAME_MAX] = "";
 	struct opts o;
 	pid_t pid;
-	int r = parse_cmd(c, argc, argv, "d:n:j", 0, NULL, &o);
+	int r = parse_cmd(c, argc, argv, "d:n:jL", 0, NULL, &o);
 
 	if (r >= 0)
 		return r;
@@ -740,7 +764,8 @@ static int cmd_restore(struct cli *c, int argc, char **argv)
 		return usage_error(c, "missing --dir DIR");
 	if ((r = runtime_open(c)))
 		return r;
-	r = ferry_restore(&c->rt, o.dir, o.name, &pid, &st, &c->err);
+	struct restore_opts ro = {.flags = o.lazy ? RESTORE_LAZY : 0};
+	r = restore_image(&c->rt, o.dir, o.name, &ro, &pid, &st, &c->err);
 	if (r < 0)
 		return fail(c, o.dir, r);
 
@@ -1054,6 +1079,11 @@ static int cmd_check(struct cli *c, int argc, char **argv)
 	return failed ? EXIT_FAILURE : 0;
 }
 
+static int cmd_migrate_cli(struct cli *c, int argc, char **argv)
+{
+	return cmd_migrate(c->cmd, argc, argv);
+}
+
 static const struct command commands[] = {
         {"run", cmd_run, "--name NAME [--] PROGRAM [ARGS...]",
          "Start PROGRAM as component NAME (own PID and mount namespaces, output to its log).",
@@ -1081,11 +1111,14 @@ static const struct command commands[] = {
          "Checkpoint figures of NAME since it was started or restored: latest, min, median, "
          "max.",
          "  -j, --json         print JSON\n"},
-        {"restore", cmd_restore, "--dir DIR [--name NAME] [--json]",
+        {"restore", cmd_restore, "--dir DIR [--name NAME] [--lazy] [--json]",
          "Recreate the component saved in DIR, with its pids, memory, fds and registers.",
          "  -d, --dir DIR      image directory\n"
          "  -n, --name NAME    name to run it under (default: the name in the image)\n"
+         "  -L, --lazy         page data supplied on first touch; for trusted images (no\n"
+         "                     checksum verification before it runs)\n"
          "  -j, --json         print the figures as JSON\n"},
+        {"migrate", cmd_migrate_cli, cmd_migrate_args, cmd_migrate_summary, cmd_migrate_options},
         {"ps", cmd_ps, "[--json]", "List components.", "  -j, --json         print JSON\n"},
         {"kill", cmd_kill, "NAME", "End component NAME and forget it.", NULL},
         {"logs", cmd_logs, "NAME [-f]", "Print the output of component NAME.",

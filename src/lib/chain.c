@@ -19,7 +19,8 @@ static int cmp_run(const void *a, const void *b)
 
 void runs_sort(struct page_run *runs, size_t n)
 {
-	qsort(runs, n, sizeof(*runs), cmp_run);
+	if (n > 1) /* qsort's base must not be NULL, even for no elements */
+		qsort(runs, n, sizeof(*runs), cmp_run);
 }
 
 int runs_subtract(struct page_run **runs, size_t *n, const uint64_t *ranges, size_t nranges)

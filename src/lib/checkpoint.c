@@ -438,9 +438,14 @@ static int checkpoint_once(const struct ferry_runtime *rt, const char *name, con
 		if (r < 0)
 			goto fail;
 	}
-	struct mem_track mt = {.tk = (pl.tracking || !stop) ? &pl.tk : NULL,
+	bool defer = stop && !from && o->handover && (o->flags & FERRY_CKPT_DEFER_ANON);
+	/* post-copy: the component ends once its pages are out; protecting them again for
+	 * tracking would only lengthen the freeze (a hand-over that fails leaves a full next
+	 * checkpoint either way: the track file names no valid parent until a capture commits) */
+	struct mem_track mt = {.tk = (pl.tracking || !stop) && !defer ? &pl.tk : NULL,
 	                       .parent = from,
-	                       .stage = from ? sg : NULL};
+	                       .stage = from ? sg : NULL,
+	                       .defer_anon = defer};
 	if (pl.pre) {
 		/* the mappings as the last round saw them (its registrations included) */
 		mt.seen = pf.maps;
@@ -507,6 +512,19 @@ static int checkpoint_once(const struct ferry_runtime *rt, const char *name, con
 		struct ferry_error e = {0};
 		if (track_keep(rt, name, rec.pid, &pl.tk, &e) < 0)
 			s.tracked = false;
+	}
+	if (stop && o->handover) {
+		/* someone else decides: end it, or let it run on */
+		int h = o->handover(o->handover_arg, tf, err);
+		if (h <= 0) {
+			checkpoint_thaw(&fz);
+			s.freeze_ns += now_ns() - tf;
+			stop = false;
+			if (h < 0) {
+				r = h;
+				goto out;
+			}
+		}
 	}
 	if (stop) {
 		s.freeze_ns += now_ns() - tf;

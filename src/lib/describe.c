@@ -14,6 +14,7 @@
 #include <sys/stat.h>
 #include <sys/uio.h>
 
+#include "cgroup.h"
 #include "checkpoint.h"
 #include "mem.h"
 #include "fds.h"
@@ -368,7 +369,7 @@ static const struct {
         {"pagemap_scan", mem_probe_pagemap_scan}, {"vdso_mremap", mem_probe_vdso_mremap},
         {"process_vm_readv", mem_probe_vm_readv}, {"dirty_tracking", track_probe},
         {"ptrace_seize", threads_probe_ptrace},   {"pid_namespace_set_tid", runtime_probe_set_tid},
-        {"prctl_mm_map", task_probe_mm_map},
+        {"prctl_mm_map", task_probe_mm_map},      {"cgroup_freeze", cgroup_probe},
 };
 
 int ferry_check(struct json_object **ret, struct ferry_error *err)

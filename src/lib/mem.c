@@ -12,6 +12,7 @@
 #include <sys/wait.h>
 
 #include "chain.h"
+#include "lazy.h"
 #include "mem.h"
 #include "procfs.h"
 #include "task.h"
@@ -455,6 +456,24 @@ struct stage_part {
 	struct ferry_error err;
 };
 
+/*
+ * Page by page, a run of which some page cannot be read even through /proc/PID/mem (seen,
+ * rarely, on pages the tracking reported written in a frozen component: "Input/output error").
+ * What the kernel cannot read the process cannot either: such a page has no content to keep;
+ * it is staged as zeros, which drop out of the image as empty pages.
+ */
+static int read_pages_or_zero(pid_t pid, int memfd, uint64_t addr, uint8_t *dst, uint64_t len)
+{
+	for (uint64_t at = 0; at < len; at += MODEL_PAGE) {
+		int r = read_mem(pid, memfd, addr + at, dst + at, MODEL_PAGE);
+		if (r == -EIO || r == -EFAULT)
+			memset(dst + at, 0, MODEL_PAGE);
+		else if (r < 0)
+			return r;
+	}
+	return 0;
+}
+
 static void *stage_part_copy(void *arg)
 {
 	struct stage_part *sp = arg;
@@ -486,6 +505,10 @@ static void *stage_part_copy(void *arg)
 			for (size_t j = 0; j < k; j++) {
 				int r = read_mem(sp->pid, memfd, (uint64_t)remote[j].iov_base,
 				                 dst + at, remote[j].iov_len);
+				if (r == -EIO || r == -EFAULT)
+					r = read_pages_or_zero(sp->pid, memfd,
+					                       (uint64_t)remote[j].iov_base,
+					                       dst + at, remote[j].iov_len);
 				if (r < 0) {
 					sp->r = ferr(&sp->err, r,
 					             "reading memory at 0x%" PRIx64 "+0x%zx: %s",
@@ -820,6 +843,15 @@ int mem_capture(struct component *c, struct process *p, const struct proc_map *m
 			struct page_run *run = &p->vmas[i].runs[j];
 			if (run->blk_pages)
 				continue; /* already stored: in a parent, or by a live round */
+			if (mt && mt->defer_anon && p->vmas[i].kind == VMA_ANON && w) {
+				/* post-copy: its room in the file, filled by whoever streams it */
+				run->off = image_pages_alloc(w, run->npages * MODEL_PAGE);
+				run->file = 0;
+				run->blk_off = run->off;
+				run->blk_pages = run->npages;
+				run->csum = 0;
+				continue;
+			}
 			fresh[njobs] = run;
 			jobs[njobs++] = (struct copy_job){.src_fd = -1,
 			                                  .src = run->addr,
@@ -1243,7 +1275,7 @@ static const uint32_t madv_flags[][2] = {
 };
 
 static int map_one(struct restorer *rs, struct fill *f, const struct component *c,
-                   const struct process *p, size_t idx, struct ferry_error *err)
+                   const struct process *p, size_t idx, struct lazy *lz, struct ferry_error *err)
 {
 	const struct vma *v = &p->vmas[idx];
 	uint64_t len = v->end - v->start;
@@ -1289,7 +1321,12 @@ static int map_one(struct restorer *rs, struct fill *f, const struct component *
 	if (r < 0)
 		return ferr_prefix(err, "mapping 0x%" PRIx64 "-0x%" PRIx64 " %s", v->start, v->end,
 		                   v->path ? v->path : "");
-	if (v->kind == VMA_SHMEM && rs->shmem_fd[v->shmem] < 0) {
+	if (v->kind == VMA_ANON && lz) {
+		/* its pages come on first touch and from the background filler (lazy.c) */
+		r = lazy_add(lz, v->start, v->end, v->runs, v->nruns, err);
+		if (r < 0)
+			return (int)r;
+	} else if (v->kind == VMA_SHMEM && rs->shmem_fd[v->shmem] < 0) {
 		r = load_runs(rs, f, c->shmems[v->shmem].runs, c->shmems[v->shmem].nruns,
 		              v->start - v->pgoff, err);
 		if (r < 0)
@@ -1339,6 +1376,13 @@ static uint64_t free_page(const struct process *p)
 int mem_restore(struct restorer *rs, const struct component *c, const struct process *p,
                 const struct proc_map *cur, size_t ncur, struct ferry_error *err)
 {
+	return mem_restore_lazy(rs, c, p, cur, ncur, NULL, err);
+}
+
+int mem_restore_lazy(struct restorer *rs, const struct component *c, const struct process *p,
+                     const struct proc_map *cur, size_t ncur, struct lazy *lz,
+                     struct ferry_error *err)
+{
 	uint64_t keep_lo = 0, keep_hi = 0;
 	long r;
 
@@ -1381,7 +1425,7 @@ int mem_restore(struct restorer *rs, const struct component *c, const struct pro
 		return ferr(err, -ENOMEM, "out of memory");
 	}
 	for (size_t i = 0; i < p->nvmas && r >= 0; i++)
-		r = map_one(rs, f, c, p, i, err);
+		r = map_one(rs, f, c, p, i, lz, err);
 	munmap(f->buf, FILL_BUF);
 	free(f);
 	if (r < 0)

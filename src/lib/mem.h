@@ -48,7 +48,8 @@ struct mem_track {
 	struct mem_stage *stage;     /* copy page data into memory instead of writing it now */
 	const struct proc_map *seen; /* the mappings as the last round before the freeze saw them */
 	size_t nseen;
-	char why[256]; /* out: why tracking could not start (tk then set to NULL) */
+	char why[256];   /* out: why tracking could not start (tk then set to NULL) */
+	bool defer_anon; /* room for the pages of anonymous mappings, but no copy (post-copy) */
 };
 
 /*
@@ -77,6 +78,16 @@ int shmem_lookup(struct component *c, int fd, uint32_t kind, const char *name,
  */
 int mem_restore(struct restorer *rs, const struct component *c, const struct process *p,
                 const struct proc_map *cur, size_t ncur, struct ferry_error *err);
+
+/*
+ * mem_restore_lazy - mem_restore, but the private anonymous mappings are registered with lz
+ * (lazy.h) instead of filled: their pages come on first touch and in the background once the
+ * component runs. lz NULL: mem_restore.
+ */
+struct lazy;
+int mem_restore_lazy(struct restorer *rs, const struct component *c, const struct process *p,
+                     const struct proc_map *cur, size_t ncur, struct lazy *lz,
+                     struct ferry_error *err);
 
 /*
  * mem_precopy - one round of a live checkpoint, while the component (host pid pid) runs:

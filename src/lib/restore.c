@@ -13,6 +13,7 @@
 #include <linux/sched.h>
 
 #include "fds.h"
+#include "lazy.h"
 #include "mem.h"
 #include "procfs.h"
 #include "restore.h"
@@ -43,6 +44,8 @@ struct restore_arg {
 	int *vma_fd;   /* per vma of process 0 */
 	int *shmem_fd; /* per shmem object */
 	int stash_lo;  /* fds restored once for several entries park here */
+	const struct restore_opts *opts;
+	struct lazy *lz; /* RESTORE_LAZY: the pages of anonymous mappings come after the start */
 	struct ferry_restore_stats stats;
 };
 
@@ -240,6 +243,29 @@ static int unregister_rseq(struct restorer *rs, struct ferry_error *err)
 	return r < 0 ? (int)r : 0;
 }
 
+/*
+ * RESTORE_LAZY: a userfaultfd of the helper's mm, with write-protection for dirty tracking when
+ * the image can be a parent (one context serves both), and the fault handler serving it from
+ * here on (mlock and the kernel's own writes during the rebuild fault too). Without the
+ * features for tracking, lazily without tracking; without a userfaultfd at all, as usual.
+ */
+static int lazy_start(struct restorer *rs, struct restore_arg *a)
+{
+	struct ferry_error e = {0};
+	bool wp = a->c->capture_id != 0;
+	int fd = -EBADF;
+	int r = lazy_uffd(&rs->main, rs->pid, wp, &fd, &e);
+
+	if (r == -ENOTSUP && wp) {
+		wp = false;
+		r = lazy_uffd(&rs->main, rs->pid, wp, &fd, &e);
+	}
+	if (r < 0)
+		return r == -ESRCH ? r : 0; /* only a helper gone is fatal */
+	a->lz = lazy_new(fd, wp, rs->pid, a->opts->lazy_src, a->pages_fds, a->npages, &e);
+	return a->lz ? 0 : -ENOMEM;
+}
+
 static int rebuild(struct restorer *rs, struct restore_arg *a, struct tracee *threads,
                    struct ferry_error *err)
 {
@@ -254,8 +280,14 @@ static int rebuild(struct restorer *rs, struct restore_arg *a, struct tracee *th
 	if (!rs->main.syscall_ip &&
 	    tracee_find_syscall_insn(rs->pid, maps, nmaps, &rs->main.syscall_ip) < 0)
 		return ferr(err, -ENOTSUP, "no syscall instruction in the helper's vdso");
-	if ((r = unregister_rseq(rs, err)) < 0 ||
-	    (r = mem_restore(rs, a->c, p, maps, nmaps, err)) < 0 ||
+	if ((r = unregister_rseq(rs, err)) < 0)
+		return r;
+	if (a->opts->flags & RESTORE_LAZY) {
+		r = lazy_start(rs, a);
+		if (r < 0)
+			return ferr(err, r, "lazy restore: %s", strerror(-r));
+	}
+	if ((r = mem_restore_lazy(rs, a->c, p, maps, nmaps, a->lz, err)) < 0 ||
 	    (r = task_restore_mm(rs, p, err)) < 0 || (r = threads_restore(rs, p, threads, err)) < 0)
 		return r;
 	r = task_restore_late(rs, p, err);
@@ -275,7 +307,12 @@ static int rebuild(struct restorer *rs, struct restore_arg *a, struct tracee *th
 		return (int)ret;
 	/* its memory is the image's now: tracking starts here, so that the next checkpoint
 	 * can be incremental on the image (a failure only makes that one full) */
-	if (a->c->capture_id) {
+	if (a->c->capture_id && a->lz) {
+		struct ferry_error e = {0};
+		if (lazy_tracks(a->lz))
+			(void)track_restored_uffd(a->rt, a->name, rs->pid, p, a->c->capture_id,
+			                          lazy_fd(a->lz), &e);
+	} else if (a->c->capture_id) {
 		struct ferry_error e = {0};
 		(void)track_restored(a->rt, a->name, &rs->main, rs->pid, p, a->c->capture_id, &e);
 	}
@@ -302,6 +339,9 @@ static int restore_start(void *arg, const char *log_path, pid_t *ret_pid, void *
 
 	if (!threads)
 		return ferr(err, -ENOMEM, "out of memory");
+	if (a->opts->hold &&
+	    (r = a->opts->hold(a->opts->hold_arg, RESTORE_BEGIN, 0, &a->stats, err)) < 0)
+		return r;
 	if (pipe2(sync, O_CLOEXEC) < 0)
 		return ferr(err, -errno, "pipe: %m");
 	if (pipe2(rep, O_CLOEXEC) < 0) {
@@ -337,8 +377,10 @@ static int restore_start(void *arg, const char *log_path, pid_t *ret_pid, void *
 	if (r < 0)
 		goto fail;
 	/* page data is verified on another CPU while the helper loads it; nothing of the
-	 * component runs before both are done */
-	if (pthread_create(&vth, NULL, verify_main, &ver) == 0)
+	 * component runs before both are done. A lazy restore's caller vouches for the image. */
+	if (a->opts->flags & RESTORE_LAZY)
+		ver.r = 0;
+	else if (pthread_create(&vth, NULL, verify_main, &ver) == 0)
 		vstarted = true;
 	else
 		verify_main(&ver);
@@ -351,15 +393,29 @@ static int restore_start(void *arg, const char *log_path, pid_t *ret_pid, void *
 	}
 	if (r < 0)
 		goto fail;
-	for (size_t i = p->nthreads; i-- > 0;) {
-		r = tracee_detach(&threads[i], err);
+	if (a->lz) {
+		/* the rest of the pages from now on, in the background */
+		r = lazy_fill(a->lz, a->rt, a->name, err);
 		if (r < 0)
 			goto fail;
+		a->lz = NULL;
 	}
 	a->stats.verify_ns = ver.ns;
 	a->stats.pages_ns = rs.pages_ns;
 	a->stats.pages_loaded = rs.pages_loaded;
 	a->stats.total_ns = now_ns() - t0;
+	if (a->opts->hold) {
+		r = a->opts->hold(a->opts->hold_arg, RESTORE_HOLD, pid, &a->stats, err);
+		if (r < 0)
+			goto fail;
+	}
+	for (size_t i = p->nthreads; i-- > 0;) {
+		r = tracee_detach(&threads[i], err);
+		if (r < 0)
+			goto fail;
+	}
+	if (a->opts->hold)
+		(void)a->opts->hold(a->opts->hold_arg, RESTORE_RUNNING, pid, &a->stats, NULL);
 	memcpy(extra, &a->stats, sizeof(a->stats));
 	*ret_pid = pid;
 	safe_close(sync[1]);
@@ -368,8 +424,12 @@ static int restore_start(void *arg, const char *log_path, pid_t *ret_pid, void *
 fail:
 	if (pid > 0) {
 		(void)safe_kill(pid, SIGKILL);
-		while (waitpid(pid, &status, __WALL) < 0 && errno == EINTR)
-			;
+		/* its threads are our tracees too: each must be reaped before the leader can be */
+		for (;;) {
+			pid_t w = waitpid(-1, &status, __WALL);
+			if (w == pid || (w < 0 && errno != EINTR))
+				break;
+		}
 	}
 out:
 	safe_close(sync[1]);
@@ -400,6 +460,14 @@ static int check_files(const struct component *c, struct ferry_error *err)
 int ferry_restore(const struct ferry_runtime *rt, const char *dir, const char *name, pid_t *ret_pid,
                   struct ferry_restore_stats *ret_stats, struct ferry_error *err)
 {
+	return restore_image(rt, dir, name, NULL, ret_pid, ret_stats, err);
+}
+
+int restore_image(const struct ferry_runtime *rt, const char *dir, const char *name,
+                  const struct restore_opts *o, pid_t *ret_pid,
+                  struct ferry_restore_stats *ret_stats, struct ferry_error *err)
+{
+	static const struct restore_opts none = {0};
 	struct image_reader *rd = NULL;
 	struct component *c = NULL;
 	struct restore_arg a = {0};
@@ -427,7 +495,9 @@ int ferry_restore(const struct ferry_runtime *rt, const char *dir, const char *n
 		         dir, c->nprocs, c->procs[0].pid);
 		goto out;
 	}
-	r = check_files(c, err);
+	if (!o)
+		o = &none;
+	r = (o->flags & RESTORE_FILES_CHECKED) ? 0 : check_files(c, err);
 	if (r < 0) {
 		ferr_prefix(err, "image %s", dir);
 		goto out;
@@ -451,6 +521,7 @@ int ferry_restore(const struct ferry_runtime *rt, const char *dir, const char *n
 	for (size_t i = 0; i < p->nfds; i++)
 		top = MAX(top, p->fds[i].fd + 1);
 	a.rt = rt;
+	a.opts = o;
 	a.name = name;
 	a.c = c;
 	a.npages = image_reader_npages_files(rd);

@@ -34,3 +34,32 @@ struct restorer {
  */
 long rs_sys(struct restorer *rs, const char *what, long nr, uint64_t a0, uint64_t a1, uint64_t a2,
             uint64_t a3, uint64_t a4, uint64_t a5, struct ferry_error *err);
+
+/* Restoring for someone else's decision (a migration): the hold callback runs in the monitor
+ * first (RESTORE_BEGIN: < 0 fails the restore), once the component is rebuilt and verified,
+ * still stopped (RESTORE_HOLD: return 0 to let it run, < 0 to end it before it ran a single
+ * instruction), and once it runs (RESTORE_RUNNING). */
+enum restore_phase { RESTORE_BEGIN, RESTORE_HOLD, RESTORE_RUNNING };
+typedef int (*restore_hold_fn)(void *arg, enum restore_phase phase, pid_t pid,
+                               const struct ferry_restore_stats *st, struct ferry_error *err);
+
+#define RESTORE_FILES_CHECKED (1u << 0) /* files were compared by content: skip size/mtime */
+/* page data of private anonymous mappings is supplied on first touch and in the background
+ * after the component runs; the caller vouches for the image's integrity: no checksum
+ * verification before it runs */
+#define RESTORE_LAZY (1u << 1)
+
+struct lazy_source;
+
+struct restore_opts {
+	unsigned flags;
+	const struct lazy_source *lazy_src; /* RESTORE_LAZY: where pages come from (NULL: the
+	                                       image's pages files) */
+	restore_hold_fn hold;
+	void *hold_arg;
+};
+
+/* restore_image - ferry_restore with options. */
+int restore_image(const struct ferry_runtime *rt, const char *dir, const char *name,
+                  const struct restore_opts *o, pid_t *ret_pid,
+                  struct ferry_restore_stats *ret_stats, struct ferry_error *err);

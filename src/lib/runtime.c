@@ -246,6 +246,9 @@ static void monitor_main(const struct ferry_runtime *rt, const char *name, bool 
 	pid_t pid = 0;
 
 	(void)prctl(PR_SET_NAME, "ferry-monitor");
+	/* the caller may be gone by the time we report (a migration's receiver killed with its
+	 * node): the component must not lose its monitor to SIGPIPE */
+	signal(SIGPIPE, SIG_IGN);
 	runtime_log_path(rt, name, log_path, sizeof(log_path));
 	rep.code = start(arg, log_path, &pid, rep.extra, &err);
 	if (rep.code < 0) {

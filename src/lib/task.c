@@ -318,10 +318,16 @@ int task_restore_late(struct restorer *rs, const struct process *p, struct ferry
 	/* interval timers go on with the time they had left */
 	for (int which = 0; which < 3; which++) {
 		const uint64_t *t = p->itimer[which];
-		if (!t[2] && !t[3])
-			continue;
 		struct itimerval it = {{(time_t)t[0], (suseconds_t)t[1]},
 		                       {(time_t)t[2], (suseconds_t)t[3]}};
+		if (!t[2] && !t[3]) {
+			if (!t[0] && !t[1])
+				continue; /* disarmed */
+			/* a periodic timer caught between its expiry and the dequeue of its signal
+			 * (which re-arms it) reads 0 left: it goes on one interval on, and the
+			 * pending signal restored above is that expiry's */
+			it.it_value = it.it_interval;
+		}
 		int r = tracee_poke(rs->pid, rs->scratch, &it, sizeof(it));
 		if (r < 0)
 			return ferr(err, r, "scratch write: %s", strerror(-r));

@@ -12,18 +12,12 @@
 #include <sys/syscall.h>
 #include <sys/wait.h>
 
+#include "lazy.h"
 #include "model.h"
 #include "runtime.h"
 #include "track.h"
 #include "util.h"
 
-/* Linux 6.4 and 6.7 features; Debian 12's headers predate them. */
-#ifndef UFFD_FEATURE_WP_UNPOPULATED
-#define UFFD_FEATURE_WP_UNPOPULATED (1 << 13)
-#endif
-#ifndef UFFD_FEATURE_WP_ASYNC
-#define UFFD_FEATURE_WP_ASYNC (1 << 15)
-#endif
 #ifndef UFFD_USER_MODE_ONLY
 #define UFFD_USER_MODE_ONLY 1
 #endif
@@ -76,6 +70,8 @@ int track_attach(const struct ferry_runtime *rt, const char *name, pid_t pid, st
 	unsigned long long id = 0, last = 0;
 	struct stat sb;
 
+	/* a lazily restored component: its pages are all in before anyone looks for them */
+	lazy_wait(rt, name, pid);
 	track_path(rt, name, path, sizeof(path));
 	if (read_file(path, &text, NULL) < 0) {
 		snprintf(why, whylen, "no dirty tracking yet (first checkpoint of this run)");
@@ -138,37 +134,54 @@ static int uffd_api(int fd)
 	return 0;
 }
 
-int track_start(struct tracee *main, pid_t pid, struct track *tk, struct ferry_error *err)
+int track_inject_uffd(struct tracee *main, pid_t pid, long flags, uint64_t features, int *ret_fd,
+                      struct ferry_error *err)
 {
 	long fd_in = -1, ignored;
-	struct stat sb;
 	int r;
 
-	r = tracee_syscall(main, &fd_in, NULL, SYS_userfaultfd,
-	                   O_CLOEXEC | O_NONBLOCK | UFFD_USER_MODE_ONLY, 0, 0, 0, 0, 0, err);
+	r = tracee_syscall(main, &fd_in, NULL, SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK | flags, 0,
+	                   0, 0, 0, 0, err);
 	if (r < 0)
 		return ferr_prefix(err, "pid %d: injected userfaultfd", pid);
 	if (fd_in < 0)
 		return ferr(err, (int)fd_in, "pid %d: userfaultfd: %s", pid, strerror((int)-fd_in));
 	int fd = pidfd_getfd_of(pid, (int)fd_in);
 	r = tracee_syscall(main, &ignored, NULL, SYS_close, (uint64_t)fd_in, 0, 0, 0, 0, 0, err);
-	if (fd < 0) {
-		safe_close(fd);
+	if (fd < 0)
 		return ferr(err, fd, "pid %d: pidfd_getfd of its userfaultfd: %s", pid,
 		            strerror(-fd));
-	}
 	if (r < 0) {
 		safe_close(fd);
 		return ferr_prefix(err, "pid %d: closing the injected userfaultfd", pid);
 	}
-	r = uffd_api(fd);
-	if (r < 0 || fstat(fd, &sb) < 0) {
+	struct uffdio_api api = {.api = UFFD_API, .features = features};
+	if (ioctl(fd, UFFDIO_API, &api) < 0 || (api.features & features) != features) {
 		safe_close(fd);
-		r = r < 0 ? r : -errno;
+		return ferr(err, -ENOTSUP, "pid %d: userfaultfd without features 0x%" PRIx64, pid,
+		            features);
+	}
+	*ret_fd = fd;
+	return 0;
+}
+
+int track_start(struct tracee *main, pid_t pid, struct track *tk, struct ferry_error *err)
+{
+	struct stat sb;
+	int fd = -EBADF;
+	int r = track_inject_uffd(main, pid, UFFD_USER_MODE_ONLY, TRACK_FEATURES, &fd, err);
+
+	if (r == -ENOTSUP)
 		return ferr(err, r,
 		            "pid %d: userfaultfd without asynchronous write-protection "
 		            "(WP_ASYNC, Linux >= 6.7): %s",
 		            pid, strerror(-r));
+	if (r < 0)
+		return r;
+	if (fstat(fd, &sb) < 0) {
+		r = ferr(err, -errno, "pid %d: userfaultfd: %m", pid);
+		safe_close(fd);
+		return r;
 	}
 	r = track_open_pagemap(tk, pid, err);
 	if (r < 0) {
@@ -364,26 +377,47 @@ int track_keep(const struct ferry_runtime *rt, const char *name, pid_t pid, stru
 	return 0;
 }
 
+/*
+ * Register (skip_anon: but the anonymous mappings, registered already) and protect every private
+ * mapping of p, and record this process as the holder of tk's userfaultfd.
+ */
+static int restored_keep(const struct ferry_runtime *rt, const char *name, pid_t pid,
+                         const struct process *p, uint64_t capture_id, struct track *tk,
+                         bool skip_anon, struct ferry_error *err)
+{
+	int r = 0;
+
+	for (size_t i = 0; r == 0 && i < p->nvmas; i++) {
+		const struct vma *v = &p->vmas[i];
+		if (v->kind != VMA_ANON && v->kind != VMA_FILE_PRIVATE)
+			continue;
+		/* registered for missing pages and write-protection by the lazy restore: every
+		 * page of it is installed write-protected (UFFDIO_COPY_MODE_WP), none is there
+		 * yet, so there is nothing to protect (over 1 GiB that pass cost 5 ms of a
+		 * migration's downtime) */
+		if (skip_anon && v->kind == VMA_ANON)
+			continue;
+		/* a mapping that cannot be tracked is saved whole by the next checkpoint */
+		if (track_register(tk, v->start, v->end) == 0)
+			r = track_collect(tk, v->start, v->end, NULL, NULL, err);
+	}
+	if (r == 0) {
+		tk->holder = getpid();
+		tk->holder_fd = tk->uffd;
+		tk->last = capture_id;
+		r = track_keep(rt, name, pid, tk, err);
+	}
+	return r;
+}
+
 int track_restored(const struct ferry_runtime *rt, const char *name, struct tracee *main, pid_t pid,
                    const struct process *p, uint64_t capture_id, struct ferry_error *err)
 {
 	struct track tk = TRACK_INIT;
 	int r = track_start(main, pid, &tk, err);
 
-	for (size_t i = 0; r == 0 && i < p->nvmas; i++) {
-		const struct vma *v = &p->vmas[i];
-		if (v->kind != VMA_ANON && v->kind != VMA_FILE_PRIVATE)
-			continue;
-		/* a mapping that cannot be tracked is saved whole by the next checkpoint */
-		if (track_register(&tk, v->start, v->end) == 0)
-			r = track_collect(&tk, v->start, v->end, NULL, NULL, err);
-	}
-	if (r == 0) {
-		tk.holder = getpid();
-		tk.holder_fd = tk.uffd;
-		tk.last = capture_id;
-		r = track_keep(rt, name, pid, &tk, err);
-	}
+	if (r == 0)
+		r = restored_keep(rt, name, pid, p, capture_id, &tk, false, err);
 	if (r < 0) {
 		track_release(&tk);
 		return r;
@@ -391,6 +425,28 @@ int track_restored(const struct ferry_runtime *rt, const char *name, struct trac
 	/* the userfaultfd stays open in this process for as long as it lives */
 	tk.pagemap = safe_close(tk.pagemap);
 	return 0;
+}
+
+int track_restored_uffd(const struct ferry_runtime *rt, const char *name, pid_t pid,
+                        const struct process *p, uint64_t capture_id, int uffd,
+                        struct ferry_error *err)
+{
+	struct track tk = TRACK_INIT;
+	struct stat sb;
+
+	if (fstat(uffd, &sb) < 0)
+		return ferr(err, -errno, "userfaultfd: %m");
+	int r = track_open_pagemap(&tk, pid, err);
+	if (r < 0)
+		return r;
+	tk.uffd = uffd;
+	tk.id = (uint64_t)sb.st_ino;
+	tk.fresh = true;
+	/* the anonymous mappings are registered for missing pages and write-protection both:
+	 * registering them again for write-protection alone would drop the missing mode */
+	r = restored_keep(rt, name, pid, p, capture_id, &tk, true, err);
+	tk.pagemap = safe_close(tk.pagemap);
+	return r;
 }
 
 void track_release(struct track *tk)

@@ -6,9 +6,18 @@
 #include <stdint.h>
 #include <sys/ioctl.h>
 #include <sys/types.h>
+#include <linux/userfaultfd.h>
 
 #include "ferry/ferry.h"
 #include "tracee.h"
+
+/* Linux 6.4 and 6.7 features; Debian 12's headers predate them. */
+#ifndef UFFD_FEATURE_WP_UNPOPULATED
+#define UFFD_FEATURE_WP_UNPOPULATED (1 << 13)
+#endif
+#ifndef UFFD_FEATURE_WP_ASYNC
+#define UFFD_FEATURE_WP_ASYNC (1 << 15)
+#endif
 
 /* PAGEMAP_SCAN (Linux 6.7); Debian 12's headers predate it. */
 #ifndef PAGEMAP_SCAN
@@ -79,6 +88,15 @@ int track_attach(const struct ferry_runtime *rt, const char *name, pid_t pid, st
  */
 int track_start(struct tracee *main, pid_t pid, struct track *tk, struct ferry_error *err);
 
+/*
+ * track_inject_uffd - in the frozen component (main: its seized main thread, syscall_ip set),
+ * create a userfaultfd (userfaultfd(2) flags besides O_CLOEXEC | O_NONBLOCK), copy it into
+ * *ret_fd, close it there, and enable the API with features (all of them, or -ENOTSUP).
+ * The fd belongs to the component's mm: only such a one can register its mappings.
+ */
+int track_inject_uffd(struct tracee *main, pid_t pid, long flags, uint64_t features, int *ret_fd,
+                      struct ferry_error *err);
+
 /* track_open_pagemap - open /proc/PID/pagemap into tk->pagemap (once). */
 int track_open_pagemap(struct track *tk, pid_t pid, struct ferry_error *err);
 
@@ -120,6 +138,16 @@ int track_keep(const struct ferry_runtime *rt, const char *name, pid_t pid, stru
 struct process;
 int track_restored(const struct ferry_runtime *rt, const char *name, struct tracee *main, pid_t pid,
                    const struct process *p, uint64_t capture_id, struct ferry_error *err);
+
+/*
+ * track_restored_uffd - track_restored through uffd, the userfaultfd of a lazy restore (lazy.h),
+ * whose anonymous mappings are registered already (missing pages and write-protection: a
+ * mapping takes one context only). uffd is not taken: it must stay open, at the same fd number,
+ * for as long as this process lives.
+ */
+int track_restored_uffd(const struct ferry_runtime *rt, const char *name, pid_t pid,
+                        const struct process *p, uint64_t capture_id, int uffd,
+                        struct ferry_error *err);
 
 /* track_release - close our fds (the holder keeps tracking alive). */
 void track_release(struct track *tk);

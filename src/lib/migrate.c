@@ -1,0 +1,1800 @@
+/*
+ * Live migration: the source side (ferry_migrate), the destination side (migrate_accept) and
+ * the settling of a hand-over left in doubt (migrate_answer, migrate_recover).
+ *
+ * The memory moves as a chain of images: a first image taken while the component runs
+ * (--live), then incremental links of what it wrote meanwhile, each sent as it is taken
+ * (pre-copy rounds), until the rest fits the downtime target; the last link is taken with the
+ * component frozen. Every link is a complete image, so the destination always holds one it
+ * could restore. Files a link shares with an earlier one (hard links) are linked again at the
+ * destination, not sent.
+ *
+ * Exactly one copy. The component is frozen by ptrace while the last link is taken and sent:
+ * if this process dies, the kernel lets it run on here. The destination restores the last link
+ * into a process it holds stopped and answers READY. Only then does the source freeze the
+ * component's cgroup (a freeze that outlasts this process), write the durable record
+ * "handed over" (the decision), end the component and send GO. A destination that loses the
+ * source after READY asks the source node how the migration ended: "handed-over" if the record
+ * exists, else "aborted" (the source node, restarted, thaws a component it finds frozen
+ * without a record) or "pending" while the source's worker still runs (it holds a lock).
+ */
+#include <dirent.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/mman.h>
+#include <sys/random.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/uio.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <xxhash.h>
+
+#include "cgroup.h"
+#include "image.h"
+#include "lazy.h"
+#include "migrate.h"
+#include "model.h"
+#include "procfs.h"
+#include "restore.h"
+#include "runtime.h"
+#include "util.h"
+
+#define CHUNK         (1u << 20)
+#define MAX_FILE_LINE 4200
+
+int kv_get(const char *buf, size_t len, const char *key, char *out, size_t outlen)
+{
+	size_t kl = strlen(key);
+	const char *p = buf, *end = buf + len;
+
+	while (p < end) {
+		const char *nl = memchr(p, '\n', (size_t)(end - p));
+		const char *le = nl ? nl : end;
+		if ((size_t)(le - p) > kl && memcmp(p, key, kl) == 0 && p[kl] == '=') {
+			size_t vl = (size_t)(le - p) - kl - 1;
+			if (vl >= outlen)
+				vl = outlen - 1;
+			memcpy(out, p + kl + 1, vl);
+			out[vl] = '\0';
+			return 0;
+		}
+		p = le + 1;
+	}
+	return -ENOENT;
+}
+
+static uint64_t kv_u64(const char *buf, size_t len, const char *key)
+{
+	char v[32];
+	return kv_get(buf, len, key, v, sizeof(v)) == 0 ? strtoull(v, NULL, 0) : 0;
+}
+
+/*
+ * Test hooks, named points of the protocol: FERRY_TEST_MIGRATE_KILL=POINT makes the worker at
+ * POINT kill its ferryd with SIGKILL (the worker follows by PR_SET_PDEATHSIG), as if the node
+ * died there; FERRY_TEST_MIGRATE_CUT=POINT breaks the connection there.
+ */
+static void test_point(struct channel *ch, const char *point)
+{
+	const char *kill_at = getenv("FERRY_TEST_MIGRATE_KILL");
+	const char *cut_at = getenv("FERRY_TEST_MIGRATE_CUT");
+
+	if (cut_at && strcmp(cut_at, point) == 0 && ch)
+		(void)shutdown(channel_fd(ch), SHUT_RDWR);
+	if (kill_at && strcmp(kill_at, point) == 0) {
+		pid_t daemon = getppid();
+		if (daemon > 1)
+			(void)safe_kill(daemon, SIGKILL);
+		for (;;)
+			pause(); /* PR_SET_PDEATHSIG ends us */
+	}
+}
+
+/* A file name inside an image directory: no path, no dot files. */
+static bool plain_name(const char *s)
+{
+	return s[0] && s[0] != '.' && !strchr(s, '/') && strlen(s) < 64;
+}
+
+static int recv_expect(struct channel *ch, uint8_t want, const void **buf, size_t *len,
+                       struct ferry_error *err)
+{
+	uint8_t t;
+	int r = channel_recv(ch, &t, buf, len, err);
+	if (r < 0)
+		return r;
+	if (t == want)
+		return 0;
+	if (t == MSG_REFUSE || t == MSG_FAIL || t == MSG_FILES_DIFF)
+		return ferr(err, t == MSG_FILES_DIFF ? -ESTALE : -ECONNREFUSED, "%.*s",
+		            (int)MIN(*len, (size_t)900), (const char *)*buf);
+	return ferr(err, -EPROTO, "unexpected message %u (expected %u)", t, want);
+}
+
+/* rm -r of a directory of plain files and one level of such directories. */
+static void remove_tree(const char *path)
+{
+	DIR *d = opendir(path);
+	struct dirent *de;
+	if (!d) {
+		(void)unlink(path);
+		return;
+	}
+	while ((de = readdir(d))) {
+		char p[PATH_MAX];
+		if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
+			continue;
+		snprintf(p, sizeof(p), "%s/%s", path, de->d_name);
+		if (de->d_type == DT_DIR)
+			remove_tree(p);
+		else
+			(void)unlink(p);
+	}
+	closedir(d);
+	(void)rmdir(path);
+}
+
+static void mig_dir(const struct ferry_node *n, char *buf, size_t len)
+{
+	snprintf(buf, len, "%s/migrations", n->rt.state_dir);
+}
+
+/* ---- files the component uses: compared by content at the destination ---- */
+
+static int file_digest(const char *path, uint64_t *size, uint64_t *hash)
+{
+	_cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+	_cleanup_free_ char *buf = NULL;
+	XXH3_state_t *st;
+	struct stat sb;
+	ssize_t n;
+
+	if (fd < 0)
+		return -errno;
+	if (fstat(fd, &sb) < 0)
+		return -errno;
+	if (!S_ISREG(sb.st_mode)) {
+		*size = 0;
+		*hash = S_ISDIR(sb.st_mode) ? 1 : 2;
+		return 0;
+	}
+	buf = malloc(CHUNK);
+	st = XXH3_createState();
+	if (!buf || !st) {
+		XXH3_freeState(st);
+		return -ENOMEM;
+	}
+	XXH3_64bits_reset(st);
+	*size = 0;
+	while ((n = read(fd, buf, CHUNK)) > 0) {
+		XXH3_64bits_update(st, buf, (size_t)n);
+		*size += (uint64_t)n;
+	}
+	*hash = XXH3_64bits_digest(st);
+	XXH3_freeState(st);
+	return n < 0 ? -errno : 0;
+}
+
+static int add_path(char ***v, size_t *n, const char *p)
+{
+	if (!p || p[0] != '/' || strchr(p, '\n') || strchr(p, '\t') || strlen(p) >= 4000)
+		return 0;
+	for (size_t i = 0; i < *n; i++)
+		if (strcmp((*v)[i], p) == 0)
+			return 0;
+	char **nv = realloc(*v, (*n + 1) * sizeof(char *));
+	if (!nv)
+		return -ENOMEM;
+	*v = nv;
+	if (!(nv[*n] = strdup(p)))
+		return -ENOMEM;
+	(*n)++;
+	return 0;
+}
+
+static void free_paths(char **paths, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		free(paths[i]);
+	free(paths);
+}
+
+/* The model of image dir. */
+static int image_model(const char *dir, struct component **ret, struct ferry_error *err)
+{
+	struct image_reader *rd = NULL;
+	int r = image_reader_open(dir, &rd, err);
+
+	if (r == 0)
+		r = model_load(rd, ret, err);
+	image_reader_free(rd);
+	return r;
+}
+
+/* The files a component uses: its executable, mapped files, regular files and directories
+ * open. */
+static int model_paths(const struct component *c, char ***paths, size_t *np,
+                       struct ferry_error *err)
+{
+	const struct process *p = &c->procs[0];
+	int r = add_path(paths, np, p->exe);
+
+	for (size_t i = 0; r == 0 && i < p->nvmas; i++)
+		if (p->vmas[i].kind == VMA_FILE_PRIVATE || p->vmas[i].kind == VMA_FILE_SHARED)
+			r = add_path(paths, np, p->vmas[i].path);
+	for (size_t i = 0; r == 0 && i < p->nfds; i++)
+		if (p->fds[i].kind == FD_FILE)
+			r = add_path(paths, np, p->fds[i].path);
+	return r < 0 ? ferr(err, r, "out of memory") : 0;
+}
+
+/* The same, read from /proc while the component runs (a checkpoint checks again, frozen). */
+static int proc_paths(pid_t pid, char ***paths, size_t *np)
+{
+	char path[64], buf[PATH_MAX];
+	ssize_t n;
+	int r;
+
+	snprintf(path, sizeof(path), "/proc/%d/exe", pid);
+	n = readlink(path, buf, sizeof(buf) - 1);
+	if (n > 0) {
+		buf[n] = '\0';
+		if ((r = add_path(paths, np, buf)) < 0)
+			return r;
+	}
+	struct proc_map *maps = NULL;
+	size_t nmaps = 0;
+	if (procfs_maps(pid, &maps, &nmaps) == 0) {
+		for (size_t i = 0; i < nmaps; i++)
+			if (maps[i].ino && maps[i].path[0] == '/' &&
+			    !strstr(maps[i].path, " (deleted)") &&
+			    (r = add_path(paths, np, maps[i].path)) < 0)
+				break;
+		free(maps);
+	}
+	snprintf(path, sizeof(path), "/proc/%d/fd", pid);
+	DIR *d = opendir(path);
+	struct dirent *de;
+	while (d && (de = readdir(d))) {
+		char fdp[PATH_MAX];
+		struct stat sb;
+		snprintf(fdp, sizeof(fdp), "%s/%s", path, de->d_name);
+		n = readlink(fdp, buf, sizeof(buf) - 1);
+		if (n <= 0 || stat(fdp, &sb) < 0 || !(S_ISREG(sb.st_mode) || S_ISDIR(sb.st_mode)))
+			continue;
+		buf[n] = '\0';
+		if (strstr(buf, " (deleted)"))
+			continue;
+		if (add_path(paths, np, buf) < 0)
+			break;
+	}
+	if (d)
+		closedir(d);
+	return 0;
+}
+
+/* The list sent in MSG_FILES: "path\tsize\thash\n" per file. */
+static int files_list(char **paths, size_t np, char **ret, size_t *ret_len, struct ferry_error *err)
+{
+	size_t len = 0, cap = 0;
+	char *out = NULL;
+	int r = 0;
+
+	for (size_t i = 0; r == 0 && i < np; i++) {
+		uint64_t size = 0, hash = 0;
+		int e = file_digest(paths[i], &size, &hash);
+		if (e < 0) {
+			r = ferr(err, e, "file %s: %s", paths[i], strerror(-e));
+			break;
+		}
+		if (len + MAX_FILE_LINE > cap) {
+			cap = cap * 2 + 2 * MAX_FILE_LINE;
+			char *no = realloc(out, cap);
+			if (!no) {
+				r = ferr(err, -ENOMEM, "out of memory");
+				break;
+			}
+			out = no;
+		}
+		len += (size_t)snprintf(out + len, cap - len, "%s\t%" PRIu64 "\t%016" PRIx64 "\n",
+		                        paths[i], size, hash);
+	}
+	if (r < 0) {
+		free(out);
+		return r;
+	}
+	*ret = out ? out : strdup("");
+	*ret_len = len;
+	return 0;
+}
+
+/* Destination: the lines of list that differ here ("path: why"); *ret NULL if none. */
+static int files_compare(const char *list, size_t len, char **ret, size_t *ret_len)
+{
+	char *out = NULL;
+	size_t olen = 0, cap = 0;
+	const char *p = list, *end = list + len;
+
+	while (p < end) {
+		const char *nl = memchr(p, '\n', (size_t)(end - p));
+		if (!nl)
+			break;
+		char line[MAX_FILE_LINE], why[160] = "";
+		size_t ll = MIN((size_t)(nl - p), sizeof(line) - 1);
+		memcpy(line, p, ll);
+		line[ll] = '\0';
+		p = nl + 1;
+		char *t1 = strchr(line, '\t'), *t2 = t1 ? strchr(t1 + 1, '\t') : NULL;
+		if (!t2)
+			continue;
+		*t1 = *t2 = '\0';
+		uint64_t size = strtoull(t1 + 1, NULL, 10), hash = strtoull(t2 + 1, NULL, 16);
+		uint64_t hs = 0, hh = 0;
+		int e = file_digest(line, &hs, &hh);
+		if (e < 0)
+			snprintf(why, sizeof(why), "%s", strerror(-e));
+		else if (hh != hash && (hash <= 2 || hh <= 2))
+			snprintf(why, sizeof(why), "not the same type of file");
+		else if (hs != size)
+			snprintf(why, sizeof(why),
+			         "size %" PRIu64 " here, %" PRIu64 " at the source", hs, size);
+		else if (hh != hash)
+			snprintf(why, sizeof(why), "content differs");
+		if (!why[0])
+			continue;
+		if (olen + strlen(line) + strlen(why) + 8 > cap) {
+			cap = cap * 2 + 8192;
+			char *no = realloc(out, cap);
+			if (!no) {
+				free(out);
+				return -ENOMEM;
+			}
+			out = no;
+		}
+		olen += (size_t)snprintf(out + olen, cap - olen, "%s: %s\n", line, why);
+	}
+	*ret = out;
+	*ret_len = olen;
+	return 0;
+}
+
+/* ---- the source ---- */
+
+struct sent_file {
+	dev_t dev;
+	ino_t ino;
+	unsigned link;
+	char name[64];
+};
+
+/* Post-copy: a run of deferred pages, at addr in the component, off in the pages file. */
+struct post_run {
+	uint64_t addr, off, len;
+};
+
+struct src {
+	const struct ferry_node *n;
+	const char *name;
+	const char *to;
+	const struct ferry_migrate_opts *o;
+	struct ferry_migrate_stats *st;
+	struct channel *ch;
+	char id[33];
+	char work[PATH_MAX];   /* link directories */
+	char intent[PATH_MAX]; /* the migration's record here, locked while we run */
+	char decided[PATH_MAX];
+	char cg[PATH_MAX];
+	struct sent_file *sent;
+	size_t nsent;
+	unsigned links;
+	uint64_t log_sent;
+	uint64_t t0;
+	char **checked; /* files the destination has, the same */
+	size_t nchecked;
+	bool handed_over;
+	char *buf;
+	pid_t pid;             /* the component, here */
+	struct post_run *post; /* post-copy: the pages the last link defers, by offset */
+	size_t npost;
+	int memfd; /* /proc/PID/mem, for pages process_vm_readv cannot read */
+};
+
+static void progress(struct src *s, const char *phase, uint32_t round, uint64_t down_ns)
+{
+	if (!s->o->progress)
+		return;
+	struct channel_counters cc;
+	channel_counters(s->ch, &cc);
+	struct ferry_migrate_progress p = {.phase = phase,
+	                                   .round = round,
+	                                   .bytes = cc.wire_sent,
+	                                   .rate = s->st->rate,
+	                                   .dirty_rate = s->st->dirty_rate,
+	                                   .expected_down_ns = down_ns};
+	s->o->progress(s->o->progress_arg, &p);
+}
+
+static uint64_t get_le64(const uint8_t *p)
+{
+	uint64_t v = 0;
+	for (int i = 7; i >= 0; i--)
+		v = (v << 8) | p[i];
+	return v;
+}
+
+static void put_le64(uint8_t *p, uint64_t v)
+{
+	for (int i = 0; i < 8; i++)
+		p[i] = (uint8_t)(v >> (8 * i));
+}
+
+static void link_path(const struct src *s, unsigned k, char *buf, size_t len)
+{
+	snprintf(buf, len, "%s/%u", s->work, k);
+}
+
+/*
+ * A file from offset from to size, its data only (MSG_DATA: offset, then bytes; MSG_END): holes
+ * stay holes (post-copy's deferred pages are holes of the pages file).
+ */
+static int send_extents(struct channel *ch, int fd, char *buf, uint64_t from, uint64_t size,
+                        struct ferry_error *err)
+{
+	for (uint64_t off = from; off < size;) {
+		off_t d = lseek(fd, (off_t)off, SEEK_DATA);
+		if (d < 0 && errno == ENXIO)
+			break;
+		off_t hole = d < 0 ? -1 : lseek(fd, d, SEEK_HOLE);
+		if (d < 0 || hole < 0)
+			return ferr(err, -errno, "seeking data at %" PRIu64 ": %m", off);
+		for (off = (uint64_t)d; off < MIN((uint64_t)hole, size);) {
+			size_t n = (size_t)MIN((uint64_t)CHUNK, MIN((uint64_t)hole, size) - off);
+			uint8_t pos[8];
+			int r = pread_full(fd, buf, n, (off_t)off);
+			if (r < 0)
+				return ferr(err, r, "reading at %" PRIu64 ": %s", off,
+				            strerror(-r));
+			put_le64(pos, off);
+			r = channel_sendv(ch, MSG_DATA, pos, sizeof(pos), buf, n, err);
+			if (r < 0)
+				return r;
+			off += n;
+		}
+	}
+	return channel_send(ch, MSG_END, NULL, 0, err);
+}
+
+/* Send image link k (a directory); files already sent (same inode) are linked there. */
+static int send_link(struct src *s, unsigned k, struct ferry_error *err)
+{
+	char dir[PATH_MAX], hdr[512];
+	struct dirent **ents = NULL;
+	int n, r = 0;
+
+	link_path(s, k, dir, sizeof(dir));
+	n = scandir(dir, &ents, NULL, alphasort);
+	if (n < 0)
+		return ferr(err, -errno, "image %s: %m", dir);
+	/* MANIFEST last: the destination's copy of a link is complete only with it */
+	for (int pass = 0; pass < 2 && r == 0; pass++) {
+		for (int i = 0; i < n && r == 0; i++) {
+			const char *f = ents[i]->d_name;
+			bool manifest = strcmp(f, "MANIFEST") == 0;
+			char path[PATH_MAX];
+			struct stat sb;
+			if (!plain_name(f) || manifest != (pass == 1))
+				continue;
+			snprintf(path, sizeof(path), "%s/%s", dir, f);
+			_cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC);
+			if (fd < 0 || fstat(fd, &sb) < 0) {
+				r = ferr(err, -errno, "image file %s: %m", path);
+				break;
+			}
+			if (!S_ISREG(sb.st_mode))
+				continue;
+			const struct sent_file *old = NULL;
+			for (size_t j = 0; j < s->nsent; j++)
+				if (s->sent[j].dev == sb.st_dev && s->sent[j].ino == sb.st_ino)
+					old = &s->sent[j];
+			if (old) {
+				snprintf(hdr, sizeof(hdr),
+				         "link=%u\nname=%s\nfrom=%u\nfromname=%s\n", k, f,
+				         old->link, old->name);
+				r = channel_send(s->ch, MSG_IMG_LINK, hdr, strlen(hdr), err);
+				continue;
+			}
+			snprintf(hdr, sizeof(hdr), "link=%u\nname=%s\nsize=%" PRIu64 "\n", k, f,
+			         (uint64_t)sb.st_size);
+			r = channel_send(s->ch, MSG_IMG_BEGIN, hdr, strlen(hdr), err);
+			if (r == 0)
+				r = send_extents(s->ch, fd, s->buf, 0, (uint64_t)sb.st_size, err);
+			if (r < 0) {
+				ferr_prefix(err, "sending %s", path);
+				break;
+			}
+			struct sent_file *ns = realloc(s->sent, (s->nsent + 1) * sizeof(*ns));
+			if (!ns) {
+				r = ferr(err, -ENOMEM, "out of memory");
+				break;
+			}
+			s->sent = ns;
+			ns[s->nsent] =
+			        (struct sent_file){.dev = sb.st_dev, .ino = sb.st_ino, .link = k};
+			snprintf(ns[s->nsent].name, sizeof(ns[s->nsent].name), "%s", f);
+			s->nsent++;
+		}
+	}
+	for (int i = 0; i < n; i++)
+		free(ents[i]);
+	free(ents);
+	if (r < 0)
+		return r;
+	snprintf(hdr, sizeof(hdr), "link=%u\n", k);
+	r = channel_send(s->ch, MSG_LINK_DONE, hdr, strlen(hdr), err);
+	if (r == 0) {
+		const void *b;
+		size_t l;
+		r = recv_expect(s->ch, MSG_LINK_ACK, &b, &l, err);
+	}
+	return r;
+}
+
+/* The component's log from what was sent before: it moves along. */
+static int send_log(struct src *s, struct ferry_error *err)
+{
+	char path[PATH_MAX], hdr[128];
+	struct stat sb;
+
+	runtime_log_path(&s->n->rt, s->name, path, sizeof(path));
+	_cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0 || fstat(fd, &sb) < 0)
+		return ferr(err, -errno, "log %s: %m", path);
+	uint64_t end = (uint64_t)sb.st_size, from = MIN(s->log_sent, end);
+	snprintf(hdr, sizeof(hdr), "id=%016" PRIx64 "\noffset=%" PRIu64 "\n",
+	         runtime_log_id(&s->n->rt, s->name), from);
+	int r = channel_send(s->ch, MSG_LOG, hdr, strlen(hdr), err);
+	if (r == 0)
+		r = send_extents(s->ch, fd, s->buf, from, end, err);
+	if (r < 0)
+		return ferr_prefix(err, "log %s", path);
+	s->log_sent = end;
+	return r;
+}
+
+static int carry_file(struct src *s, const char *path, struct ferry_error *err)
+{
+	char hdr[4400];
+	struct stat sb;
+	_cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+
+	if (fd < 0 || fstat(fd, &sb) < 0)
+		return ferr(err, -errno, "carrying %s: %m", path);
+	snprintf(hdr, sizeof(hdr),
+	         "path=%s\nmode=%o\nuid=%u\ngid=%u\nmtime=%lld\nmtime_ns=%ld\nsize=%lld\ndir=%d\n",
+	         path, sb.st_mode & 07777, sb.st_uid, sb.st_gid, (long long)sb.st_mtim.tv_sec,
+	         sb.st_mtim.tv_nsec, (long long)sb.st_size, S_ISDIR(sb.st_mode) ? 1 : 0);
+	int r = channel_send(s->ch, MSG_CARRY, hdr, strlen(hdr), err);
+	if (r < 0)
+		return r;
+	if (S_ISDIR(sb.st_mode))
+		return channel_send(s->ch, MSG_END, NULL, 0, err);
+	return send_extents(s->ch, fd, s->buf, 0, (uint64_t)sb.st_size, err);
+}
+
+/*
+ * The destination must have the files the component uses, identical, or get them. paths not
+ * checked before are checked now (the list is taken over).
+ */
+static int check_paths(struct src *s, char **paths, size_t np, struct ferry_error *err)
+{
+	_cleanup_free_ char *list = NULL, *diff = NULL;
+	char **todo = NULL;
+	size_t ntodo = 0, len;
+	const void *b;
+	size_t l;
+	uint8_t t;
+	int r = 0;
+
+	for (size_t i = 0; r == 0 && i < np; i++) {
+		bool seen = false;
+		for (size_t j = 0; !seen && j < s->nchecked; j++)
+			seen = strcmp(s->checked[j], paths[i]) == 0;
+		if (!seen)
+			r = add_path(&todo, &ntodo, paths[i]);
+	}
+	free_paths(paths, np);
+	if (r < 0 || ntodo == 0) {
+		free_paths(todo, ntodo);
+		return r < 0 ? ferr(err, r, "out of memory") : 0;
+	}
+	r = files_list(todo, ntodo, &list, &len, err);
+	if (r == 0)
+		r = channel_send(s->ch, MSG_FILES, list, len, err);
+	if (r == 0)
+		r = channel_recv(s->ch, &t, &b, &l, err);
+	if (r == 0 && t == MSG_FILES_DIFF) {
+		diff = strndup(b, l);
+		if (!diff)
+			r = ferr(err, -ENOMEM, "out of memory");
+		else if (!s->o->carry_files)
+			r = ferr(err, -ESTALE,
+			         "files differ at %s (use --carry-files to send them along):\n%s",
+			         s->to, diff);
+		for (char *line = r == 0 ? strtok(diff, "\n") : NULL; r == 0 && line;
+		     line = strtok(NULL, "\n")) {
+			char *colon = strstr(line, ": ");
+			if (!colon)
+				continue;
+			*colon = '\0';
+			r = carry_file(s, line, err);
+			if (r == 0)
+				s->st->files_carried++;
+		}
+		if (r == 0)
+			r = channel_send(s->ch, MSG_FILES, list, len, err);
+		if (r == 0)
+			r = recv_expect(s->ch, MSG_FILES_OK, &b, &l, err);
+		if (r < 0 && s->st->files_carried)
+			ferr_prefix(err, "after carrying %u files", s->st->files_carried);
+	} else if (r == 0 && t != MSG_FILES_OK) {
+		r = ferr(err, -EPROTO, "unexpected message %u (expected the file check)", t);
+	}
+	for (size_t i = 0; r == 0 && i < ntodo; i++)
+		r = add_path(&s->checked, &s->nchecked, todo[i]);
+	free_paths(todo, ntodo);
+	return r;
+}
+
+/* The files component c uses: those not checked yet. */
+static int check_files(struct src *s, const struct component *c, struct ferry_error *err)
+{
+	char **paths = NULL;
+	size_t np = 0;
+	int r = model_paths(c, &paths, &np, err);
+
+	if (r < 0) {
+		free_paths(paths, np);
+		return r;
+	}
+	return check_paths(s, paths, np, err);
+}
+
+static int write_decision(struct src *s, struct ferry_error *err)
+{
+	char tmp[PATH_MAX + 8], dir[PATH_MAX], buf[256];
+	snprintf(tmp, sizeof(tmp), "%s.tmp", s->decided);
+	_cleanup_close_ int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	if (fd < 0)
+		return ferr(err, -errno, "%s: %m", tmp);
+	snprintf(buf, sizeof(buf), "handed-over\nname=%s\nto=%s\nnode=%s\n", s->name, s->to,
+	         s->st->dest_node);
+	int r = write_full(fd, buf, strlen(buf));
+	if (r == 0 && fsync(fd) < 0)
+		r = -errno;
+	if (r == 0 && rename(tmp, s->decided) < 0)
+		r = -errno;
+	if (r < 0)
+		return ferr(err, r, "recording the hand-over in %s: %s", s->decided, strerror(-r));
+	mig_dir(s->n, dir, sizeof(dir));
+	(void)fsync_dir(dir);
+	return 0;
+}
+
+/* ---- post-copy, the source: the frozen component's pages, streamed and on request ---- */
+
+/* The pages the last link (c) deferred: every run of its anonymous mappings. */
+static int post_load(struct src *s, const struct component *c, struct ferry_error *err)
+{
+	for (size_t i = 0; i < c->procs[0].nvmas; i++) {
+		const struct vma *v = &c->procs[0].vmas[i];
+		if (v->kind != VMA_ANON)
+			continue;
+		for (size_t j = 0; j < v->nruns; j++) {
+			struct post_run *np = realloc(s->post, (s->npost + 1) * sizeof(*np));
+			if (!np)
+				return ferr(err, -ENOMEM, "out of memory");
+			s->post = np;
+			np[s->npost++] = (struct post_run){.addr = v->runs[j].addr,
+			                                   .off = v->runs[j].off,
+			                                   .len = v->runs[j].npages * 4096ull};
+		}
+	}
+	return 0;
+}
+
+/* Send [off, off + len) of the pages file, read from the frozen component's memory. */
+static int post_send(struct src *s, uint64_t off, uint64_t len, struct ferry_error *err)
+{
+	size_t lo = 0, hi = s->npost;
+	while (lo < hi) { /* the first run ending after off */
+		size_t mid = (lo + hi) / 2;
+		if (s->post[mid].off + s->post[mid].len <= off)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	for (size_t i = lo; len > 0 && i < s->npost && s->post[i].off < off + len; i++) {
+		const struct post_run *pr = &s->post[i];
+		uint64_t a = MAX(off, pr->off), e = MIN(off + len, pr->off + pr->len);
+		while (a < e) {
+			size_t n = (size_t)MIN((uint64_t)CHUNK, e - a);
+			uint64_t addr = pr->addr + (a - pr->off);
+			struct iovec l = {s->buf, n}, rv = {(void *)addr, n};
+			uint8_t pos[8];
+			if (process_vm_readv(s->pid, &l, 1, &rv, 1, 0) != (ssize_t)n &&
+			    pread_full(s->memfd, s->buf, n, (off_t)addr) < 0)
+				return ferr(err, -EIO, "reading memory at 0x%" PRIx64 "+0x%zx: %m",
+				            addr, n);
+			put_le64(pos, a);
+			int r = channel_sendv(s->ch, MSG_PAGES, pos, sizeof(pos), s->buf, n, err);
+			if (r < 0)
+				return r;
+			a += n;
+		}
+	}
+	return 0;
+}
+
+/* A request from the destination: pages its component waits for. */
+static int post_serve(struct src *s, const void *b, size_t l, struct ferry_error *err)
+{
+	if (l != 16)
+		return ferr(err, -EPROTO, "malformed page request");
+	return post_send(s, get_le64(b), MIN(get_le64((const uint8_t *)b + 8), 64ull << 20), err);
+}
+
+/* Requests waiting on the connection, served first. */
+static int post_requests(struct src *s, struct ferry_error *err)
+{
+	struct pollfd p = {.fd = channel_fd(s->ch), .events = POLLIN};
+	while (poll(&p, 1, 0) == 1) {
+		uint8_t t;
+		const void *b;
+		size_t l;
+		int r = channel_recv(s->ch, &t, &b, &l, err);
+		if (r < 0)
+			return r;
+		if (t != MSG_REQ)
+			return ferr(err, -EPROTO, "unexpected message %u during post-copy", t);
+		r = post_serve(s, b, l, err);
+		if (r < 0)
+			return r;
+	}
+	return 0;
+}
+
+/* After the hand-over: every deferred page in order, requests first; then wait until the
+ * destination has them all. */
+static int post_stream(struct src *s, struct ferry_error *err)
+{
+	uint8_t t;
+	const void *b;
+	size_t l;
+	int r = 0;
+
+	for (size_t i = 0; r == 0 && i < s->npost; i++)
+		for (uint64_t a = 0; r == 0 && a < s->post[i].len; a += CHUNK) {
+			r = post_requests(s, err);
+			if (i == 0 && a == 0)
+				test_point(s->ch, "src-postcopy");
+			if (r == 0)
+				r = post_send(s, s->post[i].off + a,
+				              MIN((uint64_t)CHUNK, s->post[i].len - a), err);
+		}
+	if (r == 0)
+		r = channel_send(s->ch, MSG_PAGES_END, NULL, 0, err);
+	while (r == 0) {
+		r = channel_recv(s->ch, &t, &b, &l, err);
+		if (r == 0 && t == MSG_PAGES_ACK)
+			return 0;
+		if (r == 0)
+			r = t == MSG_REQ ? post_serve(s, b, l, err)
+			                 : ferr(err, -EPROTO, "unexpected message %u", t);
+	}
+	return ferr_prefix(err, "post-copy");
+}
+
+struct handover_arg {
+	struct src *s;
+	unsigned link;
+	uint64_t frozen_at;
+	uint64_t bytes_at_freeze;
+};
+
+/*
+ * Called by the checkpoint with the last link committed and the component frozen by ptrace:
+ * send it, have the destination restore and hold it, then decide.
+ */
+static int handover(void *arg, uint64_t frozen_at, struct ferry_error *err)
+{
+	struct handover_arg *h = arg;
+	struct src *s = h->s;
+	struct channel_counters cc;
+	const void *b;
+	size_t l;
+	char hdr[64];
+	int r;
+
+	h->frozen_at = frozen_at;
+	channel_counters(s->ch, &cc);
+	h->bytes_at_freeze = cc.wire_sent;
+	progress(s, "stop", h->link, 0);
+	test_point(s->ch, "src-frozen");
+	r = send_link(s, h->link, err);
+	/* the link's model, read once: the files it uses (those opened since they were checked:
+	 * few or none) and, in post-copy, the pages it defers */
+	bool post = s->o->mode == FERRY_MIGRATE_POSTCOPY;
+	struct component *c = NULL;
+	char dir[PATH_MAX];
+	link_path(s, h->link, dir, sizeof(dir));
+	if (r == 0)
+		r = image_model(dir, &c, err);
+	if (r == 0)
+		r = check_files(s, c, err);
+	if (r == 0 && post)
+		r = post_load(s, c, err);
+	c = model_free(c);
+	if (r == 0)
+		r = send_log(s, err);
+	if (r == 0) {
+		snprintf(hdr, sizeof(hdr), "link=%u\npostcopy=%d\n", h->link, post);
+		r = channel_send(s->ch, MSG_PREPARE, hdr, strlen(hdr), err);
+	}
+	if (r == 0) {
+		test_point(s->ch, "src-prepared");
+		channel_set_timeout(s->ch, 600000);
+		uint8_t t = 0;
+		/* a restore in post-copy may want pages already (the kernel writing to its memory)
+		 */
+		while (r == 0 && (r = channel_recv(s->ch, &t, &b, &l, err)) == 0 && t == MSG_REQ)
+			r = post ? post_serve(s, b, l, err)
+			         : ferr(err, -EPROTO, "unexpected request");
+		if (r == 0 && t != MSG_READY)
+			r = t == MSG_FAIL ? ferr(err, -ECONNREFUSED, "%.*s",
+			                         (int)MIN(l, (size_t)900), (const char *)b)
+			                  : ferr(err, -EPROTO, "unexpected message %u", t);
+		if (r < 0)
+			ferr_prefix(err, "restore at %s", s->to);
+		else
+			s->st->restore_ns = kv_u64(b, l, "restore_ns");
+	}
+	/* the decision: from here on the component must not run here again */
+	if (r == 0) {
+		test_point(s->ch, "src-ready");
+		r = cgroup_freeze(s->cg, true, err);
+	}
+	if (r == 0) {
+		r = write_decision(s, err);
+		if (r < 0) {
+			struct ferry_error e2;
+			(void)cgroup_freeze(s->cg, false, &e2);
+		}
+	}
+	if (r < 0) {
+		struct ferry_error e2;
+		(void)channel_send(s->ch, MSG_ABORT, NULL, 0, &e2);
+		return r;
+	}
+	s->handed_over = true;
+	test_point(s->ch, "src-decided");
+	/* the component cannot run here again (its group is frozen, the decision is on disk):
+	 * the destination may let it run while this one is ended */
+	struct ferry_error e2;
+	if (channel_send(s->ch, MSG_GO, NULL, 0, &e2) == 0) {
+		test_point(s->ch, "src-go");
+		/* it runs there once DONE comes: the downtime ends (ending it here can wait) */
+		channel_set_timeout(s->ch, 60000);
+		if (recv_expect(s->ch, MSG_DONE, &b, &l, &e2) == 0) {
+			s->st->confirmed = true;
+			s->st->dest_pid = (pid_t)kv_u64(b, l, "pid");
+		}
+	}
+	s->st->downtime_ns = now_ns() - frozen_at;
+	if (post && s->st->confirmed) {
+		/* it runs there on what it has; the rest from here, while frozen here */
+		struct channel_counters c0, c1;
+		channel_counters(s->ch, &c0);
+		channel_set_timeout(s->ch, 600000);
+		if (post_stream(s, &e2) < 0)
+			snprintf(s->st->post_error, sizeof(s->st->post_error), "%s", e2.msg);
+		channel_counters(s->ch, &c1);
+		s->st->bytes_postcopy = c1.wire_sent - c0.wire_sent;
+	}
+	return 1;
+}
+
+static int new_id(char *buf)
+{
+	uint8_t raw[16];
+	if (getrandom(raw, sizeof(raw), 0) != sizeof(raw))
+		return -errno;
+	for (int i = 0; i < 16; i++)
+		snprintf(buf + 2 * i, 3, "%02x", raw[i]);
+	return 0;
+}
+
+/* Pre-copy: links while the component runs, until the rest fits the downtime target. */
+static int precopy_rounds(struct src *s, struct ferry_error *err)
+{
+	struct ferry_ckpt_opts co = {.flags = FERRY_CKPT_LIVE};
+	struct ferry_ckpt_stats cs;
+	char dir[PATH_MAX], parent[PATH_MAX];
+	uint64_t target = (uint64_t)(s->o->max_downtime_ms ? s->o->max_downtime_ms : 20) * 1000000;
+	unsigned max_rounds = s->o->max_rounds ? s->o->max_rounds : 30;
+	uint64_t last_bytes = UINT64_MAX, t_prev = 0;
+	unsigned growing = 0;
+	int r;
+
+	for (unsigned k = 0;; k++) {
+		link_path(s, k, dir, sizeof(dir));
+		if (k > 0) {
+			/* each link copies what was written since the one before while the
+			 * component runs, then what it wrote meanwhile, frozen
+			 * (FERRY_CKPT_NO_ROUNDS would send less for a component rewriting its
+			 * working set: see docs/migration.md) */
+			link_path(s, k - 1, parent, sizeof(parent));
+			co.flags = 0;
+			co.parent = parent;
+		}
+		uint64_t t_start = now_ns();
+		r = ferry_checkpoint(&s->n->rt, s->name, dir, &co, &cs, err);
+		if (r < 0)
+			return ferr_prefix(err, "pre-copy round %u", k);
+		if (k > 0 && !cs.incremental)
+			return ferr(err, -ENOTSUP, "pre-copy round %u could not be incremental: %s",
+			            k, cs.fallback);
+		struct channel_counters c0, c1;
+		channel_counters(s->ch, &c0);
+		uint64_t ts = now_ns();
+		if (k == 0) {
+			/* before the first byte of memory goes */
+			struct component *c = NULL;
+			r = image_model(dir, &c, err);
+			if (r == 0)
+				r = check_files(s, c, err);
+			model_free(c);
+			if (r < 0)
+				return r;
+		}
+		r = send_link(s, k, err);
+		if (r == 0 && k == 0)
+			r = send_log(s, err);
+		if (r < 0)
+			return r;
+		test_point(s->ch, "src-precopy");
+		channel_counters(s->ch, &c1);
+		uint64_t dt = now_ns() - ts, sent = c1.wire_sent - c0.wire_sent;
+		s->links = k + 1;
+		s->st->rounds = k + 1;
+		if (dt > 0 && sent > (1u << 20))
+			s->st->rate = sent * 1000000000ull / dt;
+		uint64_t own = cs.pages_written * 4096;
+		if (k > 0 && t_start > t_prev)
+			s->st->dirty_rate = own * 1000000000ull / (t_start - t_prev);
+		t_prev = t_start;
+		/* what the frozen link would hold: what is written in one more round */
+		uint64_t round_ns = now_ns() - t_start;
+		uint64_t rest = s->st->dirty_rate * round_ns / 1000000000ull; /* 0 after link 0 */
+		uint64_t rate = s->st->rate ? s->st->rate : 100000000;
+		uint64_t down = rest * 1000000000ull / rate + cs.freeze_ns;
+		progress(s, "precopy", k + 1, down);
+		if (k > 0 && down <= target)
+			break;
+		if (k + 1 >= max_rounds)
+			break;
+		if (k > 0) {
+			growing = own >= last_bytes ? growing + 1 : 0;
+			if (growing >= 3)
+				break; /* not converging: the component writes faster than we send
+				        */
+		}
+		last_bytes = own;
+	}
+	return 0;
+}
+
+static void src_cleanup(struct src *s)
+{
+	free_paths(s->checked, s->nchecked);
+	s->memfd = safe_close(s->memfd);
+	free(s->post);
+	remove_tree(s->work);
+	free(s->sent);
+	free(s->buf);
+	channel_free(s->ch);
+}
+
+int ferry_migrate(const struct ferry_node *n, const char *name, const char *to,
+                  const struct ferry_migrate_opts *o, struct ferry_migrate_stats *ret,
+                  struct ferry_error *err)
+{
+	struct ferry_migrate_opts none = {0};
+	struct ferry_migrate_stats st = {0};
+	struct src s = {.n = n, .name = name, .to = to, .st = &st, .t0 = now_ns()};
+	struct ferry_component rec;
+	char mdir[PATH_MAX], text[1024];
+	_cleanup_close_ int lock = -EBADF, fd = -EBADF;
+	const void *b;
+	size_t l;
+	int r;
+
+	s.o = o ? o : &none;
+	r = ferry_component_get(&n->rt, name, &rec, err);
+	if (r < 0)
+		return r;
+	if (rec.state != FERRY_STATE_RUNNING)
+		return ferr(err, -ESRCH, "component %s is not running", name);
+	r = new_id(s.id);
+	if (r < 0)
+		return ferr(err, r, "getrandom: %s", strerror(-r));
+	snprintf(st.id, sizeof(st.id), "%s", s.id);
+	s.pid = rec.pid;
+	s.memfd = -EBADF;
+	if (s.o->mode == FERRY_MIGRATE_POSTCOPY) {
+		char mp[64];
+		snprintf(mp, sizeof(mp), "/proc/%d/mem", rec.pid);
+		s.memfd = open(mp, O_RDONLY | O_CLOEXEC);
+	}
+	mig_dir(n, mdir, sizeof(mdir));
+	r = mkdir_p(mdir, 0700);
+	if (r < 0)
+		return ferr(err, r, "%s: %s", mdir, strerror(-r));
+	snprintf(s.intent, sizeof(s.intent), "%s/%s", mdir, s.id);
+	snprintf(s.decided, sizeof(s.decided), "%s/%s.handed-over", mdir, s.id);
+	snprintf(s.work, sizeof(s.work), "%s/%s.d", mdir, s.id);
+	s.buf = malloc(CHUNK);
+	if (!s.buf)
+		return ferr(err, -ENOMEM, "out of memory");
+
+	/* the record of this migration, locked for as long as we run */
+	lock = open(s.intent, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+	if (lock < 0 || flock(lock, LOCK_EX) < 0) {
+		r = ferr(err, -errno, "%s: %m", s.intent);
+		goto out;
+	}
+	char cgname[64];
+	snprintf(cgname, sizeof(cgname), "ferry-%s", s.id);
+	r = cgroup_adopt(cgname, rec.pid, s.cg, sizeof(s.cg), err);
+	snprintf(text, sizeof(text), "name=%s\npid=%d\nto=%s\ncgroup=%s\n", name, rec.pid, to,
+	         s.cg);
+	if (r == 0)
+		r = write_full(lock, text, strlen(text));
+	if (r == 0 && fsync(lock) < 0)
+		r = -errno;
+	if (r < 0) {
+		ferr_prefix(err, "preparing the migration of %s", name);
+		goto out;
+	}
+	r = mkdir_p(s.work, 0700);
+	if (r < 0) {
+		r = ferr(err, r, "%s: %s", s.work, strerror(-r));
+		goto out;
+	}
+
+	/* setup: connect, authenticate, offer */
+	fd = node_connect(to, 5000, err);
+	if (fd < 0) {
+		r = fd;
+		goto out;
+	}
+	struct channel_key key;
+	memcpy(key.k, n->key, sizeof(key.k));
+	r = channel_open(fd, &key, true, n->name, 10000, &s.ch, err);
+	if (r < 0)
+		goto out;
+	snprintf(st.dest_node, sizeof(st.dest_node), "%s", channel_peer_name(s.ch));
+	channel_set_compress(s.ch, s.o->compress);
+	snprintf(text, sizeof(text), "id=%s\nname=%s\nmode=%d\nsource=%s\nsource_addr=%s\n", s.id,
+	         name, (int)s.o->mode, n->name, n->listen);
+	r = channel_send(s.ch, MSG_OFFER, text, strlen(text), err);
+	if (r == 0)
+		r = recv_expect(s.ch, MSG_ACCEPT, &b, &l, err);
+	if (r < 0) {
+		ferr_prefix(err, "node %s refused %s", st.dest_node[0] ? st.dest_node : to, name);
+		goto out;
+	}
+	channel_set_timeout(s.ch, 120000);
+	test_point(s.ch, "src-offer");
+	st.setup_ns = now_ns() - s.t0;
+	progress(&s, "setup", 0, 0);
+
+	if (s.o->mode == FERRY_MIGRATE_PRECOPY) {
+		r = precopy_rounds(&s, err);
+		if (r < 0)
+			goto out;
+	}
+	if (s.o->mode != FERRY_MIGRATE_PRECOPY) {
+		/* what can be done while it runs: the file check (frozen, only files opened
+		 * since are checked) and the log so far */
+		char **paths = NULL;
+		size_t np = 0;
+		r = proc_paths(rec.pid, &paths, &np);
+		r = r < 0 ? ferr(err, r, "out of memory") : check_paths(&s, paths, np, err);
+		if (r == 0)
+			r = send_log(&s, err);
+		if (r < 0) {
+			ferr_prefix(err, "migrating %s to %s", name, to);
+			goto out;
+		}
+	}
+	struct channel_counters cc;
+	channel_counters(s.ch, &cc);
+	st.bytes_precopy = cc.wire_sent;
+
+	/* the last link, frozen; the hand-over decides whether it ends here */
+	char dir[PATH_MAX], parent[PATH_MAX];
+	struct handover_arg ha = {.s = &s, .link = s.links};
+	struct ferry_ckpt_opts co = {
+	        .flags = FERRY_CKPT_STOP, .handover = handover, .handover_arg = &ha};
+	if (s.o->mode == FERRY_MIGRATE_POSTCOPY)
+		co.flags |= FERRY_CKPT_DEFER_ANON;
+	link_path(&s, s.links, dir, sizeof(dir));
+	if (s.links > 0) {
+		link_path(&s, s.links - 1, parent, sizeof(parent));
+		co.parent = parent;
+	}
+	struct ferry_ckpt_stats cs;
+	r = ferry_checkpoint(&n->rt, name, dir, &co, &cs, err);
+	if (r < 0 || !s.handed_over) {
+		if (r == 0)
+			r = ferr(err, -ECANCELED, "the hand-over did not happen");
+		ferr_prefix(err, "migrating %s to %s", name, to);
+		goto out;
+	}
+	channel_counters(s.ch, &cc);
+	st.bytes_downtime = cc.wire_sent - ha.bytes_at_freeze - st.bytes_postcopy;
+	st.bytes_precopy = ha.bytes_at_freeze;
+	st.bytes_total = cc.wire_sent;
+	st.rounds = s.links;
+	/* it lives there now: nothing of it stays here */
+	(void)cgroup_remove(s.cg);
+	char cdir[PATH_MAX];
+	runtime_dir(&n->rt, name, cdir, sizeof(cdir));
+	remove_tree(cdir);
+	progress(&s, "done", s.links, st.downtime_ns);
+	r = 0;
+out:
+	if (r < 0 && !s.handed_over && s.cg[0])
+		(void)cgroup_release(s.cg); /* the component stays here: out of our group again */
+	if (r < 0 && s.ch && !s.handed_over) {
+		struct ferry_error e3;
+		(void)channel_send(s.ch, MSG_ABORT, NULL, 0, &e3);
+	}
+	if (!s.handed_over)
+		(void)unlink(s.intent);
+	st.total_ns = now_ns() - s.t0;
+	src_cleanup(&s);
+	if (ret)
+		*ret = st;
+	return r;
+}
+
+/* ---- the destination ---- */
+
+struct post_dst;
+
+struct dst {
+	const struct ferry_node *n;
+	struct channel *ch;
+	int fd;
+	char id[33];
+	char name[FERRY_NAME_MAX];
+	char source_addr[FERRY_ADDR_MAX];
+	char dir[PATH_MAX];
+	unsigned links; /* complete links received */
+	bool *held;     /* shared with the monitor: the hold was reached */
+	pid_t pid;
+	char pages_name[64];              /* the pages file the current link brought */
+	char postcopy_img[PATH_MAX];      /* post-copy: the image whose holes come later */
+	struct lazy_source post_src_slot; /* filled in the monitor by post_begin */
+	struct post_dst *post;            /* post-copy, in the monitor */
+};
+
+/*
+ * Post-copy, the destination (in the restoring monitor): one thread receives every message
+ * from the source from the restore on; the pages go into the image's pages file (holes until
+ * then) and a bitmap; the lazy restore's reads wait for their pages there, asking the source
+ * first when a thread of the component waits. GO or ABORT are handed to the hold.
+ */
+struct post_dst {
+	struct dst *d;
+	int fd; /* the pages file, read-write */
+	pthread_mutex_t mu;
+	pthread_cond_t cond;
+	pthread_mutex_t send_mu; /* sends come from the hold, the fault handler and the receiver */
+	uint64_t *have;          /* a bit per page of the pages file */
+	uint64_t npages, missing;
+	bool end;   /* the source sent everything */
+	int ctl;    /* GO or ABORT received, 0 until then */
+	int failed; /* the connection failed: -errno */
+	struct lazy_source src;
+};
+
+static bool have_all(struct post_dst *pd, uint64_t off, uint64_t len)
+{
+	for (uint64_t pg = off / 4096; pg < (off + len + 4095) / 4096 && pg < pd->npages; pg++)
+		if (!(pd->have[pg / 64] & (1ull << (pg % 64))))
+			return false;
+	return true;
+}
+
+static void have_set(struct post_dst *pd, uint64_t off, uint64_t len)
+{
+	for (uint64_t pg = off / 4096; pg < (off + len) / 4096 && pg < pd->npages; pg++)
+		if (!(pd->have[pg / 64] & (1ull << (pg % 64)))) {
+			pd->have[pg / 64] |= 1ull << (pg % 64);
+			pd->missing--;
+		}
+}
+
+static int post_dst_send(struct post_dst *pd, uint8_t type, const void *b, size_t l)
+{
+	struct ferry_error e;
+	pthread_mutex_lock(&pd->send_mu);
+	int r = channel_send(pd->d->ch, type, b, l, &e);
+	pthread_mutex_unlock(&pd->send_mu);
+	return r;
+}
+
+/* lazy_source read: the pages, once here. */
+static int post_read(void *arg, const struct lazy_piece *p, void *buf)
+{
+	struct post_dst *pd = arg;
+	bool asked = false;
+
+	pthread_mutex_lock(&pd->mu);
+	while (!have_all(pd, p->off, p->len) && !pd->failed) {
+		if (p->urgent && !asked) {
+			uint8_t q[16];
+			put_le64(q, p->off);
+			put_le64(q + 8, p->len);
+			pthread_mutex_unlock(&pd->mu);
+			(void)post_dst_send(pd, MSG_REQ, q, sizeof(q));
+			pthread_mutex_lock(&pd->mu);
+			asked = true;
+			continue;
+		}
+		pthread_cond_wait(&pd->cond, &pd->mu);
+	}
+	int failed = pd->failed;
+	pthread_mutex_unlock(&pd->mu);
+	if (failed && !have_all(pd, p->off, p->len))
+		return -EIO; /* the source is gone: these pages are lost */
+	return pread_full(pd->fd, buf, p->len, (off_t)p->off);
+}
+
+static void *post_receiver(void *arg)
+{
+	struct post_dst *pd = arg;
+	struct ferry_error e = {0};
+
+	channel_set_timeout(pd->d->ch, 0);
+	for (;;) {
+		uint8_t t;
+		const void *b;
+		size_t l;
+		int r = channel_recv(pd->d->ch, &t, &b, &l, &e);
+		if (r == 0 && t == MSG_PAGES && l >= 8) {
+			uint64_t off = get_le64(b);
+			r = pwrite_full(pd->fd, (const uint8_t *)b + 8, l - 8, (off_t)off);
+			pthread_mutex_lock(&pd->mu);
+			if (r == 0)
+				have_set(pd, off, l - 8);
+		} else {
+			pthread_mutex_lock(&pd->mu);
+			if (r == 0 && t == MSG_PAGES_END)
+				pd->end = true;
+			else if (r == 0 && (t == MSG_GO || t == MSG_ABORT))
+				pd->ctl = t;
+			else if (r == 0)
+				r = -EPROTO;
+		}
+		if (r < 0)
+			pd->failed = r;
+		bool done = pd->end && pd->missing == 0;
+		pthread_cond_broadcast(&pd->cond);
+		pthread_mutex_unlock(&pd->mu);
+		if (r < 0)
+			return NULL;
+		if (done) {
+			(void)post_dst_send(pd, MSG_PAGES_ACK, NULL, 0);
+			return NULL;
+		}
+	}
+}
+
+/* In the monitor, before the restore: the pages file, what it holds, the receiver. */
+static int post_begin(struct dst *d, const char *img, struct ferry_error *err)
+{
+	struct post_dst *pd = calloc(1, sizeof(*pd));
+	char path[PATH_MAX + 80];
+	struct stat sb;
+	pthread_t th;
+
+	if (!pd)
+		return ferr(err, -ENOMEM, "out of memory");
+	pd->d = d;
+	pthread_mutex_init(&pd->mu, NULL);
+	pthread_mutex_init(&pd->send_mu, NULL);
+	pthread_cond_init(&pd->cond, NULL);
+	snprintf(path, sizeof(path), "%s/%s", img, d->pages_name);
+	pd->fd = open(path, O_RDWR | O_CLOEXEC);
+	if (pd->fd < 0 || fstat(pd->fd, &sb) < 0)
+		return ferr(err, -errno, "post-copy: %s: %m", path);
+	pd->npages = ((uint64_t)sb.st_size + 4095) / 4096;
+	pd->have = calloc(pd->npages / 64 + 1, sizeof(uint64_t));
+	if (!pd->have)
+		return ferr(err, -ENOMEM, "out of memory");
+	pd->missing = pd->npages;
+	/* what came with the image is here; the holes are the deferred pages */
+	for (off_t at = 0; at < sb.st_size;) {
+		off_t dt = lseek(pd->fd, at, SEEK_DATA);
+		if (dt < 0)
+			break;
+		off_t hole = lseek(pd->fd, dt, SEEK_HOLE);
+		if (hole < 0)
+			hole = sb.st_size;
+		have_set(pd, (uint64_t)dt, (uint64_t)(hole - dt));
+		at = hole;
+	}
+	pd->src = (struct lazy_source){.read = post_read, .arg = pd};
+	d->post_src_slot = pd->src;
+	d->post = pd;
+	if (pthread_create(&th, NULL, post_receiver, pd) != 0)
+		return ferr(err, -EAGAIN, "post-copy: starting the receiver: %m");
+	pthread_detach(th);
+	return 0;
+}
+
+/* The data of a file send_extents sends, written at its offsets into fd. */
+static int recv_extents(struct dst *d, int fd, const char *what, struct ferry_error *err)
+{
+	for (;;) {
+		uint8_t t;
+		const void *b;
+		size_t l;
+		int r = channel_recv(d->ch, &t, &b, &l, err);
+		if (r < 0)
+			return r;
+		if (t == MSG_END)
+			return 0;
+		if (t != MSG_DATA || l < 8 || fd < 0)
+			return ferr(err, -EPROTO, "%s: unexpected message %u", what, t);
+		r = pwrite_full(fd, (const uint8_t *)b + 8, l - 8, (off_t)get_le64(b));
+		if (r < 0)
+			return ferr(err, r, "%s: %s", what, strerror(-r));
+	}
+}
+
+static int dst_image_file(struct dst *d, const void *b, size_t l, bool link_only,
+                          struct ferry_error *err)
+{
+	char name[64], from_name[64], path[PATH_MAX], from[PATH_MAX], ldir[PATH_MAX];
+	unsigned k = (unsigned)kv_u64(b, l, "link");
+
+	if (kv_get(b, l, "name", name, sizeof(name)) < 0 || !plain_name(name) || k > d->links)
+		return ferr(err, -EPROTO, "bad image file header");
+	snprintf(ldir, sizeof(ldir), "%s/%u", d->dir, k);
+	if (mkdir(ldir, 0700) < 0 && errno != EEXIST)
+		return ferr(err, -errno, "%s: %m", ldir);
+	snprintf(path, sizeof(path), "%s/%s", ldir, name);
+	if (link_only) {
+		unsigned j = (unsigned)kv_u64(b, l, "from");
+		if (kv_get(b, l, "fromname", from_name, sizeof(from_name)) < 0 ||
+		    !plain_name(from_name) || j >= k)
+			return ferr(err, -EPROTO, "bad image link header");
+		snprintf(from, sizeof(from), "%s/%u/%s", d->dir, j, from_name);
+		if (link(from, path) < 0)
+			return ferr(err, -errno, "linking %s to %s: %m", path, from);
+		return 0;
+	}
+	_cleanup_close_ int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+	if (fd < 0 || ftruncate(fd, (off_t)kv_u64(b, l, "size")) < 0)
+		return ferr(err, -errno, "%s: %m", path);
+	if (strncmp(name, "pages-", 6) == 0)
+		snprintf(d->pages_name, sizeof(d->pages_name), "%s", name);
+	return recv_extents(d, fd, path, err);
+}
+
+static int dst_log(struct dst *d, const void *b, size_t l, struct ferry_error *err)
+{
+	char dir[PATH_MAX], path[PATH_MAX], id[32];
+	uint64_t off = kv_u64(b, l, "offset");
+	int r;
+
+	if (kv_get(b, l, "id", id, sizeof(id)) < 0)
+		return ferr(err, -EPROTO, "bad log header");
+	runtime_dir(&d->n->rt, d->name, dir, sizeof(dir));
+	r = mkdir_p(dir, 0700);
+	if (r < 0)
+		return ferr(err, r, "%s: %s", dir, strerror(-r));
+	snprintf(path, sizeof(path), "%s/log.id", dir);
+	_cleanup_close_ int idfd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	if (idfd < 0)
+		return ferr(err, -errno, "%s: %m", path);
+	char line[40];
+	snprintf(line, sizeof(line), "%s\n", id);
+	r = write_full(idfd, line, strlen(line));
+	if (r < 0)
+		return ferr(err, r, "%s: %s", path, strerror(-r));
+	runtime_log_path(&d->n->rt, d->name, path, sizeof(path));
+	_cleanup_close_ int fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
+	if (fd < 0 || ftruncate(fd, (off_t)off) < 0)
+		return ferr(err, -errno, "log %s: %m", path);
+	return recv_extents(d, fd, path, err);
+}
+
+static int dst_carry(struct dst *d, const void *b, size_t l, struct ferry_error *err)
+{
+	char path[4096], tmp[4200];
+	uint64_t mode = 0, uid, gid;
+	struct timespec ts[2];
+	int r;
+
+	if (kv_get(b, l, "path", path, sizeof(path)) < 0 || path[0] != '/' || strstr(path, "/../"))
+		return ferr(err, -EPROTO, "bad carried file header");
+	char m[16];
+	if (kv_get(b, l, "mode", m, sizeof(m)) == 0)
+		mode = strtoull(m, NULL, 8);
+	uid = kv_u64(b, l, "uid");
+	gid = kv_u64(b, l, "gid");
+	ts[0].tv_sec = ts[1].tv_sec = (time_t)kv_u64(b, l, "mtime");
+	ts[0].tv_nsec = ts[1].tv_nsec = (long)kv_u64(b, l, "mtime_ns");
+	if (kv_u64(b, l, "dir")) {
+		r = mkdir_p(path, (mode_t)mode);
+		if (r < 0)
+			return ferr(err, r, "carried directory %s: %s", path, strerror(-r));
+		return recv_extents(d, -1, path, err);
+	}
+	char parent[4096];
+	snprintf(parent, sizeof(parent), "%s", path);
+	char *slash = strrchr(parent, '/');
+	if (slash && slash != parent) {
+		*slash = '\0';
+		(void)mkdir_p(parent, 0755);
+	}
+	snprintf(tmp, sizeof(tmp), "%s.ferry-carry", path);
+	_cleanup_close_ int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	if (fd < 0 || ftruncate(fd, (off_t)kv_u64(b, l, "size")) < 0)
+		return ferr(err, -errno, "carried file %s: %m", tmp);
+	r = recv_extents(d, fd, tmp, err);
+	if (r == 0 && (fchmod(fd, (mode_t)mode) < 0 || fchown(fd, (uid_t)uid, (gid_t)gid) < 0 ||
+	               futimens(fd, ts) < 0 || fsync(fd) < 0 || rename(tmp, path) < 0))
+		r = ferr(err, -errno, "carried file %s: %m", path);
+	if (r < 0)
+		(void)unlink(tmp);
+	return r;
+}
+
+/* In the monitor at the destination: ask the source how migration id ended, until it says. */
+static int ask_source(struct dst *d, struct ferry_error *err)
+{
+	struct channel_key key;
+	memcpy(key.k, d->n->key, sizeof(key.k));
+	for (unsigned attempt = 0;; attempt++) {
+		struct ferry_error e = {0};
+		struct channel *ch = NULL;
+		char q[64], out[32];
+		const void *b;
+		size_t l;
+		int fd = node_connect(d->source_addr, 2000, &e);
+		int r = fd < 0 ? fd : channel_open(fd, &key, true, d->n->name, 5000, &ch, &e);
+		if (r == 0) {
+			snprintf(q, sizeof(q), "id=%s\n", d->id);
+			r = channel_send(ch, MSG_OUTCOME, q, strlen(q), &e);
+		}
+		if (r == 0)
+			r = recv_expect(ch, MSG_ANSWER, &b, &l, &e);
+		if (r == 0 && kv_get(b, l, "outcome", out, sizeof(out)) < 0)
+			r = -EPROTO;
+		channel_free(ch);
+		safe_close(fd);
+		if (r == 0 && strcmp(out, "handed-over") == 0)
+			return 0;
+		if (r == 0 && strcmp(out, "aborted") == 0)
+			return ferr(err, -ECANCELED, "the source aborted the migration");
+		/* pending, or the source node is down: it decides, we wait */
+		usleep(attempt < 50 ? 100000 : 1000000);
+	}
+}
+
+static int dst_hold(void *arg, enum restore_phase phase, pid_t pid,
+                    const struct ferry_restore_stats *rst, struct ferry_error *err)
+{
+	struct dst *d = arg;
+	char text[128];
+	uint8_t t;
+	const void *b;
+	size_t l;
+	int r;
+
+	if (phase == RESTORE_BEGIN)
+		return d->postcopy_img[0] ? post_begin(d, d->postcopy_img, err) : 0;
+	if (phase == RESTORE_RUNNING && d->post) {
+		/* the receiver goes on with the connection until every page is here */
+		snprintf(text, sizeof(text), "restore_ns=%" PRIu64 "\npid=%d\n", rst->total_ns,
+		         pid);
+		(void)post_dst_send(d->post, MSG_DONE, text, strlen(text));
+		return 0;
+	}
+	if (phase == RESTORE_HOLD && d->post) {
+		struct post_dst *pd = d->post;
+		*d->held = true;
+		snprintf(text, sizeof(text), "restore_ns=%" PRIu64 "\n", rst->total_ns);
+		if (post_dst_send(pd, MSG_READY, text, strlen(text)) == 0) {
+			pthread_mutex_lock(&pd->mu);
+			while (!pd->ctl && !pd->failed)
+				pthread_cond_wait(&pd->cond, &pd->mu);
+			int ctl = pd->ctl;
+			pthread_mutex_unlock(&pd->mu);
+			if (ctl == MSG_GO)
+				return 0;
+			if (ctl == MSG_ABORT)
+				return ferr(err, -ECANCELED, "the source aborted the migration");
+		}
+		return ask_source(d, err);
+	}
+	if (phase == RESTORE_RUNNING) {
+		struct ferry_error e = {0};
+		snprintf(text, sizeof(text), "restore_ns=%" PRIu64 "\npid=%d\n", rst->total_ns,
+		         pid);
+		(void)channel_send(d->ch, MSG_DONE, text, strlen(text), &e);
+		/* this monitor parents the component from now on: the connection is done */
+		channel_free(d->ch);
+		d->ch = NULL;
+		d->fd = safe_close(d->fd);
+		return 0;
+	}
+	*d->held = true;
+	snprintf(text, sizeof(text), "restore_ns=%" PRIu64 "\n", rst->total_ns);
+	r = channel_send(d->ch, MSG_READY, text, strlen(text), err);
+	if (getenv("FERRY_TEST_MIGRATE_CUT") &&
+	    strcmp(getenv("FERRY_TEST_MIGRATE_CUT"), "dst-ready") == 0)
+		test_point(d->ch, "dst-ready"); /* the monitor: never the kill hook */
+	if (r == 0) {
+		/* the source decides in moments; a silent link is settled by asking it */
+		channel_set_timeout(d->ch, 30000);
+		r = channel_recv(d->ch, &t, &b, &l, err);
+	}
+	if (r == 0 && t == MSG_GO)
+		return 0;
+	if (r == 0 && t == MSG_ABORT)
+		return ferr(err, -ECANCELED, "the source aborted the migration");
+	if (r == 0)
+		return ferr(err, -EPROTO, "unexpected message %u while held", t);
+	return ask_source(d, err);
+}
+
+int migrate_accept(const struct ferry_node *n, struct channel *ch, int fd, const char *offer,
+                   size_t len, struct ferry_error *err)
+{
+	struct dst d = {.n = n, .ch = ch, .fd = fd};
+	struct ferry_component cur;
+	char mdir[PATH_MAX], lockp[PATH_MAX + 8];
+	_cleanup_close_ int lock = -EBADF;
+	bool *held = NULL;
+	int r;
+
+	if (kv_get(offer, len, "id", d.id, sizeof(d.id)) < 0 || strlen(d.id) != 32 ||
+	    kv_get(offer, len, "name", d.name, sizeof(d.name)) < 0 ||
+	    kv_get(offer, len, "source_addr", d.source_addr, sizeof(d.source_addr)) < 0) {
+		r = ferr(err, -EPROTO, "malformed offer");
+		goto refuse;
+	}
+	for (const char *p = d.id; *p; p++)
+		if (!((*p >= '0' && *p <= '9') || (*p >= 'a' && *p <= 'f'))) {
+			r = ferr(err, -EPROTO, "malformed offer");
+			goto refuse;
+		}
+	if (!ferry_name_valid(d.name)) {
+		r = ferr(err, -EINVAL, "invalid component name '%s'", d.name);
+		goto refuse;
+	}
+	if (ferry_component_get(&n->rt, d.name, &cur, NULL) == 0 &&
+	    cur.state == FERRY_STATE_RUNNING) {
+		r = ferr(err, -EEXIST, "node %s already runs a component named %s", n->name,
+		         d.name);
+		goto refuse;
+	}
+	mig_dir(n, mdir, sizeof(mdir));
+	snprintf(d.dir, sizeof(d.dir), "%s/in-%s", mdir, d.id);
+	snprintf(lockp, sizeof(lockp), "%s.lock", d.dir);
+	r = mkdir_p(mdir, 0700);
+	if (r == 0 && mkdir(d.dir, 0700) < 0)
+		r = -errno;
+	if (r < 0) {
+		r = ferr(err, r, "%s: %s", d.dir, strerror(-r));
+		goto refuse;
+	}
+	lock = open(lockp, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+	if (lock < 0 || flock(lock, LOCK_EX) < 0) {
+		r = ferr(err, -errno, "%s: %m", lockp);
+		goto refuse;
+	}
+	held = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	if (held == MAP_FAILED) {
+		held = NULL;
+		r = ferr(err, -errno, "mmap: %m");
+		goto refuse;
+	}
+	d.held = held;
+	r = channel_send(ch, MSG_ACCEPT, NULL, 0, err);
+	channel_set_timeout(ch, 300000);
+	while (r == 0) {
+		uint8_t t;
+		const void *b;
+		size_t l;
+		r = channel_recv(ch, &t, &b, &l, err);
+		if (r < 0)
+			break;
+		if (t == MSG_IMG_BEGIN || t == MSG_IMG_LINK) {
+			r = dst_image_file(&d, b, l, t == MSG_IMG_LINK, err);
+		} else if (t == MSG_LINK_DONE) {
+			unsigned k = (unsigned)kv_u64(b, l, "link");
+			if (k != d.links) {
+				r = ferr(err, -EPROTO, "link %u out of order", k);
+				break;
+			}
+			d.links++;
+			r = channel_send(ch, MSG_LINK_ACK, b, l, err);
+			test_point(ch, "dst-link");
+		} else if (t == MSG_FILES) {
+			_cleanup_free_ char *diff = NULL;
+			size_t dl = 0;
+			r = files_compare(b, l, &diff, &dl);
+			if (r < 0)
+				r = ferr(err, r, "comparing files: out of memory");
+			else if (diff)
+				r = channel_send(ch, MSG_FILES_DIFF, diff, dl, err);
+			else
+				r = channel_send(ch, MSG_FILES_OK, NULL, 0, err);
+		} else if (t == MSG_CARRY) {
+			r = dst_carry(&d, b, l, err);
+		} else if (t == MSG_LOG) {
+			r = dst_log(&d, b, l, err);
+		} else if (t == MSG_PREPARE) {
+			unsigned k = (unsigned)kv_u64(b, l, "link");
+			char img[PATH_MAX];
+			if (k + 1 != d.links) {
+				r = ferr(err, -EPROTO, "prepare of link %u, have %u", k, d.links);
+				break;
+			}
+			snprintf(img, sizeof(img), "%s/%u", d.dir, k);
+			test_point(ch, "dst-prepare");
+			/* the stream is authenticated: the image is what the source wrote. Memory
+			 * comes in after the component runs (lazily), so the downtime does not
+			 * grow with it */
+			struct restore_opts ro = {.flags = RESTORE_FILES_CHECKED | RESTORE_LAZY,
+			                          .hold = dst_hold,
+			                          .hold_arg = &d};
+			if (kv_u64(b, l, "postcopy")) {
+				if (!d.pages_name[0]) {
+					r = ferr(err, -EPROTO, "post-copy without a pages file");
+					break;
+				}
+				/* the monitor makes the source its receiver gives; this points at
+				 * it */
+				snprintf(d.postcopy_img, sizeof(d.postcopy_img), "%s", img);
+				ro.lazy_src = &d.post_src_slot;
+			}
+			struct ferry_restore_stats rst;
+			r = restore_image(&n->rt, img, d.name, &ro, &d.pid, &rst, err);
+			if (r < 0 && !*held) {
+				struct ferry_error e2;
+				(void)channel_send(ch, MSG_FAIL, err->msg, strlen(err->msg), &e2);
+			}
+			break; /* the monitor spoke for us from the hold on */
+		} else if (t == MSG_ABORT) {
+			r = ferr(err, -ECANCELED, "the source aborted the migration");
+		} else {
+			r = ferr(err, -EPROTO, "unexpected message %u", t);
+		}
+	}
+	if (held)
+		munmap(held, 4096);
+	remove_tree(d.dir);
+	(void)unlink(lockp);
+	if (r < 0)
+		ferr_prefix(err, "migration %s of %s from %s", d.id, d.name, channel_peer_name(ch));
+	return r;
+refuse : {
+	struct ferry_error e2;
+	(void)channel_send(ch, MSG_REFUSE, err->msg, strlen(err->msg), &e2);
+}
+	return r;
+}
+
+/* ---- settling ---- */
+
+/* How migration id ended, settling the component if its worker is gone; "pending" while it
+ * runs. */
+static const char *settle(const struct ferry_node *n, const char *id, struct ferry_error *err)
+{
+	char mdir[PATH_MAX], intent[PATH_MAX], decided[PATH_MAX + 16], cg[PATH_MAX] = "";
+	_cleanup_free_ char *text = NULL;
+	bool handed;
+
+	mig_dir(n, mdir, sizeof(mdir));
+	snprintf(intent, sizeof(intent), "%s/%s", mdir, id);
+	snprintf(decided, sizeof(decided), "%s.handed-over", intent);
+	handed = access(decided, F_OK) == 0;
+	_cleanup_close_ int fd = open(intent, O_RDWR | O_CLOEXEC);
+	if (fd < 0)
+		return handed ? "handed-over" : "aborted"; /* settled before, or never began */
+	if (flock(fd, LOCK_EX | LOCK_NB) < 0)
+		return "pending";
+	/* the worker is gone: decided or not, make the component agree */
+	if (read_file(intent, &text, NULL) == 0)
+		(void)kv_get(text, strlen(text), "cgroup", cg, sizeof(cg));
+	if (cg[0] && handed) {
+		if (cgroup_kill(cg, err) < 0)
+			return "pending";
+		(void)cgroup_remove(cg);
+	} else if (cg[0] && cgroup_populated(cg) >= 0) {
+		if (cgroup_freeze(cg, false, err) < 0)
+			return "pending";
+		(void)cgroup_release(cg);
+	}
+	(void)unlink(intent);
+	return handed ? "handed-over" : "aborted";
+}
+
+int migrate_answer(const struct ferry_node *n, struct channel *ch, const char *q, size_t len,
+                   struct ferry_error *err)
+{
+	char id[40], text[64];
+	if (kv_get(q, len, "id", id, sizeof(id)) < 0 || strlen(id) != 32 || strchr(id, '/'))
+		return ferr(err, -EPROTO, "malformed question");
+	const char *o = settle(n, id, err);
+	snprintf(text, sizeof(text), "outcome=%s\n", o);
+	return channel_send(ch, MSG_ANSWER, text, strlen(text), err);
+}
+
+int migrate_recover(const struct ferry_node *n, struct ferry_error *err)
+{
+	char mdir[PATH_MAX];
+	DIR *d;
+	struct dirent *de;
+
+	mig_dir(n, mdir, sizeof(mdir));
+	d = opendir(mdir);
+	if (!d)
+		return 0;
+	while ((de = readdir(d))) {
+		char p[PATH_MAX];
+		const char *f = de->d_name;
+		snprintf(p, sizeof(p), "%s/%s", mdir, f);
+		struct stat sb;
+		if (strlen(f) == 32) {
+			(void)settle(n, f, err);
+		} else if (strstr(f, ".handed-over") && stat(p, &sb) == 0 &&
+		           time(NULL) - sb.st_mtime > 7 * 86400) {
+			/* a destination in doubt asks within moments of losing us: a week is plenty
+			 */
+			(void)unlink(p);
+		} else if (strlen(f) == 34 && strcmp(f + 32, ".d") == 0) {
+			/* a source's links: kept while its worker runs */
+			char intent[PATH_MAX];
+			snprintf(intent, sizeof(intent), "%s/%.32s", mdir, f);
+			_cleanup_close_ int fd = open(intent, O_RDWR | O_CLOEXEC);
+			if (fd < 0 || flock(fd, LOCK_EX | LOCK_NB) == 0)
+				remove_tree(p);
+		} else if (strncmp(f, "in-", 3) == 0 && !strstr(f, ".lock")) {
+			char lockp[PATH_MAX + 8];
+			snprintf(lockp, sizeof(lockp), "%s.lock", p);
+			_cleanup_close_ int fd = open(lockp, O_RDWR | O_CLOEXEC);
+			if (fd < 0 || flock(fd, LOCK_EX | LOCK_NB) == 0) {
+				remove_tree(p);
+				(void)unlink(lockp);
+			}
+		}
+	}
+	closedir(d);
+	return 0;
+}
