@@ -348,6 +348,34 @@ def files_differ(ctx):
         raise h.Fail(f"the carried file reads {out!r} at the destination ({err.strip()})")
 
 
+def log_moves(ctx):
+    """python3 prints a numbered line every millisecond while it moves in each mode: the file
+    check leaves its growing log alone (the log moves by itself), and the log at the end holds
+    every line once, in order, none lost or repeated across the moves."""
+    py = h.need("python3")
+    key = make_key(ctx)
+    a, b = Node(ctx, "A", key).start(), Node(ctx, "B", key).start()
+    code = ("import time\ni = 0\nwhile True:\n    print(i, flush=True)\n    i += 1\n"
+            "    time.sleep(0.001)\n")
+    a.ferry("run", "--name", "p", "--", py, "-c", code)
+    ctx.wait_for("p printing", lambda: len(a.ferry("logs", "p")[1]) > 100, 20)
+    at, other = a, b
+    for mode in ("stop-and-copy", "postcopy", "precopy", "postcopy", "stop-and-copy"):
+        migrate(ctx, at, "p", other, "--mode", mode)
+        at, other = other, at
+        if not at.running("p") or other.running("p"):
+            raise h.Fail(f"after {mode}: p must run on {at.name} only")
+        time.sleep(0.2)
+    log = at.ferry("logs", "p")[1]
+    lines = log.splitlines()
+    if len(lines) < 500 or lines[-1] == "":
+        raise h.Fail(f"only {len(lines)} lines in the moved log", h.tail(log, 4))
+    for n, line in enumerate(lines[:-1]):  # the last may be cut mid-write
+        if line != str(n):
+            raise h.Fail(f"log line {n} reads {line!r} after five moves",
+                         "\n".join(lines[max(n - 3, 0):n + 3]))
+
+
 # Where the component must run after a node dies (kill) or the link breaks (cut) at a point
 # of the protocol: before the decision at the source, or after it at the destination.
 KILL_POINTS = (("src-offer", "A"), ("src-precopy", "A"), ("src-frozen", "A"),
@@ -442,7 +470,7 @@ def veth(ctx):
 def tests():
     t = [("there-and-back", there_and_back), ("modes", modes),
          ("postcopy-source-lost", postcopy_source_lost), ("wrong-key", wrong_key),
-         ("files", files_differ), ("veth", veth), ("random-kills", random_kills)]
+         ("files", files_differ), ("log", log_moves), ("veth", veth), ("random-kills", random_kills)]
     for point, where in KILL_POINTS:
         t.append((f"kill-{point}", lambda ctx, p=point, w=where: kill_point(ctx, p, w, False)))
     for point, where in CUT_POINTS:

@@ -234,8 +234,11 @@ static int model_paths(const struct component *c, char ***paths, size_t *np,
 	return r < 0 ? ferr(err, r, "out of memory") : 0;
 }
 
-/* The same, read from /proc while the component runs (a checkpoint checks again, frozen). */
-static int proc_paths(pid_t pid, char ***paths, size_t *np)
+/*
+ * The same, read from /proc while the component runs (a checkpoint checks again, frozen). The
+ * log (its stdout and stderr) is left out: it moves along (send_log) and grows meanwhile.
+ */
+static int proc_paths(pid_t pid, const char *log_path, char ***paths, size_t *np)
 {
 	char path[64], buf[PATH_MAX];
 	ssize_t n;
@@ -258,6 +261,8 @@ static int proc_paths(pid_t pid, char ***paths, size_t *np)
 				break;
 		free(maps);
 	}
+	struct stat log_sb;
+	bool have_log = stat(log_path, &log_sb) == 0;
 	snprintf(path, sizeof(path), "/proc/%d/fd", pid);
 	DIR *d = opendir(path);
 	struct dirent *de;
@@ -269,7 +274,8 @@ static int proc_paths(pid_t pid, char ***paths, size_t *np)
 		if (n <= 0 || stat(fdp, &sb) < 0 || !(S_ISREG(sb.st_mode) || S_ISDIR(sb.st_mode)))
 			continue;
 		buf[n] = '\0';
-		if (strstr(buf, " (deleted)"))
+		if (strstr(buf, " (deleted)") ||
+		    (have_log && sb.st_dev == log_sb.st_dev && sb.st_ino == log_sb.st_ino))
 			continue;
 		if (add_path(paths, np, buf) < 0)
 			break;
@@ -1114,7 +1120,9 @@ int ferry_migrate(const struct ferry_node *n, const char *name, const char *to,
 		 * since are checked) and the log so far */
 		char **paths = NULL;
 		size_t np = 0;
-		r = proc_paths(rec.pid, &paths, &np);
+		char log_path[PATH_MAX];
+		runtime_log_path(&s.n->rt, name, log_path, sizeof(log_path));
+		r = proc_paths(rec.pid, log_path, &paths, &np);
 		r = r < 0 ? ferr(err, r, "out of memory") : check_paths(&s, paths, np, err);
 		if (r == 0)
 			r = send_log(&s, err);
