@@ -794,6 +794,90 @@ static int capture_private(const struct proc_map *m, struct vma *v, int pagemap,
 	return 0;
 }
 
+static int cmp_u64(const void *a, const void *b)
+{
+	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+	return x < y ? -1 : x > y;
+}
+
+/*
+ * Post-copy: the pages a restored component touches first, sent with the last link rather than
+ * fetched from the source on first touch. The kernel writes each thread's rseq area when the
+ * restore registers it (a fetch over the network per thread, inside the downtime), and each
+ * thread resumes on its stack and its TLS. Sorted, without duplicates.
+ */
+static int hot_pages(const struct process *p, uint64_t **ret, size_t *ret_n)
+{
+	const uint64_t mask = ~(uint64_t)(MODEL_PAGE - 1);
+	size_t n = 0;
+	uint64_t *v = calloc(p->nthreads * 8 + 1, sizeof(*v));
+
+	if (!v)
+		return -ENOMEM;
+	for (size_t i = 0; i < p->nthreads; i++) {
+		const struct thread *t = &p->threads[i];
+		uint64_t sp = t->regs.rsp & mask;
+		if (t->rseq_ptr) {
+			v[n++] = t->rseq_ptr & mask;
+			v[n++] = (t->rseq_ptr + MAX(t->rseq_len, 1u) - 1) & mask;
+		}
+		if (t->regs.fs_base)
+			v[n++] = t->regs.fs_base & mask;
+		v[n++] = sp - MODEL_PAGE; /* calls go down, returns come up */
+		v[n++] = sp;
+		v[n++] = sp + MODEL_PAGE;
+		v[n++] = t->regs.rip & mask; /* code in anonymous memory (a JIT) */
+	}
+	qsort(v, n, sizeof(*v), cmp_u64);
+	size_t k = 0;
+	for (size_t i = 0; i < n; i++)
+		if (k == 0 || v[k - 1] != v[i])
+			v[k++] = v[i];
+	*ret = v;
+	*ret_n = k;
+	return 0;
+}
+
+/* The runs of v split so that each hot page in them is a run of one page. */
+static int split_hot(struct vma *v, const uint64_t *hot, size_t nhot)
+{
+	struct page_run *out = NULL;
+	size_t nout = 0;
+	size_t k = 0;
+
+	for (size_t i = 0; i < v->nruns; i++) {
+		uint64_t a = v->runs[i].addr, e = a + v->runs[i].npages * MODEL_PAGE;
+		while (k < nhot && hot[k] < a)
+			k++;
+		for (size_t j = k; a < e; j++) {
+			uint64_t cut = j < nhot && hot[j] < e ? hot[j] : e;
+			uint64_t parts[2][2] = {
+			        {a, cut}, {cut, j < nhot && hot[j] < e ? cut + MODEL_PAGE : e}};
+			for (int q = 0; q < 2; q++) {
+				if (parts[q][0] >= parts[q][1])
+					continue;
+				if (grow((void **)&out, &nout, sizeof(*out)) < 0) {
+					free(out);
+					return -ENOMEM;
+				}
+				out[nout++] = (struct page_run){
+				        .addr = parts[q][0],
+				        .npages = (parts[q][1] - parts[q][0]) / MODEL_PAGE};
+			}
+			a = parts[1][1];
+		}
+	}
+	free(v->runs);
+	v->runs = out;
+	v->nruns = nout;
+	return 0;
+}
+
+static bool is_hot(const struct page_run *run, const uint64_t *hot, size_t nhot)
+{
+	return run->npages == 1 && bsearch(&run->addr, hot, nhot, sizeof(*hot), cmp_u64);
+}
+
 int mem_capture(struct component *c, struct process *p, const struct proc_map *maps, size_t nmaps,
                 struct image_writer *w, struct mem_stats *st, struct mem_track *mt,
                 struct ferry_error *err)
@@ -830,6 +914,16 @@ int mem_capture(struct component *c, struct process *p, const struct proc_map *m
 				return r;
 		}
 	}
+	_cleanup_free_ uint64_t *hot = NULL;
+	size_t nhot = 0;
+	bool defer = mt && mt->defer_anon && w;
+	if (defer) {
+		if (hot_pages(p, &hot, &nhot) < 0)
+			return ferr(err, -ENOMEM, "out of memory");
+		for (size_t i = 0; i < p->nvmas; i++)
+			if (p->vmas[i].kind == VMA_ANON && split_hot(&p->vmas[i], hot, nhot) < 0)
+				return ferr(err, -ENOMEM, "out of memory");
+	}
 	/* the runs whose pages are copied now (not taken from a parent) */
 	for (size_t i = 0; i < p->nvmas; i++)
 		njobs += p->vmas[i].nruns;
@@ -843,7 +937,7 @@ int mem_capture(struct component *c, struct process *p, const struct proc_map *m
 			struct page_run *run = &p->vmas[i].runs[j];
 			if (run->blk_pages)
 				continue; /* already stored: in a parent, or by a live round */
-			if (mt && mt->defer_anon && p->vmas[i].kind == VMA_ANON && w) {
+			if (defer && p->vmas[i].kind == VMA_ANON && !is_hot(run, hot, nhot)) {
 				/* post-copy: its room in the file, filled by whoever streams it */
 				run->off = image_pages_alloc(w, run->npages * MODEL_PAGE);
 				run->file = 0;
@@ -1274,14 +1368,16 @@ static const uint32_t madv_flags[][2] = {
         {VMA_F_WIPEONFORK, MADV_WIPEONFORK},
 };
 
-static int map_one(struct restorer *rs, struct fill *f, const struct component *c,
-                   const struct process *p, size_t idx, struct lazy *lz, struct ferry_error *err)
+/* The mmap that makes mapping idx of p again (queued in b), with the protection it is filled
+ * under (*ret_prot). */
+static int map_one(struct restorer *rs, struct rs_batch *b, const struct process *p, size_t idx,
+                   uint64_t *ret_prot, struct ferry_error *err)
 {
 	const struct vma *v = &p->vmas[idx];
 	uint64_t len = v->end - v->start;
 	uint64_t flags = MAP_FIXED, fd = (uint64_t)-1, off = 0;
-	long r;
 
+	*ret_prot = 0;
 	switch (v->kind) {
 	case VMA_VDSO:
 	case VMA_VVAR:
@@ -1317,53 +1413,58 @@ static int map_one(struct restorer *rs, struct fill *f, const struct component *
 	uint64_t prot = PROT_READ | PROT_WRITE | (v->prot & PROT_EXEC);
 	if (v->kind == VMA_FILE_SHARED)
 		prot = v->prot; /* the file may be open read-only */
-	r = rs_sys(rs, "mmap", SYS_mmap, v->start, len, prot, flags, fd, off, err);
-	if (r < 0)
-		return ferr_prefix(err, "mapping 0x%" PRIx64 "-0x%" PRIx64 " %s", v->start, v->end,
-		                   v->path ? v->path : "");
-	if (v->kind == VMA_ANON && lz) {
-		/* its pages come on first touch and from the background filler (lazy.c) */
-		r = lazy_add(lz, v->start, v->end, v->runs, v->nruns, err);
-		if (r < 0)
-			return (int)r;
-	} else if (v->kind == VMA_SHMEM && rs->shmem_fd[v->shmem] < 0) {
-		r = load_runs(rs, f, c->shmems[v->shmem].runs, c->shmems[v->shmem].nruns,
-		              v->start - v->pgoff, err);
-		if (r < 0)
-			return (int)r;
-	} else {
-		r = load_runs(rs, f, v->runs, v->nruns, 0, err);
-		if (r < 0)
-			return (int)r;
-	}
-	for (size_t i = 0; i < ARRAY_SIZE(madv_flags); i++) {
-		if (!(v->flags & madv_flags[i][0]))
-			continue;
-		r = rs_sys(rs, "madvise", SYS_madvise, v->start, len, madv_flags[i][1], 0, 0, 0,
-		           err);
-		if (r < 0)
-			return ferr_prefix(err, "mapping 0x%" PRIx64, v->start);
-	}
-	if (v->flags & VMA_F_LOCKED) {
-		r = rs_sys(rs, "mlock", SYS_mlock, v->start, len, 0, 0, 0, 0, err);
-		if (r < 0)
-			return ferr_prefix(err, "mapping 0x%" PRIx64, v->start);
-	}
-	if (prot != v->prot) {
-		r = rs_sys(rs, "mprotect", SYS_mprotect, v->start, len, v->prot, 0, 0, 0, err);
-		if (r < 0)
-			return ferr_prefix(err, "mapping 0x%" PRIx64, v->start);
-	}
-	return 0;
+	*ret_prot = prot;
+	int r = rs_batch_add(rs, b, "mmap", SYS_mmap, v->start, len, prot, flags, fd, off, err);
+	return r < 0 ? ferr_prefix(err, "mapping 0x%" PRIx64 "-0x%" PRIx64 " %s", v->start, v->end,
+	                           v->path ? v->path : "")
+	             : 0;
 }
 
-/* A page-aligned address with room for one page, used by no mapping of the image. */
-static uint64_t free_page(const struct process *p)
+/* Its content: loaded now, or left to the lazy restore. */
+static int fill_one(struct restorer *rs, struct fill *f, const struct component *c,
+                    const struct process *p, size_t idx, struct lazy *lz, struct ferry_error *err)
 {
-	for (uint64_t a = 0x10000; a < TASK_TOP; a += MODEL_PAGE) {
+	const struct vma *v = &p->vmas[idx];
+
+	if (v->kind == VMA_VDSO || v->kind == VMA_VVAR || v->kind == VMA_VVAR_VCLOCK)
+		return 0;
+	if (v->kind == VMA_ANON && lz) /* on first touch and from the background (lazy.c) */
+		return lazy_add(lz, v->start, v->end, v->runs, v->nruns, err);
+	if (v->kind == VMA_SHMEM && rs->shmem_fd[v->shmem] < 0)
+		return load_runs(rs, f, c->shmems[v->shmem].runs, c->shmems[v->shmem].nruns,
+		                 v->start - v->pgoff, err);
+	return load_runs(rs, f, v->runs, v->nruns, 0, err);
+}
+
+/* Its advice, locks and final protection (queued in b). */
+static int finish_one(struct restorer *rs, struct rs_batch *b, const struct process *p, size_t idx,
+                      uint64_t prot, struct ferry_error *err)
+{
+	const struct vma *v = &p->vmas[idx];
+	uint64_t len = v->end - v->start;
+	int r = 0;
+
+	if (!prot)
+		return 0;
+	for (size_t i = 0; r == 0 && i < ARRAY_SIZE(madv_flags); i++)
+		if (v->flags & madv_flags[i][0])
+			r = rs_batch_add(rs, b, "madvise", SYS_madvise, v->start, len,
+			                 madv_flags[i][1], 0, 0, 0, err);
+	if (r == 0 && (v->flags & VMA_F_LOCKED))
+		r = rs_batch_add(rs, b, "mlock", SYS_mlock, v->start, len, 0, 0, 0, 0, err);
+	if (r == 0 && prot != v->prot)
+		r = rs_batch_add(rs, b, "mprotect", SYS_mprotect, v->start, len, v->prot, 0, 0, 0,
+		                 err);
+	return r < 0 ? ferr_prefix(err, "mapping 0x%" PRIx64, v->start) : 0;
+}
+
+/* The lowest free range of len bytes in p's address space (above the first 64 KiB). */
+static uint64_t free_range(const struct process *p, uint64_t len)
+{
+	for (uint64_t a = 0x10000; a + len <= TASK_TOP; a += MODEL_PAGE) {
 		bool used = false;
 		for (size_t i = 0; i < p->nvmas && !used; i++)
-			if (a >= p->vmas[i].start && a < p->vmas[i].end) {
+			if (a < p->vmas[i].end && a + len > p->vmas[i].start) {
 				used = true;
 				a = p->vmas[i].end - MODEL_PAGE;
 			}
@@ -1407,11 +1508,11 @@ int mem_restore_lazy(struct restorer *rs, const struct component *c, const struc
 	r = move_vdso(rs, p, cur, ncur, err);
 	if (r < 0)
 		return (int)r;
-	/* 3. a scratch page for system call arguments */
-	rs->scratch = free_page(p);
-	r = rs_sys(rs, "mmap scratch page", SYS_mmap, rs->scratch, MODEL_PAGE,
-	           PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE,
-	           (uint64_t)-1, 0, err);
+	/* 3. scratch pages for system call arguments and batches of calls */
+	rs->scratch = free_range(p, RS_SCRATCH_PAGES * MODEL_PAGE);
+	r = rs_sys(rs, "mmap scratch pages", SYS_mmap, rs->scratch, RS_SCRATCH_PAGES * MODEL_PAGE,
+	           PROT_READ | PROT_WRITE | PROT_EXEC,
+	           MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, (uint64_t)-1, 0, err);
 	if (r < 0)
 		return (int)r;
 	/* 4. every mapping, filled, with its final protection */
@@ -1424,8 +1525,24 @@ int mem_restore_lazy(struct restorer *rs, const struct component *c, const struc
 		free(f);
 		return ferr(err, -ENOMEM, "out of memory");
 	}
+	/* in three passes, the first and last each a batch of calls: every mmap; the contents;
+	 * advice, locks and final protections (the mappings are disjoint: order is free) */
+	_cleanup_free_ uint64_t *prot = calloc(p->nvmas ? p->nvmas : 1, sizeof(*prot));
+	_cleanup_free_ struct rs_batch *b = calloc(1, sizeof(*b));
+	if (!prot || !b)
+		r = ferr(err, -ENOMEM, "out of memory");
+	else
+		b->t = &rs->main;
 	for (size_t i = 0; i < p->nvmas && r >= 0; i++)
-		r = map_one(rs, f, c, p, i, lz, err);
+		r = map_one(rs, b, p, i, &prot[i], err);
+	if (r >= 0)
+		r = rs_batch_run(rs, b, err);
+	for (size_t i = 0; i < p->nvmas && r >= 0; i++)
+		r = fill_one(rs, f, c, p, i, lz, err);
+	for (size_t i = 0; i < p->nvmas && r >= 0; i++)
+		r = finish_one(rs, b, p, i, prot[i], err);
+	if (r >= 0)
+		r = rs_batch_run(rs, b, err);
 	munmap(f->buf, FILL_BUF);
 	free(f);
 	if (r < 0)

@@ -694,7 +694,7 @@ static int write_decision(struct src *s, struct ferry_error *err)
 
 /* ---- post-copy, the source: the frozen component's pages, streamed and on request ---- */
 
-/* The pages the last link (c) deferred: every run of its anonymous mappings. */
+/* The pages the last link (c) deferred: the runs of its anonymous mappings it left empty. */
 static int post_load(struct src *s, const struct component *c, struct ferry_error *err)
 {
 	for (size_t i = 0; i < c->procs[0].nvmas; i++) {
@@ -702,6 +702,8 @@ static int post_load(struct src *s, const struct component *c, struct ferry_erro
 		if (v->kind != VMA_ANON)
 			continue;
 		for (size_t j = 0; j < v->nruns; j++) {
+			if (v->runs[j].csum != 0)
+				continue; /* copied with the link (hot_pages) */
 			struct post_run *np = realloc(s->post, (s->npost + 1) * sizeof(*np));
 			if (!np)
 				return ferr(err, -ENOMEM, "out of memory");
@@ -892,17 +894,25 @@ static int handover(void *arg, uint64_t frozen_at, struct ferry_error *err)
 	/* the component cannot run here again (its group is frozen, the decision is on disk):
 	 * the destination may let it run while this one is ended */
 	struct ferry_error e2;
-	if (channel_send(s->ch, MSG_GO, NULL, 0, &e2) == 0) {
+	bool went = channel_send(s->ch, MSG_GO, NULL, 0, &e2) == 0;
+	if (went) {
 		test_point(s->ch, "src-go");
-		/* it runs there once DONE comes: the downtime ends (ending it here can wait) */
+		/* it runs there once DONE comes: the downtime ends (ending it here can wait). In
+		 * post-copy its threads may want pages before DONE is sent: served meanwhile */
 		channel_set_timeout(s->ch, 60000);
-		if (recv_expect(s->ch, MSG_DONE, &b, &l, &e2) == 0) {
+		uint8_t t = 0;
+		while ((r = channel_recv(s->ch, &t, &b, &l, &e2)) == 0 && t == MSG_REQ && post &&
+		       (r = post_serve(s, b, l, &e2)) == 0)
+			;
+		if (r == 0 && t == MSG_DONE) {
 			s->st->confirmed = true;
 			s->st->dest_pid = (pid_t)kv_u64(b, l, "pid");
 		}
 	}
 	s->st->downtime_ns = now_ns() - frozen_at;
-	if (post && s->st->confirmed) {
+	if (post && went) {
+		/* decided: whatever DONE said, the only copy there needs the pages (a broken
+		 * connection fails here at once) */
 		/* it runs there on what it has; the rest from here, while frozen here */
 		struct channel_counters c0, c1;
 		channel_counters(s->ch, &c0);

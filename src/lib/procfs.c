@@ -59,6 +59,11 @@ int procfs_maps(pid_t pid, struct proc_map **ret, size_t *ret_n)
 	return parse_maps(pid, "smaps", ret, ret_n);
 }
 
+int procfs_maps_noflags(pid_t pid, struct proc_map **ret, size_t *ret_n)
+{
+	return parse_maps(pid, "maps", ret, ret_n);
+}
+
 static bool same_vma(const struct proc_map *a, const struct proc_map *b)
 {
 	return a->start == b->start && a->end == b->end && a->pgoff == b->pgoff &&

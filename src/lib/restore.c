@@ -61,6 +61,41 @@ long rs_sys(struct restorer *rs, const char *what, long nr, uint64_t a0, uint64_
 	return ret;
 }
 
+int rs_batch_run(struct restorer *rs, struct rs_batch *b, struct ferry_error *err)
+{
+	size_t done = 0, n = b->n;
+	int r;
+
+	b->n = 0;
+	r = tracee_syscalls(b->t, rs->scratch + RS_CODE_OFF, rs->scratch + MODEL_PAGE, b->calls, n,
+	                    &done, err);
+	if (r < 0)
+		return ferr_prefix(err, "%s (of %zu calls)", n ? b->what[0] : "", n);
+	if (done > 0 && b->calls[done - 1].ret < 0 && b->calls[done - 1].ret > -4096) {
+		int e = (int)b->calls[done - 1].ret;
+		const struct tracee_call *c = &b->calls[done - 1];
+		return ferr(err, e, "%s (0x%" PRIx64 ", 0x%" PRIx64 "): %s", b->what[done - 1],
+		            c->a[0], c->a[1], strerror(-e));
+	}
+	if (done != n)
+		return ferr(err, -EPROTO, "%zu of %zu calls ran", done, n);
+	return 0;
+}
+
+int rs_batch_add(struct restorer *rs, struct rs_batch *b, const char *what, long nr, uint64_t a0,
+                 uint64_t a1, uint64_t a2, uint64_t a3, uint64_t a4, uint64_t a5,
+                 struct ferry_error *err)
+{
+	if (b->n == RS_BATCH_MAX) {
+		int r = rs_batch_run(rs, b, err);
+		if (r < 0)
+			return r;
+	}
+	b->what[b->n] = what;
+	b->calls[b->n++] = (struct tracee_call){.nr = nr, .a = {a0, a1, a2, a3, a4, a5}};
+	return 0;
+}
+
 /* ---- the helper: plain C in the new namespaces, before it is seized ---- */
 
 /* Copy len bytes between files: in the kernel where it can, through a buffer where the two
@@ -274,7 +309,7 @@ static int rebuild(struct restorer *rs, struct restore_arg *a, struct tracee *th
 	size_t nmaps = 0;
 	int r;
 
-	r = procfs_maps(rs->pid, &maps, &nmaps);
+	r = procfs_maps_noflags(rs->pid, &maps, &nmaps); /* only its vdso is looked at */
 	if (r < 0)
 		return ferr(err, r, "helper mappings: %s", strerror(-r));
 	if (!rs->main.syscall_ip &&
@@ -301,8 +336,8 @@ static int rebuild(struct restorer *rs, struct restore_arg *a, struct tracee *th
 	r = fd_file_relock(rs, p, err);
 	if (r < 0)
 		return r;
-	ret = rs_sys(rs, "munmap scratch page", SYS_munmap, rs->scratch, MODEL_PAGE, 0, 0, 0, 0,
-	             err);
+	ret = rs_sys(rs, "munmap scratch pages", SYS_munmap, rs->scratch,
+	             RS_SCRATCH_PAGES * MODEL_PAGE, 0, 0, 0, 0, err);
 	if (ret < 0)
 		return (int)ret;
 	/* its memory is the image's now: tracking starts here, so that the next checkpoint

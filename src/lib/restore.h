@@ -16,7 +16,7 @@
 struct restorer {
 	pid_t pid;          /* host pid of the helper */
 	struct tracee main; /* its main thread, seized and stopped */
-	uint64_t scratch;   /* a page in the helper for system call arguments */
+	uint64_t scratch;   /* RS_SCRATCH_PAGES in the helper: system call arguments, rs_batch */
 	int temp_lo;        /* first temporary fd number in the helper */
 	int *pages_fds;     /* the image's pages files, in the helper (index as in page runs) */
 	uint32_t npages_fds;
@@ -34,6 +34,32 @@ struct restorer {
  */
 long rs_sys(struct restorer *rs, const char *what, long nr, uint64_t a0, uint64_t a1, uint64_t a2,
             uint64_t a3, uint64_t a4, uint64_t a5, struct ferry_error *err);
+
+/*
+ * The scratch area: its first page holds system call arguments (below RS_CODE_OFF) and
+ * tracee_syscalls' loop; the rest the table of an rs_batch.
+ */
+#define RS_SCRATCH_PAGES 8
+#define RS_CODE_OFF      (MODEL_PAGE - TRACEE_CALLS_CODE)
+#define RS_BATCH_MAX     ((RS_SCRATCH_PAGES - 1) * MODEL_PAGE / TRACEE_CALL_BYTES)
+
+/*
+ * rs_batch - system calls a thread of the helper runs in one go (tracee_syscalls), for those
+ * whose results nothing waits for: each stop of a thread costs tens of microseconds, which a
+ * restore's hundred calls would add to a migration's downtime. rs_batch_add queues a call
+ * (running the batch first when it is full); rs_batch_run runs what is queued and fails, as
+ * rs_sys does, with the first call that failed named by its what.
+ */
+struct rs_batch {
+	struct tracee *t;
+	struct tracee_call calls[RS_BATCH_MAX];
+	const char *what[RS_BATCH_MAX];
+	size_t n;
+};
+int rs_batch_add(struct restorer *rs, struct rs_batch *b, const char *what, long nr, uint64_t a0,
+                 uint64_t a1, uint64_t a2, uint64_t a3, uint64_t a4, uint64_t a5,
+                 struct ferry_error *err);
+int rs_batch_run(struct restorer *rs, struct rs_batch *b, struct ferry_error *err);
 
 /* Restoring for someone else's decision (a migration): the hold callback runs in the monitor
  * first (RESTORE_BEGIN: < 0 fails the restore), once the component is rebuilt and verified,

@@ -92,44 +92,47 @@ int threads_capture(struct tracee *tr, const struct process *p, struct thread *t
 	return r;
 }
 
-/* Per-thread kernel state a thread must set itself, then its registers. */
+/* Per-thread kernel state a thread must set itself (one batch of calls), then its registers. */
 static int thread_set_state(struct restorer *rs, struct tracee *tr, const struct thread *t,
                             struct ferry_error *err)
 {
 	struct user_regs_struct regs = t->regs;
 	struct iovec iov = {t->xstate, t->xstate_len};
-	long ret;
+	const uint64_t ss_at = rs->scratch + 1024, comm_at = rs->scratch + 1280;
+	struct rs_batch *b = calloc(1, sizeof(*b));
 	int r;
 
-#define INJECT(what, nr, a0, a1, a2, a3)                                                           \
-	do {                                                                                       \
-		r = tracee_syscall(tr, &ret, NULL, nr, a0, a1, a2, a3, 0, 0, err);                 \
-		if (r == 0 && ret < 0)                                                             \
-			r = ferr(err, (int)ret, "%s: %s", what, strerror((int)-ret));              \
-		if (r < 0)                                                                         \
-			return ferr_prefix(err, "thread %d", t->tid);                              \
-	} while (0)
-
-	INJECT("set_tid_address", SYS_set_tid_address, t->clear_tid, 0, 0, 0);
-	if (t->robust_head)
-		INJECT("set_robust_list", SYS_set_robust_list, t->robust_head, t->robust_len, 0, 0);
+	if (!b)
+		return ferr(err, -ENOMEM, "out of memory");
+	b->t = tr;
+	r = rs_batch_add(rs, b, "set_tid_address", SYS_set_tid_address, t->clear_tid, 0, 0, 0, 0, 0,
+	                 err);
+	if (r == 0 && t->robust_head)
+		r = rs_batch_add(rs, b, "set_robust_list", SYS_set_robust_list, t->robust_head,
+		                 t->robust_len, 0, 0, 0, 0, err);
 	stack_t ss = {.ss_sp = (void *)(uintptr_t)t->ss_sp,
 	              .ss_size = t->ss_size,
 	              .ss_flags = t->ss_flags & ~SS_ONSTACK};
-	if (!(t->ss_flags & SS_DISABLE)) {
-		r = tracee_poke(rs->pid, rs->scratch, &ss, sizeof(ss));
-		if (r < 0)
-			return ferr(err, r, "thread %d: scratch write: %s", t->tid, strerror(-r));
-		INJECT("sigaltstack", SYS_sigaltstack, rs->scratch, 0, 0, 0);
+	if (r == 0 && !(t->ss_flags & SS_DISABLE)) {
+		r = tracee_poke(rs->pid, ss_at, &ss, sizeof(ss));
+		r = r < 0 ? ferr(err, r, "scratch write: %s", strerror(-r))
+		          : rs_batch_add(rs, b, "sigaltstack", SYS_sigaltstack, ss_at, 0, 0, 0, 0,
+		                         0, err);
 	}
-	if (t->rseq_ptr)
-		INJECT("rseq", SYS_rseq, t->rseq_ptr, t->rseq_len, 0, t->rseq_sig);
-	r = tracee_poke(rs->pid, rs->scratch, t->comm, sizeof(t->comm));
+	if (r == 0 && t->rseq_ptr)
+		r = rs_batch_add(rs, b, "rseq", SYS_rseq, t->rseq_ptr, t->rseq_len, 0, t->rseq_sig,
+		                 0, 0, err);
+	if (r == 0) {
+		r = tracee_poke(rs->pid, comm_at, t->comm, sizeof(t->comm));
+		r = r < 0 ? ferr(err, r, "scratch write: %s", strerror(-r))
+		          : rs_batch_add(rs, b, "prctl(PR_SET_NAME)", SYS_prctl, PR_SET_NAME,
+		                         comm_at, 0, 0, 0, 0, err);
+	}
+	if (r == 0)
+		r = rs_batch_run(rs, b, err);
+	free(b);
 	if (r < 0)
-		return ferr(err, r, "thread %d: scratch write: %s", t->tid, strerror(-r));
-	INJECT("prctl(PR_SET_NAME)", SYS_prctl, PR_SET_NAME, rs->scratch, 0, 0);
-#undef INJECT
-
+		return ferr_prefix(err, "thread %d", t->tid);
 	if (t->xstate_len && ptrace(PTRACE_SETREGSET, tr->tid, (void *)NT_X86_XSTATE, &iov) < 0)
 		return ferr(err, -errno, "thread %d: PTRACE_SETREGSET xstate: %m", t->tid);
 	if (ptrace(PTRACE_SETSIGMASK, tr->tid, (void *)sizeof(uint64_t), &t->sigmask) < 0)

@@ -251,6 +251,99 @@ int tracee_syscall(struct tracee *t, long *ret, pid_t *ret_new_tid, long nr, uin
 	return call_done(t, ret, err);
 }
 
+/*
+ * The loop a thread runs for tracee_syscalls (x86-64): rbx points at the table, r12 counts the
+ * calls left; each entry is nr, six arguments, the result. It ends at int3: after the last
+ * call, or at the first result in [-4095, -1].
+ */
+static const uint8_t calls_code[] = {
+        0x4d, 0x85, 0xe4,                   /* 0:  test r12, r12 */
+        0x74, 0x32,                         /* 3:  jz 55 */
+        0x48, 0x8b, 0x03,                   /* 5:  mov rax, [rbx] */
+        0x48, 0x8b, 0x7b, 0x08,             /* 8:  mov rdi, [rbx + 8] */
+        0x48, 0x8b, 0x73, 0x10,             /* 12: mov rsi, [rbx + 16] */
+        0x48, 0x8b, 0x53, 0x18,             /* 16: mov rdx, [rbx + 24] */
+        0x4c, 0x8b, 0x53, 0x20,             /* 20: mov r10, [rbx + 32] */
+        0x4c, 0x8b, 0x43, 0x28,             /* 24: mov r8, [rbx + 40] */
+        0x4c, 0x8b, 0x4b, 0x30,             /* 28: mov r9, [rbx + 48] */
+        0x0f, 0x05,                         /* 32: syscall */
+        0x48, 0x89, 0x43, 0x38,             /* 34: mov [rbx + 56], rax */
+        0x48, 0x3d, 0x01, 0xf0, 0xff, 0xff, /* 38: cmp rax, -4095 */
+        0x73, 0x09,                         /* 44: jae 55 */
+        0x48, 0x83, 0xc3, 0x40,             /* 46: add rbx, 64 */
+        0x49, 0xff, 0xcc,                   /* 50: dec r12 */
+        0xeb, 0xc9,                         /* 53: jmp 0 */
+        0xcc,                               /* 55: int3 */
+};
+_Static_assert(sizeof(calls_code) <= TRACEE_CALLS_CODE, "calls_code");
+_Static_assert(sizeof(struct tracee_call) == TRACEE_CALL_BYTES, "tracee_call layout");
+
+int tracee_syscalls(struct tracee *t, uint64_t code, uint64_t table, struct tracee_call *calls,
+                    size_t n, size_t *ret_done, struct ferry_error *err)
+{
+	struct user_regs_struct r = t->regs;
+	pid_t tid = t->tid;
+	int status, rc;
+
+	*ret_done = 0;
+	if (n == 0)
+		return 0;
+	for (size_t i = 0; i < n; i++)
+		calls[i].ret = 0;
+	rc = tracee_poke(tid, code, calls_code, sizeof(calls_code));
+	if (rc == 0)
+		rc = tracee_poke(tid, table, calls, n * sizeof(*calls));
+	if (rc < 0)
+		return ferr(err, rc, "thread %d: writing %zu calls: %s", tid, n, strerror(-rc));
+	r.rip = code;
+	r.rbx = table;
+	r.r12 = n;
+	r.orig_rax = (uint64_t)-1; /* no restart fix-up of the call we interrupted */
+	t->clobbered = true;
+	rc = tracee_setregs(tid, &r, err);
+	for (;;) {
+		if (rc < 0)
+			return rc;
+		if (ptrace(PTRACE_CONT, tid, NULL, NULL) < 0)
+			return ferr(err, -errno, "thread %d: PTRACE_CONT: %m", tid);
+		rc = tracee_wait(tid, &status, err);
+		if (rc < 0)
+			return rc;
+		if (!WIFSTOPPED(status))
+			return ferr(err, -EPROTO, "thread %d: unexpected wait status 0x%x", tid,
+			            status);
+		if (WSTOPSIG(status) == SIGTRAP && (status >> 16) == 0)
+			break;
+		if ((status >> 16) != 0)
+			continue; /* a ptrace event stop: on with the calls */
+		if (WSTOPSIG(status) == SIGSEGV || WSTOPSIG(status) == SIGBUS ||
+		    WSTOPSIG(status) == SIGILL)
+			return ferr(err, -EFAULT, "thread %d: signal %d running the calls", tid,
+			            WSTOPSIG(status));
+		if (t->deferred_sig && t->deferred_sig != WSTOPSIG(status))
+			return ferr(err, -EINTR, "thread %d: second signal %d during injection",
+			            tid, WSTOPSIG(status));
+		t->deferred_sig = WSTOPSIG(status);
+	}
+	rc = tracee_getregs(tid, &r, err);
+	if (rc < 0)
+		return rc;
+	if (r.rip != code + sizeof(calls_code) || r.r12 > n)
+		return ferr(err, -EPROTO, "thread %d: the calls stopped at 0x%llx", tid, r.rip);
+	size_t done = n - (size_t)r.r12 + (r.r12 ? 1 : 0);
+	rc = tracee_peek(tid, table, calls, done * sizeof(*calls));
+	if (rc < 0)
+		return ferr(err, rc, "thread %d: reading results: %s", tid, strerror(-rc));
+	*ret_done = done;
+	r = t->regs;
+	regs_for_resume(&r, false);
+	rc = tracee_setregs(tid, &r, err);
+	if (rc < 0)
+		return rc;
+	t->clobbered = false;
+	return 0;
+}
+
 int tracee_find_syscall_insn(pid_t pid, const struct proc_map *maps, size_t nmaps, uint64_t *ret)
 {
 	for (size_t m = 0; m < nmaps; m++) {

@@ -95,6 +95,24 @@ int stack_scratch_take(struct stack_scratch *s, pid_t pid, const struct tracee *
                        struct ferry_error *err);
 int stack_scratch_release(const struct stack_scratch *s, struct ferry_error *err);
 
+/*
+ * tracee_syscalls - a stopped thread runs calls[0..n) one after the other in one go: one ptrace
+ * round trip for all of them instead of two stops each. Its process must have, at code, an
+ * executable page of which TRACEE_CALLS_CODE bytes are free, and at table room for n entries
+ * of 64 bytes. It stops at the first call that fails. Each call's result is in calls[i].ret
+ * (a call not run keeps 0); *ret_done: how many ran, the failed one included. The thread's
+ * registers are put back as they were (t->regs). Returns 0 or -errno (the injection failed).
+ */
+#define TRACEE_CALLS_CODE 64
+#define TRACEE_CALL_BYTES 64
+struct tracee_call {
+	long nr;
+	uint64_t a[6];
+	long ret;
+};
+int tracee_syscalls(struct tracee *t, uint64_t code, uint64_t table, struct tracee_call *calls,
+                    size_t n, size_t *ret_done, struct ferry_error *err);
+
 /* tracee_poke / tracee_peek - copy to / from another process's memory (process_vm_*v). */
 int tracee_poke(pid_t pid, uint64_t addr, const void *buf, size_t len);
 int tracee_peek(pid_t pid, uint64_t addr, void *buf, size_t len);
