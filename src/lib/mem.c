@@ -794,12 +794,6 @@ static int capture_private(const struct proc_map *m, struct vma *v, int pagemap,
 	return 0;
 }
 
-static int cmp_u64(const void *a, const void *b)
-{
-	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-	return x < y ? -1 : x > y;
-}
-
 /*
  * Post-copy: the pages a restored component touches first, sent with the last link rather than
  * fetched from the source on first touch. The kernel writes each thread's rseq area when the

@@ -235,3 +235,9 @@ int pidfd_getfd_of(pid_t pid, int fd)
 	int r = (int)syscall(SYS_pidfd_getfd, pidfd, fd, 0);
 	return r < 0 ? -errno : r;
 }
+
+int cmp_u64(const void *a, const void *b)
+{
+	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+	return x < y ? -1 : x > y;
+}

@@ -88,6 +88,9 @@ int safe_tgkill(pid_t tgid, pid_t tid, int sig);
 /* now_ns - CLOCK_MONOTONIC in nanoseconds. */
 uint64_t now_ns(void);
 
+/* cmp_u64 - qsort/bsearch order of uint64_t values. */
+int cmp_u64(const void *a, const void *b);
+
 /* read_full / write_full - loop over short transfers and EINTR; 0 or -errno (-EIO on EOF). */
 int read_full(int fd, void *buf, size_t len);
 int write_full(int fd, const void *buf, size_t len);
