@@ -12,40 +12,13 @@
 #include <sys/stat.h>
 
 #include "channel.h"
+#include "tap.h"
 #include "util.h"
 
-#define WHY_MAX      1024
 #define T_BYE        0xee  /* ends the echo peer */
 #define TIMEOUT      10000 /* ms: no test step should ever wait this long */
 #define BENCH_MB     256
 #define BENCH_WARMUP 8 /* messages before the clock starts */
-
-struct tally {
-	int passed;
-	int failed;
-};
-
-static void report(struct tally *t, const char *name, int ok, const char *why)
-{
-	if (ok) {
-		t->passed++;
-		printf("ok - %s\n", name);
-	} else {
-		t->failed++;
-		printf("not ok - %s: %s\n", name, why);
-	}
-	fflush(stdout);
-}
-
-static int fail(char *why, const char *fmt, ...) _printf_(2, 3);
-static int fail(char *why, const char *fmt, ...)
-{
-	va_list ap;
-	va_start(ap, fmt);
-	vsnprintf(why, WHY_MAX, fmt, ap);
-	va_end(ap);
-	return 0;
-}
 
 static int count_fds(void)
 {
@@ -303,22 +276,31 @@ out:
 	return ok;
 }
 
-static int test_wrong_key(char *why)
+/* channel_open against peer p (which must refuse) fails with want and a message holding what. */
+static int open_refused(struct peer *p, bool initiator, int want, const char *what, char *why)
 {
-	struct peer p = {.key = &key_b, .mode = PEER_ECHO};
 	struct ferry_error err = {0};
 	struct channel *ch = NULL;
 	pthread_t th;
 	int fd = -EBADF, r;
 
-	if (!start_peer(&p, &th, &fd, why))
+	if (!start_peer(p, &th, &fd, why))
 		return 0;
-	r = channel_open(fd, &key_a, true, "alpha", TIMEOUT, &ch, &err);
+	r = channel_open(fd, &key_a, initiator, "alpha", TIMEOUT, &ch, &err);
 	channel_free(ch);
 	safe_close(fd);
 	pthread_join(th, NULL);
-	if (r != -EACCES || !strstr(err.msg, "authentication"))
-		return fail(why, "initiator: %d %s", r, err.msg);
+	if (r != want || !strstr(err.msg, what))
+		return fail(why, "channel_open: %d %s", r, err.msg);
+	return 1;
+}
+
+static int test_wrong_key(char *why)
+{
+	struct peer p = {.key = &key_b, .mode = PEER_ECHO};
+
+	if (!open_refused(&p, true, -EACCES, "authentication", why))
+		return 0;
 	if (p.open_r != -EACCES && p.open_r != -EPIPE)
 		return fail(why, "responder: %d %s", p.open_r, p.err.msg);
 	return 1;
@@ -327,20 +309,8 @@ static int test_wrong_key(char *why)
 static int test_bad_magic(char *why)
 {
 	struct peer p = {.mode = PEER_BADMAGIC};
-	struct ferry_error err = {0};
-	struct channel *ch = NULL;
-	pthread_t th;
-	int fd = -EBADF, r;
 
-	if (!start_peer(&p, &th, &fd, why))
-		return 0;
-	r = channel_open(fd, &key_a, false, "alpha", TIMEOUT, &ch, &err);
-	channel_free(ch);
-	safe_close(fd);
-	pthread_join(th, NULL);
-	if (r != -EPROTO || !strstr(err.msg, "not a ferry node"))
-		return fail(why, "%d %s", r, err.msg);
-	return 1;
+	return open_refused(&p, false, -EPROTO, "not a ferry node", why);
 }
 
 /*

@@ -9,9 +9,8 @@
 #include <sys/wait.h>
 
 #include "image.h"
+#include "tap.h"
 #include "util.h"
-
-#define WHY_MAX 1024
 
 /* The standard test image: these records, then these page allocations. */
 static const uint16_t rec_kind[] = {IMG_COMPONENT, IMG_PROCESS, IMG_THREAD,
@@ -19,32 +18,6 @@ static const uint16_t rec_kind[] = {IMG_COMPONENT, IMG_PROCESS, IMG_THREAD,
 static const uint32_t rec_len[] = {17, 0, 3000, 64, 1, 40};
 static const uint64_t page_len[] = {4096, 5000, 12288}; /* the 5000 leaves a sparse tail */
 #define BIG_LEN (3u << 20) /* one record larger than the writer's flush threshold */
-
-struct tally {
-	int passed;
-	int failed;
-};
-
-static void report(struct tally *t, const char *name, int ok, const char *why)
-{
-	if (ok) {
-		t->passed++;
-		printf("ok - %s\n", name);
-	} else {
-		t->failed++;
-		printf("not ok - %s: %s\n", name, why);
-	}
-}
-
-static int fail(char *why, const char *fmt, ...) _printf_(2, 3);
-static int fail(char *why, const char *fmt, ...)
-{
-	va_list ap;
-	va_start(ap, fmt);
-	vsnprintf(why, WHY_MAX, fmt, ap);
-	va_end(ap);
-	return 0;
-}
 
 static void fill(uint8_t *p, size_t n, unsigned seed, unsigned idx)
 {
