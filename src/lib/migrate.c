@@ -1,6 +1,7 @@
 /*
- * Live migration: the source side (ferry_migrate), the destination side (migrate_accept) and
- * the settling of a hand-over left in doubt (migrate_answer, migrate_recover).
+ * Live migration: the source side (ferry_migrate), the protocol's helpers both sides use, and
+ * the settling of a hand-over left in doubt (migrate_answer, migrate_recover); the destination
+ * is accept.c, the file check filecheck.c.
  *
  * The memory moves as a chain of images: a first image taken while the component runs
  * (--live), then incremental links of what it wrote meanwhile, each sent as it is taken
@@ -19,34 +20,22 @@
  * without a record) or "pending" while the source's worker still runs (it holds a lock).
  */
 #include <dirent.h>
-#include <fcntl.h>
 #include <inttypes.h>
 #include <poll.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/file.h>
-#include <sys/mman.h>
 #include <sys/random.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
-#include <sys/wait.h>
-#include <time.h>
-#include <xxhash.h>
 
 #include "cgroup.h"
-#include "image.h"
 #include "lazy.h"
 #include "migrate.h"
-#include "model.h"
-#include "procfs.h"
-#include "restore.h"
 #include "runtime.h"
 #include "util.h"
-
-#define CHUNK         (1u << 20)
-#define MAX_FILE_LINE 4200
 
 int kv_get(const char *buf, size_t len, const char *key, char *out, size_t outlen)
 {
@@ -69,7 +58,7 @@ int kv_get(const char *buf, size_t len, const char *key, char *out, size_t outle
 	return -ENOENT;
 }
 
-static uint64_t kv_u64(const char *buf, size_t len, const char *key)
+uint64_t kv_u64(const char *buf, size_t len, const char *key)
 {
 	char v[32];
 	return kv_get(buf, len, key, v, sizeof(v)) == 0 ? strtoull(v, NULL, 0) : 0;
@@ -80,7 +69,7 @@ static uint64_t kv_u64(const char *buf, size_t len, const char *key)
  * POINT kill its ferryd with SIGKILL (the worker follows by PR_SET_PDEATHSIG), as if the node
  * died there; FERRY_TEST_MIGRATE_CUT=POINT breaks the connection there.
  */
-static void test_point(struct channel *ch, const char *point)
+void test_point(struct channel *ch, const char *point)
 {
 	const char *kill_at = getenv("FERRY_TEST_MIGRATE_KILL");
 	const char *cut_at = getenv("FERRY_TEST_MIGRATE_CUT");
@@ -97,13 +86,13 @@ static void test_point(struct channel *ch, const char *point)
 }
 
 /* A file name inside an image directory: no path, no dot files. */
-static bool plain_name(const char *s)
+bool plain_name(const char *s)
 {
 	return s[0] && s[0] != '.' && !strchr(s, '/') && strlen(s) < 64;
 }
 
-static int recv_expect(struct channel *ch, uint8_t want, const void **buf, size_t *len,
-                       struct ferry_error *err)
+int recv_expect(struct channel *ch, uint8_t want, const void **buf, size_t *len,
+                struct ferry_error *err)
 {
 	uint8_t t;
 	int r = channel_recv(ch, &t, buf, len, err);
@@ -118,7 +107,7 @@ static int recv_expect(struct channel *ch, uint8_t want, const void **buf, size_
 }
 
 /* rm -r of a directory of plain files and one level of such directories. */
-static void remove_tree(const char *path)
+void remove_tree(const char *path)
 {
 	DIR *d = opendir(path);
 	struct dirent *de;
@@ -140,234 +129,9 @@ static void remove_tree(const char *path)
 	(void)rmdir(path);
 }
 
-static void mig_dir(const struct ferry_node *n, char *buf, size_t len)
+void mig_dir(const struct ferry_node *n, char *buf, size_t len)
 {
 	snprintf(buf, len, "%s/migrations", n->rt.state_dir);
-}
-
-/* ---- files the component uses: compared by content at the destination ---- */
-
-static int file_digest(const char *path, uint64_t *size, uint64_t *hash)
-{
-	_cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
-	_cleanup_free_ char *buf = NULL;
-	XXH3_state_t *st;
-	struct stat sb;
-	ssize_t n;
-
-	if (fd < 0)
-		return -errno;
-	if (fstat(fd, &sb) < 0)
-		return -errno;
-	if (!S_ISREG(sb.st_mode)) {
-		*size = 0;
-		*hash = S_ISDIR(sb.st_mode) ? 1 : 2;
-		return 0;
-	}
-	buf = malloc(CHUNK);
-	st = XXH3_createState();
-	if (!buf || !st) {
-		XXH3_freeState(st);
-		return -ENOMEM;
-	}
-	XXH3_64bits_reset(st);
-	*size = 0;
-	while ((n = read(fd, buf, CHUNK)) > 0) {
-		XXH3_64bits_update(st, buf, (size_t)n);
-		*size += (uint64_t)n;
-	}
-	*hash = XXH3_64bits_digest(st);
-	XXH3_freeState(st);
-	return n < 0 ? -errno : 0;
-}
-
-static int add_path(char ***v, size_t *n, const char *p)
-{
-	if (!p || p[0] != '/' || strchr(p, '\n') || strchr(p, '\t') || strlen(p) >= 4000)
-		return 0;
-	for (size_t i = 0; i < *n; i++)
-		if (strcmp((*v)[i], p) == 0)
-			return 0;
-	char **nv = realloc(*v, (*n + 1) * sizeof(char *));
-	if (!nv)
-		return -ENOMEM;
-	*v = nv;
-	if (!(nv[*n] = strdup(p)))
-		return -ENOMEM;
-	(*n)++;
-	return 0;
-}
-
-static void free_paths(char **paths, size_t n)
-{
-	for (size_t i = 0; i < n; i++)
-		free(paths[i]);
-	free(paths);
-}
-
-/* The model of image dir. */
-static int image_model(const char *dir, struct component **ret, struct ferry_error *err)
-{
-	struct image_reader *rd = NULL;
-	int r = image_reader_open(dir, &rd, err);
-
-	if (r == 0)
-		r = model_load(rd, ret, err);
-	image_reader_free(rd);
-	return r;
-}
-
-/* The files a component uses: its executable, mapped files, regular files and directories
- * open. */
-static int model_paths(const struct component *c, char ***paths, size_t *np,
-                       struct ferry_error *err)
-{
-	const struct process *p = &c->procs[0];
-	int r = add_path(paths, np, p->exe);
-
-	for (size_t i = 0; r == 0 && i < p->nvmas; i++)
-		if (p->vmas[i].kind == VMA_FILE_PRIVATE || p->vmas[i].kind == VMA_FILE_SHARED)
-			r = add_path(paths, np, p->vmas[i].path);
-	for (size_t i = 0; r == 0 && i < p->nfds; i++)
-		if (p->fds[i].kind == FD_FILE)
-			r = add_path(paths, np, p->fds[i].path);
-	return r < 0 ? ferr(err, r, "out of memory") : 0;
-}
-
-/*
- * The same, read from /proc while the component runs (a checkpoint checks again, frozen). The
- * log (its stdout and stderr) is left out: it moves along (send_log) and grows meanwhile.
- */
-static int proc_paths(pid_t pid, const char *log_path, char ***paths, size_t *np)
-{
-	char path[64], buf[PATH_MAX];
-	ssize_t n;
-	int r;
-
-	snprintf(path, sizeof(path), "/proc/%d/exe", pid);
-	n = readlink(path, buf, sizeof(buf) - 1);
-	if (n > 0) {
-		buf[n] = '\0';
-		if ((r = add_path(paths, np, buf)) < 0)
-			return r;
-	}
-	struct proc_map *maps = NULL;
-	size_t nmaps = 0;
-	if (procfs_maps(pid, &maps, &nmaps) == 0) {
-		for (size_t i = 0; i < nmaps; i++)
-			if (maps[i].ino && maps[i].path[0] == '/' &&
-			    !strstr(maps[i].path, " (deleted)") &&
-			    (r = add_path(paths, np, maps[i].path)) < 0)
-				break;
-		free(maps);
-	}
-	struct stat log_sb;
-	bool have_log = stat(log_path, &log_sb) == 0;
-	snprintf(path, sizeof(path), "/proc/%d/fd", pid);
-	DIR *d = opendir(path);
-	struct dirent *de;
-	while (d && (de = readdir(d))) {
-		char fdp[PATH_MAX];
-		struct stat sb;
-		snprintf(fdp, sizeof(fdp), "%s/%s", path, de->d_name);
-		n = readlink(fdp, buf, sizeof(buf) - 1);
-		if (n <= 0 || stat(fdp, &sb) < 0 || !(S_ISREG(sb.st_mode) || S_ISDIR(sb.st_mode)))
-			continue;
-		buf[n] = '\0';
-		if (strstr(buf, " (deleted)") ||
-		    (have_log && sb.st_dev == log_sb.st_dev && sb.st_ino == log_sb.st_ino))
-			continue;
-		if (add_path(paths, np, buf) < 0)
-			break;
-	}
-	if (d)
-		closedir(d);
-	return 0;
-}
-
-/* The list sent in MSG_FILES: "path\tsize\thash\n" per file. */
-static int files_list(char **paths, size_t np, char **ret, size_t *ret_len, struct ferry_error *err)
-{
-	size_t len = 0, cap = 0;
-	char *out = NULL;
-	int r = 0;
-
-	for (size_t i = 0; r == 0 && i < np; i++) {
-		uint64_t size = 0, hash = 0;
-		int e = file_digest(paths[i], &size, &hash);
-		if (e < 0) {
-			r = ferr(err, e, "file %s: %s", paths[i], strerror(-e));
-			break;
-		}
-		if (len + MAX_FILE_LINE > cap) {
-			cap = cap * 2 + 2 * MAX_FILE_LINE;
-			char *no = realloc(out, cap);
-			if (!no) {
-				r = ferr(err, -ENOMEM, "out of memory");
-				break;
-			}
-			out = no;
-		}
-		len += (size_t)snprintf(out + len, cap - len, "%s\t%" PRIu64 "\t%016" PRIx64 "\n",
-		                        paths[i], size, hash);
-	}
-	if (r < 0) {
-		free(out);
-		return r;
-	}
-	*ret = out ? out : strdup("");
-	*ret_len = len;
-	return 0;
-}
-
-/* Destination: the lines of list that differ here ("path: why"); *ret NULL if none. */
-static int files_compare(const char *list, size_t len, char **ret, size_t *ret_len)
-{
-	char *out = NULL;
-	size_t olen = 0, cap = 0;
-	const char *p = list, *end = list + len;
-
-	while (p < end) {
-		const char *nl = memchr(p, '\n', (size_t)(end - p));
-		if (!nl)
-			break;
-		char line[MAX_FILE_LINE], why[160] = "";
-		size_t ll = MIN((size_t)(nl - p), sizeof(line) - 1);
-		memcpy(line, p, ll);
-		line[ll] = '\0';
-		p = nl + 1;
-		char *t1 = strchr(line, '\t'), *t2 = t1 ? strchr(t1 + 1, '\t') : NULL;
-		if (!t2)
-			continue;
-		*t1 = *t2 = '\0';
-		uint64_t size = strtoull(t1 + 1, NULL, 10), hash = strtoull(t2 + 1, NULL, 16);
-		uint64_t hs = 0, hh = 0;
-		int e = file_digest(line, &hs, &hh);
-		if (e < 0)
-			snprintf(why, sizeof(why), "%s", strerror(-e));
-		else if (hh != hash && (hash <= 2 || hh <= 2))
-			snprintf(why, sizeof(why), "not the same type of file");
-		else if (hs != size)
-			snprintf(why, sizeof(why),
-			         "size %" PRIu64 " here, %" PRIu64 " at the source", hs, size);
-		else if (hh != hash)
-			snprintf(why, sizeof(why), "content differs");
-		if (!why[0])
-			continue;
-		if (olen + strlen(line) + strlen(why) + 8 > cap) {
-			cap = cap * 2 + 8192;
-			char *no = realloc(out, cap);
-			if (!no) {
-				free(out);
-				return -ENOMEM;
-			}
-			out = no;
-		}
-		olen += (size_t)snprintf(out + olen, cap - olen, "%s: %s\n", line, why);
-	}
-	*ret = out;
-	*ret_len = olen;
-	return 0;
 }
 
 /* ---- the source ---- */
@@ -426,7 +190,7 @@ static void progress(struct src *s, const char *phase, uint32_t round, uint64_t 
 	s->o->progress(s->o->progress_arg, &p);
 }
 
-static uint64_t get_le64(const uint8_t *p)
+uint64_t get_le64(const uint8_t *p)
 {
 	uint64_t v = 0;
 	for (int i = 7; i >= 0; i--)
@@ -434,7 +198,7 @@ static uint64_t get_le64(const uint8_t *p)
 	return v;
 }
 
-static void put_le64(uint8_t *p, uint64_t v)
+void put_le64(uint8_t *p, uint64_t v)
 {
 	for (int i = 0; i < 8; i++)
 		p[i] = (uint8_t)(v >> (8 * i));
@@ -460,7 +224,8 @@ static int send_extents(struct channel *ch, int fd, char *buf, uint64_t from, ui
 		if (d < 0 || hole < 0)
 			return ferr(err, -errno, "seeking data at %" PRIu64 ": %m", off);
 		for (off = (uint64_t)d; off < MIN((uint64_t)hole, size);) {
-			size_t n = (size_t)MIN((uint64_t)CHUNK, MIN((uint64_t)hole, size) - off);
+			size_t n =
+			        (size_t)MIN((uint64_t)MIG_CHUNK, MIN((uint64_t)hole, size) - off);
 			uint8_t pos[8];
 			int r = pread_full(fd, buf, n, (off_t)off);
 			if (r < 0)
@@ -731,7 +496,7 @@ static int post_send(struct src *s, uint64_t off, uint64_t len, struct ferry_err
 		const struct post_run *pr = &s->post[i];
 		uint64_t a = MAX(off, pr->off), e = MIN(off + len, pr->off + pr->len);
 		while (a < e) {
-			size_t n = (size_t)MIN((uint64_t)CHUNK, e - a);
+			size_t n = (size_t)MIN((uint64_t)MIG_CHUNK, e - a);
 			uint64_t addr = pr->addr + (a - pr->off);
 			struct iovec l = {s->buf, n}, rv = {(void *)addr, n};
 			uint8_t pos[8];
@@ -787,13 +552,13 @@ static int post_stream(struct src *s, struct ferry_error *err)
 	int r = 0;
 
 	for (size_t i = 0; r == 0 && i < s->npost; i++)
-		for (uint64_t a = 0; r == 0 && a < s->post[i].len; a += CHUNK) {
+		for (uint64_t a = 0; r == 0 && a < s->post[i].len; a += MIG_CHUNK) {
 			r = post_requests(s, err);
 			if (i == 0 && a == 0)
 				test_point(s->ch, "src-postcopy");
 			if (r == 0)
 				r = post_send(s, s->post[i].off + a,
-				              MIN((uint64_t)CHUNK, s->post[i].len - a), err);
+				              MIN((uint64_t)MIG_CHUNK, s->post[i].len - a), err);
 		}
 	if (r == 0)
 		r = channel_send(s->ch, MSG_PAGES_END, NULL, 0, err);
@@ -1064,7 +829,7 @@ int ferry_migrate(const struct ferry_node *n, const char *name, const char *to,
 	snprintf(s.intent, sizeof(s.intent), "%s/%s", mdir, s.id);
 	snprintf(s.decided, sizeof(s.decided), "%s/%s.handed-over", mdir, s.id);
 	snprintf(s.work, sizeof(s.work), "%s/%s.d", mdir, s.id);
-	s.buf = malloc(CHUNK);
+	s.buf = malloc(MIG_CHUNK);
 	if (!s.buf)
 		return ferr(err, -ENOMEM, "out of memory");
 
@@ -1190,541 +955,6 @@ out:
 	src_cleanup(&s);
 	if (ret)
 		*ret = st;
-	return r;
-}
-
-/* ---- the destination ---- */
-
-struct post_dst;
-
-struct dst {
-	const struct ferry_node *n;
-	struct channel *ch;
-	int fd;
-	char id[33];
-	char name[FERRY_NAME_MAX];
-	char source_addr[FERRY_ADDR_MAX];
-	char dir[PATH_MAX];
-	unsigned links; /* complete links received */
-	bool *held;     /* shared with the monitor: the hold was reached */
-	pid_t pid;
-	char pages_name[64];              /* the pages file the current link brought */
-	char postcopy_img[PATH_MAX];      /* post-copy: the image whose holes come later */
-	struct lazy_source post_src_slot; /* filled in the monitor by post_begin */
-	struct post_dst *post;            /* post-copy, in the monitor */
-};
-
-/*
- * Post-copy, the destination (in the restoring monitor): one thread receives every message
- * from the source from the restore on; the pages go into the image's pages file (holes until
- * then) and a bitmap; the lazy restore's reads wait for their pages there, asking the source
- * first when a thread of the component waits. GO or ABORT are handed to the hold.
- */
-struct post_dst {
-	struct dst *d;
-	int fd; /* the pages file, read-write */
-	pthread_mutex_t mu;
-	pthread_cond_t cond;
-	pthread_mutex_t send_mu; /* sends come from the hold, the fault handler and the receiver */
-	uint64_t *have;          /* a bit per page of the pages file */
-	uint64_t npages, missing;
-	bool end;   /* the source sent everything */
-	int ctl;    /* GO or ABORT received, 0 until then */
-	int failed; /* the connection failed: -errno */
-	struct lazy_source src;
-};
-
-static bool have_all(struct post_dst *pd, uint64_t off, uint64_t len)
-{
-	for (uint64_t pg = off / 4096; pg < (off + len + 4095) / 4096 && pg < pd->npages; pg++)
-		if (!(pd->have[pg / 64] & (1ull << (pg % 64))))
-			return false;
-	return true;
-}
-
-static void have_set(struct post_dst *pd, uint64_t off, uint64_t len)
-{
-	for (uint64_t pg = off / 4096; pg < (off + len) / 4096 && pg < pd->npages; pg++)
-		if (!(pd->have[pg / 64] & (1ull << (pg % 64)))) {
-			pd->have[pg / 64] |= 1ull << (pg % 64);
-			pd->missing--;
-		}
-}
-
-static int post_dst_send(struct post_dst *pd, uint8_t type, const void *b, size_t l)
-{
-	struct ferry_error e;
-	pthread_mutex_lock(&pd->send_mu);
-	int r = channel_send(pd->d->ch, type, b, l, &e);
-	pthread_mutex_unlock(&pd->send_mu);
-	return r;
-}
-
-/* lazy_source read: the pages, once here. */
-static int post_read(void *arg, const struct lazy_piece *p, void *buf)
-{
-	struct post_dst *pd = arg;
-	bool asked = false;
-
-	pthread_mutex_lock(&pd->mu);
-	while (!have_all(pd, p->off, p->len) && !pd->failed) {
-		if (p->urgent && !asked) {
-			uint8_t q[16];
-			put_le64(q, p->off);
-			put_le64(q + 8, p->len);
-			pthread_mutex_unlock(&pd->mu);
-			(void)post_dst_send(pd, MSG_REQ, q, sizeof(q));
-			pthread_mutex_lock(&pd->mu);
-			asked = true;
-			continue;
-		}
-		pthread_cond_wait(&pd->cond, &pd->mu);
-	}
-	int failed = pd->failed;
-	pthread_mutex_unlock(&pd->mu);
-	if (failed && !have_all(pd, p->off, p->len))
-		return -EIO; /* the source is gone: these pages are lost */
-	return pread_full(pd->fd, buf, p->len, (off_t)p->off);
-}
-
-static void *post_receiver(void *arg)
-{
-	struct post_dst *pd = arg;
-	struct ferry_error e = {0};
-
-	channel_set_timeout(pd->d->ch, 0);
-	for (;;) {
-		uint8_t t;
-		const void *b;
-		size_t l;
-		int r = channel_recv(pd->d->ch, &t, &b, &l, &e);
-		if (r == 0 && t == MSG_PAGES && l >= 8) {
-			uint64_t off = get_le64(b);
-			r = pwrite_full(pd->fd, (const uint8_t *)b + 8, l - 8, (off_t)off);
-			pthread_mutex_lock(&pd->mu);
-			if (r == 0)
-				have_set(pd, off, l - 8);
-		} else {
-			pthread_mutex_lock(&pd->mu);
-			if (r == 0 && t == MSG_PAGES_END)
-				pd->end = true;
-			else if (r == 0 && (t == MSG_GO || t == MSG_ABORT))
-				pd->ctl = t;
-			else if (r == 0)
-				r = -EPROTO;
-		}
-		if (r < 0)
-			pd->failed = r;
-		bool done = pd->end && pd->missing == 0;
-		pthread_cond_broadcast(&pd->cond);
-		pthread_mutex_unlock(&pd->mu);
-		if (r < 0)
-			return NULL;
-		if (done) {
-			(void)post_dst_send(pd, MSG_PAGES_ACK, NULL, 0);
-			return NULL;
-		}
-	}
-}
-
-/* In the monitor, before the restore: the pages file, what it holds, the receiver. */
-static int post_begin(struct dst *d, const char *img, struct ferry_error *err)
-{
-	struct post_dst *pd = calloc(1, sizeof(*pd));
-	char path[PATH_MAX + 80];
-	struct stat sb;
-	pthread_t th;
-
-	if (!pd)
-		return ferr(err, -ENOMEM, "out of memory");
-	pd->d = d;
-	pthread_mutex_init(&pd->mu, NULL);
-	pthread_mutex_init(&pd->send_mu, NULL);
-	pthread_cond_init(&pd->cond, NULL);
-	snprintf(path, sizeof(path), "%s/%s", img, d->pages_name);
-	pd->fd = open(path, O_RDWR | O_CLOEXEC);
-	if (pd->fd < 0 || fstat(pd->fd, &sb) < 0)
-		return ferr(err, -errno, "post-copy: %s: %m", path);
-	pd->npages = ((uint64_t)sb.st_size + 4095) / 4096;
-	pd->have = calloc(pd->npages / 64 + 1, sizeof(uint64_t));
-	if (!pd->have)
-		return ferr(err, -ENOMEM, "out of memory");
-	pd->missing = pd->npages;
-	/* what came with the image is here; the holes are the deferred pages */
-	for (off_t at = 0; at < sb.st_size;) {
-		off_t dt = lseek(pd->fd, at, SEEK_DATA);
-		if (dt < 0)
-			break;
-		off_t hole = lseek(pd->fd, dt, SEEK_HOLE);
-		if (hole < 0)
-			hole = sb.st_size;
-		have_set(pd, (uint64_t)dt, (uint64_t)(hole - dt));
-		at = hole;
-	}
-	pd->src = (struct lazy_source){.read = post_read, .arg = pd};
-	d->post_src_slot = pd->src;
-	d->post = pd;
-	if (pthread_create(&th, NULL, post_receiver, pd) != 0)
-		return ferr(err, -EAGAIN, "post-copy: starting the receiver: %m");
-	pthread_detach(th);
-	return 0;
-}
-
-/* The data of a file send_extents sends, written at its offsets into fd. */
-static int recv_extents(struct dst *d, int fd, const char *what, struct ferry_error *err)
-{
-	for (;;) {
-		uint8_t t;
-		const void *b;
-		size_t l;
-		int r = channel_recv(d->ch, &t, &b, &l, err);
-		if (r < 0)
-			return r;
-		if (t == MSG_END)
-			return 0;
-		if (t != MSG_DATA || l < 8 || fd < 0)
-			return ferr(err, -EPROTO, "%s: unexpected message %u", what, t);
-		r = pwrite_full(fd, (const uint8_t *)b + 8, l - 8, (off_t)get_le64(b));
-		if (r < 0)
-			return ferr(err, r, "%s: %s", what, strerror(-r));
-	}
-}
-
-static int dst_image_file(struct dst *d, const void *b, size_t l, bool link_only,
-                          struct ferry_error *err)
-{
-	char name[64], from_name[64], path[PATH_MAX], from[PATH_MAX], ldir[PATH_MAX];
-	unsigned k = (unsigned)kv_u64(b, l, "link");
-
-	if (kv_get(b, l, "name", name, sizeof(name)) < 0 || !plain_name(name) || k > d->links)
-		return ferr(err, -EPROTO, "bad image file header");
-	snprintf(ldir, sizeof(ldir), "%s/%u", d->dir, k);
-	if (mkdir(ldir, 0700) < 0 && errno != EEXIST)
-		return ferr(err, -errno, "%s: %m", ldir);
-	snprintf(path, sizeof(path), "%s/%s", ldir, name);
-	if (link_only) {
-		unsigned j = (unsigned)kv_u64(b, l, "from");
-		if (kv_get(b, l, "fromname", from_name, sizeof(from_name)) < 0 ||
-		    !plain_name(from_name) || j >= k)
-			return ferr(err, -EPROTO, "bad image link header");
-		snprintf(from, sizeof(from), "%s/%u/%s", d->dir, j, from_name);
-		if (link(from, path) < 0)
-			return ferr(err, -errno, "linking %s to %s: %m", path, from);
-		return 0;
-	}
-	_cleanup_close_ int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-	if (fd < 0 || ftruncate(fd, (off_t)kv_u64(b, l, "size")) < 0)
-		return ferr(err, -errno, "%s: %m", path);
-	if (strncmp(name, "pages-", 6) == 0)
-		snprintf(d->pages_name, sizeof(d->pages_name), "%s", name);
-	return recv_extents(d, fd, path, err);
-}
-
-static int dst_log(struct dst *d, const void *b, size_t l, struct ferry_error *err)
-{
-	char dir[PATH_MAX], path[PATH_MAX], id[32];
-	uint64_t off = kv_u64(b, l, "offset");
-	int r;
-
-	if (kv_get(b, l, "id", id, sizeof(id)) < 0)
-		return ferr(err, -EPROTO, "bad log header");
-	runtime_dir(&d->n->rt, d->name, dir, sizeof(dir));
-	r = mkdir_p(dir, 0700);
-	if (r < 0)
-		return ferr(err, r, "%s: %s", dir, strerror(-r));
-	snprintf(path, sizeof(path), "%s/log.id", dir);
-	_cleanup_close_ int idfd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-	if (idfd < 0)
-		return ferr(err, -errno, "%s: %m", path);
-	char line[40];
-	snprintf(line, sizeof(line), "%s\n", id);
-	r = write_full(idfd, line, strlen(line));
-	if (r < 0)
-		return ferr(err, r, "%s: %s", path, strerror(-r));
-	runtime_log_path(&d->n->rt, d->name, path, sizeof(path));
-	_cleanup_close_ int fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
-	if (fd < 0 || ftruncate(fd, (off_t)off) < 0)
-		return ferr(err, -errno, "log %s: %m", path);
-	return recv_extents(d, fd, path, err);
-}
-
-static int dst_carry(struct dst *d, const void *b, size_t l, struct ferry_error *err)
-{
-	char path[4096], tmp[4200];
-	uint64_t mode = 0, uid, gid;
-	struct timespec ts[2];
-	int r;
-
-	if (kv_get(b, l, "path", path, sizeof(path)) < 0 || path[0] != '/' || strstr(path, "/../"))
-		return ferr(err, -EPROTO, "bad carried file header");
-	char m[16];
-	if (kv_get(b, l, "mode", m, sizeof(m)) == 0)
-		mode = strtoull(m, NULL, 8);
-	uid = kv_u64(b, l, "uid");
-	gid = kv_u64(b, l, "gid");
-	ts[0].tv_sec = ts[1].tv_sec = (time_t)kv_u64(b, l, "mtime");
-	ts[0].tv_nsec = ts[1].tv_nsec = (long)kv_u64(b, l, "mtime_ns");
-	if (kv_u64(b, l, "dir")) {
-		r = mkdir_p(path, (mode_t)mode);
-		if (r < 0)
-			return ferr(err, r, "carried directory %s: %s", path, strerror(-r));
-		return recv_extents(d, -1, path, err);
-	}
-	char parent[4096];
-	snprintf(parent, sizeof(parent), "%s", path);
-	char *slash = strrchr(parent, '/');
-	if (slash && slash != parent) {
-		*slash = '\0';
-		(void)mkdir_p(parent, 0755);
-	}
-	snprintf(tmp, sizeof(tmp), "%s.ferry-carry", path);
-	_cleanup_close_ int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-	if (fd < 0 || ftruncate(fd, (off_t)kv_u64(b, l, "size")) < 0)
-		return ferr(err, -errno, "carried file %s: %m", tmp);
-	r = recv_extents(d, fd, tmp, err);
-	if (r == 0 && (fchmod(fd, (mode_t)mode) < 0 || fchown(fd, (uid_t)uid, (gid_t)gid) < 0 ||
-	               futimens(fd, ts) < 0 || fsync(fd) < 0 || rename(tmp, path) < 0))
-		r = ferr(err, -errno, "carried file %s: %m", path);
-	if (r < 0)
-		(void)unlink(tmp);
-	return r;
-}
-
-/* In the monitor at the destination: ask the source how migration id ended, until it says. */
-static int ask_source(struct dst *d, struct ferry_error *err)
-{
-	struct channel_key key;
-	memcpy(key.k, d->n->key, sizeof(key.k));
-	for (unsigned attempt = 0;; attempt++) {
-		struct ferry_error e = {0};
-		struct channel *ch = NULL;
-		char q[64], out[32];
-		const void *b;
-		size_t l;
-		int fd = node_connect(d->source_addr, 2000, &e);
-		int r = fd < 0 ? fd : channel_open(fd, &key, true, d->n->name, 5000, &ch, &e);
-		if (r == 0) {
-			snprintf(q, sizeof(q), "id=%s\n", d->id);
-			r = channel_send(ch, MSG_OUTCOME, q, strlen(q), &e);
-		}
-		if (r == 0)
-			r = recv_expect(ch, MSG_ANSWER, &b, &l, &e);
-		if (r == 0 && kv_get(b, l, "outcome", out, sizeof(out)) < 0)
-			r = -EPROTO;
-		channel_free(ch);
-		safe_close(fd);
-		if (r == 0 && strcmp(out, "handed-over") == 0)
-			return 0;
-		if (r == 0 && strcmp(out, "aborted") == 0)
-			return ferr(err, -ECANCELED, "the source aborted the migration");
-		/* pending, or the source node is down: it decides, we wait */
-		usleep(attempt < 50 ? 100000 : 1000000);
-	}
-}
-
-static int dst_hold(void *arg, enum restore_phase phase, pid_t pid,
-                    const struct ferry_restore_stats *rst, struct ferry_error *err)
-{
-	struct dst *d = arg;
-	char text[128];
-	uint8_t t;
-	const void *b;
-	size_t l;
-	int r;
-
-	if (phase == RESTORE_BEGIN)
-		return d->postcopy_img[0] ? post_begin(d, d->postcopy_img, err) : 0;
-	if (phase == RESTORE_RUNNING && d->post) {
-		/* the receiver goes on with the connection until every page is here */
-		snprintf(text, sizeof(text), "restore_ns=%" PRIu64 "\npid=%d\n", rst->total_ns,
-		         pid);
-		(void)post_dst_send(d->post, MSG_DONE, text, strlen(text));
-		return 0;
-	}
-	if (phase == RESTORE_HOLD && d->post) {
-		struct post_dst *pd = d->post;
-		*d->held = true;
-		snprintf(text, sizeof(text), "restore_ns=%" PRIu64 "\n", rst->total_ns);
-		if (post_dst_send(pd, MSG_READY, text, strlen(text)) == 0) {
-			pthread_mutex_lock(&pd->mu);
-			while (!pd->ctl && !pd->failed)
-				pthread_cond_wait(&pd->cond, &pd->mu);
-			int ctl = pd->ctl;
-			pthread_mutex_unlock(&pd->mu);
-			if (ctl == MSG_GO)
-				return 0;
-			if (ctl == MSG_ABORT)
-				return ferr(err, -ECANCELED, "the source aborted the migration");
-		}
-		return ask_source(d, err);
-	}
-	if (phase == RESTORE_RUNNING) {
-		struct ferry_error e = {0};
-		snprintf(text, sizeof(text), "restore_ns=%" PRIu64 "\npid=%d\n", rst->total_ns,
-		         pid);
-		(void)channel_send(d->ch, MSG_DONE, text, strlen(text), &e);
-		/* this monitor parents the component from now on: the connection is done */
-		channel_free(d->ch);
-		d->ch = NULL;
-		d->fd = safe_close(d->fd);
-		return 0;
-	}
-	*d->held = true;
-	snprintf(text, sizeof(text), "restore_ns=%" PRIu64 "\n", rst->total_ns);
-	r = channel_send(d->ch, MSG_READY, text, strlen(text), err);
-	if (getenv("FERRY_TEST_MIGRATE_CUT") &&
-	    strcmp(getenv("FERRY_TEST_MIGRATE_CUT"), "dst-ready") == 0)
-		test_point(d->ch, "dst-ready"); /* the monitor: never the kill hook */
-	if (r == 0) {
-		/* the source decides in moments; a silent link is settled by asking it */
-		channel_set_timeout(d->ch, 30000);
-		r = channel_recv(d->ch, &t, &b, &l, err);
-	}
-	if (r == 0 && t == MSG_GO)
-		return 0;
-	if (r == 0 && t == MSG_ABORT)
-		return ferr(err, -ECANCELED, "the source aborted the migration");
-	if (r == 0)
-		return ferr(err, -EPROTO, "unexpected message %u while held", t);
-	return ask_source(d, err);
-}
-
-int migrate_accept(const struct ferry_node *n, struct channel *ch, int fd, const char *offer,
-                   size_t len, struct ferry_error *err)
-{
-	struct dst d = {.n = n, .ch = ch, .fd = fd};
-	struct ferry_component cur;
-	char mdir[PATH_MAX], lockp[PATH_MAX + 8];
-	_cleanup_close_ int lock = -EBADF;
-	bool *held = NULL;
-	int r;
-
-	if (kv_get(offer, len, "id", d.id, sizeof(d.id)) < 0 || strlen(d.id) != 32 ||
-	    kv_get(offer, len, "name", d.name, sizeof(d.name)) < 0 ||
-	    kv_get(offer, len, "source_addr", d.source_addr, sizeof(d.source_addr)) < 0) {
-		r = ferr(err, -EPROTO, "malformed offer");
-		goto refuse;
-	}
-	for (const char *p = d.id; *p; p++)
-		if (!((*p >= '0' && *p <= '9') || (*p >= 'a' && *p <= 'f'))) {
-			r = ferr(err, -EPROTO, "malformed offer");
-			goto refuse;
-		}
-	if (!ferry_name_valid(d.name)) {
-		r = ferr(err, -EINVAL, "invalid component name '%s'", d.name);
-		goto refuse;
-	}
-	if (ferry_component_get(&n->rt, d.name, &cur, NULL) == 0 &&
-	    cur.state == FERRY_STATE_RUNNING) {
-		r = ferr(err, -EEXIST, "node %s already runs a component named %s", n->name,
-		         d.name);
-		goto refuse;
-	}
-	mig_dir(n, mdir, sizeof(mdir));
-	snprintf(d.dir, sizeof(d.dir), "%s/in-%s", mdir, d.id);
-	snprintf(lockp, sizeof(lockp), "%s.lock", d.dir);
-	r = mkdir_p(mdir, 0700);
-	if (r == 0 && mkdir(d.dir, 0700) < 0)
-		r = -errno;
-	if (r < 0) {
-		r = ferr(err, r, "%s: %s", d.dir, strerror(-r));
-		goto refuse;
-	}
-	lock = open(lockp, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-	if (lock < 0 || flock(lock, LOCK_EX) < 0) {
-		r = ferr(err, -errno, "%s: %m", lockp);
-		goto refuse;
-	}
-	held = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-	if (held == MAP_FAILED) {
-		held = NULL;
-		r = ferr(err, -errno, "mmap: %m");
-		goto refuse;
-	}
-	d.held = held;
-	r = channel_send(ch, MSG_ACCEPT, NULL, 0, err);
-	channel_set_timeout(ch, 300000);
-	while (r == 0) {
-		uint8_t t;
-		const void *b;
-		size_t l;
-		r = channel_recv(ch, &t, &b, &l, err);
-		if (r < 0)
-			break;
-		if (t == MSG_IMG_BEGIN || t == MSG_IMG_LINK) {
-			r = dst_image_file(&d, b, l, t == MSG_IMG_LINK, err);
-		} else if (t == MSG_LINK_DONE) {
-			unsigned k = (unsigned)kv_u64(b, l, "link");
-			if (k != d.links) {
-				r = ferr(err, -EPROTO, "link %u out of order", k);
-				break;
-			}
-			d.links++;
-			r = channel_send(ch, MSG_LINK_ACK, b, l, err);
-			test_point(ch, "dst-link");
-		} else if (t == MSG_FILES) {
-			_cleanup_free_ char *diff = NULL;
-			size_t dl = 0;
-			r = files_compare(b, l, &diff, &dl);
-			if (r < 0)
-				r = ferr(err, r, "comparing files: out of memory");
-			else if (diff)
-				r = channel_send(ch, MSG_FILES_DIFF, diff, dl, err);
-			else
-				r = channel_send(ch, MSG_FILES_OK, NULL, 0, err);
-		} else if (t == MSG_CARRY) {
-			r = dst_carry(&d, b, l, err);
-		} else if (t == MSG_LOG) {
-			r = dst_log(&d, b, l, err);
-		} else if (t == MSG_PREPARE) {
-			unsigned k = (unsigned)kv_u64(b, l, "link");
-			char img[PATH_MAX];
-			if (k + 1 != d.links) {
-				r = ferr(err, -EPROTO, "prepare of link %u, have %u", k, d.links);
-				break;
-			}
-			snprintf(img, sizeof(img), "%s/%u", d.dir, k);
-			test_point(ch, "dst-prepare");
-			/* the stream is authenticated: the image is what the source wrote. Memory
-			 * comes in after the component runs (lazily), so the downtime does not
-			 * grow with it */
-			struct restore_opts ro = {.flags = RESTORE_FILES_CHECKED | RESTORE_LAZY,
-			                          .hold = dst_hold,
-			                          .hold_arg = &d};
-			if (kv_u64(b, l, "postcopy")) {
-				if (!d.pages_name[0]) {
-					r = ferr(err, -EPROTO, "post-copy without a pages file");
-					break;
-				}
-				/* the monitor makes the source its receiver gives; this points at
-				 * it */
-				snprintf(d.postcopy_img, sizeof(d.postcopy_img), "%s", img);
-				ro.lazy_src = &d.post_src_slot;
-			}
-			struct ferry_restore_stats rst;
-			r = restore_image(&n->rt, img, d.name, &ro, &d.pid, &rst, err);
-			if (r < 0 && !*held) {
-				struct ferry_error e2;
-				(void)channel_send(ch, MSG_FAIL, err->msg, strlen(err->msg), &e2);
-			}
-			break; /* the monitor spoke for us from the hold on */
-		} else if (t == MSG_ABORT) {
-			r = ferr(err, -ECANCELED, "the source aborted the migration");
-		} else {
-			r = ferr(err, -EPROTO, "unexpected message %u", t);
-		}
-	}
-	if (held)
-		munmap(held, 4096);
-	remove_tree(d.dir);
-	(void)unlink(lockp);
-	if (r < 0)
-		ferr_prefix(err, "migration %s of %s from %s", d.id, d.name, channel_peer_name(ch));
-	return r;
-refuse : {
-	struct ferry_error e2;
-	(void)channel_send(ch, MSG_REFUSE, err->msg, strlen(err->msg), &e2);
-}
 	return r;
 }
 
