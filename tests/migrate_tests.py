@@ -298,6 +298,39 @@ def postcopy_source_lost(ctx):
     ctx.wait_for("no copy left after the source was lost in post-copy", none_left, 30)
 
 
+def postcopy_sparse(ctx):
+    """Post-copy defers whole anonymous mappings without scanning them in the freeze: a 1 GiB
+    mapping of which python3 wrote one page in 256 arrives intact, its empty pages are neither
+    sent (MSG_ZERO) nor allocated at the destination (the filler leaves them unfilled)."""
+    py = h.need("python3")
+    key = make_key(ctx)
+    a, b = Node(ctx, "A", key).start(), Node(ctx, "B", key).start()
+    go = os.path.join(ctx.root, "sparse-go")
+    code = ("import mmap, os, sys, time\n"
+            "m = mmap.mmap(-1, 1 << 30, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)\n"
+            "for i in range(0, 1 << 30, 1 << 20):\n    m[i] = (i >> 20) % 251 + 1\n"
+            "print('READY', flush=True)\n"
+            "while not os.path.exists(sys.argv[1]):\n    time.sleep(0.05)\n"
+            "bad = sum(m[i] != (i >> 20) % 251 + 1 for i in range(0, 1 << 30, 1 << 20))\n"
+            "rss = [l.split()[1] for l in open('/proc/self/status') if l.startswith('VmRSS')]\n"
+            "print('CHECK', bad, rss[0], flush=True)\n"
+            "while True:\n    time.sleep(1)\n")
+    a.ferry("run", "--name", "s", "--", py, "-c", code, go)
+    ctx.wait_for("s READY", lambda: "READY" in a.ferry("logs", "s")[1], 30)
+    _, j, _ = migrate(ctx, a, "s", b, "--mode", "postcopy")
+    if j.get("post_error") or j["bytes_postcopy"] > 64 << 20:
+        raise h.Fail(f"post-copy of a sparse GiB sent {j['bytes_postcopy']} bytes: {j}")
+    lazy = os.path.join(b.state, "s", "lazy")
+    ctx.wait_for("the destination's filler to end", lambda: not os.path.exists(lazy), 30)
+    open(go, "w").close()
+    log = ctx.wait_for("CHECK", lambda: (lambda t: t if "CHECK" in t else None)(
+        b.ferry("logs", "s")[1]), 30)
+    bad, rss = [line.split()[1:] for line in log.splitlines() if line.startswith("CHECK")][0]
+    if bad != "0" or int(rss) > 256 << 10:
+        raise h.Fail(f"after post-copy: {bad} pages wrong, VmRSS {rss} kB (empty pages "
+                     "must stay unallocated)", h.tail(log, 3))
+
+
 def wrong_key(ctx):
     """A node with another key is refused before anything is sent; the component runs on."""
     a = Node(ctx, "A", make_key(ctx)).start()
@@ -469,7 +502,7 @@ def veth(ctx):
 
 def tests():
     t = [("there-and-back", there_and_back), ("modes", modes),
-         ("postcopy-source-lost", postcopy_source_lost), ("wrong-key", wrong_key),
+         ("postcopy-source-lost", postcopy_source_lost), ("postcopy-sparse", postcopy_sparse), ("wrong-key", wrong_key),
          ("files", files_differ), ("log", log_moves), ("veth", veth), ("random-kills", random_kills)]
     for point, where in KILL_POINTS:
         t.append((f"kill-{point}", lambda ctx, p=point, w=where: kill_point(ctx, p, w, False)))

@@ -52,6 +52,7 @@ struct post_dst {
 	pthread_cond_t cond;
 	pthread_mutex_t send_mu; /* sends come from the hold, the fault handler and the receiver */
 	uint64_t *have;          /* a bit per page of the pages file */
+	uint64_t *empty;         /* a bit per page the source found empty (MSG_ZERO) */
 	uint64_t npages, missing;
 	bool end;   /* the source sent everything */
 	int ctl;    /* GO or ABORT received, 0 until then */
@@ -59,12 +60,17 @@ struct post_dst {
 	struct lazy_source src;
 };
 
-static bool have_all(struct post_dst *pd, uint64_t off, uint64_t len)
+static bool all_set(const uint64_t *bits, uint64_t npages, uint64_t off, uint64_t len)
 {
-	for (uint64_t pg = off / 4096; pg < (off + len + 4095) / 4096 && pg < pd->npages; pg++)
-		if (!(pd->have[pg / 64] & (1ull << (pg % 64))))
+	for (uint64_t pg = off / 4096; pg < (off + len + 4095) / 4096 && pg < npages; pg++)
+		if (!(bits[pg / 64] & (1ull << (pg % 64))))
 			return false;
 	return true;
+}
+
+static bool have_all(struct post_dst *pd, uint64_t off, uint64_t len)
+{
+	return all_set(pd->have, pd->npages, off, len);
 }
 
 static void have_set(struct post_dst *pd, uint64_t off, uint64_t len)
@@ -106,9 +112,12 @@ static int post_read(void *arg, const struct lazy_piece *p, void *buf)
 		pthread_cond_wait(&pd->cond, &pd->mu);
 	}
 	int failed = pd->failed;
+	bool empty = all_set(pd->empty, pd->npages, p->off, p->len);
 	pthread_mutex_unlock(&pd->mu);
 	if (failed && !have_all(pd, p->off, p->len))
 		return -EIO; /* the source is gone: these pages are lost */
+	if (empty)
+		return LAZY_EMPTY;
 	return pread_full(pd->fd, buf, p->len, (off_t)p->off);
 }
 
@@ -123,7 +132,15 @@ static void *post_receiver(void *arg)
 		const void *b;
 		size_t l;
 		int r = channel_recv(pd->d->ch, &t, &b, &l, &e);
-		if (r == 0 && t == MSG_PAGES && l >= 8) {
+		if (r == 0 && t == MSG_ZERO && l == 16) {
+			/* empty at the source: the hole in the file reads as zeros */
+			uint64_t off = get_le64(b), len = get_le64((const uint8_t *)b + 8);
+			pthread_mutex_lock(&pd->mu);
+			for (uint64_t pg = off / 4096; pg < (off + len) / 4096 && pg < pd->npages;
+			     pg++)
+				pd->empty[pg / 64] |= 1ull << (pg % 64);
+			have_set(pd, off, len);
+		} else if (r == 0 && t == MSG_PAGES && l >= 8) {
 			uint64_t off = get_le64(b);
 			r = pwrite_full(pd->fd, (const uint8_t *)b + 8, l - 8, (off_t)off);
 			pthread_mutex_lock(&pd->mu);
@@ -172,7 +189,8 @@ static int post_begin(struct dst *d, const char *img, struct ferry_error *err)
 		return ferr(err, -errno, "post-copy: %s: %m", path);
 	pd->npages = ((uint64_t)sb.st_size + 4095) / 4096;
 	pd->have = calloc(pd->npages / 64 + 1, sizeof(uint64_t));
-	if (!pd->have)
+	pd->empty = calloc(pd->npages / 64 + 1, sizeof(uint64_t));
+	if (!pd->have || !pd->empty)
 		return ferr(err, -ENOMEM, "out of memory");
 	pd->missing = pd->npages;
 	/* what came with the image is here; the holes are the deferred pages */

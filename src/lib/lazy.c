@@ -277,6 +277,10 @@ static int serve(struct lazy *lz, uint64_t addr, uint8_t *buf, const uint8_t *ze
 		int r = lz->src.read(lz->src.arg, &p, buf);
 		if (r < 0)
 			return r;
+		if (r == LAZY_EMPTY)
+			data = false;
+	}
+	if (data) {
 		n = copy_in(lz, lo, buf, hi - lo);
 		if (n < 0 && n != -EAGAIN && n != -ESRCH && hi - lo > PG) {
 			at = addr; /* only the page faulted */
@@ -487,6 +491,39 @@ bool lazy_tracks(const struct lazy *lz)
 
 /* ---- the filler ---- */
 
+static bool page_zero(const uint8_t *p)
+{
+	const uint64_t *w = (const uint64_t *)(const void *)p;
+	for (size_t i = 0; i < PG / sizeof(*w); i++)
+		if (w[i])
+			return false;
+	return true;
+}
+
+/* Install buf's [*done, end) at dst + *done on, narrowing down where the layout changed. */
+static int copy_range(struct lazy *lz, uint64_t dst, const uint8_t *buf, uint64_t *done,
+                      uint64_t end)
+{
+	for (uint64_t want = end - *done; *done < end;) {
+		long n = copy_in(lz, dst + *done, buf + *done, MIN(want, end - *done));
+		if (n > 0) {
+			*done += (uint64_t)n;
+			want = end - *done;
+		} else if (n == -EEXIST) {
+			*done += PG; /* the handler was first */
+		} else if (n == -ENOENT || n == -EINVAL) {
+			/* not registered there (a mapping split or unmapped since): narrow down */
+			if (want > PG)
+				want = MAX(PG, (want / 2) & ~(PG - 1));
+			else
+				*done += PG;
+		} else {
+			return (int)n;
+		}
+	}
+	return 0;
+}
+
 /*
  * Install the first chunk of the first run. Returns 1 if done (nothing left), 0 to go on,
  * -ESRCH when the component is gone, -EAGAIN to try again after a moment, other -errno to stop.
@@ -510,22 +547,19 @@ static int fill_one(struct lazy *lz, uint8_t *buf)
 	/* only this thread removes from the front of the table, and the layout is held: run 0
 	 * stays as it is until the unlock below */
 	r = lz->src.read(lz->src.arg, &p, buf);
-	for (uint64_t want = len; r == 0 && done < len;) {
-		long n = copy_in(lz, dst + done, buf + done, MIN(want, len - done));
-		if (n > 0) {
-			done += (uint64_t)n;
-			want = len;
-		} else if (n == -EEXIST) {
-			done += PG; /* the handler was first */
-		} else if (n == -ENOENT || n == -EINVAL) {
-			/* not registered there (a mapping split or unmapped since): narrow down */
-			if (want > PG)
-				want = MAX(PG, (want / 2) & ~(PG - 1));
-			else
-				done += PG;
-		} else {
-			r = (int)n;
-		}
+	if (r == LAZY_EMPTY) {
+		done = len; /* left unfilled: a fault there gets zeros (serve) */
+		r = 0;
+	}
+	while (r == 0 && done < len) {
+		/* pages of zeros are left unfilled too: installing them would only allocate
+		 * memory (a fault there gets zeros); the pages with data go in */
+		while (done < len && page_zero(buf + done))
+			done += PG;
+		uint64_t end = done;
+		while (end < len && !page_zero(buf + end))
+			end += PG;
+		r = copy_range(lz, dst, buf, &done, end);
 	}
 	if (done) {
 		pthread_mutex_lock(&lz->mu);

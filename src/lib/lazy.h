@@ -27,6 +27,9 @@ struct lazy_source {
 	int (*read)(void *arg, const struct lazy_piece *p, void *buf);
 	void *arg;
 };
+/* What read may return instead of 0: the piece holds only zeros, which need not be installed
+ * (the filler leaves it unfilled rather than allocate it; a fault there gets zeros). */
+#define LAZY_EMPTY 1
 
 struct lazy;
 

@@ -19,6 +19,9 @@
 #include "track.h"
 #include "util.h"
 
+/* post-copy: anonymous mappings up to this size are deferred whole, without a scan */
+#define DEFER_WHOLE_MAX (16ULL << 30)
+
 /* Page data moves in chunks of this size; each chunk is one page run with its own checksum. */
 #define CHUNK  (1024UL * 1024)
 #define NSLOTS 4
@@ -256,6 +259,12 @@ static int scan_private(int pagemap_fd, uint64_t start, uint64_t end, bool anon,
 		cursor = MAX(cursor, a.walk_end);
 	}
 	return 0;
+}
+
+int mem_scan_anon(int pagemap_fd, uint64_t start, uint64_t end, int *marker, uint64_t **ranges,
+                  size_t *n, struct ferry_error *err)
+{
+	return scan_private(pagemap_fd, start, end, true, marker, ranges, n, err);
 }
 
 int shmem_lookup(struct component *c, int fd, uint32_t kind, const char *name,
@@ -759,6 +768,17 @@ static int capture_private(const struct proc_map *m, struct vma *v, int pagemap,
 		/* the rest needs only the parent's model: worked out after the thaw */
 		v->from_parent = true;
 		return 0;
+	}
+	if (mt && mt->defer_anon && v->kind == VMA_ANON && !(v->flags & VMA_F_NORESERVE) &&
+	    v->end - v->start <= DEFER_WHOLE_MAX) {
+		/*
+		 * Post-copy: not even a scan in the freeze. The whole mapping is deferred; the
+		 * source tells its empty pages from its data as it streams them (migrate.c), and
+		 * the destination leaves the empty ones unfilled.
+		 */
+		return add_run(&v->runs, &v->nruns, v->start, v->end - v->start) < 0
+		               ? ferr(err, -ENOMEM, "out of memory")
+		               : 0;
 	}
 	r = scan_private(pagemap, v->start, v->end, v->kind == VMA_ANON, marker, &data, &ndata,
 	                 err);

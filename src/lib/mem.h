@@ -65,6 +65,14 @@ int mem_capture(struct component *c, struct process *p, const struct proc_map *m
                 struct ferry_error *err);
 
 /*
+ * mem_scan_anon - the pages of [start, end), part of a private anonymous mapping of the process
+ * whose pagemap_fd is given, that hold data (present or swapped out), appended to *ranges as
+ * pairs. *marker: -2 at first (the swap type of write-protection markers, measured on need).
+ */
+int mem_scan_anon(int pagemap_fd, uint64_t start, uint64_t end, int *marker, uint64_t **ranges,
+                  size_t *n, struct ferry_error *err);
+
+/*
  * shmem_lookup - the index of the shmem object behind fd (a memfd or shared-anon file) in
  * c->shmems, adding it (with its data written to w) when new. Used by mappings and fds alike.
  */

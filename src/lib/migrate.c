@@ -33,6 +33,7 @@
 
 #include "cgroup.h"
 #include "lazy.h"
+#include "mem.h"
 #include "migrate.h"
 #include "runtime.h"
 #include "util.h"
@@ -172,7 +173,9 @@ struct src {
 	pid_t pid;             /* the component, here */
 	struct post_run *post; /* post-copy: the pages the last link defers, by offset */
 	size_t npost;
-	int memfd; /* /proc/PID/mem, for pages process_vm_readv cannot read */
+	int memfd;   /* /proc/PID/mem, for pages process_vm_readv cannot read */
+	int pagemap; /* /proc/PID/pagemap: which deferred pages hold data */
+	int marker;  /* for mem_scan_anon */
 };
 
 static void progress(struct src *s, const char *phase, uint32_t round, uint64_t down_ns)
@@ -544,6 +547,37 @@ static int post_requests(struct src *s, struct ferry_error *err)
 
 /* After the hand-over: every deferred page in order, requests first; then wait until the
  * destination has them all. */
+/*
+ * [off, off + len) of a deferred run at addr in the frozen component, streamed: the ranges that
+ * hold data as pages, the empty ones as MSG_ZERO (post-copy defers whole mappings unscanned).
+ */
+static int post_chunk(struct src *s, uint64_t addr, uint64_t off, uint64_t len,
+                      struct ferry_error *err)
+{
+	_cleanup_free_ uint64_t *data = NULL;
+	size_t ndata = 0;
+	uint8_t z[16];
+	int r = 0;
+
+	if (s->pagemap < 0)
+		return post_send(s, off, len, err);
+	r = mem_scan_anon(s->pagemap, addr, addr + len, &s->marker, &data, &ndata, err);
+	uint64_t at = 0;
+	for (size_t k = 0; r == 0 && k <= ndata; k++) {
+		uint64_t ds = k < ndata ? MIN(data[2 * k] - addr, len) : len;
+		uint64_t de = k < ndata ? MIN(data[2 * k + 1] - addr, len) : len;
+		if (ds > at) {
+			put_le64(z, off + at);
+			put_le64(z + 8, ds - at);
+			r = channel_send(s->ch, MSG_ZERO, z, sizeof(z), err);
+		}
+		if (r == 0 && de > ds)
+			r = post_send(s, off + ds, de - ds, err);
+		at = MAX(at, de);
+	}
+	return r;
+}
+
 static int post_stream(struct src *s, struct ferry_error *err)
 {
 	uint8_t t;
@@ -557,8 +591,8 @@ static int post_stream(struct src *s, struct ferry_error *err)
 			if (i == 0 && a == 0)
 				test_point(s->ch, "src-postcopy");
 			if (r == 0)
-				r = post_send(s, s->post[i].off + a,
-				              MIN((uint64_t)MIG_CHUNK, s->post[i].len - a), err);
+				r = post_chunk(s, s->post[i].addr + a, s->post[i].off + a,
+				               MIN((uint64_t)MIG_CHUNK, s->post[i].len - a), err);
 		}
 	if (r == 0)
 		r = channel_send(s->ch, MSG_PAGES_END, NULL, 0, err);
@@ -784,6 +818,7 @@ static void src_cleanup(struct src *s)
 {
 	free_paths(s->checked, s->nchecked);
 	s->memfd = safe_close(s->memfd);
+	s->pagemap = safe_close(s->pagemap);
 	free(s->post);
 	remove_tree(s->work);
 	free(s->sent);
@@ -816,11 +851,14 @@ int ferry_migrate(const struct ferry_node *n, const char *name, const char *to,
 		return ferr(err, r, "getrandom: %s", strerror(-r));
 	snprintf(st.id, sizeof(st.id), "%s", s.id);
 	s.pid = rec.pid;
-	s.memfd = -EBADF;
+	s.memfd = s.pagemap = -EBADF;
+	s.marker = -2;
 	if (s.o->mode == FERRY_MIGRATE_POSTCOPY) {
 		char mp[64];
 		snprintf(mp, sizeof(mp), "/proc/%d/mem", rec.pid);
 		s.memfd = open(mp, O_RDONLY | O_CLOEXEC);
+		snprintf(mp, sizeof(mp), "/proc/%d/pagemap", rec.pid);
+		s.pagemap = open(mp, O_RDONLY | O_CLOEXEC);
 	}
 	mig_dir(n, mdir, sizeof(mdir));
 	r = mkdir_p(mdir, 0700);

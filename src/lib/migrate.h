@@ -37,6 +37,7 @@ enum mig_msg {
 	MSG_PAGES = 25,     /* source, post-copy: 8-byte offset in the pages file, then data */
 	MSG_PAGES_END = 26, /* source: every deferred page was sent */
 	MSG_PAGES_ACK = 27, /* destination: every deferred page is here */
+	MSG_ZERO = 28,      /* source, post-copy: 8-byte offset and length of pages found empty */
 };
 
 /* migrate_accept - the destination's side of a migration whose offer (text) was received. */
