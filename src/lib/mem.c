@@ -769,8 +769,8 @@ static int capture_private(const struct proc_map *m, struct vma *v, int pagemap,
 		v->from_parent = true;
 		return 0;
 	}
-	if (mt && mt->defer_anon && v->kind == VMA_ANON && !(v->flags & VMA_F_NORESERVE) &&
-	    v->end - v->start <= DEFER_WHOLE_MAX) {
+	if (mt && mt->defer_anon && v->kind == VMA_ANON && (v->prot & PROT_READ) &&
+	    !(v->flags & VMA_F_NORESERVE) && v->end - v->start <= DEFER_WHOLE_MAX) {
 		/*
 		 * Post-copy: not even a scan in the freeze. The whole mapping is deferred; the
 		 * source tells its empty pages from its data as it streams them (migrate.c), and
@@ -935,7 +935,8 @@ int mem_capture(struct component *c, struct process *p, const struct proc_map *m
 		if (hot_pages(p, &hot, &nhot) < 0)
 			return ferr(err, -ENOMEM, "out of memory");
 		for (size_t i = 0; i < p->nvmas; i++)
-			if (p->vmas[i].kind == VMA_ANON && split_hot(&p->vmas[i], hot, nhot) < 0)
+			if (p->vmas[i].kind == VMA_ANON && (p->vmas[i].prot & PROT_READ) &&
+			    split_hot(&p->vmas[i], hot, nhot) < 0)
 				return ferr(err, -ENOMEM, "out of memory");
 	}
 	/* the runs whose pages are copied now (not taken from a parent) */
