@@ -12,6 +12,7 @@ extern "C" {
 #endif
 
 struct json_object;
+struct component; /* an image's model, inside libferry */
 
 /*
  * Every fallible call takes a struct ferry_error owned by the caller. On failure the call
@@ -104,10 +105,11 @@ struct ferry_ckpt_opts {
 	unsigned keep;   /* bound on the pages files an image reads (0: no bound); older parent
 	                    files holding the fewest pages are folded into the new image */
 	/* with FERRY_CKPT_STOP: called once the image is committed, the component still frozen
-	 * (since frozen_at_ns, CLOCK_MONOTONIC).
+	 * (since frozen_at_ns, CLOCK_MONOTONIC), with the model the image holds.
 	 * Returns 1 to end the component, 0 to let it run on (the checkpoint still succeeds),
 	 * < 0 to let it run on and fail with that error. NULL: end it. */
-	int (*handover)(void *arg, uint64_t frozen_at_ns, struct ferry_error *err);
+	int (*handover)(void *arg, uint64_t frozen_at_ns, const struct component *image,
+	                struct ferry_error *err);
 	void *handover_arg;
 };
 

@@ -504,7 +504,6 @@ static int checkpoint_once(const struct ferry_runtime *rt, const char *name, con
 	s.threads = (uint32_t)c->procs[0].nthreads;
 	s.vmas = (uint32_t)c->procs[0].nvmas;
 	s.fds = (uint32_t)c->procs[0].nfds;
-	c = model_free(c);
 	w = image_writer_free(w);
 	if (s.tracked) {
 		/* the image is the parent the next incremental checkpoint may name */
@@ -515,7 +514,7 @@ static int checkpoint_once(const struct ferry_runtime *rt, const char *name, con
 	}
 	if (stop && o->handover) {
 		/* someone else decides: end it, or let it run on */
-		int h = o->handover(o->handover_arg, tf, err);
+		int h = o->handover(o->handover_arg, tf, c, err);
 		if (h <= 0) {
 			checkpoint_thaw(&fz);
 			s.freeze_ns += now_ns() - tf;

@@ -82,6 +82,20 @@ int lazy_uffd(struct tracee *main, pid_t pid, bool wp, int *ret_fd, struct ferry
 	return track_inject_uffd(main, pid, 0, LAZY_EVENTS | (wp ? LAZY_WP : 0), ret_fd, err);
 }
 
+int lazy_uffd_of(pid_t pid, int slot, bool wp, int *ret_fd)
+{
+	int fd = pidfd_getfd_of(pid, slot);
+	if (fd < 0)
+		return fd;
+	int r = track_uffd_api(fd, LAZY_EVENTS | (wp ? LAZY_WP : 0));
+	if (r < 0) {
+		safe_close(fd);
+		return r;
+	}
+	*ret_fd = fd;
+	return 0;
+}
+
 static void lazy_destroy(struct lazy *lz)
 {
 	safe_close(lz->uffd);

@@ -43,6 +43,13 @@ struct lazy;
 int lazy_uffd(struct tracee *main, pid_t pid, bool wp, int *ret_fd, struct ferry_error *err);
 
 /*
+ * lazy_uffd_of - as lazy_uffd, but the userfaultfd is one the helper made of its own memory and
+ * holds at fd slot: copied into *ret_fd and set up the same way. -errno if it holds none (the
+ * slot stays for the helper's temporary fds to be closed with).
+ */
+int lazy_uffd_of(pid_t pid, int slot, bool wp, int *ret_fd);
+
+/*
  * lazy_new - take uffd (from lazy_uffd) and start serving the page faults of process pid: data
  * from src (NULL: pread from fds, nfds pages files of the image, which are duplicated), zeros
  * where no range added holds data. Returns the object or NULL with err filled (uffd closed).

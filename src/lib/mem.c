@@ -25,6 +25,8 @@
 /* Page data moves in chunks of this size; each chunk is one page run with its own checksum. */
 #define CHUNK  (1024UL * 1024)
 #define NSLOTS 4
+/* copies up to this size are done without the writer thread */
+#define INLINE_MAX (4 * CHUNK)
 
 /* ---- the copy pipeline: a reader fills and checksums, a writer thread writes ---- */
 
@@ -81,6 +83,60 @@ static int read_mem(pid_t pid, int memfd, uint64_t addr, void *buf, size_t len)
 	return pread_full(memfd, buf, len, (off_t)addr);
 }
 
+/* One job's pages, read into buf: their checksum and their room in the pages file. */
+static void job_place(struct copy_job *jb, const void *buf, struct image_writer *w)
+{
+	jb->run->csum = image_checksum(buf, jb->len);
+	jb->run->off = image_pages_alloc(w, jb->len);
+	jb->run->file = 0;
+	jb->run->blk_off = jb->run->off;
+	jb->run->blk_pages = jb->run->npages;
+}
+
+/*
+ * A few pages (a post-copy freeze copies a handful, the stack and TLS): read and write in
+ * turn, one buffer and no writer thread, whose start would cost more than the copy.
+ */
+static int copy_inline(pid_t pid, struct copy_job *jobs, size_t njobs, struct image_writer *w,
+                       struct ferry_error *err)
+{
+	_cleanup_free_ uint8_t *buf = malloc(CHUNK);
+	_cleanup_close_ int memfd = -EBADF;
+
+	if (!buf)
+		return ferr(err, -ENOMEM, "out of memory");
+	for (size_t j = 0; j < njobs; j++) {
+		struct copy_job *jb = &jobs[j];
+		int r;
+		if (jb->src_fd >= 0) {
+			r = pread_full(jb->src_fd, buf, jb->len, (off_t)jb->src);
+		} else {
+			struct iovec l = {buf, jb->len}, rv = {(void *)jb->src, jb->len};
+			r = process_vm_readv(pid, &l, 1, &rv, 1, 0) == (ssize_t)jb->len ? 0
+			                                                                : -EFAULT;
+			if (r < 0 && memfd < 0) {
+				/* /proc/PID/mem reaches pages that are not readable */
+				char path[64];
+				snprintf(path, sizeof(path), "/proc/%d/mem", pid);
+				memfd = open(path, O_RDONLY | O_CLOEXEC);
+				if (memfd < 0)
+					return ferr(err, -errno, "%s: %m", path);
+			}
+			if (r < 0)
+				r = pread_full(memfd, buf, jb->len, (off_t)jb->src);
+		}
+		if (r < 0)
+			return ferr(err, r, "reading %s 0x%" PRIx64 "+0x%" PRIx64 ": %s",
+			            jb->src_fd < 0 ? "memory at" : "shared memory object at offset",
+			            jb->src, jb->len, strerror(-r));
+		job_place(jb, buf, w);
+		r = pwrite_full(image_pages_fd(w), buf, jb->len, (off_t)jb->run->off);
+		if (r < 0)
+			return ferr(err, r, "writing page data: %s", strerror(-r));
+	}
+	return 0;
+}
+
 static int run_pipeline(pid_t pid, struct copy_job *jobs, size_t njobs, struct image_writer *w,
                         struct ferry_error *err)
 {
@@ -90,8 +146,13 @@ static int run_pipeline(pid_t pid, struct copy_job *jobs, size_t njobs, struct i
 	pthread_t th;
 	int r = 0;
 
+	uint64_t total = 0;
 	if (njobs == 0 || !w)
 		return 0; /* no pages wanted (a description only) */
+	for (size_t j = 0; j < njobs; j++)
+		total += jobs[j].len;
+	if (total <= INLINE_MAX)
+		return copy_inline(pid, jobs, njobs, w, err);
 	pl.out_fd = image_pages_fd(w);
 	if (pid > 0) {
 		char path[64];
@@ -129,11 +190,7 @@ static int run_pipeline(pid_t pid, struct copy_job *jobs, size_t njobs, struct i
 			     jb->src, jb->len, strerror(-r));
 			break;
 		}
-		jb->run->csum = image_checksum(pl.buf[slot], jb->len);
-		jb->run->off = image_pages_alloc(w, jb->len);
-		jb->run->file = 0;
-		jb->run->blk_off = jb->run->off;
-		jb->run->blk_pages = jb->run->npages;
+		job_place(jb, pl.buf[slot], w);
 		pthread_mutex_lock(&pl.lock);
 		pl.len[slot] = jb->len;
 		pl.off[slot] = jb->run->off;
@@ -1239,8 +1296,22 @@ static int find_vma_kind(const struct process *p, uint32_t kind)
 }
 
 /* Move the helper's [vvar] [vvar_vclock] [vdso] to the image's addresses. */
-static int move_vdso(struct restorer *rs, const struct process *p, const struct proc_map *cur,
-                     size_t ncur, struct ferry_error *err)
+/* where a vdso part waits while its old and new places overlap */
+#define VDSO_PARK 0x100000000ULL
+
+/* One system call of the teardown: queued in b if there is one, else run at once. */
+static int teardown_call(struct restorer *rs, struct rs_batch *b, const char *what, long nr,
+                         uint64_t a0, uint64_t a1, uint64_t a2, uint64_t a3, uint64_t a4,
+                         struct ferry_error *err)
+{
+	if (b)
+		return rs_batch_add(rs, b, what, nr, a0, a1, a2, a3, a4, 0, err);
+	long r = rs_sys(rs, what, nr, a0, a1, a2, a3, a4, 0, err);
+	return r < 0 ? (int)r : 0;
+}
+
+static int move_vdso(struct restorer *rs, struct rs_batch *b, const struct process *p,
+                     const struct proc_map *cur, size_t ncur, struct ferry_error *err)
 {
 	static const uint32_t kinds[] = {VMA_VVAR, VMA_VVAR_VCLOCK, VMA_VDSO};
 	static const char *names[] = {"[vvar]", "[vvar_vclock]", "[vdso]"};
@@ -1271,18 +1342,19 @@ static int move_vdso(struct restorer *rs, const struct process *p, const struct 
 		if (v->start == from[k])
 			continue;
 		/* through a parking address if the old and new places overlap */
-		uint64_t park = 0x100000000ULL + k * 0x100000ULL;
+		uint64_t park = VDSO_PARK + k * 0x100000ULL;
 		if (from[k] < v->end && v->start < from[k] + len[k]) {
-			long r = rs_sys(rs, "mremap vdso (park)", SYS_mremap, from[k], len[k],
-			                len[k], MREMAP_MAYMOVE | MREMAP_FIXED, park, 0, err);
+			int r = teardown_call(rs, b, "mremap vdso (park)", SYS_mremap, from[k],
+			                      len[k], len[k], MREMAP_MAYMOVE | MREMAP_FIXED, park,
+			                      err);
 			if (r < 0)
-				return (int)r;
+				return r;
 			from[k] = park;
 		}
-		long r = rs_sys(rs, "mremap vdso", SYS_mremap, from[k], len[k], len[k],
-		                MREMAP_MAYMOVE | MREMAP_FIXED, v->start, 0, err);
+		int r = teardown_call(rs, b, "mremap vdso", SYS_mremap, from[k], len[k], len[k],
+		                      MREMAP_MAYMOVE | MREMAP_FIXED, v->start, err);
 		if (r < 0)
-			return (int)r;
+			return r;
 		if (kinds[k] == VMA_VDSO)
 			rs->main.syscall_ip = rs->main.syscall_ip - from[k] + v->start;
 	}
@@ -1474,7 +1546,7 @@ static int finish_one(struct restorer *rs, struct rs_batch *b, const struct proc
 }
 
 /* The lowest free range of len bytes in p's address space (above the first 64 KiB). */
-static uint64_t free_range(const struct process *p, uint64_t len)
+uint64_t mem_free_range(const struct process *p, uint64_t len)
 {
 	for (uint64_t a = 0x10000; a + len <= TASK_TOP; a += MODEL_PAGE) {
 		bool used = false;
@@ -1511,23 +1583,43 @@ int mem_restore_lazy(struct restorer *rs, const struct component *c, const struc
 	}
 	if (!keep_lo)
 		return ferr(err, -ENOTSUP, "the helper has no vdso");
-	/* 1. everything of the helper goes, but the vdso through which we make system calls */
-	r = rs_sys(rs, "munmap below the vdso", SYS_munmap, 0, keep_lo, 0, 0, 0, 0, err);
-	if (r < 0)
-		return (int)r;
-	r = rs_sys(rs, "munmap above the vdso", SYS_munmap, keep_hi, TASK_TOP - keep_hi, 0, 0, 0, 0,
-	           err);
-	if (r < 0)
-		return (int)r;
-	/* 2. the vdso to its place in the image */
-	r = move_vdso(rs, p, cur, ncur, err);
-	if (r < 0)
-		return (int)r;
-	/* 3. scratch pages for system call arguments and batches of calls */
-	rs->scratch = free_range(p, RS_SCRATCH_PAGES * MODEL_PAGE);
-	r = rs_sys(rs, "mmap scratch pages", SYS_mmap, rs->scratch, RS_SCRATCH_PAGES * MODEL_PAGE,
-	           PROT_READ | PROT_WRITE | PROT_EXEC,
-	           MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, (uint64_t)-1, 0, err);
+	_cleanup_free_ uint64_t *prot = calloc(p->nvmas ? p->nvmas : 1, sizeof(*prot));
+	_cleanup_free_ struct rs_batch *b = calloc(1, sizeof(*b));
+	if (!prot || !b)
+		return ferr(err, -ENOMEM, "out of memory");
+	b->t = &rs->main;
+	/*
+	 * 1. everything of the helper goes, but the vdso through which we make system calls and
+	 * the scratch pages; 2. the vdso to its place in the image; 3. scratch pages for system
+	 * call arguments and batches of calls. When the helper mapped the scratch pages itself
+	 * (where the image leaves room, below its vdso), all of it is one batch with the mmaps of
+	 * step 4; otherwise call by call, and the scratch pages are mapped last.
+	 */
+	uint64_t sc = rs->scratch, sc_end = sc + RS_SCRATCH_PAGES * MODEL_PAGE;
+	struct rs_batch *tb = sc && sc_end <= keep_lo && sc_end <= VDSO_PARK ? b : NULL;
+	if (tb) {
+		r = teardown_call(rs, tb, "munmap below the scratch pages", SYS_munmap, 0, sc, 0, 0,
+		                  0, err);
+		if (r >= 0 && sc_end < keep_lo)
+			r = teardown_call(rs, tb, "munmap below the vdso", SYS_munmap, sc_end,
+			                  keep_lo - sc_end, 0, 0, 0, err);
+	} else {
+		rs->scratch = 0;
+		r = teardown_call(rs, NULL, "munmap below the vdso", SYS_munmap, 0, keep_lo, 0, 0, 0,
+		                  err);
+	}
+	if (r >= 0)
+		r = teardown_call(rs, tb, "munmap above the vdso", SYS_munmap, keep_hi,
+		                  TASK_TOP - keep_hi, 0, 0, 0, err);
+	if (r >= 0)
+		r = move_vdso(rs, tb, p, cur, ncur, err);
+	if (r >= 0 && !tb) {
+		rs->scratch = mem_free_range(p, RS_SCRATCH_PAGES * MODEL_PAGE);
+		r = teardown_call(rs, NULL, "mmap scratch pages", SYS_mmap, rs->scratch,
+		                  RS_SCRATCH_PAGES * MODEL_PAGE, PROT_READ | PROT_WRITE | PROT_EXEC,
+		                  MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, (uint64_t)-1,
+		                  err);
+	}
 	if (r < 0)
 		return (int)r;
 	/* 4. every mapping, filled, with its final protection */
@@ -1542,12 +1634,6 @@ int mem_restore_lazy(struct restorer *rs, const struct component *c, const struc
 	}
 	/* in three passes, the first and last each a batch of calls: every mmap; the contents;
 	 * advice, locks and final protections (the mappings are disjoint: order is free) */
-	_cleanup_free_ uint64_t *prot = calloc(p->nvmas ? p->nvmas : 1, sizeof(*prot));
-	_cleanup_free_ struct rs_batch *b = calloc(1, sizeof(*b));
-	if (!prot || !b)
-		r = ferr(err, -ENOMEM, "out of memory");
-	else
-		b->t = &rs->main;
 	for (size_t i = 0; i < p->nvmas && r >= 0; i++)
 		r = map_one(rs, b, p, i, &prot[i], err);
 	if (r >= 0)

@@ -87,6 +87,9 @@ int shmem_lookup(struct component *c, int fd, uint32_t kind, const char *name,
 int mem_restore(struct restorer *rs, const struct component *c, const struct process *p,
                 const struct proc_map *cur, size_t ncur, struct ferry_error *err);
 
+/* mem_free_range - the lowest address where len bytes are free in p's layout, or 0. */
+uint64_t mem_free_range(const struct process *p, uint64_t len);
+
 /*
  * mem_restore_lazy - mem_restore, but the private anonymous mappings are registered with lz
  * (lazy.h) instead of filled: their pages come on first touch and in the background once the

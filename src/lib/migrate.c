@@ -244,8 +244,11 @@ static int send_extents(struct channel *ch, int fd, char *buf, uint64_t from, ui
 	return channel_send(ch, MSG_END, NULL, 0, err);
 }
 
-/* Send image link k (a directory); files already sent (same inode) are linked there. */
-static int send_link(struct src *s, unsigned k, struct ferry_error *err)
+/*
+ * Send image link k (a directory); files already sent (same inode) are linked there. With
+ * await_ack, wait for the destination to confirm it; otherwise its LINK_ACK comes later.
+ */
+static int send_link(struct src *s, unsigned k, bool await_ack, struct ferry_error *err)
 {
 	char dir[PATH_MAX], hdr[512];
 	struct dirent **ents = NULL;
@@ -311,7 +314,7 @@ static int send_link(struct src *s, unsigned k, struct ferry_error *err)
 		return r;
 	snprintf(hdr, sizeof(hdr), "link=%u\n", k);
 	r = channel_send(s->ch, MSG_LINK_DONE, hdr, strlen(hdr), err);
-	if (r == 0) {
+	if (r == 0 && await_ack) {
 		const void *b;
 		size_t l;
 		r = recv_expect(s->ch, MSG_LINK_ACK, &b, &l, err);
@@ -618,7 +621,8 @@ struct handover_arg {
  * Called by the checkpoint with the last link committed and the component frozen by ptrace:
  * send it, have the destination restore and hold it, then decide.
  */
-static int handover(void *arg, uint64_t frozen_at, struct ferry_error *err)
+static int handover(void *arg, uint64_t frozen_at, const struct component *c,
+                    struct ferry_error *err)
 {
 	struct handover_arg *h = arg;
 	struct src *s = h->s;
@@ -633,20 +637,14 @@ static int handover(void *arg, uint64_t frozen_at, struct ferry_error *err)
 	h->bytes_at_freeze = cc.wire_sent;
 	progress(s, "stop", h->link, 0);
 	test_point(s->ch, "src-frozen");
-	r = send_link(s, h->link, err);
-	/* the link's model, read once: the files it uses (those opened since they were checked:
-	 * few or none) and, in post-copy, the pages it defers */
+	r = send_link(s, h->link, false, err); /* its ACK comes before READY */
+	/* the link's model: the files it uses (those opened since they were checked: few or
+	 * none) and, in post-copy, the pages it defers */
 	bool post = s->o->mode == FERRY_MIGRATE_POSTCOPY;
-	struct component *c = NULL;
-	char dir[PATH_MAX];
-	link_path(s, h->link, dir, sizeof(dir));
-	if (r == 0)
-		r = image_model(dir, &c, err);
 	if (r == 0)
 		r = check_files(s, c, err);
 	if (r == 0 && post)
 		r = post_load(s, c, err);
-	c = model_free(c);
 	if (r == 0)
 		r = send_log(s, err);
 	if (r == 0) {
@@ -659,9 +657,17 @@ static int handover(void *arg, uint64_t frozen_at, struct ferry_error *err)
 		uint8_t t = 0;
 		/* a restore in post-copy may want pages already (the kernel writing to its memory)
 		 */
-		while (r == 0 && (r = channel_recv(s->ch, &t, &b, &l, err)) == 0 && t == MSG_REQ)
-			r = post ? post_serve(s, b, l, err)
-			         : ferr(err, -EPROTO, "unexpected request");
+		bool acked = false;
+		while (r == 0 && (r = channel_recv(s->ch, &t, &b, &l, err)) == 0 &&
+		       (t == MSG_REQ || (t == MSG_LINK_ACK && !acked))) {
+			if (t == MSG_LINK_ACK)
+				acked = kv_u64(b, l, "link") == h->link;
+			else
+				r = post ? post_serve(s, b, l, err)
+				         : ferr(err, -EPROTO, "unexpected request");
+		}
+		if (r == 0 && t == MSG_READY && !acked)
+			r = ferr(err, -EPROTO, "ready without the last link");
 		if (r == 0 && t != MSG_READY)
 			r = t == MSG_FAIL ? ferr(err, -ECONNREFUSED, "%.*s",
 			                         (int)MIN(l, (size_t)900), (const char *)b)
@@ -777,7 +783,7 @@ static int precopy_rounds(struct src *s, struct ferry_error *err)
 			if (r < 0)
 				return r;
 		}
-		r = send_link(s, k, err);
+		r = send_link(s, k, true, err);
 		if (r == 0 && k == 0)
 			r = send_log(s, err);
 		if (r < 0)

@@ -4,9 +4,11 @@
 #include <pthread.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/ptrace.h>
 #include <sys/resource.h>
+#include <sys/rseq.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -26,10 +28,16 @@
 #ifndef PTRACE_GET_RSEQ_CONFIGURATION
 #define PTRACE_GET_RSEQ_CONFIGURATION 0x420f
 #endif
-#define RSEQ_FLAG_UNREGISTER 1
 
 /* Fixed temporary fd slots in the helper, from temp_lo up. */
-enum { SLOT_SYNC = 0, SLOT_REPORT = 1, SLOT_PAGES = 2, SLOT_EXE = 3, SLOT_FIRST_FREE = 4 };
+enum {
+	SLOT_SYNC = 0,
+	SLOT_REPORT = 1,
+	SLOT_PAGES = 2,
+	SLOT_EXE = 3,
+	SLOT_UFFD = 4, /* RESTORE_LAZY: the userfaultfd the helper made of its own memory */
+	SLOT_FIRST_FREE = 5
+};
 /* Where the helper parks inherited fds while it clears its table. */
 #define STAGING 4000
 
@@ -44,6 +52,7 @@ struct restore_arg {
 	int *vma_fd;   /* per vma of process 0 */
 	int *shmem_fd; /* per shmem object */
 	int stash_lo;  /* fds restored once for several entries park here */
+	uint64_t scratch; /* where the restorer's scratch pages go: free in the image */
 	const struct restore_opts *opts;
 	struct lazy *lz; /* RESTORE_LAZY: the pages of anonymous mappings come after the start */
 	struct ferry_restore_stats stats;
@@ -157,6 +166,34 @@ static int place(int fd, int slot, struct ferry_error *err)
 	return 0;
 }
 
+/*
+ * What the helper can do to its own memory before the monitor drives it, saving the monitor a
+ * stop of it each (none of it is required: the monitor sees what was done and does the rest):
+ * its rseq registration goes (the kernel would write to an area about to be unmapped), the
+ * restorer's scratch pages are mapped where the image leaves room, and for a lazy restore a
+ * userfaultfd of its memory waits at its slot.
+ */
+static void helper_own_memory(const struct restore_arg *a)
+{
+	if (__rseq_size > 0) {
+		void *area = (char *)__builtin_thread_pointer() + __rseq_offset;
+		/* unregistering names the length registered: glibc's is one of these */
+		const unsigned lens[] = {__rseq_size, 32, 20};
+		for (size_t i = 0; i < 3; i++)
+			if (syscall(SYS_rseq, area, lens[i], RSEQ_FLAG_UNREGISTER, RSEQ_SIG) == 0)
+				break;
+	}
+	if (a->scratch)
+		(void)mmap((void *)(uintptr_t)a->scratch, RS_SCRATCH_PAGES * MODEL_PAGE,
+		           PROT_READ | PROT_WRITE | PROT_EXEC,
+		           MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+	if (a->opts->flags & RESTORE_LAZY) {
+		int fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
+		if (fd >= 0 && place(fd, a->temp_lo + SLOT_UFFD, NULL) < 0)
+			safe_close(fd);
+	}
+}
+
 static int helper_prepare(struct restore_arg *a, int sync_rd, int rep_wr, const char *log_path,
                           struct ferry_error *err)
 {
@@ -219,6 +256,7 @@ static int helper_prepare(struct restore_arg *a, int sync_rd, int rep_wr, const 
 	r = task_restore_early(p, err);
 	if (r < 0)
 		return r;
+	helper_own_memory(a);
 	struct fd_restore_ctx fctx = {.log_path = log_path,
 	                              .shmem_fd = a->shmem_fd,
 	                              .pages_fd = a->temp_lo + SLOT_PAGES,
@@ -289,8 +327,11 @@ static int lazy_start(struct restorer *rs, struct restore_arg *a)
 	struct ferry_error e = {0};
 	bool wp = a->c->capture_id != 0;
 	int fd = -EBADF;
-	int r = lazy_uffd(&rs->main, rs->pid, wp, &fd, &e);
+	/* the helper's own, if it made one: no injected call */
+	int r = lazy_uffd_of(rs->pid, a->temp_lo + SLOT_UFFD, wp, &fd);
 
+	if (r < 0)
+		r = lazy_uffd(&rs->main, rs->pid, wp, &fd, &e);
 	if (r == -ENOTSUP && wp) {
 		wp = false;
 		r = lazy_uffd(&rs->main, rs->pid, wp, &fd, &e);
@@ -315,6 +356,11 @@ static int rebuild(struct restorer *rs, struct restore_arg *a, struct tracee *th
 	if (!rs->main.syscall_ip &&
 	    tracee_find_syscall_insn(rs->pid, maps, nmaps, &rs->main.syscall_ip) < 0)
 		return ferr(err, -ENOTSUP, "no syscall instruction in the helper's vdso");
+	/* the scratch pages, if the helper could map them itself */
+	for (size_t i = 0; i < nmaps && a->scratch; i++)
+		if (maps[i].start == a->scratch &&
+		    maps[i].end == a->scratch + RS_SCRATCH_PAGES * MODEL_PAGE)
+			rs->scratch = a->scratch;
 	if ((r = unregister_rseq(rs, err)) < 0)
 		return r;
 	if (a->opts->flags & RESTORE_LAZY) {
@@ -595,6 +641,7 @@ int restore_image(const struct ferry_runtime *rt, const char *dir, const char *n
 		a.vma_fd[i] = (k == VMA_FILE_PRIVATE || k == VMA_FILE_SHARED) ? slot++ : -1;
 	}
 	a.stash_lo = slot + 16;
+	a.scratch = mem_free_range(p, RS_SCRATCH_PAGES * MODEL_PAGE);
 	r = monitor_launch(rt, name, true, c->log_id, keep_log, restore_start, &a, ret_pid,
 	                   &a.stats, sizeof(a.stats), err);
 	if (r < 0) {

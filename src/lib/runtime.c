@@ -264,8 +264,14 @@ static void monitor_main(const struct ferry_runtime *rt, const char *name, bool 
 	c.restored = restored;
 	rep.code = record_write(rt, &c);
 	rep.pid = pid;
-	if (rep.code < 0)
+	if (rep.code < 0) {
+		/* a component without its record could not be found again: it does not stay */
 		snprintf(rep.msg, sizeof(rep.msg), "writing the record: %s", strerror(-rep.code));
+		(void)safe_kill(pid, SIGKILL);
+		(void)waitpid(pid, &status, 0);
+		(void)write_full(rep_fd, &rep, sizeof(rep));
+		_exit(1);
+	}
 	(void)write_full(rep_fd, &rep, sizeof(rep));
 	safe_close(rep_fd);
 	if (chdir("/") < 0) {
@@ -340,9 +346,6 @@ int monitor_launch(const struct ferry_runtime *rt, const char *name, bool restor
 	if (mid == 0) {
 		safe_close(p[0]);
 		(void)setsid();
-		pid_t m = fork();
-		if (m != 0)
-			_exit(m < 0 ? 1 : 0);
 		int null = open("/dev/null", O_RDWR | O_CLOEXEC);
 		if (null >= 0) {
 			dup2(null, 0);
@@ -353,10 +356,13 @@ int monitor_launch(const struct ferry_runtime *rt, const char *name, bool restor
 		_exit(0);
 	}
 	safe_close(p[1]);
-	while (waitpid(mid, &status, 0) < 0 && errno == EINTR)
-		;
 	r = read_full(p[0], &rep, sizeof(rep));
 	safe_close(p[0]);
+	if (r < 0 || rep.code < 0) {
+		/* it ends after reporting a failure (or died before): reap it */
+		while (waitpid(mid, &status, 0) < 0 && errno == EINTR)
+			;
+	}
 	if (r < 0)
 		return ferr(err, -EIO, "the monitor of %s died before reporting", name);
 	if (rep.code < 0)

@@ -17,9 +17,12 @@ typedef int (*monitor_start_fn)(void *arg, const char *log_path, pid_t *ret_pid,
 #define MONITOR_EXTRA_MAX 256
 
 /*
- * monitor_launch - fork a detached monitor (double fork, own session) for component name;
- * in it run start, record the component as running and report back; then the monitor waits
- * for the component and records its exit. Returns once start has succeeded or failed.
+ * monitor_launch - fork a monitor (its own session) for component name; in it run start,
+ * record the component as running and report back; then the monitor waits for the component
+ * and records its exit. Returns once start has succeeded or failed. One fork, not two (each
+ * costs a migration's downtime a few hundred microseconds): a monitor that started its
+ * component stays the caller's child until the caller exits, as every caller (the CLI, a
+ * ferryd worker) soon does, and is then adopted by init; one that failed is reaped here.
  */
 int monitor_launch(const struct ferry_runtime *rt, const char *name, bool restored, uint64_t log_id,
                    bool keep_log, monitor_start_fn start, void *arg, pid_t *ret_pid,

@@ -123,13 +123,13 @@ int track_attach(const struct ferry_runtime *rt, const char *name, pid_t pid, st
 	return 0;
 }
 
-static int uffd_api(int fd)
+int track_uffd_api(int fd, uint64_t features)
 {
-	struct uffdio_api api = {.api = UFFD_API, .features = TRACK_FEATURES};
+	struct uffdio_api api = {.api = UFFD_API, .features = features};
 
 	if (ioctl(fd, UFFDIO_API, &api) < 0)
 		return -errno;
-	if ((api.features & TRACK_FEATURES) != TRACK_FEATURES)
+	if ((api.features & features) != features)
 		return -ENOTSUP;
 	return 0;
 }
@@ -155,8 +155,7 @@ int track_inject_uffd(struct tracee *main, pid_t pid, long flags, uint64_t featu
 		safe_close(fd);
 		return ferr_prefix(err, "pid %d: closing the injected userfaultfd", pid);
 	}
-	struct uffdio_api api = {.api = UFFD_API, .features = features};
-	if (ioctl(fd, UFFDIO_API, &api) < 0 || (api.features & features) != features) {
+	if (track_uffd_api(fd, features) < 0) {
 		safe_close(fd);
 		return ferr(err, -ENOTSUP, "pid %d: userfaultfd without features 0x%" PRIx64, pid,
 		            features);
@@ -472,7 +471,7 @@ int track_probe(char *detail, size_t len)
 	}
 	memset(m, 1, pg * npg);
 	uint64_t s = (uint64_t)(uintptr_t)m, e = s + pg * npg;
-	int r = uffd_api(fd);
+	int r = track_uffd_api(fd, TRACK_FEATURES);
 	if (r == 0)
 		r = track_register(&tk, s, e);
 	if (r == 0)
@@ -509,7 +508,7 @@ int track_marker_type(void)
 	if (fd >= 0 && tk.pagemap >= 0 && m != MAP_FAILED) {
 		uint64_t s = (uint64_t)(uintptr_t)m;
 		m[0] = 1; /* a page table; the second page stays empty and gets a marker */
-		if (uffd_api(fd) == 0 && track_register(&tk, s, s + 2 * pg) == 0 &&
+		if (track_uffd_api(fd, TRACK_FEATURES) == 0 && track_register(&tk, s, s + 2 * pg) == 0 &&
 		    track_collect(&tk, s, s + 2 * pg, NULL, NULL, NULL) == 0 &&
 		    pread_full(tk.pagemap, &entry, sizeof(entry), (off_t)((s + pg) / pg * 8)) ==
 		            0 &&

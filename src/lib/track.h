@@ -97,6 +97,9 @@ int track_start(struct tracee *main, pid_t pid, struct track *tk, struct ferry_e
 int track_inject_uffd(struct tracee *main, pid_t pid, long flags, uint64_t features, int *ret_fd,
                       struct ferry_error *err);
 
+/* track_uffd_api - UFFDIO_API on fd with features: 0, -ENOTSUP (some missing) or -errno. */
+int track_uffd_api(int fd, uint64_t features);
+
 /* track_open_pagemap - open /proc/PID/pagemap into tk->pagemap (once). */
 int track_open_pagemap(struct track *tk, pid_t pid, struct ferry_error *err);
 
