@@ -404,7 +404,7 @@ def lazy_checkpoint_filling(ctx, memhog):
         raise Fail("the restored link is not the memory checkpointed", tail(log, 2))
 
 
-LAZY_FEATURES = ("heap_stack", "threads8", "mappings", "incr_threads")
+LAZY_FEATURES = ("heap_stack", "threads8", "threads40", "mappings", "incr_threads")
 
 
 def feature_twice(ctx, prog):

@@ -49,9 +49,9 @@ struct restore_arg {
 	uint32_t npages;      /* pages files of the image */
 	int *pages_slot;      /* where each is placed in the helper (0: temp_lo + SLOT_PAGES) */
 	int temp_lo;
-	int *vma_fd;   /* per vma of process 0 */
-	int *shmem_fd; /* per shmem object */
-	int stash_lo;  /* fds restored once for several entries park here */
+	int *vma_fd;      /* per vma of process 0 */
+	int *shmem_fd;    /* per shmem object */
+	int stash_lo;     /* fds restored once for several entries park here */
 	uint64_t scratch; /* where the restorer's scratch pages go: free in the image */
 	const struct restore_opts *opts;
 	struct lazy *lz; /* RESTORE_LAZY: the pages of anonymous mappings come after the start */
@@ -70,16 +70,30 @@ long rs_sys(struct restorer *rs, const char *what, long nr, uint64_t a0, uint64_
 	return ret;
 }
 
-int rs_batch_run(struct restorer *rs, struct rs_batch *b, struct ferry_error *err)
+int rs_batch_start(struct restorer *rs, struct rs_batch *b, uint64_t table, bool write_code,
+                   struct ferry_error *err)
+{
+	int r = b->n ? tracee_syscalls_start(b->t, rs->scratch + RS_CODE_OFF, table, b->calls, b->n,
+	                                     write_code, err)
+	             : 0;
+	if (r < 0)
+		ferr_prefix(err, "%s (of %zu calls)", b->what[0], b->n);
+	return r;
+}
+
+int rs_batch_finish(struct restorer *rs, struct rs_batch *b, uint64_t table,
+                    struct tracee_clones *cl, struct ferry_error *err)
 {
 	size_t done = 0, n = b->n;
 	int r;
 
 	b->n = 0;
-	r = tracee_syscalls(b->t, rs->scratch + RS_CODE_OFF, rs->scratch + MODEL_PAGE, b->calls, n,
-	                    &done, err);
+	if (n == 0)
+		return 0;
+	r = tracee_syscalls_finish(b->t, rs->scratch + RS_CODE_OFF, table, b->calls, n, &done, cl,
+	                           err);
 	if (r < 0)
-		return ferr_prefix(err, "%s (of %zu calls)", n ? b->what[0] : "", n);
+		return ferr_prefix(err, "%s (of %zu calls)", b->what[0], n);
 	if (done > 0 && b->calls[done - 1].ret < 0 && b->calls[done - 1].ret > -4096) {
 		int e = (int)b->calls[done - 1].ret;
 		const struct tracee_call *c = &b->calls[done - 1];
@@ -89,6 +103,17 @@ int rs_batch_run(struct restorer *rs, struct rs_batch *b, struct ferry_error *er
 	if (done != n)
 		return ferr(err, -EPROTO, "%zu of %zu calls ran", done, n);
 	return 0;
+}
+
+int rs_batch_run(struct restorer *rs, struct rs_batch *b, struct ferry_error *err)
+{
+	uint64_t table = rs->scratch + MODEL_PAGE;
+	int r = rs_batch_start(rs, b, table, true, err);
+	if (r < 0) {
+		b->n = 0;
+		return r;
+	}
+	return rs_batch_finish(rs, b, table, NULL, err);
 }
 
 int rs_batch_add(struct restorer *rs, struct rs_batch *b, const char *what, long nr, uint64_t a0,

@@ -60,6 +60,17 @@ int rs_batch_add(struct restorer *rs, struct rs_batch *b, const char *what, long
                  uint64_t a1, uint64_t a2, uint64_t a3, uint64_t a4, uint64_t a5,
                  struct ferry_error *err);
 int rs_batch_run(struct restorer *rs, struct rs_batch *b, struct ferry_error *err);
+/*
+ * rs_batch_start / rs_batch_finish - rs_batch_run in two halves, so that several threads run
+ * their batches at once, each with its table at its own table address in the scratch pages
+ * (past the first page). write_code: write the loop too (once, before any thread runs it).
+ * finish records in cl (if given) the threads the calls created.
+ */
+struct tracee_clones;
+int rs_batch_start(struct restorer *rs, struct rs_batch *b, uint64_t table, bool write_code,
+                   struct ferry_error *err);
+int rs_batch_finish(struct restorer *rs, struct rs_batch *b, uint64_t table,
+                    struct tracee_clones *cl, struct ferry_error *err);
 
 /* Restoring for someone else's decision (a migration): the hold callback runs in the monitor
  * first (RESTORE_BEGIN: < 0 fails the restore), once the component is rebuilt and verified,

@@ -93,20 +93,27 @@ int threads_capture(struct tracee *tr, const struct process *p, struct thread *t
 }
 
 /* Per-thread kernel state a thread must set itself (one batch of calls), then its registers. */
-static int thread_set_state(struct restorer *rs, struct tracee *tr, const struct thread *t,
-                            struct ferry_error *err)
-{
-	struct user_regs_struct regs = t->regs;
-	struct iovec iov = {t->xstate, t->xstate_len};
-	const uint64_t ss_at = rs->scratch + 1024, comm_at = rs->scratch + 1280;
-	struct rs_batch *b = calloc(1, sizeof(*b));
-	int r;
+/*
+ * Each thread's own calls run in it, several threads at once: each has an area of the scratch
+ * pages (past the first) for its table of calls, its sigaltstack argument and its name.
+ */
+#define THREAD_AREA     512
+#define THREAD_AREA_SS  320 /* after a table of at most five calls */
+#define THREAD_AREA_COM 384
+/* threads created and set up at once (their clone3 arguments share the first scratch page) */
+#define THREAD_GROUP 16
+#define CLONE_ARGS   128 /* bytes of the first scratch page per thread: clone_args, then its tid */
+_Static_assert(THREAD_GROUP *THREAD_AREA <= (RS_SCRATCH_PAGES - 1) * MODEL_PAGE, "areas");
+_Static_assert(THREAD_GROUP *CLONE_ARGS <= RS_CODE_OFF, "clone arguments");
 
-	if (!b)
-		return ferr(err, -ENOMEM, "out of memory");
-	b->t = tr;
-	r = rs_batch_add(rs, b, "set_tid_address", SYS_set_tid_address, t->clear_tid, 0, 0, 0, 0, 0,
-	                 err);
+/* Queue in b (b->t: the thread) the calls that give thread t its kernel state. */
+static int thread_queue(struct restorer *rs, struct rs_batch *b, const struct thread *t,
+                        uint64_t area, struct ferry_error *err)
+{
+	const uint64_t ss_at = area + THREAD_AREA_SS, comm_at = area + THREAD_AREA_COM;
+	int r = rs_batch_add(rs, b, "set_tid_address", SYS_set_tid_address, t->clear_tid, 0, 0, 0,
+	                     0, 0, err);
+
 	if (r == 0 && t->robust_head)
 		r = rs_batch_add(rs, b, "set_robust_list", SYS_set_robust_list, t->robust_head,
 		                 t->robust_len, 0, 0, 0, 0, err);
@@ -128,11 +135,15 @@ static int thread_set_state(struct restorer *rs, struct tracee *tr, const struct
 		          : rs_batch_add(rs, b, "prctl(PR_SET_NAME)", SYS_prctl, PR_SET_NAME,
 		                         comm_at, 0, 0, 0, 0, err);
 	}
-	if (r == 0)
-		r = rs_batch_run(rs, b, err);
-	free(b);
-	if (r < 0)
-		return ferr_prefix(err, "thread %d", t->tid);
+	return r;
+}
+
+/* After its calls: the thread's FPU/AVX state, signal mask and registers. */
+static int thread_finish(struct tracee *tr, const struct thread *t, struct ferry_error *err)
+{
+	struct user_regs_struct regs = t->regs;
+	struct iovec iov = {t->xstate, t->xstate_len};
+
 	if (t->xstate_len && ptrace(PTRACE_SETREGSET, tr->tid, (void *)NT_X86_XSTATE, &iov) < 0)
 		return ferr(err, -errno, "thread %d: PTRACE_SETREGSET xstate: %m", t->tid);
 	if (ptrace(PTRACE_SETSIGMASK, tr->tid, (void *)sizeof(uint64_t), &t->sigmask) < 0)
@@ -143,68 +154,124 @@ static int thread_set_state(struct restorer *rs, struct tracee *tr, const struct
 	return tracee_setregs(tr->tid, &regs, err);
 }
 
+/*
+ * Threads ts[0..n) other than the main one: the main thread creates them, with their tids, in
+ * one batch (each clone3 stops it once, for the new thread's host tid); then each runs its own
+ * calls, all at the same time.
+ */
+static int threads_group(struct restorer *rs, const struct thread *const *ts, size_t n,
+                         struct tracee *out, struct rs_batch *bs, struct ferry_error *err)
+{
+	uint8_t args[THREAD_GROUP * CLONE_ARGS] = {0};
+	pid_t hosts[THREAD_GROUP];
+	struct tracee_clones cl = {.tids = hosts, .max = n};
+	struct rs_batch *b = &bs[0];
+	int r = 0;
+
+	b->t = &rs->main;
+	b->n = 0;
+	for (size_t i = 0; i < n && r == 0; i++) {
+		struct clone_args ca = {
+		        .flags = CLONE_VM | CLONE_FS | CLONE_FILES | CLONE_SIGHAND | CLONE_THREAD |
+		                 CLONE_SYSVSEM,
+		        .set_tid = rs->scratch + i * CLONE_ARGS + 96,
+		        .set_tid_size = 1,
+		};
+		int32_t tid = ts[i]->tid;
+		memcpy(args + i * CLONE_ARGS, &ca, sizeof(ca));
+		memcpy(args + i * CLONE_ARGS + 96, &tid, sizeof(tid));
+		r = rs_batch_add(rs, b, "clone3 of a thread with its tid", SYS_clone3,
+		                 rs->scratch + i * CLONE_ARGS, sizeof(ca), 0, 0, 0, 0, err);
+	}
+	if (r == 0) {
+		r = tracee_poke(rs->pid, rs->scratch, args, n * CLONE_ARGS);
+		if (r < 0)
+			r = ferr(err, r, "scratch write: %s", strerror(-r));
+	}
+	if (r == 0)
+		r = rs_batch_start(rs, b, rs->scratch + MODEL_PAGE, true, err);
+	if (r == 0)
+		r = rs_batch_finish(rs, b, rs->scratch + MODEL_PAGE, &cl, err);
+	if (r < 0)
+		return r;
+	if (cl.n != n)
+		return ferr(err, -EPROTO, "%zu threads created, %zu seen", n, cl.n);
+	for (size_t i = 0; i < n; i++) {
+		if (b->calls[i].ret != ts[i]->tid)
+			return ferr(err, -EPROTO, "clone3 gave tid %ld, not %d", b->calls[i].ret,
+			            ts[i]->tid);
+		/* the new thread starts traced and stopped */
+		struct tracee *tr = &out[i];
+		int status;
+		memset(tr, 0, sizeof(*tr));
+		tr->tid = hosts[i];
+		tr->seized = true;
+		r = tracee_wait(hosts[i], &status, err);
+		if (r < 0)
+			return r;
+		tr->stopped = true;
+		tr->syscall_ip = rs->main.syscall_ip;
+		r = tracee_getregs(hosts[i], &tr->regs, err);
+		if (r < 0)
+			return r;
+	}
+	for (size_t i = 0; i < n; i++) {
+		uint64_t area = rs->scratch + MODEL_PAGE + i * THREAD_AREA;
+		bs[i].t = &out[i];
+		bs[i].n = 0;
+		r = thread_queue(rs, &bs[i], ts[i], area, err);
+		if (r == 0)
+			r = rs_batch_start(rs, &bs[i], area, false, err);
+		if (r < 0)
+			return ferr_prefix(err, "thread %d", ts[i]->tid);
+	}
+	for (size_t i = 0; i < n; i++) {
+		uint64_t area = rs->scratch + MODEL_PAGE + i * THREAD_AREA;
+		r = rs_batch_finish(rs, &bs[i], area, NULL, err);
+		if (r == 0)
+			r = thread_finish(&out[i], ts[i], err);
+		if (r < 0)
+			return ferr_prefix(err, "thread %d", ts[i]->tid);
+	}
+	return 0;
+}
+
 int threads_restore(struct restorer *rs, const struct process *p, struct tracee *ret_tracees,
                     struct ferry_error *err)
 {
-	const struct thread *main_t = NULL;
-	size_t n = 1;
-	int r;
+	const struct thread *main_t = NULL, *group[THREAD_GROUP];
+	size_t n = 1, ng = 0;
+	int r = 0;
 
 	for (size_t i = 0; i < p->nthreads; i++)
 		if (p->threads[i].tid == p->pid)
 			main_t = &p->threads[i];
 	if (!main_t)
 		return ferr(err, -EPROTO, "process %d: no main thread in the image", p->pid);
-	/* other threads first: they are cloned from the main thread, still ours */
-	for (size_t i = 0; i < p->nthreads; i++) {
-		const struct thread *t = &p->threads[i];
-		struct tracee *tr = &ret_tracees[n];
-		pid_t host_tid = 0;
-		long ret;
-		int status;
-
-		if (t == main_t)
-			continue;
-		struct clone_args ca = {
-		        .flags = CLONE_VM | CLONE_FS | CLONE_FILES | CLONE_SIGHAND | CLONE_THREAD |
-		                 CLONE_SYSVSEM,
-		        .set_tid = rs->scratch + 128,
-		        .set_tid_size = 1,
-		};
-		int32_t tid = t->tid;
-		r = tracee_poke(rs->pid, rs->scratch, &ca, sizeof(ca));
-		if (r == 0)
-			r = tracee_poke(rs->pid, rs->scratch + 128, &tid, sizeof(tid));
-		if (r < 0)
-			return ferr(err, r, "thread %d: scratch write: %s", tid, strerror(-r));
-		r = tracee_syscall(&rs->main, &ret, &host_tid, SYS_clone3, rs->scratch, sizeof(ca),
-		                   0, 0, 0, 0, err);
-		if (r == 0 && ret < 0)
-			r = ferr(err, (int)ret, "clone3 with tid %d: %s", tid, strerror((int)-ret));
-		if (r < 0)
-			return r;
-		if (ret != tid)
-			return ferr(err, -EPROTO, "clone3 gave tid %ld, not %d", ret, tid);
-		/* the new thread starts traced and stopped */
-		memset(tr, 0, sizeof(*tr));
-		tr->tid = host_tid;
-		tr->seized = true;
-		r = tracee_wait(host_tid, &status, err);
-		if (r < 0)
-			return r;
-		tr->stopped = true;
-		tr->syscall_ip = rs->main.syscall_ip;
-		r = tracee_getregs(host_tid, &tr->regs, err);
-		if (r < 0)
-			return r;
-		n++;
-		r = thread_set_state(rs, tr, t, err);
-		if (r < 0)
-			return r;
+	_cleanup_free_ struct rs_batch *bs = calloc(THREAD_GROUP, sizeof(*bs));
+	if (!bs)
+		return ferr(err, -ENOMEM, "out of memory");
+	/* other threads first, a group at a time: they are cloned from the main thread */
+	for (size_t i = 0; i <= p->nthreads && r == 0; i++) {
+		if (i < p->nthreads && &p->threads[i] != main_t)
+			group[ng++] = &p->threads[i];
+		if (ng == THREAD_GROUP || (i == p->nthreads && ng > 0)) {
+			r = threads_group(rs, group, ng, &ret_tracees[n], bs, err);
+			n += ng;
+			ng = 0;
+		}
 	}
-	r = thread_set_state(rs, &rs->main, main_t, err);
 	if (r < 0)
 		return r;
+	bs[0].t = &rs->main;
+	bs[0].n = 0;
+	r = thread_queue(rs, &bs[0], main_t, rs->scratch + MODEL_PAGE, err);
+	if (r == 0)
+		r = rs_batch_run(rs, &bs[0], err);
+	if (r == 0)
+		r = thread_finish(&rs->main, main_t, err);
+	if (r < 0)
+		return ferr_prefix(err, "thread %d", main_t->tid);
 	ret_tracees[0] = rs->main;
 	return 0;
 }

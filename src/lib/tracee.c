@@ -278,19 +278,18 @@ static const uint8_t calls_code[] = {
 _Static_assert(sizeof(calls_code) <= TRACEE_CALLS_CODE, "calls_code");
 _Static_assert(sizeof(struct tracee_call) == TRACEE_CALL_BYTES, "tracee_call layout");
 
-int tracee_syscalls(struct tracee *t, uint64_t code, uint64_t table, struct tracee_call *calls,
-                    size_t n, size_t *ret_done, struct ferry_error *err)
+int tracee_syscalls_start(struct tracee *t, uint64_t code, uint64_t table,
+                          struct tracee_call *calls, size_t n, bool write_code,
+                          struct ferry_error *err)
 {
 	struct user_regs_struct r = t->regs;
 	pid_t tid = t->tid;
-	int status, rc;
+	int rc = 0;
 
-	*ret_done = 0;
-	if (n == 0)
-		return 0;
 	for (size_t i = 0; i < n; i++)
 		calls[i].ret = 0;
-	rc = tracee_poke(tid, code, calls_code, sizeof(calls_code));
+	if (write_code)
+		rc = tracee_poke(tid, code, calls_code, sizeof(calls_code));
 	if (rc == 0)
 		rc = tracee_poke(tid, table, calls, n * sizeof(*calls));
 	if (rc < 0)
@@ -301,11 +300,21 @@ int tracee_syscalls(struct tracee *t, uint64_t code, uint64_t table, struct trac
 	r.orig_rax = (uint64_t)-1; /* no restart fix-up of the call we interrupted */
 	t->clobbered = true;
 	rc = tracee_setregs(tid, &r, err);
+	if (rc == 0 && ptrace(PTRACE_CONT, tid, NULL, NULL) < 0)
+		rc = ferr(err, -errno, "thread %d: PTRACE_CONT: %m", tid);
+	return rc;
+}
+
+int tracee_syscalls_finish(struct tracee *t, uint64_t code, uint64_t table,
+                           struct tracee_call *calls, size_t n, size_t *ret_done,
+                           struct tracee_clones *cl, struct ferry_error *err)
+{
+	struct user_regs_struct r;
+	pid_t tid = t->tid;
+	int status, rc;
+
+	*ret_done = 0;
 	for (;;) {
-		if (rc < 0)
-			return rc;
-		if (ptrace(PTRACE_CONT, tid, NULL, NULL) < 0)
-			return ferr(err, -errno, "thread %d: PTRACE_CONT: %m", tid);
 		rc = tracee_wait(tid, &status, err);
 		if (rc < 0)
 			return rc;
@@ -314,16 +323,26 @@ int tracee_syscalls(struct tracee *t, uint64_t code, uint64_t table, struct trac
 			            status);
 		if (WSTOPSIG(status) == SIGTRAP && (status >> 16) == 0)
 			break;
-		if ((status >> 16) != 0)
-			continue; /* a ptrace event stop: on with the calls */
-		if (WSTOPSIG(status) == SIGSEGV || WSTOPSIG(status) == SIGBUS ||
-		    WSTOPSIG(status) == SIGILL)
-			return ferr(err, -EFAULT, "thread %d: signal %d running the calls", tid,
-			            WSTOPSIG(status));
-		if (t->deferred_sig && t->deferred_sig != WSTOPSIG(status))
-			return ferr(err, -EINTR, "thread %d: second signal %d during injection",
-			            tid, WSTOPSIG(status));
-		t->deferred_sig = WSTOPSIG(status);
+		if ((status >> 16) == PTRACE_EVENT_CLONE && cl) {
+			unsigned long msg = 0;
+			if (ptrace(PTRACE_GETEVENTMSG, tid, NULL, &msg) < 0)
+				return ferr(err, -errno, "thread %d: PTRACE_GETEVENTMSG: %m", tid);
+			if (cl->n < cl->max)
+				cl->tids[cl->n++] = (pid_t)msg;
+		} else if ((status >> 16) == 0) {
+			if (WSTOPSIG(status) == SIGSEGV || WSTOPSIG(status) == SIGBUS ||
+			    WSTOPSIG(status) == SIGILL)
+				return ferr(err, -EFAULT, "thread %d: signal %d running the calls",
+				            tid, WSTOPSIG(status));
+			if (t->deferred_sig && t->deferred_sig != WSTOPSIG(status))
+				return ferr(err, -EINTR,
+				            "thread %d: second signal %d during injection", tid,
+				            WSTOPSIG(status));
+			t->deferred_sig = WSTOPSIG(status);
+		}
+		/* a ptrace event stop, or a signal kept for later: on with the calls */
+		if (ptrace(PTRACE_CONT, tid, NULL, NULL) < 0)
+			return ferr(err, -errno, "thread %d: PTRACE_CONT: %m", tid);
 	}
 	rc = tracee_getregs(tid, &r, err);
 	if (rc < 0)
@@ -342,6 +361,16 @@ int tracee_syscalls(struct tracee *t, uint64_t code, uint64_t table, struct trac
 		return rc;
 	t->clobbered = false;
 	return 0;
+}
+
+int tracee_syscalls(struct tracee *t, uint64_t code, uint64_t table, struct tracee_call *calls,
+                    size_t n, size_t *ret_done, struct ferry_error *err)
+{
+	*ret_done = 0;
+	if (n == 0)
+		return 0;
+	int rc = tracee_syscalls_start(t, code, table, calls, n, true, err);
+	return rc < 0 ? rc : tracee_syscalls_finish(t, code, table, calls, n, ret_done, NULL, err);
 }
 
 int tracee_find_syscall_insn(pid_t pid, const struct proc_map *maps, size_t nmaps, uint64_t *ret)

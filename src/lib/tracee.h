@@ -113,6 +113,23 @@ struct tracee_call {
 int tracee_syscalls(struct tracee *t, uint64_t code, uint64_t table, struct tracee_call *calls,
                     size_t n, size_t *ret_done, struct ferry_error *err);
 
+/*
+ * tracee_syscalls_start / tracee_syscalls_finish - tracee_syscalls in two halves, so that
+ * several threads run their calls at the same time: start writes the calls (and the loop, if
+ * write_code) and lets the thread go; finish waits until it has run them. If cl is given,
+ * finish records in it the host tids of the threads the calls created (clone events), in order.
+ */
+struct tracee_clones {
+	pid_t *tids;
+	size_t n, max;
+};
+int tracee_syscalls_start(struct tracee *t, uint64_t code, uint64_t table,
+                          struct tracee_call *calls, size_t n, bool write_code,
+                          struct ferry_error *err);
+int tracee_syscalls_finish(struct tracee *t, uint64_t code, uint64_t table,
+                           struct tracee_call *calls, size_t n, size_t *ret_done,
+                           struct tracee_clones *cl, struct ferry_error *err);
+
 /* tracee_poke / tracee_peek - copy to / from another process's memory (process_vm_*v). */
 int tracee_poke(pid_t pid, uint64_t addr, const void *buf, size_t len);
 int tracee_peek(pid_t pid, uint64_t addr, void *buf, size_t len);

@@ -1,10 +1,13 @@
-/* Feature: 8 threads (spinning and sleeping) keep running from where they were; join works. */
+/* Feature: 8 threads (spinning and sleeping) keep running from where they were; join works.
+ * Built a second time as threads40 (NTHREADS 40): more threads than a restore sets up at once. */
 #include "feature.h"
 
 #include <stdint.h>
 #include <sys/syscall.h>
 
+#ifndef NTHREADS
 #define NTHREADS 8
+#endif
 
 struct worker {
 	int id;
