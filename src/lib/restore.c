@@ -49,10 +49,12 @@ struct restore_arg {
 	uint32_t npages;      /* pages files of the image */
 	int *pages_slot;      /* where each is placed in the helper (0: temp_lo + SLOT_PAGES) */
 	int temp_lo;
-	int *vma_fd;      /* per vma of process 0 */
-	int *shmem_fd;    /* per shmem object */
-	int stash_lo;     /* fds restored once for several entries park here */
-	uint64_t scratch; /* where the restorer's scratch pages go: free in the image */
+	int *vma_fd;                 /* per vma of process 0 */
+	int *shmem_fd;               /* per shmem object */
+	int stash_lo;                /* fds restored once for several entries park here */
+	uint64_t scratch;            /* where the restorer's scratch pages go: free in the image */
+	const struct proc_map *maps; /* the monitor's own mappings (the helper's vdso and vvar) */
+	size_t nmaps;
 	const struct restore_opts *opts;
 	struct lazy *lz; /* RESTORE_LAZY: the pages of anonymous mappings come after the start */
 	struct ferry_restore_stats stats;
@@ -198,7 +200,7 @@ static int place(int fd, int slot, struct ferry_error *err)
  * restorer's scratch pages are mapped where the image leaves room, and for a lazy restore a
  * userfaultfd of its memory waits at its slot.
  */
-static void helper_own_memory(const struct restore_arg *a)
+static void helper_own_memory(struct restore_arg *a)
 {
 	if (__rseq_size > 0) {
 		void *area = (char *)__builtin_thread_pointer() + __rseq_offset;
@@ -208,10 +210,11 @@ static void helper_own_memory(const struct restore_arg *a)
 			if (syscall(SYS_rseq, area, lens[i], RSEQ_FLAG_UNREGISTER, RSEQ_SIG) == 0)
 				break;
 	}
-	if (a->scratch)
-		(void)mmap((void *)(uintptr_t)a->scratch, RS_SCRATCH_PAGES * MODEL_PAGE,
-		           PROT_READ | PROT_WRITE | PROT_EXEC,
-		           MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+	if (a->scratch && mmap((void *)(uintptr_t)a->scratch, RS_SCRATCH_PAGES * MODEL_PAGE,
+	                       PROT_READ | PROT_WRITE | PROT_EXEC,
+	                       MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1,
+	                       0) != (void *)(uintptr_t)a->scratch)
+		a->scratch = 0; /* the monitor maps them itself */
 	if (a->opts->flags & RESTORE_LAZY) {
 		int fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
 		if (fd >= 0 && place(fd, a->temp_lo + SLOT_UFFD, NULL) < 0)
@@ -301,6 +304,7 @@ _noreturn_ static void helper_main(struct restore_arg *a, int sync_rd, int rep_w
 			(void)write_full(rep_wr, err.msg, strlen(err.msg) + 1);
 		_exit(1);
 	}
+	ok = a->scratch ? 1 : 0; /* prepared; 1: with the scratch pages */
 	(void)write_full(a->temp_lo + SLOT_REPORT, &ok, 1);
 	/* wait here; the monitor seizes us and replaces everything */
 	for (;;)
@@ -375,17 +379,19 @@ static int rebuild(struct restorer *rs, struct restore_arg *a, struct tracee *th
 	size_t nmaps = 0;
 	int r;
 
-	r = procfs_maps_noflags(rs->pid, &maps, &nmaps); /* only its vdso is looked at */
-	if (r < 0)
-		return ferr(err, r, "helper mappings: %s", strerror(-r));
+	/* only its vdso and vvar are looked at: as the monitor's, unless they were not read */
+	const struct proc_map *cur = a->maps;
+	size_t ncur = a->nmaps;
+	if (!cur) {
+		r = procfs_maps_noflags(rs->pid, &maps, &nmaps);
+		if (r < 0)
+			return ferr(err, r, "helper mappings: %s", strerror(-r));
+		cur = maps;
+		ncur = nmaps;
+	}
 	if (!rs->main.syscall_ip &&
-	    tracee_find_syscall_insn(rs->pid, maps, nmaps, &rs->main.syscall_ip) < 0)
+	    tracee_find_syscall_insn(rs->pid, cur, ncur, &rs->main.syscall_ip) < 0)
 		return ferr(err, -ENOTSUP, "no syscall instruction in the helper's vdso");
-	/* the scratch pages, if the helper could map them itself */
-	for (size_t i = 0; i < nmaps && a->scratch; i++)
-		if (maps[i].start == a->scratch &&
-		    maps[i].end == a->scratch + RS_SCRATCH_PAGES * MODEL_PAGE)
-			rs->scratch = a->scratch;
 	if ((r = unregister_rseq(rs, err)) < 0)
 		return r;
 	if (a->opts->flags & RESTORE_LAZY) {
@@ -393,7 +399,7 @@ static int rebuild(struct restorer *rs, struct restore_arg *a, struct tracee *th
 		if (r < 0)
 			return ferr(err, r, "lazy restore: %s", strerror(-r));
 	}
-	if ((r = mem_restore_lazy(rs, a->c, p, maps, nmaps, a->lz, err)) < 0 ||
+	if ((r = mem_restore_lazy(rs, a->c, p, cur, ncur, a->lz, err)) < 0 ||
 	    (r = task_restore_mm(rs, p, err)) < 0 || (r = threads_restore(rs, p, threads, err)) < 0)
 		return r;
 	r = task_restore_late(rs, p, err);
@@ -464,9 +470,20 @@ static int restore_start(void *arg, const char *log_path, pid_t *ret_pid, void *
 		r = ferr(err, -errno, "clone3 (new pid and mount namespaces): %m");
 		goto out;
 	}
-	/* the helper reports once: a NUL byte when prepared, or a message */
+	/* meanwhile, what the helper has as its fork: the places of the vdso and vvar, and a
+	 * syscall instruction in that vdso (reading the maps is slow enough to overlap) */
+	_cleanup_free_ struct proc_map *own = NULL;
+	size_t nown = 0;
+	uint64_t sys_ip = 0;
+	if (procfs_maps_noflags(getpid(), &own, &nown) == 0 &&
+	    tracee_find_syscall_insn(getpid(), own, nown, &sys_ip) == 0) {
+		a->maps = own;
+		a->nmaps = nown;
+	}
+	/* the helper reports once: a byte 0 (or 1: with the scratch pages) when prepared, or a
+	 * message */
 	ssize_t n = read(rep[0], msg, sizeof(msg) - 1);
-	if (n != 1 || msg[0] != 0) {
+	if (n != 1 || (msg[0] != 0 && msg[0] != 1)) {
 		r = ferr(err, -EIO, "preparing the process: %s", n > 0 ? msg : "helper died");
 		goto fail;
 	}
@@ -482,6 +499,8 @@ static int restore_start(void *arg, const char *log_path, pid_t *ret_pid, void *
 	                      PTRACE_O_TRACESYSGOOD | PTRACE_O_TRACECLONE | PTRACE_O_EXITKILL, err);
 	if (r < 0)
 		goto fail;
+	rs.main.syscall_ip = a->maps ? sys_ip : 0;
+	rs.scratch = msg[0] == 1 ? a->scratch : 0;
 	/* page data is verified on another CPU while the helper loads it; nothing of the
 	 * component runs before both are done. A lazy restore's caller vouches for the image. */
 	if (a->opts->flags & RESTORE_LAZY)
