@@ -98,33 +98,16 @@ static void job_place(struct copy_job *jb, const void *buf, struct image_writer 
  * turn, one buffer and no writer thread, whose start would cost more than the copy.
  */
 static int copy_inline(pid_t pid, struct copy_job *jobs, size_t njobs, struct image_writer *w,
-                       struct ferry_error *err)
+                       int memfd, struct ferry_error *err)
 {
 	_cleanup_free_ uint8_t *buf = malloc(CHUNK);
-	_cleanup_close_ int memfd = -EBADF;
 
 	if (!buf)
 		return ferr(err, -ENOMEM, "out of memory");
 	for (size_t j = 0; j < njobs; j++) {
 		struct copy_job *jb = &jobs[j];
-		int r;
-		if (jb->src_fd >= 0) {
-			r = pread_full(jb->src_fd, buf, jb->len, (off_t)jb->src);
-		} else {
-			struct iovec l = {buf, jb->len}, rv = {(void *)jb->src, jb->len};
-			r = process_vm_readv(pid, &l, 1, &rv, 1, 0) == (ssize_t)jb->len ? 0
-			                                                                : -EFAULT;
-			if (r < 0 && memfd < 0) {
-				/* /proc/PID/mem reaches pages that are not readable */
-				char path[64];
-				snprintf(path, sizeof(path), "/proc/%d/mem", pid);
-				memfd = open(path, O_RDONLY | O_CLOEXEC);
-				if (memfd < 0)
-					return ferr(err, -errno, "%s: %m", path);
-			}
-			if (r < 0)
-				r = pread_full(memfd, buf, jb->len, (off_t)jb->src);
-		}
+		int r = jb->src_fd < 0 ? read_mem(pid, memfd, jb->src, buf, jb->len)
+		                       : pread_full(jb->src_fd, buf, jb->len, (off_t)jb->src);
 		if (r < 0)
 			return ferr(err, r, "reading %s 0x%" PRIx64 "+0x%" PRIx64 ": %s",
 			            jb->src_fd < 0 ? "memory at" : "shared memory object at offset",
@@ -151,8 +134,6 @@ static int run_pipeline(pid_t pid, struct copy_job *jobs, size_t njobs, struct i
 		return 0; /* no pages wanted (a description only) */
 	for (size_t j = 0; j < njobs; j++)
 		total += jobs[j].len;
-	if (total <= INLINE_MAX)
-		return copy_inline(pid, jobs, njobs, w, err);
 	pl.out_fd = image_pages_fd(w);
 	if (pid > 0) {
 		char path[64];
@@ -161,6 +142,8 @@ static int run_pipeline(pid_t pid, struct copy_job *jobs, size_t njobs, struct i
 		if (memfd < 0)
 			return ferr(err, -errno, "%s: %m", path);
 	}
+	if (total <= INLINE_MAX)
+		return copy_inline(pid, jobs, njobs, w, memfd, err);
 	for (int i = 0; i < NSLOTS; i++) {
 		pl.buf[i] = mmap(NULL, CHUNK, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
 		                 -1, 0);
@@ -1605,8 +1588,8 @@ int mem_restore_lazy(struct restorer *rs, const struct component *c, const struc
 			                  keep_lo - sc_end, 0, 0, 0, err);
 	} else {
 		rs->scratch = 0;
-		r = teardown_call(rs, NULL, "munmap below the vdso", SYS_munmap, 0, keep_lo, 0, 0, 0,
-		                  err);
+		r = teardown_call(rs, NULL, "munmap below the vdso", SYS_munmap, 0, keep_lo, 0, 0,
+		                  0, err);
 	}
 	if (r >= 0)
 		r = teardown_call(rs, tb, "munmap above the vdso", SYS_munmap, keep_hi,
