@@ -399,22 +399,28 @@ static int rebuild(struct restorer *rs, struct restore_arg *a, struct tracee *th
 		if (r < 0)
 			return ferr(err, r, "lazy restore: %s", strerror(-r));
 	}
+	_cleanup_free_ struct rs_batch *fin = calloc(1, sizeof(*fin));
+	if (!fin)
+		return ferr(err, -ENOMEM, "out of memory");
+	fin->t = &rs->main;
+	/* the other threads; then one batch of the main thread: its own calls, PR_SET_MM_MAP
+	 * and the temporary fds closed (the last use of them is the exe fd of PR_SET_MM_MAP) */
 	if ((r = mem_restore_lazy(rs, a->c, p, cur, ncur, a->lz, err)) < 0 ||
-	    (r = task_restore_mm(rs, p, err)) < 0 || (r = threads_restore(rs, p, threads, err)) < 0)
+	    (r = threads_restore(rs, p, threads, fin, err)) < 0 ||
+	    (r = task_restore_mm(rs, p, fin, err)) < 0 ||
+	    (r = rs_batch_add(rs, fin, "close_range of temporary fds", SYS_close_range,
+	                      (uint64_t)a->temp_lo, ~0U, 0, 0, 0, 0, err)) < 0 ||
+	    (r = rs_batch_run(rs, fin, err)) < 0 || (r = threads_restore_main(rs, p, err)) < 0)
 		return r;
 	r = task_restore_late(rs, p, err);
 	if (r < 0)
 		return r;
-	/* the temporary fds and the scratch page go; then the main thread's final registers */
-	long ret = rs_sys(rs, "close_range of temporary fds", SYS_close_range, (uint64_t)a->temp_lo,
-	                  ~0U, 0, 0, 0, 0, err);
-	if (ret < 0)
-		return (int)ret;
+	/* the scratch page goes; then the main thread's final registers */
 	r = fd_file_relock(rs, p, err);
 	if (r < 0)
 		return r;
-	ret = rs_sys(rs, "munmap scratch pages", SYS_munmap, rs->scratch,
-	             RS_SCRATCH_PAGES * MODEL_PAGE, 0, 0, 0, 0, err);
+	long ret = rs_sys(rs, "munmap scratch pages", SYS_munmap, rs->scratch,
+	                  RS_SCRATCH_PAGES * MODEL_PAGE, 0, 0, 0, 0, err);
 	if (ret < 0)
 		return (int)ret;
 	/* its memory is the image's now: tracking starts here, so that the next checkpoint
@@ -443,6 +449,9 @@ static int restore_start(void *arg, const char *log_path, pid_t *ret_pid, void *
 	struct verify ver = {.c = a->c, .fds = a->pages_fds, .nfds = a->npages};
 	_cleanup_free_ struct tracee *threads =
 	        calloc(p->nthreads ? p->nthreads : 1, sizeof(struct tracee));
+	_cleanup_free_ struct proc_map *own = NULL; /* the monitor's mappings */
+	size_t nown = 0;
+	uint64_t sys_ip = 0;
 	int sync[2], rep[2], status, r;
 	pthread_t vth;
 	bool vstarted = false;
@@ -451,9 +460,6 @@ static int restore_start(void *arg, const char *log_path, pid_t *ret_pid, void *
 
 	if (!threads)
 		return ferr(err, -ENOMEM, "out of memory");
-	if (a->opts->hold &&
-	    (r = a->opts->hold(a->opts->hold_arg, RESTORE_BEGIN, 0, &a->stats, err)) < 0)
-		return r;
 	if (pipe2(sync, O_CLOEXEC) < 0)
 		return ferr(err, -errno, "pipe: %m");
 	if (pipe2(rep, O_CLOEXEC) < 0) {
@@ -470,11 +476,12 @@ static int restore_start(void *arg, const char *log_path, pid_t *ret_pid, void *
 		r = ferr(err, -errno, "clone3 (new pid and mount namespaces): %m");
 		goto out;
 	}
-	/* meanwhile, what the helper has as its fork: the places of the vdso and vvar, and a
+	/* while the helper prepares: the caller's start (a post-copy receiver) */
+	if (a->opts->hold &&
+	    (r = a->opts->hold(a->opts->hold_arg, RESTORE_BEGIN, 0, &a->stats, err)) < 0)
+		goto fail;
+	/* and what the helper has as its fork: the places of the vdso and vvar, and a
 	 * syscall instruction in that vdso (reading the maps is slow enough to overlap) */
-	_cleanup_free_ struct proc_map *own = NULL;
-	size_t nown = 0;
-	uint64_t sys_ip = 0;
 	if (procfs_maps_noflags(getpid(), &own, &nown) == 0 &&
 	    tracee_find_syscall_insn(getpid(), own, nown, &sys_ip) == 0) {
 		a->maps = own;

@@ -261,7 +261,8 @@ int task_restore_early(const struct process *p, struct ferry_error *err)
 	return 0;
 }
 
-int task_restore_mm(struct restorer *rs, const struct process *p, struct ferry_error *err)
+int task_restore_mm(struct restorer *rs, const struct process *p, struct rs_batch *b,
+                    struct ferry_error *err)
 {
 	struct prctl_mm_map map = {
 	        .start_code = p->start_code,
@@ -288,9 +289,8 @@ int task_restore_mm(struct restorer *rs, const struct process *p, struct ferry_e
 		r = tracee_poke(rs->pid, rs->scratch + 512, p->auxv, p->auxv_len);
 	if (r < 0)
 		return ferr(err, r, "scratch write: %s", strerror(-r));
-	long ret = rs_sys(rs, "prctl(PR_SET_MM_MAP)", SYS_prctl, PR_SET_MM, PR_SET_MM_MAP,
-	                  rs->scratch, sizeof(map), 0, 0, err);
-	return ret < 0 ? (int)ret : 0;
+	return rs_batch_add(rs, b, "prctl(PR_SET_MM_MAP)", SYS_prctl, PR_SET_MM, PR_SET_MM_MAP,
+	                    rs->scratch, sizeof(map), 0, 0, err);
 }
 
 int task_restore_late(struct restorer *rs, const struct process *p, struct ferry_error *err)

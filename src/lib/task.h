@@ -11,8 +11,11 @@ int task_capture(struct tracee *main, struct process *p, struct ferry_error *err
 /* task_restore_early - in the helper itself, before it is seized: dispositions, umask, cwd. */
 int task_restore_early(const struct process *p, struct ferry_error *err);
 
-/* task_restore_mm - injected PR_SET_MM_MAP (code/data/brk/stack/args/env bounds, auxv, exe). */
-int task_restore_mm(struct restorer *rs, const struct process *p, struct ferry_error *err);
+/* task_restore_mm - PR_SET_MM_MAP (code/data/brk/stack/args/env bounds, auxv, exe), queued in b
+ * (a batch of the main thread); its arguments are in the first scratch page. */
+struct rs_batch;
+int task_restore_mm(struct restorer *rs, const struct process *p, struct rs_batch *b,
+                    struct ferry_error *err);
 
 /* task_restore_late - pending signals (injected) and rlimits (prlimit), just before resuming. */
 int task_restore_late(struct restorer *rs, const struct process *p, struct ferry_error *err);

@@ -236,16 +236,21 @@ static int threads_group(struct restorer *rs, const struct thread *const *ts, si
 	return 0;
 }
 
-int threads_restore(struct restorer *rs, const struct process *p, struct tracee *ret_tracees,
-                    struct ferry_error *err)
+static const struct thread *main_thread(const struct process *p)
 {
-	const struct thread *main_t = NULL, *group[THREAD_GROUP];
+	for (size_t i = 0; i < p->nthreads; i++)
+		if (p->threads[i].tid == p->pid)
+			return &p->threads[i];
+	return NULL;
+}
+
+int threads_restore(struct restorer *rs, const struct process *p, struct tracee *ret_tracees,
+                    struct rs_batch *main_calls, struct ferry_error *err)
+{
+	const struct thread *main_t = main_thread(p), *group[THREAD_GROUP];
 	size_t n = 1, ng = 0;
 	int r = 0;
 
-	for (size_t i = 0; i < p->nthreads; i++)
-		if (p->threads[i].tid == p->pid)
-			main_t = &p->threads[i];
 	if (!main_t)
 		return ferr(err, -EPROTO, "process %d: no main thread in the image", p->pid);
 	_cleanup_free_ struct rs_batch *bs = calloc(THREAD_GROUP, sizeof(*bs));
@@ -263,17 +268,17 @@ int threads_restore(struct restorer *rs, const struct process *p, struct tracee 
 	}
 	if (r < 0)
 		return r;
-	bs[0].t = &rs->main;
-	bs[0].n = 0;
-	r = thread_queue(rs, &bs[0], main_t, rs->scratch + MODEL_PAGE, err);
-	if (r == 0)
-		r = rs_batch_run(rs, &bs[0], err);
-	if (r == 0)
-		r = thread_finish(&rs->main, main_t, err);
-	if (r < 0)
-		return ferr_prefix(err, "thread %d", main_t->tid);
-	ret_tracees[0] = rs->main;
-	return 0;
+	/* its area past the first pages of main_calls' table */
+	r = thread_queue(rs, main_calls, main_t, rs->scratch + 2 * MODEL_PAGE, err);
+	return r < 0 ? ferr_prefix(err, "thread %d", main_t->tid) : 0;
+}
+
+int threads_restore_main(struct restorer *rs, const struct process *p, struct ferry_error *err)
+{
+	const struct thread *main_t = main_thread(p);
+	int r = main_t ? thread_finish(&rs->main, main_t, err)
+	               : ferr(err, -EPROTO, "process %d: no main thread in the image", p->pid);
+	return r < 0 ? ferr_prefix(err, "thread %d", p->pid) : 0;
 }
 
 static const char *syscall_name(long nr)

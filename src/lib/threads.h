@@ -15,11 +15,14 @@ int threads_capture(struct tracee *tr, const struct process *p, struct thread *t
 
 /*
  * threads_restore - create the threads of p other than the main one in the helper (clone3
- * with their tids), give every thread its state and registers; the threads stay stopped.
- * ret_tracees (n = p->nthreads) receives every seized thread, main first.
+ * with their tids) and give each its state and registers; the main thread's own calls are
+ * queued in main_calls (a batch of the main thread, run by the caller with its own), after
+ * which threads_restore_main gives it its FPU state, signal mask and registers. The threads
+ * stay stopped. ret_tracees (n = p->nthreads) receives every other seized thread from 1 on.
  */
 int threads_restore(struct restorer *rs, const struct process *p, struct tracee *ret_tracees,
-                    struct ferry_error *err);
+                    struct rs_batch *main_calls, struct ferry_error *err);
+int threads_restore_main(struct restorer *rs, const struct process *p, struct ferry_error *err);
 
 /* thread_state_describe - "in syscall nanosleep (restarts)" and similar, for inspect. */
 void thread_state_describe(const struct thread *t, char *buf, size_t len);

@@ -508,7 +508,8 @@ int track_marker_type(void)
 	if (fd >= 0 && tk.pagemap >= 0 && m != MAP_FAILED) {
 		uint64_t s = (uint64_t)(uintptr_t)m;
 		m[0] = 1; /* a page table; the second page stays empty and gets a marker */
-		if (track_uffd_api(fd, TRACK_FEATURES) == 0 && track_register(&tk, s, s + 2 * pg) == 0 &&
+		if (track_uffd_api(fd, TRACK_FEATURES) == 0 &&
+		    track_register(&tk, s, s + 2 * pg) == 0 &&
 		    track_collect(&tk, s, s + 2 * pg, NULL, NULL, NULL) == 0 &&
 		    pread_full(tk.pagemap, &entry, sizeof(entry), (off_t)((s + pg) / pg * 8)) ==
 		            0 &&
