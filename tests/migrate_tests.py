@@ -331,30 +331,6 @@ def postcopy_sparse(ctx):
                      "must stay unallocated)", h.tail(log, 3))
 
 
-def precopy_refused(ctx):
-    """A component that writes as fast as the rounds carry its pages away is not frozen for ten
-    times --max-downtime or more: pre-copy refuses, names why, and it runs on at the source."""
-    key = make_key(ctx)
-    a, b = Node(ctx, "A", key).start(), Node(ctx, "B", key).start()
-    dirtier = os.path.join(os.path.dirname(ctx.ferry_bin), "bench", "bench-dirtier")
-    # 64 MiB, every page written 6 times a second: at least megabytes left after any round
-    a.ferry("run", "--name", "d", "--", dirtier, "-m", "pace", "64", "400", "200",
-            os.path.join(ctx.root, "never"))
-
-    def pace():
-        return [line for line in a.ferry("logs", "d")[1].splitlines() if line.startswith("PACE ")]
-
-    ctx.wait_for("the dirtier's pace", lambda: len(pace()) >= 2, 60)
-    rc, _, err = migrate(ctx, a, "d", b, "--max-downtime", "1", ok=False)
-    if rc == 0 or "does not converge" not in err or "runs on here" not in err:
-        raise h.Fail(f"a component that cannot converge: exit {rc}, {h.tail(err, 3)!r}")
-    if not a.running("d") or b.running("d"):
-        raise h.Fail(f"after the refusal: A runs {a.running('d')}, B runs {b.running('d')}")
-    seen = len(pace())
-    ctx.wait_for("the dirtier to go on at the source", lambda: len(pace()) > seen + 2, 30)
-    a.ferry("kill", "d")
-
-
 def wrong_key(ctx):
     """A node with another key is refused before anything is sent; the component runs on."""
     a = Node(ctx, "A", make_key(ctx)).start()
@@ -526,8 +502,7 @@ def veth(ctx):
 
 def tests():
     t = [("there-and-back", there_and_back), ("modes", modes),
-         ("postcopy-source-lost", postcopy_source_lost), ("postcopy-sparse", postcopy_sparse),
-         ("precopy-refused", precopy_refused), ("wrong-key", wrong_key),
+         ("postcopy-source-lost", postcopy_source_lost), ("postcopy-sparse", postcopy_sparse), ("wrong-key", wrong_key),
          ("files", files_differ), ("log", log_moves), ("veth", veth), ("random-kills", random_kills)]
     for point, where in KILL_POINTS:
         t.append((f"kill-{point}", lambda ctx, p=point, w=where: kill_point(ctx, p, w, False)))

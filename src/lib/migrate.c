@@ -752,11 +752,10 @@ static int precopy_rounds(struct src *s, struct ferry_error *err)
 	char dir[PATH_MAX], parent[PATH_MAX];
 	uint64_t target = (uint64_t)(s->o->max_downtime_ms ? s->o->max_downtime_ms : 20) * 1000000;
 	unsigned max_rounds = s->o->max_rounds ? s->o->max_rounds : 30;
-	uint64_t last_bytes = UINT64_MAX, t_prev = 0, down = 0;
-	unsigned k;
+	uint64_t last_bytes = UINT64_MAX, t_prev = 0;
 	int r;
 
-	for (k = 0;; k++) {
+	for (unsigned k = 0;; k++) {
 		link_path(s, k, dir, sizeof(dir));
 		if (k > 0) {
 			/* each link copies what was written since the one before while the
@@ -810,7 +809,7 @@ static int precopy_rounds(struct src *s, struct ferry_error *err)
 		uint64_t round_ns = now_ns() - t_start;
 		uint64_t rest = s->st->dirty_rate * round_ns / 1000000000ull; /* 0 after link 0 */
 		uint64_t rate = s->st->rate ? s->st->rate : 100000000;
-		down = 2 * rest * 1000000000ull / rate + cs.freeze_ns + HANDOVER_FIXED_NS;
+		uint64_t down = 2 * rest * 1000000000ull / rate + cs.freeze_ns + HANDOVER_FIXED_NS;
 		progress(s, "precopy", k + 1, down);
 		if (k > 0 && down <= target)
 			break;
@@ -822,18 +821,6 @@ static int precopy_rounds(struct src *s, struct ferry_error *err)
 			break;
 		last_bytes = own;
 	}
-	/* a component that writes as fast as the link carries is not frozen for ten times the
-	 * target or more (seconds, for a GiB): it runs on here, and the user decides */
-	if (down > 10 * target)
-		return ferr(
-		        err, -ETIMEDOUT,
-		        "%s does not converge: it writes %.1f MiB/s, the link carries %.1f "
-		        "MiB/s; after %u rounds the last link would freeze it for about %" PRIu64
-		        " ms, ten times --max-downtime (%" PRIu64
-		        " ms) or more, so it was not frozen and runs on here (raise "
-		        "--max-downtime to accept that, or use --mode postcopy)",
-		        s->name, (double)s->st->dirty_rate / 1048576, (double)s->st->rate / 1048576,
-		        k + 1, down / 1000000, target / 1000000);
 	return 0;
 }
 
