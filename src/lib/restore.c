@@ -4,7 +4,6 @@
 #include <pthread.h>
 #include <stdio.h>
 #include <string.h>
-#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/ptrace.h>
 #include <sys/resource.h>
@@ -415,7 +414,8 @@ static int rebuild(struct restorer *rs, struct restore_arg *a, struct tracee *th
 	r = task_restore_late(rs, p, err);
 	if (r < 0)
 		return r;
-	/* the scratch page goes; then the main thread's final registers */
+	/* locks taken again (the temporary fds are closed); the scratch pages go; then the main
+	 * thread's final registers */
 	r = fd_file_relock(rs, p, err);
 	if (r < 0)
 		return r;
