@@ -31,7 +31,7 @@ struct dst {
 	char source_addr[FERRY_ADDR_MAX];
 	char dir[PATH_MAX];
 	unsigned links; /* complete links received */
-	bool *held;     /* shared with the monitor: the hold was reached */
+	bool *held;     /* the hold was reached */
 	pid_t pid;
 	char pages_name[64];              /* the pages file the current link brought */
 	char postcopy_img[PATH_MAX];      /* post-copy: the image whose holes come later */
@@ -439,7 +439,8 @@ int migrate_accept(const struct ferry_node *n, struct channel *ch, int fd, const
 	struct ferry_component cur;
 	char mdir[PATH_MAX], lockp[PATH_MAX + 8];
 	_cleanup_close_ int lock = -EBADF;
-	bool *held = NULL;
+	struct restore_helper pre = {.go_wr = -EBADF, .sync_wr = -EBADF, .rep_rd = -EBADF};
+	bool held = false, monitor = false;
 	int r;
 
 	if (kv_get(offer, len, "id", d.id, sizeof(d.id)) < 0 || strlen(d.id) != 32 ||
@@ -478,14 +479,17 @@ int migrate_accept(const struct ferry_node *n, struct channel *ch, int fd, const
 		r = ferr(err, -errno, "%s: %m", lockp);
 		goto refuse;
 	}
-	held = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-	if (held == MAP_FAILED) {
-		held = NULL;
-		r = ferr(err, -errno, "mmap: %m");
-		goto refuse;
-	}
-	d.held = held;
+	d.held = &held;
+	/* this process becomes the component's monitor (restore_image, RESTORE_IN_PLACE), and
+	 * the component inherits its session: its own, not the node's */
+	(void)setsid();
 	r = channel_send(ch, MSG_ACCEPT, NULL, 0, err);
+	/* the component's process and namespaces made now, not in the downtime (without one,
+	 * the restore makes it then) */
+	if (r == 0) {
+		struct ferry_error e = {0};
+		(void)restore_helper_spawn(&n->rt, d.name, &pre, &e);
+	}
 	channel_set_timeout(ch, 300000);
 	while (r == 0) {
 		uint8_t t;
@@ -531,7 +535,9 @@ int migrate_accept(const struct ferry_node *n, struct channel *ch, int fd, const
 			/* the stream is authenticated: the image is what the source wrote. Memory
 			 * comes in after the component runs (lazily), so the downtime does not
 			 * grow with it */
-			struct restore_opts ro = {.flags = RESTORE_FILES_CHECKED | RESTORE_LAZY,
+			struct restore_opts ro = {.flags = RESTORE_FILES_CHECKED | RESTORE_LAZY |
+			                                   RESTORE_IN_PLACE,
+			                          .pre = &pre,
 			                          .hold = dst_hold,
 			                          .hold_arg = &d};
 			if (kv_u64(b, l, "postcopy")) {
@@ -546,21 +552,27 @@ int migrate_accept(const struct ferry_node *n, struct channel *ch, int fd, const
 			}
 			struct ferry_restore_stats rst;
 			r = restore_image(&n->rt, img, d.name, &ro, &d.pid, &rst, err);
-			if (r < 0 && !*held) {
+			if (r < 0 && !held) {
 				struct ferry_error e2;
 				(void)channel_send(ch, MSG_FAIL, err->msg, strlen(err->msg), &e2);
 			}
-			break; /* the monitor spoke for us from the hold on */
+			monitor = r == 0;
+			break; /* as the monitor, we spoke from the hold on */
 		} else if (t == MSG_ABORT) {
 			r = ferr(err, -ECANCELED, "the source aborted the migration");
 		} else {
 			r = ferr(err, -EPROTO, "unexpected message %u", t);
 		}
 	}
-	if (held)
-		munmap(held, 4096);
+	restore_helper_drop(&pre);
 	remove_tree(d.dir);
 	(void)unlink(lockp);
+	if (monitor) {
+		/* this process parents the component from now on (a post-copy's receiver thread
+		 * goes on with d) */
+		lock = safe_close(lock);
+		monitor_wait(&n->rt, d.name, d.pid);
+	}
 	if (r < 0)
 		ferr_prefix(err, "migration %s of %s from %s", d.id, d.name, channel_peer_name(ch));
 	return r;

@@ -44,9 +44,9 @@ struct restore_arg {
 	const struct ferry_runtime *rt;
 	const char *name;
 	const struct component *c;
-	const int *pages_fds; /* the reader's, inherited by the monitor and the helper */
-	uint32_t npages;      /* pages files of the image */
-	int *pages_slot;      /* where each is placed in the helper (0: temp_lo + SLOT_PAGES) */
+	int *pages_fds;  /* the reader's, inherited by the monitor and the helper */
+	uint32_t npages; /* pages files of the image */
+	int *pages_slot; /* where each is placed in the helper (0: temp_lo + SLOT_PAGES) */
 	int temp_lo;
 	int *vma_fd;                 /* per vma of process 0 */
 	int *shmem_fd;               /* per shmem object */
@@ -460,21 +460,33 @@ static int restore_start(void *arg, const char *log_path, pid_t *ret_pid, void *
 
 	if (!threads)
 		return ferr(err, -ENOMEM, "out of memory");
-	if (pipe2(sync, O_CLOEXEC) < 0)
-		return ferr(err, -errno, "pipe: %m");
-	if (pipe2(rep, O_CLOEXEC) < 0) {
+	struct restore_helper *pre = a->opts->pre;
+	pid_t pid;
+	if (pre && pre->pid > 0) {
+		/* made in advance, told the image already (restore_image): it is ours now */
+		pid = pre->pid;
+		sync[1] = pre->sync_wr;
+		rep[0] = pre->rep_rd;
+		pre->pid = 0;
+		pre->sync_wr = pre->rep_rd = -EBADF;
+		pre->go_wr = safe_close(pre->go_wr);
+	} else {
+		if (pipe2(sync, O_CLOEXEC) < 0)
+			return ferr(err, -errno, "pipe: %m");
+		if (pipe2(rep, O_CLOEXEC) < 0) {
+			safe_close(sync[0]);
+			safe_close(sync[1]);
+			return ferr(err, -errno, "pipe: %m");
+		}
+		pid = runtime_clone_ns(CLONE_NEWPID | CLONE_NEWNS);
+		if (pid == 0)
+			helper_main(a, sync[0], rep[1], log_path);
 		safe_close(sync[0]);
-		safe_close(sync[1]);
-		return ferr(err, -errno, "pipe: %m");
-	}
-	pid_t pid = runtime_clone_ns(CLONE_NEWPID | CLONE_NEWNS);
-	if (pid == 0)
-		helper_main(a, sync[0], rep[1], log_path);
-	safe_close(sync[0]);
-	safe_close(rep[1]);
-	if (pid < 0) {
-		r = ferr(err, -errno, "clone3 (new pid and mount namespaces): %m");
-		goto out;
+		safe_close(rep[1]);
+		if (pid < 0) {
+			r = ferr(err, -errno, "clone3 (new pid and mount namespaces): %m");
+			goto out;
+		}
 	}
 	/* while the helper prepares: the caller's start (a post-copy receiver) */
 	if (a->opts->hold &&
@@ -595,40 +607,116 @@ int ferry_restore(const struct ferry_runtime *rt, const char *dir, const char *n
 	return restore_image(rt, dir, name, NULL, ret_pid, ret_stats, err);
 }
 
+static void restore_helper_go(struct restore_helper *h, const char *dir, unsigned flags);
+
+/* What restore_plan allocates, freed. */
+static void plan_free(struct restore_arg *a, struct image_reader *rd)
+{
+	free(a->pages_fds);
+	free(a->pages_slot);
+	free(a->vma_fd);
+	free(a->shmem_fd);
+	model_free((struct component *)a->c);
+	image_reader_free(rd);
+	a->pages_fds = a->pages_slot = a->vma_fd = a->shmem_fd = NULL;
+	a->c = NULL;
+}
+
+/*
+ * The image at dir read and the places of everything the helper holds worked out: the same in
+ * the monitor and in a helper made in advance (restore_helper_spawn), which each read the
+ * image. Free with plan_free.
+ */
+static int restore_plan(const char *dir, struct restore_arg *a, struct image_reader **ret_rd,
+                        struct ferry_error *err)
+{
+	struct image_reader *rd = NULL;
+	struct component *c = NULL;
+	int r = image_reader_open(dir, &rd, err);
+
+	if (r < 0)
+		return r;
+	*ret_rd = rd;
+	r = model_load(rd, &c, err);
+	if (r < 0)
+		return ferr_prefix(err, "image %s", dir);
+	a->c = c;
+	if (c->nprocs != 1 || c->procs[0].pid != 1)
+		return ferr(err, -ENOTSUP,
+		            "image %s: %zu processes, first pid %d: only one process, "
+		            "pid 1 of its namespace, is supported",
+		            dir, c->nprocs, c->procs[0].pid);
+	/* temporary fd slots above every fd of the image */
+	const struct process *p = &c->procs[0];
+	int top = 3;
+	for (size_t i = 0; i < p->nfds; i++)
+		top = MAX(top, p->fds[i].fd + 1);
+	a->npages = image_reader_npages_files(rd);
+	a->pages_fds = calloc(a->npages, sizeof(int));
+	a->pages_slot = calloc(a->npages, sizeof(int));
+	a->temp_lo = top;
+	a->vma_fd = calloc(p->nvmas ? p->nvmas : 1, sizeof(int));
+	a->shmem_fd = calloc(c->nshmems ? c->nshmems : 1, sizeof(int));
+	if (!a->vma_fd || !a->shmem_fd || !a->pages_fds || !a->pages_slot)
+		return ferr(err, -ENOMEM, "out of memory");
+	int slot = top + SLOT_FIRST_FREE;
+	for (uint32_t i = 0; i < a->npages; i++) {
+		a->pages_fds[i] = image_reader_pages_fd_at(rd, i);
+		a->pages_slot[i] = i == 0 ? top + SLOT_PAGES : slot++;
+	}
+	for (size_t i = 0; i < c->nshmems; i++) {
+		size_t users = 0;
+		bool whole = false;
+		for (size_t j = 0; j < p->nvmas; j++)
+			if (p->vmas[j].kind == VMA_SHMEM && p->vmas[j].shmem == (int)i) {
+				users++;
+				whole = p->vmas[j].pgoff == 0 &&
+				        p->vmas[j].end - p->vmas[j].start == c->shmems[i].size;
+			}
+		for (size_t j = 0; j < p->nfds; j++)
+			if (p->fds[j].kind == FD_MEMFD && p->fds[j].shmem == (int)i)
+				users = 2;
+		/* a shared anonymous mapping of its own is mapped anonymously again */
+		a->shmem_fd[i] =
+		        (c->shmems[i].kind == SHMEM_ANON && users == 1 && whole) ? -1 : slot++;
+	}
+	for (size_t i = 0; i < p->nvmas; i++) {
+		uint32_t k = p->vmas[i].kind;
+		a->vma_fd[i] = (k == VMA_FILE_PRIVATE || k == VMA_FILE_SHARED) ? slot++ : -1;
+	}
+	a->stash_lo = slot + 16;
+	a->scratch = mem_free_range(p, RS_SCRATCH_PAGES * MODEL_PAGE);
+	return 0;
+}
+
 int restore_image(const struct ferry_runtime *rt, const char *dir, const char *name,
                   const struct restore_opts *o, pid_t *ret_pid,
                   struct ferry_restore_stats *ret_stats, struct ferry_error *err)
 {
 	static const struct restore_opts none = {0};
 	struct image_reader *rd = NULL;
-	struct component *c = NULL;
 	struct restore_arg a = {0};
-	int *pages_fds = NULL;
 	struct ferry_restore_stats st = {0};
 	char log[PATH_MAX];
 	uint64_t t0 = now_ns();
 	bool keep_log = false;
 	int r;
 
-	r = image_reader_open(dir, &rd, err);
-	if (r < 0)
-		return r;
-	r = model_load(rd, &c, err);
-	if (r < 0) {
-		ferr_prefix(err, "image %s", dir);
-		goto out;
-	}
-	if (!name)
-		name = c->name;
-	if (c->nprocs != 1 || c->procs[0].pid != 1) {
-		r = ferr(err, -ENOTSUP,
-		         "image %s: %zu processes, first pid %d: only one process, "
-		         "pid 1 of its namespace, is supported",
-		         dir, c->nprocs, c->procs[0].pid);
-		goto out;
-	}
 	if (!o)
 		o = &none;
+	/* a helper made in advance reads the image while we do; its parent is its monitor */
+	if (o->pre && !(o->flags & RESTORE_IN_PLACE)) {
+		r = ferr(err, -EINVAL, "a helper made in advance needs RESTORE_IN_PLACE");
+		goto out;
+	}
+	if (o->pre && o->pre->pid > 0)
+		restore_helper_go(o->pre, dir, o->flags);
+	r = restore_plan(dir, &a, &rd, err);
+	if (r < 0)
+		goto out;
+	const struct component *c = a.c;
+	if (!name)
+		name = c->name;
 	r = (o->flags & RESTORE_FILES_CHECKED) ? 0 : check_files(c, err);
 	if (r < 0) {
 		ferr_prefix(err, "image %s", dir);
@@ -647,54 +735,12 @@ int restore_image(const struct ferry_runtime *rt, const char *dir, const char *n
 			goto out;
 		}
 	}
-	/* temporary fd slots above every fd of the image */
-	const struct process *p = &c->procs[0];
-	int top = 3;
-	for (size_t i = 0; i < p->nfds; i++)
-		top = MAX(top, p->fds[i].fd + 1);
 	a.rt = rt;
 	a.opts = o;
 	a.name = name;
-	a.c = c;
-	a.npages = image_reader_npages_files(rd);
-	a.pages_fds = pages_fds = calloc(a.npages, sizeof(int));
-	a.pages_slot = calloc(a.npages, sizeof(int));
-	a.temp_lo = top;
-	a.vma_fd = calloc(p->nvmas ? p->nvmas : 1, sizeof(int));
-	a.shmem_fd = calloc(c->nshmems ? c->nshmems : 1, sizeof(int));
-	if (!a.vma_fd || !a.shmem_fd || !pages_fds || !a.pages_slot) {
-		r = ferr(err, -ENOMEM, "out of memory");
-		goto out;
-	}
-	int slot = top + SLOT_FIRST_FREE;
-	for (uint32_t i = 0; i < a.npages; i++) {
-		pages_fds[i] = image_reader_pages_fd_at(rd, i);
-		a.pages_slot[i] = i == 0 ? top + SLOT_PAGES : slot++;
-	}
-	for (size_t i = 0; i < c->nshmems; i++) {
-		size_t users = 0;
-		bool whole = false;
-		for (size_t j = 0; j < p->nvmas; j++)
-			if (p->vmas[j].kind == VMA_SHMEM && p->vmas[j].shmem == (int)i) {
-				users++;
-				whole = p->vmas[j].pgoff == 0 &&
-				        p->vmas[j].end - p->vmas[j].start == c->shmems[i].size;
-			}
-		for (size_t j = 0; j < p->nfds; j++)
-			if (p->fds[j].kind == FD_MEMFD && p->fds[j].shmem == (int)i)
-				users = 2;
-		/* a shared anonymous mapping of its own is mapped anonymously again */
-		a.shmem_fd[i] =
-		        (c->shmems[i].kind == SHMEM_ANON && users == 1 && whole) ? -1 : slot++;
-	}
-	for (size_t i = 0; i < p->nvmas; i++) {
-		uint32_t k = p->vmas[i].kind;
-		a.vma_fd[i] = (k == VMA_FILE_PRIVATE || k == VMA_FILE_SHARED) ? slot++ : -1;
-	}
-	a.stash_lo = slot + 16;
-	a.scratch = mem_free_range(p, RS_SCRATCH_PAGES * MODEL_PAGE);
-	r = monitor_launch(rt, name, true, c->log_id, keep_log, restore_start, &a, ret_pid,
-	                   &a.stats, sizeof(a.stats), err);
+	r = ((o->flags & RESTORE_IN_PLACE) ? monitor_here : monitor_launch)(
+	        rt, name, true, c->log_id, keep_log, restore_start, &a, ret_pid, &a.stats,
+	        sizeof(a.stats), err);
 	if (r < 0) {
 		ferr_prefix(err, "restoring %s from %s", name, dir);
 		goto out;
@@ -704,11 +750,126 @@ int restore_image(const struct ferry_runtime *rt, const char *dir, const char *n
 	if (ret_stats)
 		*ret_stats = a.stats;
 out:
-	free(pages_fds);
-	free(a.pages_slot);
-	free(a.vma_fd);
-	free(a.shmem_fd);
-	model_free(c);
-	image_reader_free(rd);
+	/* a helper made in advance and not taken by restore_start */
+	if (o->pre)
+		restore_helper_drop(o->pre);
+	plan_free(&a, rd);
 	return r;
+}
+
+/* ---- a helper made in advance ---- */
+
+struct helper_go {
+	unsigned flags;
+	char dir[PATH_MAX];
+};
+
+/* Close every fd but the n in keep (ascending). */
+static void close_all_but(const int *keep, size_t n)
+{
+	unsigned lo = 0;
+	for (size_t i = 0; i < n; i++) {
+		if ((unsigned)keep[i] > lo)
+			syscall(SYS_close_range, lo, (unsigned)keep[i] - 1, 0);
+		lo = (unsigned)keep[i] + 1;
+	}
+	syscall(SYS_close_range, lo, ~0U, 0);
+}
+
+static int cmp_int(const void *x, const void *y)
+{
+	return *(const int *)x - *(const int *)y;
+}
+
+/* The helper made in advance: its namespaces set up, it waits for the image, reads it and goes
+ * on as any helper. */
+_noreturn_ static void helper_standby(const struct ferry_runtime *rt, const char *name, int go_rd,
+                                      int sync_rd, int rep_wr)
+{
+	struct ferry_error err = {0};
+	struct image_reader *rd = NULL;
+	struct helper_go go;
+	char log_path[PATH_MAX];
+	int keep[3] = {go_rd, sync_rd, rep_wr};
+
+	/* nothing of the process it was made from: no connection, no lock, no terminal */
+	qsort(keep, 3, sizeof(int), cmp_int);
+	close_all_but(keep, 3);
+	if (runtime_ns_setup(&err) < 0)
+		goto fail;
+	/* told, or the restore gave up (end of file) */
+	if (read_full(go_rd, &go, sizeof(go)) < 0)
+		_exit(1);
+	safe_close(go_rd);
+	go.dir[sizeof(go.dir) - 1] = 0;
+	struct restore_opts o = {.flags = go.flags};
+	struct restore_arg a = {.rt = rt, .name = name, .opts = &o};
+	if (restore_plan(go.dir, &a, &rd, &err) < 0)
+		goto fail;
+	runtime_log_path(rt, name, log_path, sizeof(log_path));
+	helper_main(&a, sync_rd, rep_wr, log_path);
+fail:
+	(void)write_full(rep_wr, err.msg, strlen(err.msg) + 1);
+	_exit(1);
+}
+
+int restore_helper_spawn(const struct ferry_runtime *rt, const char *name, struct restore_helper *h,
+                         struct ferry_error *err)
+{
+	int go[2], sync[2], rep[2];
+	pid_t pid;
+
+	*h = (struct restore_helper){.go_wr = -EBADF, .sync_wr = -EBADF, .rep_rd = -EBADF};
+	if (pipe2(go, O_CLOEXEC) < 0)
+		return ferr(err, -errno, "pipe: %m");
+	if (pipe2(sync, O_CLOEXEC) < 0) {
+		safe_close(go[0]);
+		safe_close(go[1]);
+		return ferr(err, -errno, "pipe: %m");
+	}
+	if (pipe2(rep, O_CLOEXEC) < 0) {
+		safe_close(go[0]);
+		safe_close(go[1]);
+		safe_close(sync[0]);
+		safe_close(sync[1]);
+		return ferr(err, -errno, "pipe: %m");
+	}
+	pid = runtime_clone_ns(CLONE_NEWPID | CLONE_NEWNS);
+	if (pid == 0)
+		helper_standby(rt, name, go[0], sync[0], rep[1]);
+	int r = pid < 0 ? -errno : 0;
+	safe_close(go[0]);
+	safe_close(sync[0]);
+	safe_close(rep[1]);
+	if (r < 0) {
+		safe_close(go[1]);
+		safe_close(sync[1]);
+		safe_close(rep[0]);
+		return ferr(err, r, "clone3 (new pid and mount namespaces): %s", strerror(-r));
+	}
+	*h = (struct restore_helper){
+	        .pid = pid, .go_wr = go[1], .sync_wr = sync[1], .rep_rd = rep[0]};
+	return 0;
+}
+
+static void restore_helper_go(struct restore_helper *h, const char *dir, unsigned flags)
+{
+	struct helper_go go = {.flags = flags};
+	snprintf(go.dir, sizeof(go.dir), "%s", dir);
+	/* a helper gone shows when its report is read */
+	(void)write_full(h->go_wr, &go, sizeof(go));
+	h->go_wr = safe_close(h->go_wr);
+}
+
+void restore_helper_drop(struct restore_helper *h)
+{
+	if (h->pid > 0) {
+		(void)safe_kill(h->pid, SIGKILL);
+		while (waitpid(h->pid, NULL, __WALL) < 0 && errno == EINTR)
+			;
+		h->pid = 0;
+	}
+	h->go_wr = safe_close(h->go_wr);
+	h->sync_wr = safe_close(h->sync_wr);
+	h->rep_rd = safe_close(h->rep_rd);
 }

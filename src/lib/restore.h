@@ -85,11 +85,33 @@ typedef int (*restore_hold_fn)(void *arg, enum restore_phase phase, pid_t pid,
  * after the component runs; the caller vouches for the image's integrity: no checksum
  * verification before it runs */
 #define RESTORE_LAZY (1u << 1)
+/* the calling process becomes the component's monitor (monitor_here), no fork: on success it
+ * must call monitor_wait once done */
+#define RESTORE_IN_PLACE (1u << 2)
 
 struct lazy_source;
 
+/*
+ * A helper made in advance (a migration's destination makes it at the offer): the new pid and
+ * mount namespaces are ready when the image arrives, and it reads the image itself.
+ */
+struct restore_helper {
+	pid_t pid;   /* 0: none (or taken by a restore) */
+	int go_wr;   /* the image to restore is written here */
+	int sync_wr; /* the helper waits on this until it is seized */
+	int rep_rd;  /* its report: a byte when prepared, or a message */
+};
+
+/* restore_helper_spawn - make one, for component name; restore_opts.pre hands it over. */
+int restore_helper_spawn(const struct ferry_runtime *rt, const char *name, struct restore_helper *h,
+                         struct ferry_error *err);
+/* restore_helper_drop - end one that was not used (its process killed and reaped). */
+void restore_helper_drop(struct restore_helper *h);
+
 struct restore_opts {
 	unsigned flags;
+	struct restore_helper *pre; /* a helper made in advance, or NULL: restore_image takes it
+	                               (and ends it if it fails before it is used) */
 	const struct lazy_source *lazy_src; /* RESTORE_LAZY: where pages come from (NULL: the
 	                                       image's pages files) */
 	restore_hold_fn hold;

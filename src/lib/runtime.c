@@ -235,14 +235,17 @@ struct report {
 	uint8_t extra[MONITOR_EXTRA_MAX];
 };
 
-static void monitor_main(const struct ferry_runtime *rt, const char *name, bool restored,
-                         monitor_start_fn start, void *arg, int rep_fd)
+/*
+ * In the monitor: start the component and record it as running. A component whose record
+ * cannot be written could not be found again: it does not stay.
+ */
+static int monitor_begin(const struct ferry_runtime *rt, const char *name, bool restored,
+                         monitor_start_fn start, void *arg, pid_t *ret_pid, void *extra,
+                         struct ferry_error *err)
 {
-	struct report rep = {0};
-	struct ferry_error err = {0};
 	struct ferry_component c = {0};
 	char log_path[PATH_MAX];
-	int status;
+	int status, r;
 	pid_t pid = 0;
 
 	(void)prctl(PR_SET_NAME, "ferry-monitor");
@@ -250,30 +253,47 @@ static void monitor_main(const struct ferry_runtime *rt, const char *name, bool 
 	 * node): the component must not lose its monitor to SIGPIPE */
 	signal(SIGPIPE, SIG_IGN);
 	runtime_log_path(rt, name, log_path, sizeof(log_path));
-	rep.code = start(arg, log_path, &pid, rep.extra, &err);
-	if (rep.code < 0) {
-		memcpy(rep.msg, err.msg, sizeof(rep.msg));
-		(void)write_full(rep_fd, &rep, sizeof(rep));
-		_exit(1);
-	}
+	r = start(arg, log_path, &pid, extra, err);
+	if (r < 0)
+		return r;
 	snprintf(c.name, sizeof(c.name), "%s", name);
 	c.pid = pid;
 	c.monitor_pid = getpid();
 	c.state = FERRY_STATE_RUNNING;
 	c.started = (int64_t)time(NULL);
 	c.restored = restored;
-	rep.code = record_write(rt, &c);
-	rep.pid = pid;
-	if (rep.code < 0) {
-		/* a component without its record could not be found again: it does not stay */
-		snprintf(rep.msg, sizeof(rep.msg), "writing the record: %s", strerror(-rep.code));
+	r = record_write(rt, &c);
+	if (r < 0) {
 		(void)safe_kill(pid, SIGKILL);
 		(void)waitpid(pid, &status, 0);
-		(void)write_full(rep_fd, &rep, sizeof(rep));
-		_exit(1);
+		return ferr(err, r, "writing the record: %s", strerror(-r));
 	}
-	(void)write_full(rep_fd, &rep, sizeof(rep));
-	safe_close(rep_fd);
+	*ret_pid = pid;
+	return 0;
+}
+
+/* A monitor holds no terminal, pipe or log of whoever started it. */
+static void stdio_null(void)
+{
+	int null = open("/dev/null", O_RDWR | O_CLOEXEC);
+
+	if (null < 0)
+		return;
+	dup2(null, 0);
+	dup2(null, 1);
+	dup2(null, 2);
+	if (null > 2)
+		close(null);
+}
+
+_noreturn_ void monitor_wait(const struct ferry_runtime *rt, const char *name, pid_t pid)
+{
+	struct ferry_component c;
+	char path[PATH_MAX];
+	struct stat sb;
+	int status = 0;
+
+	stdio_null();
 	if (chdir("/") < 0) {
 		/* only to not pin a mount; harmless */
 	}
@@ -283,26 +303,43 @@ static void monitor_main(const struct ferry_runtime *rt, const char *name, bool 
 			continue;
 		break;
 	}
-	c.state = FERRY_STATE_EXITED;
-	c.exit_status = status;
 	/* the record may have been removed by ferry kill: then leave it removed */
-	char path[PATH_MAX];
-	struct stat sb;
 	snprintf(path, sizeof(path), "%s/%s/record", rt->state_dir, name);
-	if (stat(path, &sb) == 0)
+	if (stat(path, &sb) == 0 && record_read(rt, name, &c) == 0 && c.pid == pid) {
+		c.state = FERRY_STATE_EXITED;
+		c.exit_status = status;
 		(void)record_write(rt, &c);
+	}
 	_exit(0);
 }
 
-int monitor_launch(const struct ferry_runtime *rt, const char *name, bool restored, uint64_t log_id,
-                   bool keep_log, monitor_start_fn start, void *arg, pid_t *ret_pid,
-                   void *ret_extra, size_t extra_len, struct ferry_error *err)
+_noreturn_ static void monitor_main(const struct ferry_runtime *rt, const char *name, bool restored,
+                                    monitor_start_fn start, void *arg, int rep_fd)
+{
+	struct report rep = {0};
+	struct ferry_error err = {0};
+	pid_t pid = 0;
+
+	(void)setsid();
+	stdio_null();
+	rep.code = monitor_begin(rt, name, restored, start, arg, &pid, rep.extra, &err);
+	rep.pid = pid;
+	if (rep.code < 0)
+		memcpy(rep.msg, err.msg, sizeof(rep.msg));
+	(void)write_full(rep_fd, &rep, sizeof(rep));
+	if (rep.code < 0)
+		_exit(1);
+	safe_close(rep_fd);
+	monitor_wait(rt, name, pid);
+}
+
+/* Before a monitor starts its component: no other copy runs, a log, a log id, no old figures. */
+static int monitor_prepare(const struct ferry_runtime *rt, const char *name, uint64_t log_id,
+                           bool keep_log, struct ferry_error *err)
 {
 	struct ferry_component cur;
 	char dir[PATH_MAX], path[PATH_MAX], idbuf[32];
-	struct report rep;
-	int p[2], r, status;
-	pid_t mid;
+	int r;
 
 	if (!ferry_name_valid(name))
 		return ferr(err, -EINVAL,
@@ -334,6 +371,20 @@ int monitor_launch(const struct ferry_runtime *rt, const char *name, bool restor
 	r = write_atomic(path, idbuf);
 	if (r < 0)
 		return ferr(err, r, "%s: %s", path, strerror(-r));
+	return 0;
+}
+
+int monitor_launch(const struct ferry_runtime *rt, const char *name, bool restored, uint64_t log_id,
+                   bool keep_log, monitor_start_fn start, void *arg, pid_t *ret_pid,
+                   void *ret_extra, size_t extra_len, struct ferry_error *err)
+{
+	struct report rep;
+	int p[2], r, status;
+	pid_t mid;
+
+	r = monitor_prepare(rt, name, log_id, keep_log, err);
+	if (r < 0)
+		return r;
 	if (pipe2(p, O_CLOEXEC) < 0)
 		return ferr(err, -errno, "pipe: %m");
 	mid = fork();
@@ -345,15 +396,7 @@ int monitor_launch(const struct ferry_runtime *rt, const char *name, bool restor
 	}
 	if (mid == 0) {
 		safe_close(p[0]);
-		(void)setsid();
-		int null = open("/dev/null", O_RDWR | O_CLOEXEC);
-		if (null >= 0) {
-			dup2(null, 0);
-			dup2(null, 1);
-			dup2(null, 2);
-		}
 		monitor_main(rt, name, restored, start, arg, p[1]);
-		_exit(0);
 	}
 	safe_close(p[1]);
 	r = read_full(p[0], &rep, sizeof(rep));
@@ -370,6 +413,26 @@ int monitor_launch(const struct ferry_runtime *rt, const char *name, bool restor
 	if (ret_extra)
 		memcpy(ret_extra, rep.extra, MIN(extra_len, sizeof(rep.extra)));
 	*ret_pid = rep.pid;
+	return 0;
+}
+
+int monitor_here(const struct ferry_runtime *rt, const char *name, bool restored, uint64_t log_id,
+                 bool keep_log, monitor_start_fn start, void *arg, pid_t *ret_pid, void *ret_extra,
+                 size_t extra_len, struct ferry_error *err)
+{
+	uint8_t extra[MONITOR_EXTRA_MAX] = {0};
+	int r = monitor_prepare(rt, name, log_id, keep_log, err);
+
+	if (r < 0)
+		return r;
+	/* from here on this process parents the component: it outlives its own parent */
+	if (prctl(PR_SET_PDEATHSIG, 0) < 0)
+		return ferr(err, -errno, "PR_SET_PDEATHSIG: %m");
+	r = monitor_begin(rt, name, restored, start, arg, ret_pid, extra, err);
+	if (r < 0)
+		return r;
+	if (ret_extra)
+		memcpy(ret_extra, extra, MIN(extra_len, sizeof(extra)));
 	return 0;
 }
 

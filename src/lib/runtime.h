@@ -28,6 +28,19 @@ int monitor_launch(const struct ferry_runtime *rt, const char *name, bool restor
                    bool keep_log, monitor_start_fn start, void *arg, pid_t *ret_pid,
                    void *ret_extra, size_t extra_len, struct ferry_error *err);
 
+/*
+ * monitor_here - as monitor_launch, but the calling process becomes the monitor (no fork: a
+ * migration's receiver, whose downtime a fork would lengthen). It stops following its parent's
+ * death (PR_SET_PDEATHSIG), must already lead its own session (before start creates the
+ * component, which inherits it), and on success calls monitor_wait once done with its own work.
+ */
+int monitor_here(const struct ferry_runtime *rt, const char *name, bool restored, uint64_t log_id,
+                 bool keep_log, monitor_start_fn start, void *arg, pid_t *ret_pid, void *ret_extra,
+                 size_t extra_len, struct ferry_error *err);
+
+/* monitor_wait - the rest of a monitor's life: wait for component pid, record its exit, exit. */
+_Noreturn void monitor_wait(const struct ferry_runtime *rt, const char *name, pid_t pid);
+
 /* runtime_paths - the component's directory, log and log-id files. */
 void runtime_dir(const struct ferry_runtime *rt, const char *name, char *buf, size_t len);
 void runtime_log_path(const struct ferry_runtime *rt, const char *name, char *buf, size_t len);
