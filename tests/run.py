@@ -375,7 +375,10 @@ def feature_restore(ctx, prog, lazy=False):
     ctx.ferry("checkpoint", "c", "--dir", img, *(["--stop"] if prog in WRITES_FILES else []))
     ctx.forget("c")
     ctx.ferry("restore", "--dir", img, "--name", "c", *(["--lazy"] if lazy else []))
-    compare_snapshots(before, proc_snapshot(ctx.pid("c")),
+    # adjacent mappings of equal protection merged: two anonymous mappings the kernel kept
+    # apart only because each got its own anon_vma (AddressSanitizer's allocator, depending on
+    # where ASLR put them) are one after a restore maps them together; nothing else differs
+    compare_snapshots(same_layout(before), same_layout(proc_snapshot(ctx.pid("c"))),
                       "after lazy restore" if lazy else "after restore")
     ctx.go()
     expect_log(ctx, "c", "READY\nPASS\n")
@@ -420,11 +423,13 @@ def feature_twice(ctx, prog):
         raise Fail(f"after checkpoint --stop the component is {c.get('state')}")
     snapshot_dir(ctx.scratch, saved)  # files as they were at the checkpoint
     ctx.ferry("restore", "--dir", img)
-    compare_snapshots(before, proc_snapshot(ctx.pid("c")), "after first restore")
+    compare_snapshots(same_layout(before), same_layout(proc_snapshot(ctx.pid("c"))),
+                      "after first restore")
     ctx.ferry("kill", "c")
     restore_dir(saved, ctx.scratch)
     ctx.ferry("restore", "--dir", img)
-    compare_snapshots(before, proc_snapshot(ctx.pid("c")), "after second restore")
+    compare_snapshots(same_layout(before), same_layout(proc_snapshot(ctx.pid("c"))),
+                      "after second restore")
     ctx.go()
     expect_log(ctx, "c", "READY\nPASS\n")
 
