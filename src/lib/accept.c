@@ -489,6 +489,8 @@ int migrate_accept(const struct ferry_node *n, struct channel *ch, int fd, const
 	if (r == 0) {
 		struct ferry_error e = {0};
 		(void)restore_helper_spawn(&n->rt, d.name, &pre, &e);
+		/* and the buffers the last link comes through: no page faults for them then */
+		r = channel_reserve(ch, MIG_CHUNK + 4096, err);
 	}
 	channel_set_timeout(ch, 300000);
 	while (r == 0) {

@@ -96,6 +96,42 @@ static int buf_reserve(uint8_t **buf, size_t *cap, size_t need)
 	return 0;
 }
 
+/* Make *buf hold at least need bytes, keeping its contents. 0 or -ENOMEM. */
+static int buf_grow(uint8_t **buf, size_t *cap, size_t need)
+{
+	uint8_t *p;
+	size_t n;
+
+	if (*cap >= need)
+		return 0;
+	n = (need + BUF_ROUND - 1) / BUF_ROUND * BUF_ROUND;
+	p = realloc(*buf, n);
+	if (!p)
+		return -ENOMEM;
+	*buf = p;
+	*cap = n;
+	return 0;
+}
+
+int channel_reserve(struct channel *ch, size_t payload, struct ferry_error *err)
+{
+	size_t frame = 4 + ABYTES + PLAIN_HDR + payload;
+
+	if (payload > CHANNEL_MSG_MAX)
+		return ferr(err, -EMSGSIZE, "channel buffers for %zu bytes: more than %u", payload,
+		            CHANNEL_MSG_MAX);
+	if (buf_reserve(&ch->splain, &ch->splain_cap, PLAIN_HDR + payload) < 0 ||
+	    buf_reserve(&ch->swire, &ch->swire_cap, frame) < 0 ||
+	    buf_grow(&ch->rwire, &ch->rwire_cap, frame + READAHEAD) < 0 ||
+	    buf_grow(&ch->rplain, &ch->rplain_cap, PLAIN_HDR + payload) < 0)
+		return ferr(err, -ENOMEM, "channel buffers for %zu bytes", payload);
+	populate(ch->splain, ch->splain_cap);
+	populate(ch->swire, ch->swire_cap);
+	populate(ch->rwire, ch->rwire_cap);
+	populate(ch->rplain, ch->rplain_cap);
+	return 0;
+}
+
 static int sodium_ready(struct ferry_error *err)
 {
 	/* Idempotent and thread-safe; libsodium's own state, not ours. */

@@ -52,6 +52,13 @@ int channel_fd(const struct channel *ch);
 /* channel_set_timeout - bound on each channel_recv (ms, 0: none); -ETIMEDOUT when passed. */
 void channel_set_timeout(struct channel *ch, int timeout_ms);
 
+/*
+ * channel_reserve - buffers for messages of up to payload bytes both ways, allocated and
+ * faulted in now: a migration does this at its start so that its downtime, when the large
+ * messages come, pays no page faults for them.
+ */
+int channel_reserve(struct channel *ch, size_t payload, struct ferry_error *err);
+
 /* channel_set_compress - compress the payloads of later sends with zstd (level 1). */
 void channel_set_compress(struct channel *ch, bool on);
 

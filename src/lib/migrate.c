@@ -929,6 +929,12 @@ int ferry_migrate(const struct ferry_node *n, const char *name, const char *to,
 		goto out;
 	}
 	channel_set_timeout(s.ch, 120000);
+	/* the buffers the frozen link goes through, faulted in now rather than in the
+	 * downtime (a page fault each, 1-4 us apiece on a VM) */
+	r = channel_reserve(s.ch, MIG_CHUNK + 4096, err);
+	if (r < 0)
+		goto out;
+	populate(s.buf, MIG_CHUNK);
 	test_point(s.ch, "src-offer");
 	st.setup_ns = now_ns() - s.t0;
 	progress(&s, "setup", 0, 0);

@@ -92,6 +92,10 @@ uint64_t now_ns(void);
 int cmp_u64(const void *a, const void *b);
 
 /* read_full / write_full - loop over short transfers and EINTR; 0 or -errno (-EIO on EOF). */
+/* populate - fault in the whole pages of [p, p + len) for writing, contents kept (first touches
+ * of memory cost a page fault each; a migration's downtime should not pay them). */
+void populate(void *p, size_t len);
+
 int read_full(int fd, void *buf, size_t len);
 int write_full(int fd, const void *buf, size_t len);
 int pread_full(int fd, void *buf, size_t len, off_t off);
