@@ -32,7 +32,7 @@ POLL = 0.05
 # run on would let them write past the image, so their "restore" variant stops them.
 WRITES_FILES = {"append_file"}
 # Feature programs used by the refusal tests only.
-REFUSAL_ONLY = {"unsupported_fd"}
+REFUSAL_ONLY = {"unsupported_fd", "inotify_queued"}
 # Feature programs used by the incremental tests only (their protocol has steps and more lines).
 INCREMENTAL_ONLY = {"incr_pattern", "incr_reuse"}
 # Feature programs used by the migration tests only (tests/migrate_tests.py).
@@ -600,11 +600,11 @@ def refuse_corrupt(ctx):
     expect_log(ctx, "c", "READY\nPASS\n")
 
 
-def refuse_unsupported_fd(ctx):
-    """A checkpoint of a program holding a netlink socket fails naming the fd; the program is
-    left as it was and still passes after go."""
+def refuse_unsupported_fd(ctx, prog="unsupported_fd", what="a netlink socket"):
+    """A checkpoint of a program holding a netlink socket (or another fd ferry refuses) fails
+    naming the fd; the program is left as it was and still passes after go."""
     img = os.path.join(ctx.root, "img")
-    ctx.start("c", ctx.feature("unsupported_fd"))
+    ctx.start("c", ctx.feature(prog))
     m = re.search(r"^FD (\d+)$", ctx.wait_line("c", "^READY$"), re.M)
     if not m:
         raise Fail("the program did not print its fd number")
@@ -613,7 +613,7 @@ def refuse_unsupported_fd(ctx):
     before = proc_snapshot(pid)
     rc, _, err = ctx.ferry("checkpoint", "c", "--dir", img, ok=False)
     if rc == 0:
-        raise Fail("checkpoint of a component holding a netlink socket succeeded")
+        raise Fail(f"checkpoint of a component holding {what} succeeded")
     if not re.search(rf"\bfd\D{{0,3}}{fd}\b", err, re.I):
         raise Fail(f"the refusal does not name fd {fd}: {tail(err, 1)!r}")
     c = ctx.component("c")
@@ -1382,6 +1382,10 @@ def collect(builds):
             tests.append((f"{tag}/foreign/node", ferry, foreign_node, FOREIGN_TIMEOUT))
         tests.append((f"{tag}/refuse/corrupt-image", ferry, refuse_corrupt, TEST_TIMEOUT))
         tests.append((f"{tag}/refuse/unsupported-fd", ferry, refuse_unsupported_fd, TEST_TIMEOUT))
+        tests.append((f"{tag}/refuse/inotify-queued", ferry,
+                      lambda ctx: refuse_unsupported_fd(ctx, "inotify_queued",
+                                                        "inotify events not read yet"),
+                      TEST_TIMEOUT))
         tests.append((f"{tag}/runtime/monitor-death", ferry, monitor_death, TEST_TIMEOUT))
         tests.append((f"{tag}/runtime/check", ferry, kernel_check, TEST_TIMEOUT))
         tests.append((f"{tag}/runtime/describe", ferry, describe, TEST_TIMEOUT))

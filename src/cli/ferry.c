@@ -442,6 +442,29 @@ static void describe_signals(struct json_object *proc)
 
 		printf("    %-10s %s\n", jstr(s, "signal", "?"), jstr(s, "scope", ""));
 	}
+	struct json_object *t = jarr(proc, "timers", &n);
+	printf("\n  Timers (%zu)\n", n);
+	if (n)
+		printf("    %-14s %-4s %-5s %-14s %-12s %s\n", "KIND", "ID", "CLOCK", "NEXT",
+		       "INTERVAL", "NOTIFY");
+	for (size_t i = 0; i < n; i++) {
+		struct json_object *s = json_object_array_get_idx(t, i), *v;
+		char id[16] = "-", clk[16] = "-", next[32] = "disarmed", iv[32] = "once", how[64];
+		if (json_object_object_get_ex(s, "id", &v))
+			snprintf(id, sizeof(id), "%d", json_object_get_int(v));
+		if (json_object_object_get_ex(s, "clock", &v))
+			snprintf(clk, sizeof(clk), "%d", json_object_get_int(v));
+		if (json_object_object_get_ex(s, "next_ms", &v) && v)
+			snprintf(next, sizeof(next), "in %.3f ms", json_object_get_double(v));
+		if (json_object_object_get_ex(s, "interval_ms", &v) &&
+		    json_object_get_double(v) > 0)
+			snprintf(iv, sizeof(iv), "%.3f ms", json_object_get_double(v));
+		snprintf(how, sizeof(how), "%s%s%s", jstr(s, "signal", ""),
+		         json_object_object_get_ex(s, "signal", NULL) ? " to " : "",
+		         jstr(s, "notify", ""));
+		printf("    %-14s %-4s %-5s %-14s %-12s %s\n", jstr(s, "kind", "?"), id, clk, next,
+		       iv, how);
+	}
 }
 
 /* describe_print - text form of the inspect/caps object; WHAT names its source. */

@@ -224,6 +224,58 @@ static void sig_name(int sig, char *buf, size_t len)
 		snprintf(buf, len, "%d", sig);
 }
 
+static json_object *timer_object(const char *kind, int64_t next_ns, int64_t interval_ns)
+{
+	json_object *o = json_object_new_object();
+	json_object_object_add(o, "kind", json_object_new_string(kind));
+	/* when it fires next, from the checkpoint (null: disarmed), and its period (0: once) */
+	json_object_object_add(o, "next_ms",
+	                       next_ns ? json_object_new_double((double)next_ns / 1e6) : NULL);
+	json_object_object_add(o, "interval_ms", json_object_new_double((double)interval_ns / 1e6));
+	return o;
+}
+
+/* Interval timers that are armed, and every POSIX timer. */
+static json_object *describe_timers(const struct process *p)
+{
+	static const char *const which[3] = {"ITIMER_REAL", "ITIMER_VIRTUAL", "ITIMER_PROF"};
+	json_object *arr = json_object_new_array();
+	char buf[64];
+
+	for (int i = 0; i < 3; i++) {
+		const uint64_t *t = p->itimer[i];
+		int64_t interval = (int64_t)(t[0] * 1000000000ULL + t[1] * 1000ULL);
+		int64_t next = (int64_t)(t[2] * 1000000000ULL + t[3] * 1000ULL);
+		static const char *const sig[3] = {"SIGALRM", "SIGVTALRM", "SIGPROF"};
+		if (!interval && !next)
+			continue;
+		json_object *o = timer_object(which[i], next, interval);
+		json_object_object_add(o, "signal", json_object_new_string(sig[i]));
+		json_object_object_add(o, "notify", json_object_new_string("process"));
+		json_object_array_add(arr, o);
+	}
+	for (size_t i = 0; i < p->nptimers; i++) {
+		const struct ptimer *t = &p->ptimers[i];
+		json_object *o =
+		        timer_object("posix", (int64_t)t->value_ns, (int64_t)t->interval_ns);
+		json_object_object_add(o, "id", json_object_new_int(t->id));
+		json_object_object_add(o, "clock", json_object_new_int(t->clock));
+		if (t->notify == SIGEV_NONE) {
+			json_object_object_add(o, "notify", json_object_new_string("none"));
+		} else {
+			sig_name(t->signo, buf, sizeof(buf));
+			json_object_object_add(o, "signal", json_object_new_string(buf));
+			if (t->notify == SIGEV_THREAD_ID)
+				snprintf(buf, sizeof(buf), "thread %d", t->tid);
+			else
+				snprintf(buf, sizeof(buf), "process");
+			json_object_object_add(o, "notify", json_object_new_string(buf));
+		}
+		json_object_array_add(arr, o);
+	}
+	return arr;
+}
+
 static json_object *describe_process(const struct process *p, const struct component *c)
 {
 	json_object *o = json_object_new_object();
@@ -286,6 +338,7 @@ static json_object *describe_process(const struct process *p, const struct compo
 	json_object_object_add(o, "fds", fds);
 	json_object_object_add(o, "signals", sigs);
 	json_object_object_add(o, "pending", pend);
+	json_object_object_add(o, "timers", describe_timers(p));
 	json_object_object_add(o, "rlimits", rl);
 	return o;
 }
@@ -366,10 +419,15 @@ static const struct {
 	const char *feature;
 	probe_fn probe;
 } probes[] = {
-        {"pagemap_scan", mem_probe_pagemap_scan}, {"vdso_mremap", mem_probe_vdso_mremap},
-        {"process_vm_readv", mem_probe_vm_readv}, {"dirty_tracking", track_probe},
-        {"ptrace_seize", threads_probe_ptrace},   {"pid_namespace_set_tid", runtime_probe_set_tid},
-        {"prctl_mm_map", task_probe_mm_map},      {"cgroup_freeze", cgroup_probe},
+        {"pagemap_scan", mem_probe_pagemap_scan},
+        {"vdso_mremap", mem_probe_vdso_mremap},
+        {"process_vm_readv", mem_probe_vm_readv},
+        {"dirty_tracking", track_probe},
+        {"ptrace_seize", threads_probe_ptrace},
+        {"pid_namespace_set_tid", runtime_probe_set_tid},
+        {"prctl_mm_map", task_probe_mm_map},
+        {"cgroup_freeze", cgroup_probe},
+        {"posix_timer_ids", task_probe_ptimer_ids},
 };
 
 int ferry_check(struct json_object **ret, struct ferry_error *err)

@@ -13,7 +13,7 @@
 static const struct fd_ops *const kinds[] = {
         &fd_log_ops,   &fd_deleted_ops, &fd_memfd_ops,   &fd_file_ops,
         &fd_chr_ops,   &fd_eventfd_ops, &fd_timerfd_ops, &fd_signalfd_ops,
-        &fd_epoll_ops, &fd_pipe_ops,    &fd_inet_ops,
+        &fd_epoll_ops, &fd_pipe_ops,    &fd_inet_ops,    &fd_inotify_ops,
 };
 
 const struct fd_ops *const *fds_kinds(size_t *ret_n)

@@ -60,7 +60,8 @@ struct fd_ops {
 };
 
 extern const struct fd_ops fd_file_ops, fd_log_ops, fd_memfd_ops, fd_chr_ops, fd_eventfd_ops,
-        fd_timerfd_ops, fd_signalfd_ops, fd_epoll_ops, fd_pipe_ops, fd_deleted_ops, fd_inet_ops;
+        fd_timerfd_ops, fd_signalfd_ops, fd_epoll_ops, fd_pipe_ops, fd_deleted_ops, fd_inet_ops,
+        fd_inotify_ops;
 
 /* fds_fdinfo - /proc/PID/fdinfo/FD as text (malloc'd, NUL-terminated). */
 int fds_fdinfo(pid_t pid, int fd, char **ret);

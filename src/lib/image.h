@@ -35,6 +35,7 @@ enum img_kind {
 	IMG_SIGINFO = 8,   /* one pending signal (process-wide or per-thread) */
 	IMG_END = 9,       /* last record; its absence means a truncated state file */
 	IMG_PAGEFILE = 10, /* where one pages file of the image was first written */
+	IMG_PTIMER = 11,   /* one POSIX timer */
 };
 
 struct image_writer;

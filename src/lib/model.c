@@ -14,6 +14,7 @@
 #define V_FD        3 /* 2: kind-specific numbers; 3: dup_of */
 #define V_SIGACTION 1
 #define V_SIGINFO   1
+#define V_PTIMER    1
 
 int grow(void **arr, size_t *n, size_t elem)
 {
@@ -47,6 +48,7 @@ void process_clear(struct process *p)
 	free(p->fds);
 	free(p->sigacts);
 	free(p->pending);
+	free(p->ptimers);
 	free(p->exe);
 	free(p->cwd);
 	free(p->root);
@@ -449,6 +451,19 @@ int model_save(const struct component *c, struct image_writer *w, struct ferry_e
 			wb_bytes(&wb, p->pending[j].info, sizeof(p->pending[j].info));
 			PUT(IMG_SIGINFO, V_SIGINFO);
 		}
+		for (size_t j = 0; j < p->nptimers; j++) {
+			const struct ptimer *t = &p->ptimers[j];
+			wb_u32(&wb, (uint32_t)p->pid);
+			wb_u32(&wb, (uint32_t)t->id);
+			wb_u32(&wb, (uint32_t)t->clock);
+			wb_u32(&wb, (uint32_t)t->notify);
+			wb_u32(&wb, (uint32_t)t->signo);
+			wb_u32(&wb, (uint32_t)t->tid);
+			wb_u64(&wb, t->value);
+			wb_u64(&wb, t->interval_ns);
+			wb_u64(&wb, t->value_ns);
+			PUT(IMG_PTIMER, V_PTIMER);
+		}
 	}
 	return 0;
 }
@@ -542,6 +557,20 @@ static int load_one(struct component *c, uint16_t kind, uint16_t ver, struct rbu
 		if (rb_bytes(rb, s->info, sizeof(s->info)) != sizeof(s->info))
 			return -EPROTO;
 		return rb->err;
+	}
+	case IMG_PTIMER: {
+		if (GROW(p->ptimers, p->nptimers) < 0)
+			return -ENOMEM;
+		struct ptimer *t = &p->ptimers[p->nptimers++];
+		t->id = (int32_t)rb_u32(rb);
+		t->clock = (int32_t)rb_u32(rb);
+		t->notify = (int32_t)rb_u32(rb);
+		t->signo = (int32_t)rb_u32(rb);
+		t->tid = (int32_t)rb_u32(rb);
+		t->value = rb_u64(rb);
+		t->interval_ns = rb_u64(rb);
+		t->value_ns = rb_u64(rb);
+		return (rb->err || t->id < 0 || t->signo < 0 || t->signo > 64) ? -EPROTO : 0;
 	}
 	default:
 		(void)ver;

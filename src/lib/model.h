@@ -104,6 +104,17 @@ struct pending_sig {
 	uint8_t info[128];
 };
 
+/* One POSIX timer (timer_create): restored with its id (PR_TIMER_CREATE_RESTORE_IDS). */
+struct ptimer {
+	int32_t id;
+	int32_t clock;  /* clockid_t as created (a CPU-time clock names its pid or tid) */
+	int32_t notify; /* SIGEV_SIGNAL, SIGEV_NONE or SIGEV_THREAD_ID */
+	int32_t signo;
+	int32_t tid;    /* SIGEV_THREAD_ID: the thread, in the component's namespace */
+	uint64_t value; /* sigev_value */
+	uint64_t interval_ns, value_ns; /* timer_gettime: the period, the time left (0: disarmed) */
+};
+
 struct sigact {
 	int32_t sig;
 	uint64_t handler;
@@ -145,6 +156,7 @@ enum fd_kind {
 	FD_PIPE = 9,     /* a pipe whose two ends are both in the process */
 	FD_DELETED = 10, /* a regular file deleted while open, content in the image */
 	FD_INET = 11,    /* a listening TCP or an unconnected UDP socket */
+	FD_INOTIFY = 12, /* an inotify instance and its watches */
 };
 
 struct fd_entry {
@@ -195,6 +207,8 @@ struct process {
 	size_t nsigacts;
 	struct pending_sig *pending;
 	size_t npending;
+	struct ptimer *ptimers;
+	size_t nptimers;
 };
 
 struct component {

@@ -8,8 +8,10 @@
 #include <sys/ptrace.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <stddef.h>
 #include <sys/time.h>
 #include <linux/prctl.h>
+#include <signal.h>
 
 #include "procfs.h"
 #include "task.h"
@@ -106,18 +108,118 @@ static int capture_signals(struct tracee *main, struct process *p, uint64_t scra
 	return r;
 }
 
-/* Interval timers (alarm, setitimer) by injected getitimer; POSIX timers are refused. */
-static int capture_timers(struct tracee *main, struct process *p, uint64_t scratch,
-                          struct ferry_error *err)
+#ifndef PR_TIMER_CREATE_RESTORE_IDS
+#define PR_TIMER_CREATE_RESTORE_IDS     77
+#define PR_TIMER_CREATE_RESTORE_IDS_OFF 0
+#define PR_TIMER_CREATE_RESTORE_IDS_ON  1
+#define PR_TIMER_CREATE_RESTORE_IDS_GET 2
+#endif
+#ifndef SIGEV_THREAD_ID
+#define SIGEV_THREAD_ID 4
+#endif
+
+int task_probe_ptimer_ids(char *detail, size_t len)
+{
+	bool ok = prctl(PR_TIMER_CREATE_RESTORE_IDS, PR_TIMER_CREATE_RESTORE_IDS_GET, 0, 0, 0) >= 0;
+	if (detail)
+		snprintf(detail, len, "PR_TIMER_CREATE_RESTORE_IDS (Linux >= 6.16) %s",
+		         ok ? "present" : "missing");
+	return ok;
+}
+
+/* One timer of /proc/PID/timers ("ID:", "signal:", "notify:", "ClockID:" lines) into t. */
+static int parse_ptimer(struct process *p, const char *line, struct ptimer *t, bool *complete,
+                        struct ferry_error *err)
+{
+	char kind[16], scope[8];
+	int n;
+
+	if (sscanf(line, "ID: %d", &t->id) == 1)
+		return 0;
+	if (sscanf(line, "signal: %d/%" SCNx64, &t->signo, &t->value) == 2)
+		return 0;
+	if (sscanf(line, "ClockID: %d", &t->clock) == 1) {
+		*complete = true;
+		return 0;
+	}
+	if (sscanf(line, "notify: %15[^/]/%7[^.].%d", kind, scope, &n) != 3)
+		return 0; /* a line this kernel adds: not needed */
+	if (strcmp(kind, "none") == 0) {
+		t->notify = SIGEV_NONE;
+	} else if (strcmp(kind, "signal") == 0 && strcmp(scope, "pid") == 0) {
+		t->notify = SIGEV_SIGNAL;
+	} else if (strcmp(kind, "signal") == 0 && strcmp(scope, "tid") == 0) {
+		pid_t ns = 0;
+		int r = procfs_ns_tid(p->host_pid, n, &ns);
+		if (r < 0)
+			return ferr(err, r, "pid %d: POSIX timer %d: its thread %d: %s",
+			            p->host_pid, t->id, n, strerror(-r));
+		t->notify = SIGEV_THREAD_ID;
+		t->tid = ns;
+	} else {
+		return ferr(err, -ENOTSUP, "pid %d: POSIX timer %d: notification %s/%s unsupported",
+		            p->host_pid, t->id, kind, scope);
+	}
+	return 0;
+}
+
+/*
+ * POSIX timers (timer_create): what /proc/PID/timers says of each, and its period and time
+ * left by injected timer_gettime. A restore creates each with its id again, which needs
+ * PR_TIMER_CREATE_RESTORE_IDS: without it the component is refused here, where it runs on.
+ */
+static int capture_ptimers(struct tracee *main, struct process *p, uint64_t scratch,
+                           struct ferry_error *err)
 {
 	char path[64];
-	_cleanup_free_ char *timers = NULL;
+	_cleanup_free_ char *text = NULL;
+	struct ptimer t = {0};
+	bool complete = false;
 	int r = 0;
 
 	snprintf(path, sizeof(path), "/proc/%d/timers", p->host_pid);
-	if (read_file(path, &timers, NULL) == 0 && timers[0])
+	if (read_file(path, &text, NULL) < 0 || !text[0])
+		return 0;
+	if (!task_probe_ptimer_ids(NULL, 0))
 		return ferr(err, -ENOTSUP,
-		            "pid %d has POSIX timers (timer_create): unsupported yet", p->host_pid);
+		            "pid %d has POSIX timers (timer_create): restoring their ids needs "
+		            "PR_TIMER_CREATE_RESTORE_IDS (Linux >= 6.16), which this kernel lacks",
+		            p->host_pid);
+	for (char *save = NULL, *line = strtok_r(text, "\n", &save); line && r == 0;
+	     line = strtok_r(NULL, "\n", &save)) {
+		r = parse_ptimer(p, line, &t, &complete, err);
+		if (r < 0 || !complete)
+			continue;
+		struct {
+			int64_t interval_s, interval_ns, value_s, value_ns;
+		} its;
+		long ret;
+		r = inject(main, &ret, SYS_timer_gettime, (uint64_t)t.id, scratch, 0, 0, err);
+		if (r == 0 && ret < 0)
+			r = ferr(err, (int)ret, "pid %d: timer_gettime(%d): %s", p->host_pid, t.id,
+			         strerror((int)-ret));
+		if (r == 0)
+			r = tracee_peek(p->host_pid, scratch, &its, sizeof(its));
+		if (r == 0) {
+			t.interval_ns = (uint64_t)(its.interval_s * 1000000000LL + its.interval_ns);
+			t.value_ns = (uint64_t)(its.value_s * 1000000000LL + its.value_ns);
+			if (GROW(p->ptimers, p->nptimers) < 0)
+				r = ferr(err, -ENOMEM, "out of memory");
+			else
+				p->ptimers[p->nptimers++] = t;
+		}
+		t = (struct ptimer){0};
+		complete = false;
+	}
+	return r;
+}
+
+/* Interval timers (alarm, setitimer) by injected getitimer. */
+static int capture_timers(struct tracee *main, struct process *p, uint64_t scratch,
+                          struct ferry_error *err)
+{
+	int r = capture_ptimers(main, p, scratch, err);
+
 	for (int which = 0; which < 3 && r == 0; which++) {
 		long ret;
 		struct itimerval it;
@@ -293,6 +395,73 @@ int task_restore_mm(struct restorer *rs, const struct process *p, struct rs_batc
 	                    rs->scratch, sizeof(map), 0, 0, err);
 }
 
+/*
+ * POSIX timers, created by the component itself (injected) with their ids again, then armed
+ * with the time they had left (relative: a timer set for an absolute time fires as much later
+ * as the component was stopped). Its threads exist by now, for SIGEV_THREAD_ID.
+ */
+static int restore_ptimer(struct restorer *rs, const struct ptimer *t, struct ferry_error *err)
+{
+	/* the kernel's struct sigevent (64 bytes, the thread id at 16), the id, the itimerspec */
+	struct {
+		uint64_t value;
+		int32_t signo, notify, tid, pad[11];
+		int32_t id, pad2;
+		int64_t interval_s, interval_ns, value_s, value_ns;
+	} a = {.value = t->value,
+	       .signo = t->signo,
+	       .notify = t->notify,
+	       .tid = t->tid,
+	       .id = t->id};
+	uint64_t left = t->value_ns;
+	int32_t got = -1;
+	long ret;
+
+	_Static_assert(offsetof(__typeof__(a), id) == 64, "sigevent is 64 bytes");
+	if (!left && t->interval_ns)
+		left = t->interval_ns; /* caught between an expiry and its signal's dequeue */
+	a.interval_s = (int64_t)(t->interval_ns / 1000000000);
+	a.interval_ns = (int64_t)(t->interval_ns % 1000000000);
+	a.value_s = (int64_t)(left / 1000000000);
+	a.value_ns = (int64_t)(left % 1000000000);
+	int r = tracee_poke(rs->pid, rs->scratch, &a, sizeof(a));
+	if (r < 0)
+		return ferr(err, r, "scratch write: %s", strerror(-r));
+	ret = rs_sys(rs, "timer_create", SYS_timer_create, (uint64_t)t->clock, rs->scratch,
+	             rs->scratch + 64, 0, 0, 0, err);
+	if (ret < 0)
+		return ferr_prefix(err, "POSIX timer %d", t->id);
+	r = tracee_peek(rs->pid, rs->scratch + 64, &got, sizeof(got));
+	if (r < 0)
+		return ferr(err, r, "scratch read: %s", strerror(-r));
+	if (got != t->id)
+		return ferr(err, -EPROTO, "POSIX timer %d was created as %d", t->id, got);
+	if (!left)
+		return 0; /* disarmed */
+	ret = rs_sys(rs, "timer_settime", SYS_timer_settime, (uint64_t)t->id, 0, rs->scratch + 72,
+	             0, 0, 0, err);
+	return ret < 0 ? ferr_prefix(err, "POSIX timer %d", t->id) : 0;
+}
+
+static int restore_ptimers(struct restorer *rs, const struct process *p, struct ferry_error *err)
+{
+	int r = 0;
+	long ret;
+
+	if (!p->nptimers)
+		return 0;
+	ret = rs_sys(rs, "prctl(PR_TIMER_CREATE_RESTORE_IDS)", SYS_prctl,
+	             PR_TIMER_CREATE_RESTORE_IDS, PR_TIMER_CREATE_RESTORE_IDS_ON, 0, 0, 0, 0, err);
+	if (ret < 0)
+		return (int)ret;
+	for (size_t i = 0; i < p->nptimers && r == 0; i++)
+		r = restore_ptimer(rs, &p->ptimers[i], err);
+	ret = rs_sys(rs, "prctl(PR_TIMER_CREATE_RESTORE_IDS)", SYS_prctl,
+	             PR_TIMER_CREATE_RESTORE_IDS, PR_TIMER_CREATE_RESTORE_IDS_OFF, 0, 0, 0, 0,
+	             r < 0 ? NULL : err);
+	return r < 0 ? r : (ret < 0 ? (int)ret : 0);
+}
+
 int task_restore_late(struct restorer *rs, const struct process *p, struct ferry_error *err)
 {
 	for (size_t i = 0; i < p->npending; i++) {
@@ -336,6 +505,9 @@ int task_restore_late(struct restorer *rs, const struct process *p, struct ferry
 		if (ret < 0)
 			return (int)ret;
 	}
+	int r = restore_ptimers(rs, p, err);
+	if (r < 0)
+		return r;
 	for (int i = 0; i < MODEL_NRLIMITS; i++)
 		if (prlimit(rs->pid, i, &p->rlim[i], NULL) < 0)
 			return ferr(err, -errno, "prlimit(%d): %m", i);

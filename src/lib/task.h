@@ -31,5 +31,9 @@ int task_check_file(const char *what, const char *path, const struct file_id *id
 int task_capture_thread_pending(struct process *p, pid_t host_tid, int32_t tid,
                                 struct ferry_error *err);
 
+/* task_probe_ptimer_ids - `ferry check`: POSIX timers can be created with a given id
+ * (PR_TIMER_CREATE_RESTORE_IDS); detail may be NULL. */
+int task_probe_ptimer_ids(char *detail, size_t len);
+
 /* task_probe_mm_map - `ferry check`: PR_SET_MM_MAP is there. */
 int task_probe_mm_map(char *detail, size_t len);
