@@ -3,8 +3,9 @@
  * checked on every tick), a periodic timer signalling one thread (SIGEV_THREAD_ID), a one-shot
  * CLOCK_REALTIME timer without notification far ahead, a disarmed CLOCK_BOOTTIME timer, and a
  * gap in the ids (a timer deleted). After the restore every timer answers by its old id with
- * its period and time left, the ticks go on to the right thread with the right value, and a
- * new timer can be made.
+ * its period and time left, the signals they raised before (blocked until then) are pending
+ * still, the ticks go on to the right thread with the right value, and a new timer can be
+ * made.
  */
 #include <pthread.h>
 #include <signal.h>
@@ -33,10 +34,21 @@ static void on_tick(int sig, siginfo_t *si, void *uc)
 	}
 }
 
+static volatile int go_flag;
+
+/* Its SIGUSR2 (blocked until go, as every signal of the timers: their pending bits are part of
+ * what the checkpoint compares, and stay set while blocked) */
 static void *worker(void *arg)
 {
+	sigset_t usr2;
+
 	(void)arg;
 	worker_tid = (pid_t)syscall(SYS_gettid);
+	while (!__atomic_load_n(&go_flag, __ATOMIC_ACQUIRE))
+		feature_sleep_ms(5);
+	sigemptyset(&usr2);
+	sigaddset(&usr2, SIGUSR2);
+	pthread_sigmask(SIG_UNBLOCK, &usr2, NULL);
 	for (;;)
 		pause();
 	return NULL;
@@ -88,16 +100,19 @@ int main(int argc, char **argv)
 {
 	const char *dir = feature_dir(argc, argv);
 	struct sigaction sa = {.sa_sigaction = on_tick, .sa_flags = SA_SIGINFO | SA_RESTART};
-	sigset_t usr2;
+	sigset_t usr1, usr2;
 	pthread_t th;
 
 	sigaction(SIGUSR1, &sa, NULL);
 	sigaction(SIGUSR2, &sa, NULL);
-	/* SIGUSR2 only on the worker: the main thread blocks it */
+	/* both blocked in both threads until go; SIGUSR2 stays blocked in this one */
+	sigemptyset(&usr1);
+	sigaddset(&usr1, SIGUSR1);
 	sigemptyset(&usr2);
 	sigaddset(&usr2, SIGUSR2);
-	pthread_create(&th, NULL, worker, NULL);
+	pthread_sigmask(SIG_BLOCK, &usr1, NULL);
 	pthread_sigmask(SIG_BLOCK, &usr2, NULL);
+	pthread_create(&th, NULL, worker, NULL);
 	while (!worker_tid)
 		feature_sleep_ms(1);
 
@@ -110,6 +125,7 @@ int main(int argc, char **argv)
 	arm(a, 20, 20);
 	arm(b, 1000000, 0);
 	arm(c, 30, 30);
+	feature_sleep_ms(100); /* both have fired: their signals wait, pending */
 	feature_ready();
 	feature_wait_go(dir);
 
@@ -118,6 +134,8 @@ int main(int argc, char **argv)
 	expect(c, "thread timer", 30, 0.0, 0.031);
 	expect(d, "disarmed timer", 0, 0.0, 0.0);
 	sig_atomic_t a0 = ticks_a, c0 = ticks_c;
+	__atomic_store_n(&go_flag, 1, __ATOMIC_RELEASE);
+	pthread_sigmask(SIG_UNBLOCK, &usr1, NULL);
 	feature_sleep_ms(400);
 	if (ticks_a - a0 < 8)
 		feature_fail("periodic timer: %d ticks in 400 ms at 20 ms", (int)(ticks_a - a0));
