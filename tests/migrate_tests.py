@@ -500,10 +500,66 @@ def veth(ctx):
     finish(ctx, a, "c")
 
 
+def tcp_stays(ctx):
+    """A component with an established TCP connection to a peer on this host (the harness):
+    the destination cannot take the connection over while the source still holds it, so each
+    mode's migration fails at the destination's restore, and the component runs on at the
+    source with the connection intact (every byte once, in order, then an echo exchange)."""
+    key = make_key(ctx)
+    a = Node(ctx, "A", key).start()
+    b = Node(ctx, "B", key).start()
+    scratch = ctx.scratch
+    ls = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    conn = None
+    try:
+        ls.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        ls.bind(("127.0.0.1", 0))
+        ls.listen(1)
+        ls.settimeout(10)
+        with open(os.path.join(scratch, "port"), "w") as f:
+            f.write(str(ls.getsockname()[1]))
+        a.ferry("run", "--name", "c", "--", os.path.join(ctx.features, "feature-tcp_conn"),
+                scratch)
+        conn, _ = ls.accept()
+        conn.sendall(bytes(i % 251 for i in range(64 * 1024)))
+        ctx.wait_for("READY", lambda: "READY" in a.ferry("logs", "c")[1])
+        for mode in ("precopy", "postcopy", "stop-and-copy"):
+            rc, _, err = migrate(ctx, a, "c", b, "--mode", mode, ok=False)
+            if rc == 0 or "taking the connection over" not in err:
+                raise h.Fail(f"{mode}: exit {rc}, expected the connection to stay: "
+                             f"{h.tail(err, 2)}", a.logs() + "\n" + b.logs())
+            if not a.running("c") or b.running("c"):
+                raise h.Fail(f"{mode}: the component is not (only) at the source")
+        open(os.path.join(scratch, "go"), "w").close()
+        conn.settimeout(10)
+        got = bytearray()
+        while len(got) < 512 * 1024:
+            chunk = conn.recv(65536)
+            if not chunk:
+                raise h.Fail(f"EOF after {len(got)} bytes")
+            got += chunk
+        if bytes(got) != bytes(i % 253 for i in range(512 * 1024)):
+            raise h.Fail("the program's bytes differ after the failed migrations")
+        f = conn.makefile("rb")
+        for i in range(50):
+            conn.sendall(b"ping %d\n" % i)
+            if f.readline() != b"ping %d\n" % i:
+                raise h.Fail(f"echo {i} failed")
+        conn.sendall(b"END\n")
+        ctx.wait_for("PASS", lambda: "PASS" in a.ferry("logs", "c")[1])
+    except (OSError, socket.timeout) as e:
+        raise h.Fail(f"the peer's connection failed: {e}")
+    finally:
+        if conn:
+            conn.close()
+        ls.close()
+
+
 def tests():
     t = [("there-and-back", there_and_back), ("modes", modes),
          ("postcopy-source-lost", postcopy_source_lost), ("postcopy-sparse", postcopy_sparse), ("wrong-key", wrong_key),
-         ("files", files_differ), ("log", log_moves), ("veth", veth), ("random-kills", random_kills)]
+         ("files", files_differ), ("log", log_moves), ("veth", veth), ("random-kills", random_kills),
+         ("tcp-stays", tcp_stays)]
     for point, where in KILL_POINTS:
         t.append((f"kill-{point}", lambda ctx, p=point, w=where: kill_point(ctx, p, w, False)))
     for point, where in CUT_POINTS:

@@ -15,6 +15,7 @@ import random
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -32,7 +33,7 @@ POLL = 0.05
 # run on would let them write past the image, so their "restore" variant stops them.
 WRITES_FILES = {"append_file"}
 # Feature programs used by the refusal tests only.
-REFUSAL_ONLY = {"unsupported_fd", "inotify_queued"}
+REFUSAL_ONLY = {"unsupported_fd", "inotify_queued", "tcp_conn"}
 # Feature programs used by the incremental tests only (their protocol has steps and more lines).
 INCREMENTAL_ONLY = {"incr_pattern", "incr_reuse"}
 # Feature programs used by the migration tests only (tests/migrate_tests.py).
@@ -622,6 +623,85 @@ def refuse_unsupported_fd(ctx, prog="unsupported_fd", what="a netlink socket"):
     compare_snapshots(before, proc_snapshot(pid), "after the refused checkpoint")
     ctx.go()
     expect_log(ctx, "c", f"FD {fd}\nREADY\nPASS\n")
+
+
+def tcp_established(ctx):
+    """An established TCP connection from the component to a peer outside it (this harness)
+    survives `checkpoint --stop` and a restore: the peer's bytes the program had not read, the
+    program's bytes the peer had not read (its receive buffer is small: some wait in the
+    program's send queue), then an echo exchange. The peer sees no EOF, no reset, and every
+    byte once, in order."""
+    img = os.path.join(ctx.root, "img")
+    to_peer, from_peer = 512 * 1024, 64 * 1024
+    ls = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    conn = None
+    try:
+        ls.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # inherited by the accepted
+        ls.bind(("127.0.0.1", 0))
+        ls.listen(1)
+        ls.settimeout(10)
+        with open(os.path.join(ctx.scratch, "port"), "w") as f:
+            f.write(str(ls.getsockname()[1]))
+        ctx.start("c", ctx.feature("tcp_conn"))
+        conn, _ = ls.accept()
+        conn.sendall(bytes(i % 251 for i in range(from_peer)))
+        m = re.search(r"^SENT (\d+) QUEUED (\d+)$", ctx.wait_line("c", "^READY$"), re.M)
+        if not m or int(m.group(2)) != from_peer:
+            raise Fail(f"the program did not queue the peer's {from_peer} bytes: {m and m.group(0)}")
+
+        def alive(when):
+            conn.setblocking(False)
+            try:
+                if conn.recv(1, socket.MSG_PEEK) == b"":
+                    raise Fail(f"the peer saw the connection end {when}")
+            except BlockingIOError:
+                pass
+            except OSError as e:
+                raise Fail(f"the peer's connection failed {when}: {e}")
+            finally:
+                conn.setblocking(True)
+
+        ctx.ferry("checkpoint", "c", "--dir", img, "--stop")
+        c = ctx.component("c")
+        if c and c.get("state") != "exited":
+            raise Fail(f"after checkpoint --stop the component is {c.get('state')}")
+        alive("after the checkpoint")
+        _, out, _ = ctx.ferry("inspect", img)
+        line = next((l for l in out.splitlines() if "established" in l), None)
+        if not line:
+            raise Fail("inspect does not show the established connection", tail(out, 30))
+        say(f"at the checkpoint: {line.strip()}")
+        ctx.ferry("restore", "--dir", img, "--name", "c")
+        alive("after the restore")
+        ctx.go()
+        conn.settimeout(10)
+        got = bytearray()
+        try:
+            while len(got) < to_peer:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    raise Fail(f"EOF after {len(got)} of the program's {to_peer} bytes")
+                got += chunk
+            want = bytes(i % 253 for i in range(to_peer))
+            if got != want:
+                at = next(i for i in range(to_peer) if got[i] != want[i])
+                raise Fail(f"the program's bytes differ from byte {at} on (of {to_peer})")
+            f = conn.makefile("rb")
+            for i in range(200):
+                conn.sendall(b"ping %d\n" % i)
+                back = f.readline()
+                if back != b"ping %d\n" % i:
+                    raise Fail(f"echo {i}: got {back!r}")
+            conn.sendall(b"END\n")
+        except (OSError, socket.timeout) as e:
+            raise Fail(f"the peer's connection failed after the restore: {e}")
+        ctx.wait_exited("c")
+        if not ctx.log("c").endswith("READY\nPASS\n"):
+            raise Fail("the program did not pass", tail(ctx.log("c"), 5))
+    finally:
+        if conn:
+            conn.close()
+        ls.close()
 
 
 def generations(ctx):
@@ -1382,6 +1462,7 @@ def collect(builds):
             tests.append((f"{tag}/foreign/node", ferry, foreign_node, FOREIGN_TIMEOUT))
         tests.append((f"{tag}/refuse/corrupt-image", ferry, refuse_corrupt, TEST_TIMEOUT))
         tests.append((f"{tag}/refuse/unsupported-fd", ferry, refuse_unsupported_fd, TEST_TIMEOUT))
+        tests.append((f"{tag}/tcp/established", ferry, tcp_established, TEST_TIMEOUT))
         tests.append((f"{tag}/refuse/inotify-queued", ferry,
                       lambda ctx: refuse_unsupported_fd(ctx, "inotify_queued",
                                                         "inotify events not read yet"),

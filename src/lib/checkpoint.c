@@ -22,6 +22,8 @@
 
 void checkpoint_thaw(struct frozen *fz)
 {
+	/* its connections take segments again before its threads run */
+	fds_held_release(&fz->held, true);
 	for (size_t i = 0; i < fz->n; i++) {
 		(void)tracee_disarm(&fz->t[i], NULL);
 		(void)tracee_detach(&fz->t[i], NULL);
@@ -175,7 +177,8 @@ static int capture_frozen(struct frozen *fz, struct component *c, struct process
 	r = disarm_all(fz, err);
 	if (r < 0)
 		return r;
-	struct fd_capture_ctx fctx = {.c = c, .p = p, .w = w, .st = st, .log_path = log_path};
+	struct fd_capture_ctx fctx = {
+	        .c = c, .p = p, .w = w, .st = st, .log_path = log_path, .held = &fz->held};
 	r = fds_capture(&fctx, err);
 	if (r < 0)
 		return r;
@@ -530,6 +533,8 @@ static int checkpoint_once(const struct ferry_runtime *rt, const char *name, con
 		r = safe_kill(rec.pid, SIGKILL);
 		/* as its tracer we see its threads die first; only then can its monitor reap it */
 		reap_killed(&fz);
+		/* its connections close in repair mode: no FIN, no RST; a restore takes them */
+		fds_held_release(&fz.held, false);
 		checkpoint_thaw(&fz);
 		/* its monitor records the exit; the record stays (state exited) for ps and logs */
 		for (int i = 0; r == 0 && i < 500; i++) {

@@ -1,6 +1,7 @@
 /* Checkpoint: freeze a component, capture its model (and pages), thaw it. */
 #pragma once
 
+#include "fds.h"
 #include "mem.h"
 #include "tracee.h"
 #include "model.h"
@@ -9,6 +10,7 @@
 struct frozen {
 	struct tracee *t;
 	size_t n;
+	struct fd_held held; /* connections the capture put in repair mode */
 };
 
 /* What a checkpoint learns of the component just before freezing it. */

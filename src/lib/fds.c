@@ -11,10 +11,35 @@
 
 /* Adding a kind = adding its file and a line here. Order matters: first probe wins. */
 static const struct fd_ops *const kinds[] = {
-        &fd_log_ops,   &fd_deleted_ops, &fd_memfd_ops,   &fd_file_ops,
-        &fd_chr_ops,   &fd_eventfd_ops, &fd_timerfd_ops, &fd_signalfd_ops,
-        &fd_epoll_ops, &fd_pipe_ops,    &fd_inet_ops,    &fd_inotify_ops,
+        &fd_log_ops,     &fd_deleted_ops, &fd_memfd_ops,    &fd_file_ops,  &fd_chr_ops,
+        &fd_eventfd_ops, &fd_timerfd_ops, &fd_signalfd_ops, &fd_epoll_ops, &fd_pipe_ops,
+        &fd_inet_ops,    &fd_inotify_ops, &fd_tcp_ops,
 };
+
+int fds_hold(struct fd_capture_ctx *ctx, int fd)
+{
+	if (!ctx->held) {
+		safe_close(fd);
+		return -EINVAL;
+	}
+	int *n = realloc(ctx->held->fd, (ctx->held->n + 1) * sizeof(*n));
+	if (!n) {
+		safe_close(fd);
+		return -ENOMEM;
+	}
+	ctx->held->fd = n;
+	n[ctx->held->n++] = fd;
+	return 0;
+}
+
+void fds_held_release(struct fd_held *h, bool resume)
+{
+	for (size_t i = 0; i < h->n; i++)
+		fd_tcp_release(h->fd[i], resume);
+	free(h->fd);
+	h->fd = NULL;
+	h->n = 0;
+}
 
 const struct fd_ops *const *fds_kinds(size_t *ret_n)
 {

@@ -17,12 +17,20 @@ struct fd_info {
 	uint64_t pos;
 };
 
+/* Sockets a capture changed while the component is frozen (TCP connections in repair mode):
+ * our copies, released when it runs on or ends (fds_held_release). */
+struct fd_held {
+	int *fd;
+	size_t n;
+};
+
 struct fd_capture_ctx {
 	struct component *c;
 	struct process *p;
 	struct image_writer *w;
 	struct mem_stats *st;
 	const char *log_path; /* this component's log in the runtime */
+	struct fd_held *held; /* where a kind keeps what the thaw must undo */
 };
 
 /* An object restored once and shared by several fds (both ends of a pipe). */
@@ -61,7 +69,20 @@ struct fd_ops {
 
 extern const struct fd_ops fd_file_ops, fd_log_ops, fd_memfd_ops, fd_chr_ops, fd_eventfd_ops,
         fd_timerfd_ops, fd_signalfd_ops, fd_epoll_ops, fd_pipe_ops, fd_deleted_ops, fd_inet_ops,
-        fd_inotify_ops;
+        fd_inotify_ops, fd_tcp_ops;
+
+/* fds_hold - keep fd (ours) until the component runs on or ends; fd is closed on failure. */
+int fds_hold(struct fd_capture_ctx *ctx, int fd);
+
+/*
+ * fds_held_release - the component runs on (resume: each connection leaves repair mode and
+ * takes segments again) or has ended (its connections close without a FIN or RST, for a
+ * restore to take over). h is emptied.
+ */
+void fds_held_release(struct fd_held *h, bool resume);
+
+/* fd_tcp_release - one connection held by a capture, released (see fds_held_release). */
+void fd_tcp_release(int fd, bool resume);
 
 /* fds_fdinfo - /proc/PID/fdinfo/FD as text (malloc'd, NUL-terminated). */
 int fds_fdinfo(pid_t pid, int fd, char **ret);

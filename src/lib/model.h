@@ -157,6 +157,7 @@ enum fd_kind {
 	FD_DELETED = 10, /* a regular file deleted while open, content in the image */
 	FD_INET = 11,    /* a listening TCP or an unconnected UDP socket */
 	FD_INOTIFY = 12, /* an inotify instance and its watches */
+	FD_TCP = 13,     /* an established TCP connection (TCP_REPAIR) */
 };
 
 struct fd_entry {
