@@ -515,6 +515,62 @@ def need(prog):
     return os.path.realpath(path)
 
 
+def foreign_redis(ctx):
+    """redis-server with a client connected over TCP: keys written before `checkpoint --stop`
+    are read back after the restore, through the same connection (TCP_REPAIR; its segments
+    dropped by the network lock in between), which goes on working; a new client connects
+    to the restored listener."""
+    need("redis-server")
+    srv = shutil.which("redis-server")  # a link: redis-check-rdb reads its argv[0]
+    img = os.path.join(ctx.root, "img")
+    data = os.path.join(ctx.root, "redis")
+    os.makedirs(data)
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    ctx.start("r", [srv, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                    "--appendonly", "no", "--dir", data])
+    ctx.wait_line("r", "Ready to accept connections")
+
+    def client():
+        c = socket.create_connection(("127.0.0.1", port), timeout=10)
+        return c, c.makefile("rb")
+
+    def cmd(conn, *args):
+        c, f = conn
+        c.sendall(b"*%d\r\n" % len(args) +
+                  b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in args))
+        line = f.readline()
+        if line.startswith(b"$") and line != b"$-1\r\n":
+            return f.read(int(line[1:]) + 2)[:-2]
+        return line.rstrip(b"\r\n")
+
+    conn = None
+    try:
+        conn = client()
+        for i in range(1000):
+            if cmd(conn, b"SET", b"key:%d" % i, b"value %d" % (i * i)) != b"+OK":
+                raise Fail(f"SET key:{i} failed")
+        ctx.ferry("checkpoint", "r", "--dir", img, "--stop")
+        ctx.ferry("restore", "--dir", img, "--name", "r")
+        for i in range(0, 1000, 7):
+            got = cmd(conn, b"GET", b"key:%d" % i)
+            if got != b"value %d" % (i * i):
+                raise Fail(f"GET key:{i} on the same connection after the restore: {got!r}")
+        if cmd(conn, b"SET", b"after", b"restore") != b"+OK" or cmd(conn, b"DBSIZE") != b":1001":
+            raise Fail("the connection does not go on working after the restore")
+        other = client()
+        if cmd(other, b"GET", b"after") != b"restore":
+            raise Fail("a new client of the restored server does not see the key")
+        other[0].close()
+    except (OSError, socket.timeout) as e:
+        raise Fail(f"the client's connection failed: {e}", tail(ctx.log("r"), 5))
+    finally:
+        if conn:
+            conn[0].close()
+
+
 def foreign_python(ctx):
     py = "/usr/bin/python3" if os.access("/usr/bin/python3", os.X_OK) else need("python3")
     foreign_test(ctx, [py, os.path.join(HERE, "e2e", "compute.py")], r"^step 10 ")
@@ -1456,7 +1512,7 @@ def collect(builds):
                 tests.append((f"{tag}/{prog}/{variant}", ferry,
                               lambda ctx, fn=fn, prog=prog: fn(ctx, prog), TEST_TIMEOUT))
         for name, fn in (("python3", foreign_python), ("bash", foreign_bash),
-                         ("sqlite3", foreign_sqlite)):
+                         ("sqlite3", foreign_sqlite), ("redis", foreign_redis)):
             tests.append((f"{tag}/foreign/{name}", ferry, fn, FOREIGN_TIMEOUT))
         if shutil.which("node"):  # on these machines, not installed by the build
             tests.append((f"{tag}/foreign/node", ferry, foreign_node, FOREIGN_TIMEOUT))

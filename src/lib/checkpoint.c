@@ -528,6 +528,13 @@ static int checkpoint_once(const struct ferry_runtime *rt, const char *name, con
 			}
 		}
 	}
+	/* its TCP connections, closed with it, stay locked until a restore takes them (a
+	 * migration decided already: it ends whatever) */
+	if (stop && (r = fds_held_lock(&fz.held, err)) < 0 && !o->handover) {
+		ferr_prefix(err, "image written, but not stopping %s", name);
+		checkpoint_thaw(&fz);
+		goto out;
+	}
 	if (stop) {
 		s.freeze_ns += now_ns() - tf;
 		r = safe_kill(rec.pid, SIGKILL);

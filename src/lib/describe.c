@@ -19,6 +19,7 @@
 #include "mem.h"
 #include "fds.h"
 #include "model.h"
+#include "netlock.h"
 #include "runtime.h"
 #include "task.h"
 #include "threads.h"
@@ -428,6 +429,7 @@ static const struct {
         {"prctl_mm_map", task_probe_mm_map},
         {"cgroup_freeze", cgroup_probe},
         {"posix_timer_ids", task_probe_ptimer_ids},
+        {"network_lock", netlock_probe},
 };
 
 int ferry_check(struct json_object **ret, struct ferry_error *err)

@@ -25,6 +25,7 @@
 
 #include "fds.h"
 #include "image.h"
+#include "netlock.h"
 #include "util.h"
 
 /* e->extra */
@@ -100,6 +101,17 @@ void fd_tcp_release(int fd, bool resume)
 		(void)setsockopt(fd, SOL_SOCKET, SO_DETACH_FILTER, &any, sizeof(any));
 	}
 	safe_close(fd);
+}
+
+int fd_tcp_lock(int fd, struct ferry_error *err)
+{
+	struct sockaddr_storage l, p;
+	socklen_t ll = sizeof(l), pl = sizeof(p);
+
+	if (getsockname(fd, (struct sockaddr *)&l, &ll) < 0 ||
+	    getpeername(fd, (struct sockaddr *)&p, &pl) < 0)
+		return ferr(err, -errno, "network lock: the connection's addresses: %m");
+	return netlock_set(&l, &p, true, err);
 }
 
 /* One queue's sequence number and bytes (peeked: in repair mode MSG_PEEK reads either). */
@@ -287,6 +299,12 @@ static int tcp_rebuild(int s, const struct fd_entry *e, const uint8_t *data, con
 		return ferr(err, -errno, "%s: TCP_REPAIR_WINDOW: %m", where);
 	if ((r = set_int(s, SOL_TCP, TCP_REPAIR, TCP_REPAIR_OFF)) < 0)
 		return ferr(err, r, "%s: leaving repair mode: %s", where, strerror(-r));
+	/* the connection is ours: the peer's segments (dropped since the checkpoint) come in */
+	struct sockaddr_storage la = {0}, pa = {0};
+	memcpy(&la, &v[TC_LADDR], MIN(v[TC_LALEN], sizeof(uint64_t) * 4));
+	memcpy(&pa, &v[TC_PADDR], MIN(v[TC_PALEN], sizeof(uint64_t) * 4));
+	if ((r = netlock_set(&la, &pa, false, err)) < 0)
+		return ferr_prefix(err, "%s", where);
 	/* what the original had not sent yet goes out as any send would: room for all of it in
 	 * the send buffer first (the original's had grown to hold it), never blocking here */
 	int sndbuf = opt(s, SOL_SOCKET, SO_SNDBUF);

@@ -32,6 +32,16 @@ int fds_hold(struct fd_capture_ctx *ctx, int fd)
 	return 0;
 }
 
+int fds_held_lock(struct fd_held *h, struct ferry_error *err)
+{
+	for (size_t i = 0; i < h->n; i++) {
+		int r = fd_tcp_lock(h->fd[i], err);
+		if (r < 0)
+			return r;
+	}
+	return 0;
+}
+
 void fds_held_release(struct fd_held *h, bool resume)
 {
 	for (size_t i = 0; i < h->n; i++)

@@ -81,6 +81,13 @@ int fds_hold(struct fd_capture_ctx *ctx, int fd);
  */
 void fds_held_release(struct fd_held *h, bool resume);
 
+/*
+ * fds_held_lock - before a component whose connections are held ends: each one's incoming
+ * segments are dropped by the network lock (netlock.c) until a restore takes it over.
+ */
+int fds_held_lock(struct fd_held *h, struct ferry_error *err);
+int fd_tcp_lock(int fd, struct ferry_error *err);
+
 /* fd_tcp_release - one connection held by a capture, released (see fds_held_release). */
 void fd_tcp_release(int fd, bool resume);
 
