@@ -47,8 +47,12 @@ enum {
 	TC_OPTS,   /* tcpi_options */
 	TC_WSCALE, /* snd | rcv << 16 */
 	TC_TSVAL,
-	TC_WIN, /* snd_wl1, snd_wnd, max_window, rcv_wnd, rcv_wup */
-	TC_N = TC_WIN + 5,
+	TC_WIN,                   /* snd_wl1, snd_wnd, max_window, rcv_wnd, rcv_wup */
+	TC_KEEPIDLE = TC_WIN + 5, /* TCP_KEEPIDLE, TCP_KEEPINTVL, TCP_KEEPCNT (s, s, probes) */
+	TC_KEEPINTVL,
+	TC_KEEPCNT,
+	TC_USER_TIMEOUT, /* TCP_USER_TIMEOUT (ms) */
+	TC_N,
 };
 #define TC_NODELAY   (1u << 0)
 #define TC_KEEPALIVE (1u << 1)
@@ -191,6 +195,10 @@ static int tcp_capture(struct fd_capture_ctx *ctx, const struct fd_info *fi, str
 	v[TC_FLAGS] = (opt(s, SOL_TCP, TCP_NODELAY) > 0 ? TC_NODELAY : 0) |
 	              (opt(s, SOL_SOCKET, SO_KEEPALIVE) > 0 ? TC_KEEPALIVE : 0);
 	v[TC_MSS] = (uint64_t)opt(s, SOL_TCP, TCP_MAXSEG);
+	v[TC_KEEPIDLE] = (uint64_t)opt(s, SOL_TCP, TCP_KEEPIDLE);
+	v[TC_KEEPINTVL] = (uint64_t)opt(s, SOL_TCP, TCP_KEEPINTVL);
+	v[TC_KEEPCNT] = (uint64_t)opt(s, SOL_TCP, TCP_KEEPCNT);
+	v[TC_USER_TIMEOUT] = (uint64_t)opt(s, SOL_TCP, TCP_USER_TIMEOUT);
 	v[TC_OPTS] = ti.tcpi_options;
 	v[TC_WSCALE] = ti.tcpi_snd_wscale | (uint64_t)ti.tcpi_rcv_wscale << 16;
 	uint32_t ts = 0;
@@ -326,6 +334,19 @@ static int tcp_rebuild(int s, const struct fd_entry *e, const uint8_t *data, con
 		return ferr(err, r, "%s: TCP_NODELAY: %s", where, strerror(-r));
 	if ((v[TC_FLAGS] & TC_KEEPALIVE) && (r = set_int(s, SOL_SOCKET, SO_KEEPALIVE, 1)) < 0)
 		return ferr(err, r, "%s: SO_KEEPALIVE: %s", where, strerror(-r));
+	static const struct {
+		int idx, name;
+		const char *what;
+	} tcpopts[] = {{TC_KEEPIDLE, TCP_KEEPIDLE, "TCP_KEEPIDLE"},
+	               {TC_KEEPINTVL, TCP_KEEPINTVL, "TCP_KEEPINTVL"},
+	               {TC_KEEPCNT, TCP_KEEPCNT, "TCP_KEEPCNT"},
+	               {TC_USER_TIMEOUT, TCP_USER_TIMEOUT, "TCP_USER_TIMEOUT"}};
+	for (size_t i = 0; i < ARRAY_SIZE(tcpopts); i++) {
+		int64_t val = (int64_t)v[tcpopts[i].idx];
+		if (val > 0 && val <= INT32_MAX &&
+		    (r = set_int(s, SOL_TCP, tcpopts[i].name, (int)val)) < 0)
+			return ferr(err, r, "%s: %s: %s", where, tcpopts[i].what, strerror(-r));
+	}
 	return 0;
 }
 

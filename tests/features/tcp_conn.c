@@ -69,6 +69,14 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	setsockopt(s, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	/* options the connection keeps */
+	const int ka[][2] = {{TCP_KEEPIDLE, 77},
+	                     {TCP_KEEPINTVL, 11},
+	                     {TCP_KEEPCNT, 5},
+	                     {TCP_USER_TIMEOUT, 12345}};
+	setsockopt(s, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one));
+	for (size_t i = 0; i < sizeof(ka) / sizeof(ka[0]); i++)
+		setsockopt(s, IPPROTO_TCP, ka[i][0], &ka[i][1], sizeof(ka[i][1]));
 	for (size_t i = 0; i < TO_PEER; i++)
 		out[i] = (char)(i % 253);
 	/* as much as the buffers take now; the rest after go */
@@ -90,6 +98,16 @@ int main(int argc, char **argv)
 	feature_ready();
 	feature_wait_go(dir);
 
+	int v = 0;
+	socklen_t vl = sizeof(v);
+	if (getsockopt(s, SOL_SOCKET, SO_KEEPALIVE, &v, &vl) < 0 || v != 1)
+		feature_fail("SO_KEEPALIVE is %d after the restore", v);
+	if (getsockopt(s, IPPROTO_TCP, TCP_NODELAY, &v, &vl) < 0 || v != 1)
+		feature_fail("TCP_NODELAY is %d after the restore", v);
+	for (size_t i = 0; i < sizeof(ka) / sizeof(ka[0]); i++)
+		if (getsockopt(s, IPPROTO_TCP, ka[i][0], &v, &vl) < 0 || v != ka[i][1])
+			feature_fail("TCP option %d is %d after the restore, expected %d", ka[i][0],
+			             v, ka[i][1]);
 	if (read_exact(s, in, FROM_PEER) < 0)
 		feature_fail("reading the peer's bytes: %s", strerror(errno));
 	for (size_t i = 0; i < FROM_PEER; i++)
