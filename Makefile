@@ -40,6 +40,7 @@ bench: build
 	./bench/run.sh $(BUILD)
 	./bench/incr.sh $(BUILD)
 	./bench/migrate.sh $(BUILD)
+	./bench/redis.py $(BUILD)
 
 format:
 	clang-format -i $$(git ls-files '*.c' '*.h')
