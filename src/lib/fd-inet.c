@@ -19,13 +19,6 @@ enum { IN_DOMAIN, IN_TYPE, IN_PROTO, IN_FLAGS, IN_BACKLOG, IN_ALEN, IN_ADDR, IN_
 #define IN_REUSEPORT (1u << 2)
 #define IN_V6ONLY    (1u << 3)
 
-static int opt(int s, int level, int name)
-{
-	int v = 0;
-	socklen_t l = sizeof(v);
-	return getsockopt(s, level, name, &v, &l) < 0 ? -1 : v;
-}
-
 static bool inet_probe(const struct fd_info *fi, const struct fd_capture_ctx *ctx)
 {
 	if (!S_ISSOCK(fi->st.st_mode))
@@ -33,14 +26,14 @@ static bool inet_probe(const struct fd_info *fi, const struct fd_capture_ctx *ct
 	_cleanup_close_ int s = pidfd_getfd_of(ctx->p->host_pid, fi->fd);
 	if (s < 0)
 		return false;
-	int dom = opt(s, SOL_SOCKET, SO_DOMAIN), type = opt(s, SOL_SOCKET, SO_TYPE);
-	int proto = opt(s, SOL_SOCKET, SO_PROTOCOL);
+	int dom = fds_sockopt(s, SOL_SOCKET, SO_DOMAIN), type = fds_sockopt(s, SOL_SOCKET, SO_TYPE);
+	int proto = fds_sockopt(s, SOL_SOCKET, SO_PROTOCOL);
 	struct sockaddr_storage peer;
 	socklen_t pl = sizeof(peer);
 	if (dom != AF_INET && dom != AF_INET6)
 		return false;
 	if (type == SOCK_STREAM && proto == IPPROTO_TCP)
-		return opt(s, SOL_SOCKET, SO_ACCEPTCONN) == 1;
+		return fds_sockopt(s, SOL_SOCKET, SO_ACCEPTCONN) == 1;
 	return type == SOCK_DGRAM && proto == IPPROTO_UDP &&
 	       getpeername(s, (struct sockaddr *)&peer, &pl) < 0 && errno == ENOTCONN;
 }
@@ -74,14 +67,15 @@ static int inet_capture(struct fd_capture_ctx *ctx, const struct fd_info *fi, st
 
 	if (s < 0)
 		return ferr(err, s, "%s: pidfd_getfd: %s", fi->link, strerror(-s));
-	v[IN_DOMAIN] = (uint64_t)opt(s, SOL_SOCKET, SO_DOMAIN);
-	v[IN_TYPE] = (uint64_t)opt(s, SOL_SOCKET, SO_TYPE);
-	v[IN_PROTO] = (uint64_t)opt(s, SOL_SOCKET, SO_PROTOCOL);
-	bool listening = opt(s, SOL_SOCKET, SO_ACCEPTCONN) == 1, v6 = v[IN_DOMAIN] == AF_INET6;
+	v[IN_DOMAIN] = (uint64_t)fds_sockopt(s, SOL_SOCKET, SO_DOMAIN);
+	v[IN_TYPE] = (uint64_t)fds_sockopt(s, SOL_SOCKET, SO_TYPE);
+	v[IN_PROTO] = (uint64_t)fds_sockopt(s, SOL_SOCKET, SO_PROTOCOL);
+	bool listening = fds_sockopt(s, SOL_SOCKET, SO_ACCEPTCONN) == 1,
+	     v6 = v[IN_DOMAIN] == AF_INET6;
 	v[IN_FLAGS] = (listening ? IN_LISTEN : 0) |
-	              (opt(s, SOL_SOCKET, SO_REUSEADDR) > 0 ? IN_REUSEADDR : 0) |
-	              (opt(s, SOL_SOCKET, SO_REUSEPORT) > 0 ? IN_REUSEPORT : 0) |
-	              (v6 && opt(s, IPPROTO_IPV6, IPV6_V6ONLY) > 0 ? IN_V6ONLY : 0);
+	              (fds_sockopt(s, SOL_SOCKET, SO_REUSEADDR) > 0 ? IN_REUSEADDR : 0) |
+	              (fds_sockopt(s, SOL_SOCKET, SO_REUSEPORT) > 0 ? IN_REUSEPORT : 0) |
+	              (v6 && fds_sockopt(s, IPPROTO_IPV6, IPV6_V6ONLY) > 0 ? IN_V6ONLY : 0);
 	if (getsockname(s, (struct sockaddr *)&sa, &sl) < 0 || sl > 4 * sizeof(uint64_t))
 		return ferr(err, -errno, "%s: getsockname: %m", fi->link);
 	v[IN_ALEN] = sl;
@@ -103,22 +97,6 @@ static int inet_capture(struct fd_capture_ctx *ctx, const struct fd_info *fi, st
 	return fds_set_extra(e, v, IN_N, err);
 }
 
-static void addr_str(const uint64_t *v, char *buf, size_t len)
-{
-	struct sockaddr_storage sa;
-	char host[INET6_ADDRSTRLEN] = "?";
-	memcpy(&sa, &v[IN_ADDR], MIN(v[IN_ALEN], sizeof(uint64_t) * 4));
-	if (sa.ss_family == AF_INET6) {
-		struct sockaddr_in6 *a = (struct sockaddr_in6 *)&sa;
-		inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof(host));
-		snprintf(buf, len, "[%s]:%u", host, ntohs(a->sin6_port));
-	} else {
-		struct sockaddr_in *a = (struct sockaddr_in *)&sa;
-		inet_ntop(AF_INET, &a->sin_addr, host, sizeof(host));
-		snprintf(buf, len, "%s:%u", host, ntohs(a->sin_port));
-	}
-}
-
 static int inet_restore(const struct fd_entry *e, struct fd_restore_ctx *ctx,
                         struct ferry_error *err)
 {
@@ -128,7 +106,7 @@ static int inet_restore(const struct fd_entry *e, struct fd_restore_ctx *ctx,
 
 	if (e->nextra != IN_N)
 		return ferr(err, -EPROTO, "socket record without its values");
-	addr_str(v, where, sizeof(where));
+	fds_sockaddr_str(&v[IN_ADDR], v[IN_ALEN], where, sizeof(where));
 	int s = socket((int)v[IN_DOMAIN],
 	               (int)v[IN_TYPE] | SOCK_CLOEXEC | (e->flags & O_NONBLOCK ? SOCK_NONBLOCK : 0),
 	               (int)v[IN_PROTO]);
@@ -157,7 +135,7 @@ static void inet_describe(const struct fd_entry *e, char *buf, size_t len)
 		snprintf(buf, len, "socket");
 		return;
 	}
-	addr_str(e->extra, where, sizeof(where));
+	fds_sockaddr_str(&e->extra[IN_ADDR], e->extra[IN_ALEN], where, sizeof(where));
 	if (e->extra[IN_FLAGS] & IN_LISTEN)
 		snprintf(buf, len, "TCP listening on %s", where);
 	else
@@ -173,7 +151,7 @@ static int inet_kernel_probe(char *detail, size_t len)
 	          fstat(s, &sb) == 0;
 	if (ok) {
 		_cleanup_close_ int copy = pidfd_getfd_of(getpid(), s);
-		ok = copy >= 0 && opt(copy, SOL_SOCKET, SO_ACCEPTCONN) == 1 &&
+		ok = copy >= 0 && fds_sockopt(copy, SOL_SOCKET, SO_ACCEPTCONN) == 1 &&
 		     queued(getpid(), "tcp", sb.st_ino) == 0;
 	}
 	snprintf(detail, len, "%s",

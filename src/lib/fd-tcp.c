@@ -57,13 +57,6 @@ enum {
 #define TC_NODELAY   (1u << 0)
 #define TC_KEEPALIVE (1u << 1)
 
-static int opt(int s, int level, int name)
-{
-	int v = 0;
-	socklen_t l = sizeof(v);
-	return getsockopt(s, level, name, &v, &l) < 0 ? -1 : v;
-}
-
 static bool tcp_probe(const struct fd_info *fi, const struct fd_capture_ctx *ctx)
 {
 	if (!S_ISSOCK(fi->st.st_mode))
@@ -71,29 +64,14 @@ static bool tcp_probe(const struct fd_info *fi, const struct fd_capture_ctx *ctx
 	_cleanup_close_ int s = pidfd_getfd_of(ctx->p->host_pid, fi->fd);
 	if (s < 0)
 		return false;
-	int dom = opt(s, SOL_SOCKET, SO_DOMAIN);
+	int dom = fds_sockopt(s, SOL_SOCKET, SO_DOMAIN);
 	struct sockaddr_storage peer;
 	socklen_t pl = sizeof(peer);
-	return (dom == AF_INET || dom == AF_INET6) && opt(s, SOL_SOCKET, SO_TYPE) == SOCK_STREAM &&
-	       opt(s, SOL_SOCKET, SO_PROTOCOL) == IPPROTO_TCP &&
-	       opt(s, SOL_SOCKET, SO_ACCEPTCONN) == 0 &&
+	return (dom == AF_INET || dom == AF_INET6) &&
+	       fds_sockopt(s, SOL_SOCKET, SO_TYPE) == SOCK_STREAM &&
+	       fds_sockopt(s, SOL_SOCKET, SO_PROTOCOL) == IPPROTO_TCP &&
+	       fds_sockopt(s, SOL_SOCKET, SO_ACCEPTCONN) == 0 &&
 	       getpeername(s, (struct sockaddr *)&peer, &pl) == 0;
-}
-
-static void addr_str(const uint64_t *a, uint64_t alen, char *buf, size_t len)
-{
-	struct sockaddr_storage sa = {0};
-	char host[INET6_ADDRSTRLEN] = "?";
-	memcpy(&sa, a, MIN(alen, sizeof(uint64_t) * 4));
-	if (sa.ss_family == AF_INET6) {
-		struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&sa;
-		inet_ntop(AF_INET6, &s6->sin6_addr, host, sizeof(host));
-		snprintf(buf, len, "[%s]:%u", host, ntohs(s6->sin6_port));
-	} else {
-		struct sockaddr_in *s4 = (struct sockaddr_in *)&sa;
-		inet_ntop(AF_INET, &s4->sin_addr, host, sizeof(host));
-		snprintf(buf, len, "%s:%u", host, ntohs(s4->sin_port));
-	}
 }
 
 void fd_tcp_release(int fd, bool resume)
@@ -148,7 +126,7 @@ static int tcp_capture(struct fd_capture_ctx *ctx, const struct fd_info *fi, str
 
 	if (s < 0)
 		return ferr(err, s, "%s: pidfd_getfd: %s", fi->link, strerror(-s));
-	v[TC_DOMAIN] = (uint64_t)opt(s, SOL_SOCKET, SO_DOMAIN);
+	v[TC_DOMAIN] = (uint64_t)fds_sockopt(s, SOL_SOCKET, SO_DOMAIN);
 	if (getsockname(s, (struct sockaddr *)&sa, &sl) < 0 || sl > 4 * sizeof(uint64_t)) {
 		safe_close(s);
 		return ferr(err, -errno, "%s: getsockname: %m", fi->link);
@@ -162,8 +140,8 @@ static int tcp_capture(struct fd_capture_ctx *ctx, const struct fd_info *fi, str
 	}
 	v[TC_PALEN] = sl;
 	memcpy(&v[TC_PADDR], &sa, sl);
-	addr_str(&v[TC_LADDR], v[TC_LALEN], local, sizeof(local));
-	addr_str(&v[TC_PADDR], v[TC_PALEN], peer, sizeof(peer));
+	fds_sockaddr_str(&v[TC_LADDR], v[TC_LALEN], local, sizeof(local));
+	fds_sockaddr_str(&v[TC_PADDR], v[TC_PALEN], peer, sizeof(peer));
 	snprintf(where, sizeof(where), "TCP %s -> %s", local, peer);
 	if (getsockopt(s, SOL_TCP, TCP_INFO, &ti, &til) < 0 || ti.tcpi_state != TCP_ESTABLISHED) {
 		safe_close(s);
@@ -192,13 +170,13 @@ static int tcp_capture(struct fd_capture_ctx *ctx, const struct fd_info *fi, str
 	}
 	if (setsockopt(s, SOL_TCP, TCP_REPAIR, &on, sizeof(on)) < 0)
 		return ferr(err, -errno, "%s: TCP_REPAIR (needs CAP_NET_ADMIN): %m", where);
-	v[TC_FLAGS] = (opt(s, SOL_TCP, TCP_NODELAY) > 0 ? TC_NODELAY : 0) |
-	              (opt(s, SOL_SOCKET, SO_KEEPALIVE) > 0 ? TC_KEEPALIVE : 0);
-	v[TC_MSS] = (uint64_t)opt(s, SOL_TCP, TCP_MAXSEG);
-	v[TC_KEEPIDLE] = (uint64_t)opt(s, SOL_TCP, TCP_KEEPIDLE);
-	v[TC_KEEPINTVL] = (uint64_t)opt(s, SOL_TCP, TCP_KEEPINTVL);
-	v[TC_KEEPCNT] = (uint64_t)opt(s, SOL_TCP, TCP_KEEPCNT);
-	v[TC_USER_TIMEOUT] = (uint64_t)opt(s, SOL_TCP, TCP_USER_TIMEOUT);
+	v[TC_FLAGS] = (fds_sockopt(s, SOL_TCP, TCP_NODELAY) > 0 ? TC_NODELAY : 0) |
+	              (fds_sockopt(s, SOL_SOCKET, SO_KEEPALIVE) > 0 ? TC_KEEPALIVE : 0);
+	v[TC_MSS] = (uint64_t)fds_sockopt(s, SOL_TCP, TCP_MAXSEG);
+	v[TC_KEEPIDLE] = (uint64_t)fds_sockopt(s, SOL_TCP, TCP_KEEPIDLE);
+	v[TC_KEEPINTVL] = (uint64_t)fds_sockopt(s, SOL_TCP, TCP_KEEPINTVL);
+	v[TC_KEEPCNT] = (uint64_t)fds_sockopt(s, SOL_TCP, TCP_KEEPCNT);
+	v[TC_USER_TIMEOUT] = (uint64_t)fds_sockopt(s, SOL_TCP, TCP_USER_TIMEOUT);
 	v[TC_OPTS] = ti.tcpi_options;
 	v[TC_WSCALE] = ti.tcpi_snd_wscale | (uint64_t)ti.tcpi_rcv_wscale << 16;
 	uint32_t ts = 0;
@@ -315,7 +293,7 @@ static int tcp_rebuild(int s, const struct fd_entry *e, const uint8_t *data, con
 		return ferr_prefix(err, "%s", where);
 	/* what the original had not sent yet goes out as any send would: room for all of it in
 	 * the send buffer first (the original's had grown to hold it), never blocking here */
-	int sndbuf = opt(s, SOL_SOCKET, SO_SNDBUF);
+	int sndbuf = fds_sockopt(s, SOL_SOCKET, SO_SNDBUF);
 	if (notsent && sndbuf >= 0 && (uint64_t)sndbuf < 2 * out &&
 	    (r = set_int(s, SOL_SOCKET, SO_SNDBUFFORCE, (int)MIN(2 * out, (uint64_t)INT32_MAX))) <
 	            0)
@@ -358,8 +336,8 @@ static int tcp_restore(const struct fd_entry *e, struct fd_restore_ctx *ctx,
 
 	if (e->nextra != TC_N || v[TC_IN_LEN] > (1u << 30) || v[TC_OUT_LEN] > (1u << 30))
 		return ferr(err, -EPROTO, "TCP connection record without its values");
-	addr_str(&v[TC_LADDR], v[TC_LALEN], local, sizeof(local));
-	addr_str(&v[TC_PADDR], v[TC_PALEN], peer, sizeof(peer));
+	fds_sockaddr_str(&v[TC_LADDR], v[TC_LALEN], local, sizeof(local));
+	fds_sockaddr_str(&v[TC_PADDR], v[TC_PALEN], peer, sizeof(peer));
 	snprintf(where, sizeof(where), "TCP %s -> %s", local, peer);
 	uint64_t len = v[TC_IN_LEN] + v[TC_OUT_LEN];
 	_cleanup_free_ uint8_t *data = malloc(len + 1);
@@ -392,8 +370,8 @@ static void tcp_describe(const struct fd_entry *e, char *buf, size_t len)
 		snprintf(buf, len, "TCP connection");
 		return;
 	}
-	addr_str(&e->extra[TC_LADDR], e->extra[TC_LALEN], local, sizeof(local));
-	addr_str(&e->extra[TC_PADDR], e->extra[TC_PALEN], peer, sizeof(peer));
+	fds_sockaddr_str(&e->extra[TC_LADDR], e->extra[TC_LALEN], local, sizeof(local));
+	fds_sockaddr_str(&e->extra[TC_PADDR], e->extra[TC_PALEN], peer, sizeof(peer));
 	snprintf(buf, len,
 	         "TCP %s -> %s established, %" PRIu64 " bytes to read, %" PRIu64
 	         " to send (%" PRIu64 " not sent yet)",

@@ -1,8 +1,11 @@
 /* The fd table: one ops table per kind of kernel object, dispatched from here. */
+#include <arpa/inet.h>
 #include <dirent.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
 #include <linux/kcmp.h>
 
@@ -15,6 +18,30 @@ static const struct fd_ops *const kinds[] = {
         &fd_eventfd_ops, &fd_timerfd_ops, &fd_signalfd_ops, &fd_epoll_ops, &fd_pipe_ops,
         &fd_inet_ops,    &fd_inotify_ops, &fd_tcp_ops,
 };
+
+int fds_sockopt(int s, int level, int name)
+{
+	int v = 0;
+	socklen_t l = sizeof(v);
+	return getsockopt(s, level, name, &v, &l) < 0 ? -1 : v;
+}
+
+void fds_sockaddr_str(const uint64_t *a, uint64_t alen, char *buf, size_t len)
+{
+	struct sockaddr_storage sa = {0};
+	char host[INET6_ADDRSTRLEN] = "?";
+
+	memcpy(&sa, a, MIN(alen, sizeof(uint64_t) * 4));
+	if (sa.ss_family == AF_INET6) {
+		const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)&sa;
+		inet_ntop(AF_INET6, &s6->sin6_addr, host, sizeof(host));
+		snprintf(buf, len, "[%s]:%u", host, ntohs(s6->sin6_port));
+	} else {
+		const struct sockaddr_in *s4 = (const struct sockaddr_in *)&sa;
+		inet_ntop(AF_INET, &s4->sin_addr, host, sizeof(host));
+		snprintf(buf, len, "%s:%u", host, ntohs(s4->sin_port));
+	}
+}
 
 int fds_hold(struct fd_capture_ctx *ctx, int fd)
 {

@@ -97,6 +97,12 @@ int fds_fdinfo(pid_t pid, int fd, char **ret);
 /* fds_fdinfo_u64 - the number after "key:" in fdinfo text (base 0: 0x, 0 prefixes honoured). */
 int fds_fdinfo_u64(const char *info, const char *key, int base, uint64_t *ret);
 
+/* fds_sockopt - an int socket option (-1 if it cannot be read). */
+int fds_sockopt(int s, int level, int name);
+
+/* fds_sockaddr_str - "1.2.3.4:80" or "[::1]:80" of a sockaddr kept as alen bytes at a. */
+void fds_sockaddr_str(const uint64_t *a, uint64_t alen, char *buf, size_t len);
+
 /* fds_set_extra - copy n numbers into e->extra. */
 int fds_set_extra(struct fd_entry *e, const uint64_t *v, uint32_t n, struct ferry_error *err);
 
