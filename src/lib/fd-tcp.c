@@ -85,15 +85,14 @@ void fd_tcp_release(int fd, bool resume)
 	safe_close(fd);
 }
 
-int fd_tcp_lock(int fd, struct ferry_error *err)
+int fd_tcp_ends(int fd, struct netlock_conn *c, struct ferry_error *err)
 {
-	struct sockaddr_storage l, p;
-	socklen_t ll = sizeof(l), pl = sizeof(p);
+	socklen_t ll = sizeof(c->local), pl = sizeof(c->peer);
 
-	if (getsockname(fd, (struct sockaddr *)&l, &ll) < 0 ||
-	    getpeername(fd, (struct sockaddr *)&p, &pl) < 0)
+	if (getsockname(fd, (struct sockaddr *)&c->local, &ll) < 0 ||
+	    getpeername(fd, (struct sockaddr *)&c->peer, &pl) < 0)
 		return ferr(err, -errno, "network lock: the connection's addresses: %m");
-	return netlock_set(&l, &p, true, err);
+	return 0;
 }
 
 /* One queue's sequence number and bytes (peeked: in repair mode MSG_PEEK reads either). */
@@ -166,7 +165,7 @@ static int tcp_capture(struct fd_capture_ctx *ctx, const struct fd_info *fi, str
 	int r = fds_hold(ctx, s);
 	if (r < 0) {
 		fd_tcp_release(s, true);
-		return ferr(err, r, "%s: out of memory", where);
+		return ferr(err, r, "%s: holding it: %s", where, strerror(-r));
 	}
 	if (setsockopt(s, SOL_TCP, TCP_REPAIR, &on, sizeof(on)) < 0)
 		return ferr(err, -errno, "%s: TCP_REPAIR (needs CAP_NET_ADMIN): %m", where);
@@ -286,11 +285,10 @@ static int tcp_rebuild(int s, const struct fd_entry *e, const uint8_t *data, con
 	if ((r = set_int(s, SOL_TCP, TCP_REPAIR, TCP_REPAIR_OFF)) < 0)
 		return ferr(err, r, "%s: leaving repair mode: %s", where, strerror(-r));
 	/* the connection is ours: the peer's segments (dropped since the checkpoint) come in */
-	struct sockaddr_storage la = {0}, pa = {0};
-	memcpy(&la, &v[TC_LADDR], MIN(v[TC_LALEN], sizeof(uint64_t) * 4));
-	memcpy(&pa, &v[TC_PADDR], MIN(v[TC_PALEN], sizeof(uint64_t) * 4));
-	if ((r = netlock_set(&la, &pa, false, err)) < 0)
-		return ferr_prefix(err, "%s", where);
+	struct netlock_conn lc = {0};
+	memcpy(&lc.local, &v[TC_LADDR], MIN(v[TC_LALEN], sizeof(uint64_t) * 4));
+	memcpy(&lc.peer, &v[TC_PADDR], MIN(v[TC_PALEN], sizeof(uint64_t) * 4));
+	netlock_unlock(&lc);
 	/* what the original had not sent yet goes out as any send would: room for all of it in
 	 * the send buffer first (the original's had grown to hold it), never blocking here */
 	int sndbuf = fds_sockopt(s, SOL_SOCKET, SO_SNDBUF);

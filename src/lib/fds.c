@@ -10,6 +10,7 @@
 #include <linux/kcmp.h>
 
 #include "fds.h"
+#include "netlock.h"
 #include "util.h"
 
 /* Adding a kind = adding its file and a line here. Order matters: first probe wins. */
@@ -45,15 +46,11 @@ void fds_sockaddr_str(const uint64_t *a, uint64_t alen, char *buf, size_t len)
 
 int fds_hold(struct fd_capture_ctx *ctx, int fd)
 {
-	if (!ctx->held) {
-		safe_close(fd);
+	if (!ctx->held)
 		return -EINVAL;
-	}
 	int *n = realloc(ctx->held->fd, (ctx->held->n + 1) * sizeof(*n));
-	if (!n) {
-		safe_close(fd);
+	if (!n)
 		return -ENOMEM;
-	}
 	ctx->held->fd = n;
 	n[ctx->held->n++] = fd;
 	return 0;
@@ -61,12 +58,17 @@ int fds_hold(struct fd_capture_ctx *ctx, int fd)
 
 int fds_held_lock(struct fd_held *h, struct ferry_error *err)
 {
+	if (!h->n)
+		return 0;
+	_cleanup_free_ struct netlock_conn *c = calloc(h->n, sizeof(*c));
+	if (!c)
+		return ferr(err, -ENOMEM, "out of memory");
 	for (size_t i = 0; i < h->n; i++) {
-		int r = fd_tcp_lock(h->fd[i], err);
+		int r = fd_tcp_ends(h->fd[i], &c[i], err);
 		if (r < 0)
 			return r;
 	}
-	return 0;
+	return netlock_lock(c, h->n, err);
 }
 
 void fds_held_release(struct fd_held *h, bool resume)

@@ -71,7 +71,8 @@ extern const struct fd_ops fd_file_ops, fd_log_ops, fd_memfd_ops, fd_chr_ops, fd
         fd_timerfd_ops, fd_signalfd_ops, fd_epoll_ops, fd_pipe_ops, fd_deleted_ops, fd_inet_ops,
         fd_inotify_ops, fd_tcp_ops;
 
-/* fds_hold - keep fd (ours) until the component runs on or ends; fd is closed on failure. */
+/* fds_hold - keep fd (ours) until the component runs on or ends; on failure it stays the
+ * caller's. */
 int fds_hold(struct fd_capture_ctx *ctx, int fd);
 
 /*
@@ -86,7 +87,10 @@ void fds_held_release(struct fd_held *h, bool resume);
  * segments are dropped by the network lock (netlock.c) until a restore takes it over.
  */
 int fds_held_lock(struct fd_held *h, struct ferry_error *err);
-int fd_tcp_lock(int fd, struct ferry_error *err);
+
+/* fd_tcp_ends - the two addresses of a held connection. */
+struct netlock_conn;
+int fd_tcp_ends(int fd, struct netlock_conn *c, struct ferry_error *err);
 
 /* fd_tcp_release - one connection held by a capture, released (see fds_held_release). */
 void fd_tcp_release(int fd, bool resume);

@@ -58,23 +58,26 @@ static int element(const struct sockaddr_storage *local, const struct sockaddr_s
 	return -EAFNOSUPPORT;
 }
 
-int netlock_set(const struct sockaddr_storage *local, const struct sockaddr_storage *peer,
-                bool lock, struct ferry_error *err)
+static int nft_ready(struct nft_ctx *nft, struct ferry_error *err)
 {
-	_cleanup_(nft_freep) struct nft_ctx *nft = nft_ctx_new(NFT_CTX_DEFAULT);
-	char el[200], cmd[512], msg[256];
-	int r = element(local, peer, el, sizeof(el));
-
-	if (r < 0)
-		return ferr(err, r, "network lock: not an IPv4 or IPv6 connection");
 	if (!nft || nft_ctx_buffer_error(nft) < 0 || nft_ctx_buffer_output(nft) < 0)
 		return ferr(err, -ENOMEM, "network lock: no nftables context");
-	if (!lock) {
-		snprintf(cmd, sizeof(cmd), "delete element inet ferry %s", el);
-		/* none there (an image taken while the component ran on) is no error */
-		(void)run(nft, cmd, msg, sizeof(msg));
+	return 0;
+}
+
+int netlock_lock(const struct netlock_conn *c, size_t n, struct ferry_error *err)
+{
+	_cleanup_(nft_freep) struct nft_ctx *nft = NULL;
+	_cleanup_free_ char *cmd = NULL;
+	char msg[256];
+	size_t len = 0;
+	int r;
+
+	if (!n)
 		return 0;
-	}
+	nft = nft_ctx_new(NFT_CTX_DEFAULT);
+	if ((r = nft_ready(nft, err)) < 0)
+		return r;
 	r = run(nft,
 	        "add table inet ferry\n"
 	        "add set inet ferry lock4 { type ipv4_addr . inet_service . ipv4_addr . "
@@ -98,17 +101,38 @@ int netlock_set(const struct sockaddr_storage *local, const struct sockaddr_stor
 		if (r < 0)
 			return ferr(err, r, "network lock: the rules of inet ferry: %s", msg);
 	}
-	snprintf(cmd, sizeof(cmd), "add element inet ferry %s", el);
+	/* every connection in one command: one transaction */
+	cmd = malloc(n * 256 + 1);
+	if (!cmd)
+		return ferr(err, -ENOMEM, "out of memory");
+	for (size_t i = 0; i < n; i++) {
+		char el[200];
+		r = element(&c[i].local, &c[i].peer, el, sizeof(el));
+		if (r < 0)
+			return ferr(err, r, "network lock: not an IPv4 or IPv6 connection");
+		len += (size_t)snprintf(cmd + len, 256, "add element inet ferry %s\n", el);
+	}
 	r = run(nft, cmd, msg, sizeof(msg));
-	return r < 0 ? ferr(err, r, "network lock: %s: %s", el, msg) : 0;
+	return r < 0 ? ferr(err, r, "network lock of %zu connections: %s", n, msg) : 0;
+}
+
+void netlock_unlock(const struct netlock_conn *c)
+{
+	_cleanup_(nft_freep) struct nft_ctx *nft = nft_ctx_new(NFT_CTX_DEFAULT);
+	char el[200], cmd[256], msg[256];
+
+	if (nft_ready(nft, NULL) < 0 || element(&c->local, &c->peer, el, sizeof(el)) < 0)
+		return;
+	snprintf(cmd, sizeof(cmd), "delete element inet ferry %s", el);
+	/* none there (an image taken while the component ran on) is no error */
+	(void)run(nft, cmd, msg, sizeof(msg));
 }
 
 int netlock_probe(char *detail, size_t len)
 {
 	_cleanup_(nft_freep) struct nft_ctx *nft = nft_ctx_new(NFT_CTX_DEFAULT);
 	char msg[256] = "no nftables context";
-	bool ok = nft && nft_ctx_buffer_error(nft) == 0 && nft_ctx_buffer_output(nft) == 0 &&
-	          run(nft, "list tables", msg, sizeof(msg)) == 0;
+	bool ok = nft_ready(nft, NULL) == 0 && run(nft, "list tables", msg, sizeof(msg)) == 0;
 
 	snprintf(detail, len, "%s",
 	         ok ? "nftables usable: TCP connections are locked between checkpoint and restore"
