@@ -53,8 +53,21 @@ static int hexval(char c)
 	                                                : -1;
 }
 
+/* The mount last opened for a watch: the watches of one fd are mostly on one filesystem, and
+ * each lookup reads all of mountinfo (while the component is frozen). */
+struct mount_cache {
+	uint64_t sdev;
+	int fd; /* -EBADF: none yet */
+};
+
+static void mount_cache_done(struct mount_cache *mc)
+{
+	mc->fd = safe_close(mc->fd);
+}
+
 /* The path of the inode one fdinfo "inotify" line names. */
-static int watch_path(const char *line, char *path, size_t len, struct ferry_error *err)
+static int watch_path(const char *line, struct mount_cache *mc, char *path, size_t len,
+                      struct ferry_error *err)
 {
 	unsigned wd, bytes, type;
 	uint64_t sdev;
@@ -78,11 +91,15 @@ static int watch_path(const char *line, char *path, size_t len, struct ferry_err
 			return ferr(err, -EPROTO, "unreadable inotify file handle: %s", hex);
 		fh->f_handle[i] = (unsigned char)(hi << 4 | lo);
 	}
-	_cleanup_close_ int mnt = mount_of(sdev);
-	if (mnt < 0)
-		return ferr(err, mnt, "watch %u: no mount of its filesystem (dev %u:%u)", wd,
+	if (mc->fd < 0 || mc->sdev != sdev) {
+		mc->fd = safe_close(mc->fd);
+		mc->fd = mount_of(sdev);
+		mc->sdev = sdev;
+	}
+	if (mc->fd < 0)
+		return ferr(err, mc->fd, "watch %u: no mount of its filesystem (dev %u:%u)", wd,
 		            (unsigned)(sdev >> 20), (unsigned)(sdev & 0xfffff));
-	_cleanup_close_ int fd = open_by_handle_at(mnt, fh, O_PATH | O_CLOEXEC);
+	_cleanup_close_ int fd = open_by_handle_at(mc->fd, fh, O_PATH | O_CLOEXEC);
 	if (fd < 0)
 		return ferr(err, -errno, "watch %u: its file handle: %m", wd);
 	char link[64];
@@ -103,6 +120,7 @@ static int inotify_capture(struct fd_capture_ctx *ctx, const struct fd_info *fi,
 	_cleanup_free_ uint64_t *v = NULL;
 	size_t n = 0, plen = 0;
 	int queued = 0;
+	_cleanup_(mount_cache_done) struct mount_cache mc = {.fd = -EBADF};
 	int r = fds_fdinfo(ctx->p->host_pid, fi->fd, &info);
 
 	if (r < 0)
@@ -127,7 +145,7 @@ static int inotify_capture(struct fd_capture_ctx *ctx, const struct fd_info *fi,
 		if (sscanf(l, "inotify wd:%x", &wd) != 1 || !strstr(l, " mask:") ||
 		    sscanf(strstr(l, " mask:"), " mask:%x", &mask) != 1)
 			return ferr(err, -EPROTO, "unreadable inotify watch: %s", l);
-		r = watch_path(l, path, sizeof(path), err);
+		r = watch_path(l, &mc, path, sizeof(path), err);
 		if (r < 0)
 			return r;
 		uint64_t *nv = realloc(v, (NO_FIRST + (n + 1) * NO_PER) * sizeof(*v));
@@ -261,7 +279,9 @@ static int inotify_kernel_probe(char *detail, size_t len)
 		char *l = read_file(path, &info, NULL) == 0 ? strstr(info, "inotify ") : NULL;
 		if (l && strchr(l, '\n'))
 			*strchr(l, '\n') = '\0';
-		ok = l && watch_path(l, wpath, sizeof(wpath), &e) == 0 && strcmp(wpath, "/") == 0;
+		_cleanup_(mount_cache_done) struct mount_cache mc = {.fd = -EBADF};
+		ok = l && watch_path(l, &mc, wpath, sizeof(wpath), &e) == 0 &&
+		     strcmp(wpath, "/") == 0;
 	}
 	snprintf(detail, len, "%s",
 	         ok ? "watches and their file handles in fdinfo, opened again by handle"
