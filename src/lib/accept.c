@@ -10,7 +10,6 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/file.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
 #include "lazy.h"
 #include "migrate.h"
@@ -31,7 +30,7 @@ struct dst {
 	char source_addr[FERRY_ADDR_MAX];
 	char dir[PATH_MAX];
 	unsigned links; /* complete links received */
-	bool *held;     /* the hold was reached */
+	bool held;      /* the hold was reached */
 	pid_t pid;
 	char pages_name[64];              /* the pages file the current link brought */
 	char postcopy_img[PATH_MAX];      /* post-copy: the image whose holes come later */
@@ -386,7 +385,7 @@ static int dst_hold(void *arg, enum restore_phase phase, pid_t pid,
 	}
 	if (phase == RESTORE_HOLD && d->post) {
 		struct post_dst *pd = d->post;
-		*d->held = true;
+		d->held = true;
 		snprintf(text, sizeof(text), "restore_ns=%" PRIu64 "\n", rst->total_ns);
 		if (post_dst_send(pd, MSG_READY, text, strlen(text)) == 0) {
 			pthread_mutex_lock(&pd->mu);
@@ -412,7 +411,7 @@ static int dst_hold(void *arg, enum restore_phase phase, pid_t pid,
 		d->fd = safe_close(d->fd);
 		return 0;
 	}
-	*d->held = true;
+	d->held = true;
 	snprintf(text, sizeof(text), "restore_ns=%" PRIu64 "\n", rst->total_ns);
 	r = channel_send(d->ch, MSG_READY, text, strlen(text), err);
 	if (getenv("FERRY_TEST_MIGRATE_CUT") &&
@@ -440,7 +439,7 @@ int migrate_accept(const struct ferry_node *n, struct channel *ch, int fd, const
 	char mdir[PATH_MAX], lockp[PATH_MAX + 8];
 	_cleanup_close_ int lock = -EBADF;
 	struct restore_helper pre = {.go_wr = -EBADF, .sync_wr = -EBADF, .rep_rd = -EBADF};
-	bool held = false, monitor = false;
+	bool monitor = false;
 	int r;
 
 	if (kv_get(offer, len, "id", d.id, sizeof(d.id)) < 0 || strlen(d.id) != 32 ||
@@ -479,7 +478,6 @@ int migrate_accept(const struct ferry_node *n, struct channel *ch, int fd, const
 		r = ferr(err, -errno, "%s: %m", lockp);
 		goto refuse;
 	}
-	d.held = &held;
 	/* this process becomes the component's monitor (restore_image, RESTORE_IN_PLACE), and
 	 * the component inherits its session: its own, not the node's */
 	(void)setsid();
@@ -554,7 +552,7 @@ int migrate_accept(const struct ferry_node *n, struct channel *ch, int fd, const
 			}
 			struct ferry_restore_stats rst;
 			r = restore_image(&n->rt, img, d.name, &ro, &d.pid, &rst, err);
-			if (r < 0 && !held) {
+			if (r < 0 && !d.held) {
 				struct ferry_error e2;
 				(void)channel_send(ch, MSG_FAIL, err->msg, strlen(err->msg), &e2);
 			}

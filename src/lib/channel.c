@@ -78,8 +78,9 @@ static uint32_t get_le32(const uint8_t *p)
 	return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
 }
 
-/* Make *buf hold at least need bytes; its contents are dropped. 0 or -ENOMEM. */
-static int buf_reserve(uint8_t **buf, size_t *cap, size_t need)
+/* Make *buf hold at least need bytes; its contents are kept, or dropped (no copy when it
+ * grows). 0 or -ENOMEM. */
+static int buf_reserve(uint8_t **buf, size_t *cap, size_t need, bool keep)
 {
 	uint8_t *p;
 	size_t n;
@@ -87,27 +88,11 @@ static int buf_reserve(uint8_t **buf, size_t *cap, size_t need)
 	if (*cap >= need)
 		return 0;
 	n = (need + BUF_ROUND - 1) / BUF_ROUND * BUF_ROUND;
-	p = malloc(n);
+	p = keep ? realloc(*buf, n) : malloc(n);
 	if (!p)
 		return -ENOMEM;
-	free(*buf);
-	*buf = p;
-	*cap = n;
-	return 0;
-}
-
-/* Make *buf hold at least need bytes, keeping its contents. 0 or -ENOMEM. */
-static int buf_grow(uint8_t **buf, size_t *cap, size_t need)
-{
-	uint8_t *p;
-	size_t n;
-
-	if (*cap >= need)
-		return 0;
-	n = (need + BUF_ROUND - 1) / BUF_ROUND * BUF_ROUND;
-	p = realloc(*buf, n);
-	if (!p)
-		return -ENOMEM;
+	if (!keep)
+		free(*buf);
 	*buf = p;
 	*cap = n;
 	return 0;
@@ -120,10 +105,10 @@ int channel_reserve(struct channel *ch, size_t payload, struct ferry_error *err)
 	if (payload > CHANNEL_MSG_MAX)
 		return ferr(err, -EMSGSIZE, "channel buffers for %zu bytes: more than %u", payload,
 		            CHANNEL_MSG_MAX);
-	if (buf_reserve(&ch->splain, &ch->splain_cap, PLAIN_HDR + payload) < 0 ||
-	    buf_reserve(&ch->swire, &ch->swire_cap, frame) < 0 ||
-	    buf_grow(&ch->rwire, &ch->rwire_cap, frame + READAHEAD) < 0 ||
-	    buf_grow(&ch->rplain, &ch->rplain_cap, PLAIN_HDR + payload) < 0)
+	if (buf_reserve(&ch->splain, &ch->splain_cap, PLAIN_HDR + payload, false) < 0 ||
+	    buf_reserve(&ch->swire, &ch->swire_cap, frame, false) < 0 ||
+	    buf_reserve(&ch->rwire, &ch->rwire_cap, frame + READAHEAD, true) < 0 ||
+	    buf_reserve(&ch->rplain, &ch->rplain_cap, PLAIN_HDR + payload, true) < 0)
 		return ferr(err, -ENOMEM, "channel buffers for %zu bytes", payload);
 	populate(ch->splain, ch->splain_cap);
 	populate(ch->swire, ch->swire_cap);
@@ -299,14 +284,8 @@ static int fill(struct channel *ch, size_t need, size_t readahead, uint64_t dead
 			memmove(ch->rwire, ch->rwire + ch->rpos, have);
 		ch->rpos = 0;
 		ch->rend = have;
-		if (need > ch->rwire_cap) {
-			size_t n = (need + BUF_ROUND - 1) / BUF_ROUND * BUF_ROUND;
-			uint8_t *p = realloc(ch->rwire, n);
-			if (!p)
-				return ferr(err, -ENOMEM, "receive buffer of %zu bytes", n);
-			ch->rwire = p;
-			ch->rwire_cap = n;
-		}
+		if (buf_reserve(&ch->rwire, &ch->rwire_cap, need, true) < 0)
+			return ferr(err, -ENOMEM, "receive buffer of %zu bytes", need);
 	}
 	while (ch->rend - ch->rpos < need) {
 		size_t want = need - (ch->rend - ch->rpos);
@@ -364,8 +343,8 @@ static int send_msg(struct channel *ch, uint8_t type, const void *hdr, size_t hl
 	if (hlen > CHANNEL_MSG_MAX || dlen > CHANNEL_MSG_MAX || total > CHANNEL_MSG_MAX)
 		return ferr(err, -EMSGSIZE, "message of %zu bytes to %s: more than %u", total,
 		            ch->who, CHANNEL_MSG_MAX);
-	if (buf_reserve(&ch->splain, &ch->splain_cap, PLAIN_HDR + total) < 0 ||
-	    buf_reserve(&ch->swire, &ch->swire_cap, 4 + ABYTES + PLAIN_HDR + total) < 0)
+	if (buf_reserve(&ch->splain, &ch->splain_cap, PLAIN_HDR + total, false) < 0 ||
+	    buf_reserve(&ch->swire, &ch->swire_cap, 4 + ABYTES + PLAIN_HDR + total, false) < 0)
 		return ferr(err, -ENOMEM, "send buffers for %zu bytes", total);
 
 	if (ch->compress && total >= ZSTD_MIN) {
@@ -378,7 +357,7 @@ static int send_msg(struct channel *ch, uint8_t type, const void *hdr, size_t hl
 				return ferr(err, -ENOMEM, "zstd compression context");
 		}
 		if (hlen && dlen) {
-			if (buf_reserve(&ch->sjoin, &ch->sjoin_cap, total) < 0)
+			if (buf_reserve(&ch->sjoin, &ch->sjoin_cap, total, false) < 0)
 				return ferr(err, -ENOMEM, "compression buffer of %zu bytes", total);
 			memcpy(ch->sjoin, hdr, hlen);
 			memcpy(ch->sjoin + hlen, data, dlen);
@@ -437,7 +416,7 @@ static int recv_msg(struct channel *ch, uint64_t deadline, uint8_t *ret_type, co
 	r = fill(ch, 4 + (size_t)flen, 0, deadline, err);
 	if (r < 0)
 		return fail(ch, r);
-	if (buf_reserve(&ch->rplain, &ch->rplain_cap, flen - ABYTES) < 0)
+	if (buf_reserve(&ch->rplain, &ch->rplain_cap, flen - ABYTES, false) < 0)
 		return fail(ch, ferr(err, -ENOMEM, "receive buffer of %u bytes", flen));
 	if (crypto_secretstream_xchacha20poly1305_pull(
 	            &ch->rx, ch->rplain, &mlen, &tag, ch->rwire + ch->rpos + 4, flen, NULL, 0) != 0)
@@ -468,7 +447,7 @@ static int recv_msg(struct channel *ch, uint64_t deadline, uint8_t *ret_type, co
 			if (!ch->dctx)
 				return fail(ch, ferr(err, -ENOMEM, "zstd decompression context"));
 		}
-		if (buf_reserve(&ch->rraw, &ch->rraw_cap, MAX(raw, 1)) < 0)
+		if (buf_reserve(&ch->rraw, &ch->rraw_cap, MAX(raw, 1), false) < 0)
 			return fail(ch, ferr(err, -ENOMEM, "receive buffer of %u bytes", raw));
 		n = ZSTD_decompressDCtx(ch->dctx, ch->rraw, raw, payload, mlen);
 		if (ZSTD_isError(n) || n != raw)

@@ -114,9 +114,6 @@ static int capture_signals(struct tracee *main, struct process *p, uint64_t scra
 #define PR_TIMER_CREATE_RESTORE_IDS_ON  1
 #define PR_TIMER_CREATE_RESTORE_IDS_GET 2
 #endif
-#ifndef SIGEV_THREAD_ID
-#define SIGEV_THREAD_ID 4
-#endif
 
 int task_probe_ptimer_ids(char *detail, size_t len)
 {

@@ -203,10 +203,15 @@ int track_register(const struct track *tk, uint64_t start, uint64_t end)
 	return ioctl(tk->uffd, UFFDIO_REGISTER, &reg) < 0 ? -errno : 0;
 }
 
-/* One PAGEMAP_SCAN pass over [start, end), calling back for each region found. */
-static int scan(int pagemap, uint64_t flags, uint64_t mask, uint64_t inverted, uint64_t anyof,
-                uint64_t start, uint64_t end, int (*fn)(void *arg, uint64_t s, uint64_t e),
-                void *arg)
+/*
+ * One PAGEMAP_SCAN pass over [start, end), calling back for each region found. Only pages that
+ * are there count: protecting a hole puts a marker in it (WP_UNPOPULATED), page tables and
+ * all, which over a sparse reservation (AddressSanitizer's shadow, TiBs) is gigabytes of kernel
+ * memory and minutes; a page that comes into a hole later is not write-protected, so it shows
+ * as written, as it should.
+ */
+static int scan(int pagemap, uint64_t flags, uint64_t mask, uint64_t inverted, uint64_t start,
+                uint64_t end, int (*fn)(void *arg, uint64_t s, uint64_t e), void *arg)
 {
 	struct page_region regs[SCAN_VEC];
 
@@ -220,7 +225,7 @@ static int scan(int pagemap, uint64_t flags, uint64_t mask, uint64_t inverted, u
 		        .vec_len = ARRAY_SIZE(regs),
 		        .category_inverted = inverted,
 		        .category_mask = mask,
-		        .category_anyof_mask = anyof,
+		        .category_anyof_mask = PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
 		        .return_mask = mask,
 		};
 		long n = ioctl(pagemap, PAGEMAP_SCAN, &a);
@@ -254,12 +259,8 @@ int track_collect(const struct track *tk, uint64_t start, uint64_t end, uint64_t
                   size_t *n, struct ferry_error *err)
 {
 	struct range_list l = {ranges, n};
-	/* only pages that are there: protecting a hole puts a marker in it (WP_UNPOPULATED),
-	 * page tables and all, which over a sparse reservation (AddressSanitizer's shadow, TiBs)
-	 * is gigabytes of kernel memory and minutes; a page that comes into a hole later is not
-	 * write-protected, so it shows as written, as it should */
 	int r = scan(tk->pagemap, PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC, PAGE_IS_WRITTEN, 0,
-	             PAGE_IS_PRESENT | PAGE_IS_SWAPPED, start, end, add_range, &l);
+	             start, end, add_range, &l);
 	if (r < 0)
 		return ferr(err, r,
 		            "PAGEMAP_SCAN (collect and protect) 0x%" PRIx64 "-0x%" PRIx64 ": %s",
@@ -280,8 +281,8 @@ uint64_t track_estimate(const struct track *tk)
 	if (tk->pagemap < 0)
 		return 0;
 	/* written and not a file page: what a collect would return, plus new mappings' data */
-	if (scan(tk->pagemap, 0, PAGE_IS_WRITTEN | PAGE_IS_FILE, PAGE_IS_FILE,
-	         PAGE_IS_PRESENT | PAGE_IS_SWAPPED, 0, TASK_TOP, add_bytes, &bytes) < 0)
+	if (scan(tk->pagemap, 0, PAGE_IS_WRITTEN | PAGE_IS_FILE, PAGE_IS_FILE, 0, TASK_TOP,
+	         add_bytes, &bytes) < 0)
 		return 0;
 	return bytes;
 }
