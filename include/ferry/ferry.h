@@ -125,7 +125,8 @@ struct ferry_ckpt_stats {
 	uint64_t pages_frozen;  /* of them, pages copied while the component was frozen */
 	uint64_t pages_folded;  /* pages copied from older images of a chain to bound its length */
 	uint64_t bytes_written; /* bytes of all image files */
-	uint32_t threads;
+	uint32_t processes;     /* live ones and zombies */
+	uint32_t threads;       /* of every process */
 	uint32_t vmas;
 	uint32_t fds;
 	uint32_t files;          /* pages files the image reads (1 for a full image) */

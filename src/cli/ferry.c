@@ -583,6 +583,7 @@ static struct json_object *ckpt_json(const char *name, const char *dir, const st
 	jset(j, "pages_frozen", json_object_new_uint64(st->pages_frozen));
 	jset(j, "pages_folded", json_object_new_uint64(st->pages_folded));
 	jset(j, "bytes_written", json_object_new_uint64(st->bytes_written));
+	jset(j, "processes", json_object_new_int64(st->processes));
 	jset(j, "threads", json_object_new_int64(st->threads));
 	jset(j, "vmas", json_object_new_int64(st->vmas));
 	jset(j, "fds", json_object_new_int64(st->fds));
@@ -593,10 +594,10 @@ static void ckpt_print(const char *name, const char *dir, const struct opts *o,
                        const struct ferry_ckpt_stats *st)
 {
 	printf("%s: %s checkpoint in %s: freeze %.2f ms, total %.2f ms, %" PRIu32
-	       " threads, %" PRIu32 " mappings, %" PRIu32 " fds, %" PRIu64
+	       " process%s, %" PRIu32 " threads, %" PRIu32 " mappings, %" PRIu32 " fds, %" PRIu64
 	       " pages written (%.1f MiB), image %.1f MiB, %" PRIu32 " pages file%s%s\n",
 	       name, st->incremental ? "incremental" : "full", dir, ms(st->freeze_ns),
-	       ms(st->total_ns), st->threads, st->vmas, st->fds, st->pages_written,
+	       ms(st->total_ns), st->processes, st->processes == 1 ? "" : "es", st->threads, st->vmas, st->fds, st->pages_written,
 	       st->pages_written * PAGE_SIZE_4K / 1048576.0, st->bytes_written / 1048576.0,
 	       st->files, st->files == 1 ? "" : "s", o->stop ? ", component stopped" : "");
 	if (st->precopy_rounds)

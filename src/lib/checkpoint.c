@@ -29,8 +29,10 @@ void checkpoint_thaw(struct frozen *fz)
 		(void)tracee_detach(&fz->t[i], NULL);
 	}
 	free(fz->t);
+	free(fz->span);
 	fz->t = NULL;
-	fz->n = 0;
+	fz->span = NULL;
+	fz->n = fz->nspan = 0;
 }
 
 static bool frozen_has(const struct frozen *fz, pid_t tid)
@@ -69,26 +71,6 @@ static int freeze(pid_t pid, struct frozen *fz, struct ferry_error *err)
 	return 0;
 }
 
-static int refuse_children(pid_t pid, struct ferry_error *err)
-{
-	_cleanup_free_ pid_t *tids = NULL;
-	size_t n = 0;
-	int r = procfs_tids(pid, &tids, &n);
-	if (r < 0)
-		return ferr(err, r, "pid %d: listing threads: %s", pid, strerror(-r));
-	for (size_t i = 0; i < n; i++) {
-		char path[96];
-		_cleanup_free_ char *kids = NULL;
-		snprintf(path, sizeof(path), "/proc/%d/task/%d/children", pid, tids[i]);
-		if (read_file(path, &kids, NULL) == 0 && kids[0] && kids[0] != '\n')
-			return ferr(err, -ENOTSUP,
-			            "pid %d has child processes (%.*s): process trees are not "
-			            "supported yet",
-			            pid, (int)strcspn(kids, "\n"), kids);
-	}
-	return 0;
-}
-
 /*
  * Arm every frozen thread for injection (tracee_arm). A thread whose stack has no room for the
  * frame is injected into unarmed, as before: only a dying ferry would hurt it.
@@ -115,9 +97,10 @@ static int disarm_all(struct frozen *fz, struct ferry_error *err)
 	return r;
 }
 
-static int capture_frozen(struct frozen *fz, struct component *c, struct process *p,
-                          const char *log_path, struct image_writer *w, struct mem_stats *st,
-                          struct mem_track *mt, const struct prefreeze *pf, struct ferry_error *err)
+static int capture_frozen(struct frozen *fz, struct fd_held *held, struct component *c,
+                          struct process *p, const char *log_path, struct image_writer *w,
+                          struct mem_stats *st, struct mem_track *mt, const struct prefreeze *pf,
+                          struct ferry_error *err)
 {
 	_cleanup_free_ struct proc_map *maps = NULL;
 	size_t nmaps = 0;
@@ -125,9 +108,6 @@ static int capture_frozen(struct frozen *fz, struct component *c, struct process
 	struct tracee *main = NULL;
 	int r;
 
-	r = refuse_children(p->host_pid, err);
-	if (r < 0)
-		return r;
 	/* smaps was read before the freeze: only what changed since is read again */
 	r = pf && pf->maps ? procfs_maps_refresh(p->host_pid, pf->maps, pf->nmaps, &maps, &nmaps)
 	                   : procfs_maps(p->host_pid, &maps, &nmaps);
@@ -169,16 +149,12 @@ static int capture_frozen(struct frozen *fz, struct component *c, struct process
 		if (r < 0)
 			return r;
 	}
-	p->pid = 0;
-	r = procfs_ns_tid(p->host_pid, p->host_pid, &p->pid);
-	if (r < 0)
-		return ferr(err, r, "pid %d: namespace pid: %s", p->host_pid, strerror(-r));
 	/* no more injected calls: the stack bytes under the frames back before memory is read */
 	r = disarm_all(fz, err);
 	if (r < 0)
 		return r;
 	struct fd_capture_ctx fctx = {
-	        .c = c, .p = p, .w = w, .st = st, .log_path = log_path, .held = &fz->held};
+	        .c = c, .p = p, .w = w, .st = st, .log_path = log_path, .held = held};
 	r = fds_capture(&fctx, err);
 	if (r < 0)
 		return r;
@@ -227,6 +203,133 @@ static void reap_killed(struct frozen *fz)
 	}
 }
 
+/* The process of the component with host pid hp, or NULL. */
+static struct process *proc_by_host(struct component *c, pid_t hp)
+{
+	for (size_t i = 0; i < c->nprocs; i++)
+		if (c->procs[i].host_pid == hp)
+			return &c->procs[i];
+	return NULL;
+}
+
+static const struct process *proc_by_pid(const struct component *c, pid_t pid)
+{
+	for (size_t i = 0; i < c->nprocs; i++)
+		if (c->procs[i].pid == pid)
+			return &c->procs[i];
+	return NULL;
+}
+
+/*
+ * Can a restore make this process's session and group again? It forks every process from its
+ * parent, so a session is either inherited or the process's own (setsid); a group is the
+ * parent's, the process's own, or (set later, once all live processes exist) one whose leader
+ * is in the component.
+ */
+static int check_ids(const struct component *c, const struct process *p, struct ferry_error *err)
+{
+	const struct process *pp = p->ppid ? proc_by_pid(c, p->ppid) : NULL;
+	pid_t psid = pp ? pp->sid : 0, ppgid = pp ? pp->pgid : 0;
+
+	if (p != &c->procs[0] && !pp)
+		return ferr(err, -ENOTSUP, "pid %d: its parent %d is not in the component", p->pid,
+		            p->ppid);
+	if (p->sid != p->pid && p->sid != psid)
+		return ferr(err, -ENOTSUP,
+		            "pid %d: session %d is neither its own nor its parent's (%d): a "
+		            "restore could not make it again",
+		            p->pid, p->sid, psid);
+	if (p->pgid == p->pid || p->pgid == ppgid)
+		return 0;
+	const struct process *leader = p->pgid ? proc_by_pid(c, p->pgid) : NULL;
+	if (!leader || leader->pgid != p->pgid || leader->sid != p->sid || p->zombie)
+		return ferr(err, -ENOTSUP,
+		            "pid %d: process group %d (%s) cannot be made again by a restore", p->pid,
+		            p->pgid,
+		            !leader ? "its leader is not in the component"
+		            : p->zombie
+		                    ? "an exited process can only keep its parent's group or its own"
+		                    : "its leader left it");
+	return 0;
+}
+
+/*
+ * Find and freeze the processes of the component, parents before their children: each live
+ * one's threads are seized (freeze) before its children are listed, so none can fork behind
+ * our back; a child that exited meanwhile is a zombie (its parent, frozen, cannot reap it),
+ * captured as such.
+ */
+static int freeze_tree(pid_t root, struct component *c, struct frozen *fz, struct ferry_error *err)
+{
+	int r;
+
+	c->procs = calloc(1, sizeof(*c->procs));
+	if (!c->procs)
+		return ferr(err, -ENOMEM, "out of memory");
+	c->nprocs = 1;
+	c->procs[0].host_pid = root;
+	for (size_t i = 0; i < c->nprocs; i++) {
+		struct process *p = &c->procs[i];
+		pid_t hp = p->host_pid;
+		char state = '?';
+		r = procfs_ns_ids(hp, &p->pid, &p->pgid, &p->sid, &state);
+		if (r == -ENOENT && i > 0) {
+			/* reaped by the kernel (its parent ignores SIGCHLD): gone, not captured */
+			memmove(p, p + 1, (c->nprocs - i - 1) * sizeof(*p));
+			c->nprocs--;
+			i--;
+			continue;
+		}
+		if (r < 0)
+			return ferr(err, r, "pid %d: reading its ids: %s", hp, strerror(-r));
+		if (GROW(fz->span, fz->nspan) < 0)
+			return ferr(err, -ENOMEM, "out of memory");
+		struct frozen_span *sp = &fz->span[fz->nspan++];
+		sp->first = fz->n;
+		sp->n = 0;
+		if (state == 'Z' || state == 'X') {
+			uint64_t f[PROCFS_STAT_FIELDS];
+			if (i == 0)
+				return ferr(err, -ESRCH, "pid %d has exited", hp);
+			p->zombie = 1;
+			r = procfs_stat(hp, f);
+			if (r < 0)
+				return ferr(err, r, "pid %d (exited): its status: %s", hp, strerror(-r));
+			p->exit_status = (int32_t)f[52];
+			continue;
+		}
+		r = freeze(hp, fz, err);
+		sp->n = fz->n - sp->first;
+		if (r < 0)
+			return r;
+		_cleanup_free_ pid_t *kids = NULL;
+		size_t nkids = 0;
+		r = procfs_children(hp, &kids, &nkids);
+		if (r < 0)
+			return ferr(err, r, "pid %d: listing its children: %s", hp, strerror(-r));
+		for (size_t k = 0; k < nkids; k++) {
+			if (proc_by_host(c, kids[k]))
+				continue;
+			if (GROW(c->procs, c->nprocs) < 0)
+				return ferr(err, -ENOMEM, "out of memory");
+			p = &c->procs[i]; /* moved by GROW */
+			struct process *q = &c->procs[c->nprocs++];
+			memset(q, 0, sizeof(*q));
+			q->host_pid = kids[k];
+			q->ppid = p->pid;
+		}
+	}
+	if (c->procs[0].pid != 1)
+		return ferr(err, -ENOTSUP, "pid %d is pid %d of its namespace, not its init",
+		            root, c->procs[0].pid);
+	for (size_t i = 0; i < c->nprocs; i++) {
+		r = check_ids(c, &c->procs[i], err);
+		if (r < 0)
+			return r;
+	}
+	return 0;
+}
+
 int checkpoint_capture(pid_t pid, const char *log_path, struct image_writer *w, struct frozen *fz,
                        struct component **ret, struct mem_stats *st, struct mem_track *mt,
                        const struct prefreeze *pf, struct ferry_error *err)
@@ -234,17 +337,31 @@ int checkpoint_capture(pid_t pid, const char *log_path, struct image_writer *w, 
 	struct component *c = calloc(1, sizeof(*c));
 	int r;
 
-	if (!c || !(c->procs = calloc(1, sizeof(*c->procs)))) {
-		free(c);
+	if (!c) {
 		ferr_set(err, -ENOMEM, "out of memory");
 		return -ENOMEM;
 	}
-	c->nprocs = 1;
-	c->procs[0].host_pid = pid;
 	c->created = (int64_t)time(NULL);
-	r = freeze(pid, fz, err);
-	if (r == 0)
-		r = capture_frozen(fz, c, &c->procs[0], log_path, w, st, mt, pf, err);
+	r = freeze_tree(pid, c, fz, err);
+	/* dirty tracking and the rounds before the freeze follow the init only: the others are
+	 * captured whole */
+	for (size_t i = 0; r == 0 && i < c->nprocs; i++) {
+		struct process *p = &c->procs[i];
+		struct frozen view = {.t = fz->t + fz->span[i].first, .n = fz->span[i].n};
+		if (p->zombie) {
+			char path[64];
+			_cleanup_free_ char *comm = NULL;
+			snprintf(path, sizeof(path), "/proc/%d/comm", p->host_pid);
+			if (read_file(path, &comm, NULL) == 0)
+				snprintf(p->comm, sizeof(p->comm), "%.*s", (int)strcspn(comm, "\n"),
+				         comm);
+			continue;
+		}
+		r = capture_frozen(&view, &fz->held, c, p, log_path, w, st, i == 0 ? mt : NULL,
+		                   i == 0 ? pf : NULL, err);
+		if (r < 0 && c->nprocs > 1)
+			ferr_prefix(err, "process %d", p->pid);
+	}
 	if (r < 0) {
 		model_free(c);
 		return r;
@@ -492,10 +609,11 @@ static int checkpoint_once(const struct ferry_runtime *rt, const char *name, con
 	c->track_id = s.tracked ? pl.tk.id : 0;
 	c->parent_id = pl.ch ? pl.ch->pc->capture_id : 0;
 	/* the pages this image holds in its own file, copied frozen or in rounds before */
-	for (size_t i = 0; i < c->procs[0].nvmas; i++)
-		for (size_t j = 0; j < c->procs[0].vmas[i].nruns; j++)
-			if (c->procs[0].vmas[i].runs[j].file == 0)
-				own_pages += c->procs[0].vmas[i].runs[j].npages;
+	for (size_t k = 0; k < c->nprocs; k++)
+		for (size_t i = 0; i < c->procs[k].nvmas; i++)
+			for (size_t j = 0; j < c->procs[k].vmas[i].nruns; j++)
+				if (c->procs[k].vmas[i].runs[j].file == 0)
+					own_pages += c->procs[k].vmas[i].runs[j].npages;
 	for (size_t i = 0; i < c->nshmems; i++)
 		for (size_t j = 0; j < c->shmems[i].nruns; j++)
 			own_pages += c->shmems[i].runs[j].npages;
@@ -504,9 +622,12 @@ static int checkpoint_once(const struct ferry_runtime *rt, const char *name, con
 		r = image_writer_commit(w, &bytes, err);
 	if (r < 0)
 		goto fail_frozen;
-	s.threads = (uint32_t)c->procs[0].nthreads;
-	s.vmas = (uint32_t)c->procs[0].nvmas;
-	s.fds = (uint32_t)c->procs[0].nfds;
+	for (size_t k = 0; k < c->nprocs; k++) {
+		s.threads += (uint32_t)c->procs[k].nthreads;
+		s.vmas += (uint32_t)c->procs[k].nvmas;
+		s.fds += (uint32_t)c->procs[k].nfds;
+	}
+	s.processes = (uint32_t)c->nprocs;
 	w = image_writer_free(w);
 	if (s.tracked) {
 		/* the image is the parent the next incremental checkpoint may name */

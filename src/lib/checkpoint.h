@@ -6,10 +6,18 @@
 #include "tracee.h"
 #include "model.h"
 
-/* The seized threads of a frozen component. */
+/* Where the threads of one process of a frozen component are in frozen.t. */
+struct frozen_span {
+	size_t first, n;
+};
+
+/* The seized threads of a frozen component: those of each of its live processes in a row
+ * (span[i] for component.procs[i]; a zombie's span is empty). */
 struct frozen {
 	struct tracee *t;
 	size_t n;
+	struct frozen_span *span;
+	size_t nspan;
 	struct fd_held held; /* connections the capture put in repair mode */
 };
 
@@ -24,7 +32,8 @@ struct prefreeze {
 void checkpoint_thaw(struct frozen *fz);
 
 /*
- * checkpoint_capture - freeze every thread of the component whose init is host pid, capture
+ * checkpoint_capture - freeze every thread of every process of the component whose init is
+ * host pid (its descendants found through /proc/PID/task/TID/children), capture
  * it into a new model (*ret), leaving it frozen in fz: the caller thaws it (also on failure). With
  * w NULL no page data is read (the model still lists which pages hold data). log_path identifies
  * the runtime's log among the fds. pf (may be NULL): what was read just before the freeze.

@@ -1,4 +1,5 @@
-/* Pipes whose two ends are both in the process, with the bytes sitting in them. */
+/* Pipes whose ends are all in the component (in one process or several), with the bytes
+ * sitting in them. */
 #include <dirent.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -10,8 +11,9 @@
 #include "fds.h"
 #include "util.h"
 
-/* e->extra: identity, which end, buffer size, and where its bytes are in the page file */
-enum { PP_INO, PP_END, PP_SIZE, PP_OFF, PP_LEN, PP_CSUM, PP_N };
+/* e->extra: identity, which end, buffer size, where its bytes are in the page file, and where
+ * its other end is (pid in the namespace << 32 | fd; images before it stop at PP_PEER) */
+enum { PP_INO, PP_END, PP_SIZE, PP_OFF, PP_LEN, PP_CSUM, PP_PEER, PP_N };
 #define MAX_PIPE (16u << 20)
 
 static bool pipe_probe(const struct fd_info *fi, const struct fd_capture_ctx *ctx)
@@ -50,6 +52,23 @@ static int other_end(pid_t pid, ino_t ino, int want_write)
 	}
 	closedir(d);
 	return found;
+}
+
+/* The other end in the component: this process first, then the others (live ones). */
+static int other_end_in(const struct fd_capture_ctx *ctx, ino_t ino, int want_write,
+                        const struct process **ret_p)
+{
+	int fd = other_end(ctx->p->host_pid, ino, want_write);
+
+	*ret_p = ctx->p;
+	for (size_t i = 0; fd < 0 && i < ctx->c->nprocs; i++) {
+		const struct process *q = &ctx->c->procs[i];
+		if (q == ctx->p || q->zombie)
+			continue;
+		fd = other_end(q->host_pid, ino, want_write);
+		*ret_p = q;
+	}
+	return fd;
 }
 
 /* The bytes in the pipe, copied with tee() from our own copy of its read end: not consumed. */
@@ -92,24 +111,32 @@ static int pipe_capture(struct fd_capture_ctx *ctx, const struct fd_info *fi, st
 {
 	uint64_t v[PP_N] = {fi->st.st_ino, (fi->flags & O_ACCMODE) == O_WRONLY ? 1 : 0};
 	int write_end = (int)v[PP_END];
-	int other = other_end(ctx->p->host_pid, fi->st.st_ino, !write_end);
+	const struct process *q;
+	int other = other_end_in(ctx, fi->st.st_ino, !write_end, &q);
 
 	if (other < 0)
 		return ferr(err, -ENOTSUP,
-		            "%s: its other end is outside the process (pipes between processes "
-		            "are not supported yet)",
+		            "%s: its other end is outside the component (a pipe to or from "
+		            "another program cannot be restored)",
 		            fi->link);
+	v[PP_PEER] = (uint64_t)(uint32_t)q->pid << 32 | (uint32_t)other;
 	/* the bytes go with the first fd of the pipe only */
-	for (size_t i = 0; i + 1 < ctx->p->nfds; i++)
-		if (ctx->p->fds[i].kind == FD_PIPE && ctx->p->fds[i].nextra == PP_N &&
-		    ctx->p->fds[i].extra[PP_INO] == fi->st.st_ino) {
-			v[PP_SIZE] = ctx->p->fds[i].extra[PP_SIZE];
-			return fds_set_extra(e, v, PP_N, err);
-		}
+	for (size_t k = 0; k < ctx->c->nprocs; k++) {
+		const struct process *o = &ctx->c->procs[k];
+		for (size_t i = 0; i < o->nfds && &o->fds[i] != e; i++)
+			if (o->fds[i].kind == FD_PIPE && o->fds[i].nextra >= PP_PEER &&
+			    o->fds[i].extra[PP_INO] == fi->st.st_ino) {
+				v[PP_SIZE] = o->fds[i].extra[PP_SIZE];
+				return fds_set_extra(e, v, PP_N, err);
+			}
+		if (o == ctx->p)
+			break;
+	}
 	_cleanup_free_ uint8_t *data = NULL;
 	size_t len = 0;
 	int size = 0;
-	int r = peek(ctx->p->host_pid, write_end ? other : fi->fd, &data, &len, &size);
+	int r = write_end ? peek(q->host_pid, other, &data, &len, &size)
+	                  : peek(ctx->p->host_pid, fi->fd, &data, &len, &size);
 	if (r < 0)
 		return ferr(err, r, "%s: reading what is in it: %s", fi->link, strerror(-r));
 	v[PP_SIZE] = (uint64_t)size;
@@ -166,7 +193,7 @@ static int pipe_restore(const struct fd_entry *e, struct fd_restore_ctx *ctx,
 {
 	struct fd_stash *st = NULL;
 
-	if (e->nextra != PP_N)
+	if (e->nextra < PP_PEER)
 		return ferr(err, -EPROTO, "pipe record without its values");
 	for (size_t i = 0; i < ctx->nstash && !st; i++)
 		if (ctx->stash[i].id == e->extra[PP_INO])
@@ -192,15 +219,20 @@ static int pipe_restore(const struct fd_entry *e, struct fd_restore_ctx *ctx,
 
 static void pipe_describe(const struct fd_entry *e, char *buf, size_t len)
 {
-	if (e->nextra != PP_N) {
+	if (e->nextra < PP_PEER) {
 		snprintf(buf, len, "pipe");
 		return;
 	}
-	snprintf(buf, len,
-	         "pipe:[%" PRIu64 "] %s end, both ends in this process, %" PRIu64
-	         " bytes in it, buffer %" PRIu64 " KiB",
-	         e->extra[PP_INO], e->extra[PP_END] ? "write" : "read", e->extra[PP_LEN],
-	         e->extra[PP_SIZE] / 1024);
+	int n = snprintf(buf, len, "pipe:[%" PRIu64 "] %s end, ", e->extra[PP_INO],
+	                 e->extra[PP_END] ? "write" : "read");
+	if (n >= 0 && (size_t)n < len && e->nextra > PP_PEER)
+		n += snprintf(buf + n, len - (size_t)n, "other end: pid %u fd %u, ",
+		              (unsigned)(e->extra[PP_PEER] >> 32),
+		              (unsigned)(e->extra[PP_PEER] & 0xffffffffu));
+	if (n >= 0 && (size_t)n < len)
+		snprintf(buf + n, len - (size_t)n,
+		         "%" PRIu64 " bytes in it, buffer %" PRIu64 " KiB", e->extra[PP_LEN],
+		         e->extra[PP_SIZE] / 1024);
 }
 
 static int pipe_kernel_probe(char *detail, size_t len)

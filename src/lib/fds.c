@@ -191,6 +191,33 @@ static const char *kind_word(mode_t m)
 	}
 }
 
+/*
+ * In a component of several processes: is e's open file description one an earlier process
+ * holds (inherited over fork, or passed)? Then e takes its share and captures nothing.
+ */
+static int find_share(struct fd_capture_ctx *ctx, struct fd_entry *e, const struct fd_ops *ops,
+                      struct ferry_error *err)
+{
+	const struct component *c = ctx->c;
+
+	for (const struct process *q = c->procs; q < ctx->p; q++)
+		for (size_t i = 0; i < q->nfds; i++) {
+			const struct fd_entry *f = &q->fds[i];
+			if (f->dup_of >= 0 || f->kind != e->kind || f->cap_ino != e->cap_ino ||
+			    f->cap_dev != e->cap_dev ||
+			    syscall(SYS_kcmp, q->host_pid, ctx->p->host_pid, KCMP_FILE, f->fd, e->fd) !=
+			            0)
+				continue;
+			if (f->share < 0)
+				return ferr(err, -ENOTSUP,
+				            "fd %d: a %s shared with pid %d (its fd %d) is not supported",
+				            e->fd, ops->name, q->pid, f->fd);
+			e->share = f->share;
+			return 0;
+		}
+	return 0;
+}
+
 int fds_capture(struct fd_capture_ctx *ctx, struct ferry_error *err)
 {
 	struct process *p = ctx->p;
@@ -241,6 +268,9 @@ int fds_capture(struct fd_capture_ctx *ctx, struct ferry_error *err)
 		e->shmem = -1;
 		e->mode = fi.st.st_mode;
 		e->dup_of = -1;
+		e->share = -1;
+		e->cap_dev = fi.st.st_dev;
+		e->cap_ino = fi.st.st_ino;
 		/* the same open file description as an earlier fd (dup, dup2, fork)? */
 		for (size_t i = 0; i + 1 < p->nfds && e->dup_of < 0; i++)
 			if (p->fds[i].kind == e->kind && p->fds[i].dup_of < 0 &&
@@ -249,9 +279,19 @@ int fds_capture(struct fd_capture_ctx *ctx, struct ferry_error *err)
 				e->dup_of = p->fds[i].fd;
 		if (e->dup_of >= 0)
 			continue; /* restored by dup3 of the first: nothing of its own to capture */
+		if (ctx->c->nprocs > 1) {
+			r = find_share(ctx, e, ops, err);
+			if (r < 0 || e->share >= 0)
+				continue; /* an earlier process holds it: captured there */
+		}
 		r = ops->capture(ctx, &fi, e, err);
 		if (r < 0)
 			ferr_prefix(err, "fd %d (%s)", fd, ops->name);
+		/* in a tree every open file description is made once, by the root before it forks
+		 * (so that all its holders share it); one that names other fds by number (epoll)
+		 * is made by its own process */
+		else if (ctx->c->nprocs > 1 && !ops->late)
+			e->share = (int32_t)ctx->c->nshares++;
 	}
 	closedir(d);
 	return r;
@@ -270,6 +310,15 @@ int fds_restore(const struct process *p, struct fd_restore_ctx *ctx, struct ferr
 		if (!ops)
 			return ferr(err, -EPROTO, "fd %d: unknown kind %u in the image", e->fd,
 			            e->kind);
+		if (e->share >= 0 && e->dup_of < 0) {
+			/* made by the root before it forked (fds_restore_shared) */
+			if (pass != 0)
+				continue;
+			if (dup3(ctx->share_lo + e->share, e->fd, e->cloexec ? O_CLOEXEC : 0) < 0)
+				return ferr(err, -errno, "fd %d: dup3 of shared fd %d: %m", e->fd,
+				            ctx->share_lo + e->share);
+			continue;
+		}
 		if (e->dup_of >= 0) {
 			if (pass != 2)
 				continue;
@@ -292,6 +341,47 @@ int fds_restore(const struct process *p, struct fd_restore_ctx *ctx, struct ferr
 			return ferr(err, -errno, "fd %d: F_SETFD: %m", e->fd);
 		}
 	}
+	fds_stash_drop(ctx);
+	return 0;
+}
+
+int fds_restore_shared(const struct component *c, struct fd_restore_ctx *ctx,
+                       struct ferry_error *err)
+{
+	for (uint32_t k = 0; k < c->nshares; k++) {
+		const struct fd_entry *e = NULL;
+		const struct process *p = NULL;
+		for (size_t i = 0; i < c->nprocs && !e; i++)
+			for (size_t j = 0; j < c->procs[i].nfds && !e; j++)
+				if (c->procs[i].fds[j].share == (int32_t)k &&
+				    c->procs[i].fds[j].dup_of < 0) {
+					e = &c->procs[i].fds[j];
+					p = &c->procs[i];
+				}
+		if (!e)
+			return ferr(err, -EPROTO, "shared open file %u: no fd holds it", k);
+		const struct fd_ops *ops = fds_ops_of(e->kind);
+		if (!ops || ops->late)
+			return ferr(err, -EPROTO, "pid %d fd %d: kind %u cannot be shared", p->pid,
+			            e->fd, e->kind);
+		int fd = ops->restore(e, ctx, err);
+		if (fd < 0)
+			return ferr_prefix(err, "pid %d fd %d (%s)", p->pid, e->fd, ops->name);
+		int slot = ctx->share_lo + (int)k;
+		if (fd != slot) {
+			int r = dup3(fd, slot, O_CLOEXEC);
+			safe_close(fd);
+			if (r < 0)
+				return ferr(err, -errno, "pid %d fd %d: dup3 to %d: %m", p->pid, e->fd,
+				            slot);
+		}
+	}
+	fds_stash_drop(ctx);
+	return 0;
+}
+
+void fds_stash_drop(struct fd_restore_ctx *ctx)
+{
 	/* objects shared by several fds are at their numbers now: drop our extra copies */
 	for (size_t i = 0; i < ctx->nstash; i++) {
 		safe_close(ctx->stash[i].fd[0]);
@@ -300,5 +390,4 @@ int fds_restore(const struct process *p, struct fd_restore_ctx *ctx, struct ferr
 	free(ctx->stash);
 	ctx->stash = NULL;
 	ctx->nstash = 0;
-	return 0;
 }

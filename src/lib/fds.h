@@ -44,6 +44,7 @@ struct fd_restore_ctx {
 	const int *shmem_fd;  /* fds of shmem objects in the helper */
 	int pages_fd;         /* the image's page file (data of pipes), in the helper */
 	int stash_lo;         /* stashed objects live at fds >= this (above every image fd) */
+	int share_lo;         /* the open file descriptions of a tree: share k at share_lo + k */
 	struct fd_stash *stash;
 	size_t nstash;
 };
@@ -118,6 +119,17 @@ int fds_capture(struct fd_capture_ctx *ctx, struct ferry_error *err);
 
 /* fds_restore - open every fd of p at its number (in the helper); fds >= limit are untouched. */
 int fds_restore(const struct process *p, struct fd_restore_ctx *ctx, struct ferry_error *err);
+
+/*
+ * fds_restore_shared - in the root of a tree, before it forks: every shared open file
+ * description (fd_entry.share) made once, at ctx->share_lo + its index, for fds_restore in each
+ * process to dup3 to its numbers.
+ */
+int fds_restore_shared(const struct component *c, struct fd_restore_ctx *ctx,
+                       struct ferry_error *err);
+
+/* fds_stash_drop - close the objects restored once for several fds (their extra copies). */
+void fds_stash_drop(struct fd_restore_ctx *ctx);
 
 /* fds_ops_of - the ops of an fd_entry's kind (NULL if unknown). */
 const struct fd_ops *fds_ops_of(uint32_t kind);

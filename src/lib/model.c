@@ -6,12 +6,12 @@
 
 /* Record versions: bump when a kind's payload changes; decoders accept what they know. */
 #define V_COMPONENT 2 /* 2: capture, track and parent ids */
-#define V_PROCESS   2 /* 2: interval timers appended */
+#define V_PROCESS   3 /* 2: interval timers appended; 3: ppid, pgid, sid, zombie status */
 #define V_THREAD    1
 #define V_VMA       2 /* 2: page runs name their pages file and checksummed block */
 #define V_SHMEM     2
 #define V_PAGEFILE  1
-#define V_FD        3 /* 2: kind-specific numbers; 3: dup_of */
+#define V_FD        4 /* 2: kind-specific numbers; 3: dup_of; 4: share */
 #define V_SIGACTION 1
 #define V_SIGINFO   1
 #define V_PTIMER    1
@@ -164,6 +164,11 @@ static void put_process(struct wbuf *wb, const struct process *p)
 	for (int i = 0; i < 3; i++)
 		for (int j = 0; j < 4; j++)
 			wb_u64(wb, p->itimer[i][j]);
+	wb_u32(wb, (uint32_t)p->ppid);
+	wb_u32(wb, (uint32_t)p->pgid);
+	wb_u32(wb, (uint32_t)p->sid);
+	wb_u32(wb, p->zombie);
+	wb_u32(wb, (uint32_t)p->exit_status);
 }
 
 static int get_process(struct rbuf *rb, uint16_t ver, struct process *p)
@@ -207,6 +212,13 @@ static int get_process(struct rbuf *rb, uint16_t ver, struct process *p)
 	for (int i = 0; ver >= 2 && i < 3; i++)
 		for (int j = 0; j < 4; j++)
 			p->itimer[i][j] = rb_u64(rb);
+	if (ver >= 3) {
+		p->ppid = (int32_t)rb_u32(rb);
+		p->pgid = (int32_t)rb_u32(rb);
+		p->sid = (int32_t)rb_u32(rb);
+		p->zombie = rb_u32(rb);
+		p->exit_status = (int32_t)rb_u32(rb);
+	}
 	return rb->err;
 }
 
@@ -323,6 +335,7 @@ static void put_fd(struct wbuf *wb, const struct process *p, const struct fd_ent
 	for (uint32_t i = 0; i < f->nextra; i++)
 		wb_u64(wb, f->extra[i]);
 	wb_u32(wb, (uint32_t)f->dup_of);
+	wb_u32(wb, (uint32_t)f->share);
 }
 
 static int get_fd(struct rbuf *rb, uint16_t ver, struct fd_entry *f)
@@ -350,6 +363,7 @@ static int get_fd(struct rbuf *rb, uint16_t ver, struct fd_entry *f)
 			f->extra[i] = rb_u64(rb);
 	}
 	f->dup_of = ver >= 3 ? (int32_t)rb_u32(rb) : -1;
+	f->share = ver >= 4 ? (int32_t)rb_u32(rb) : -1;
 	if (rb->err || f->fd < 0)
 		return -EPROTO;
 	f->path = dup_or_null(path);
@@ -609,6 +623,18 @@ int model_load(struct image_reader *r, struct component **ret, struct ferry_erro
 		model_free(c);
 		return ferr(err, rc < 0 ? rc : -EPROTO, "image holds no process");
 	}
+	/* the shared open file descriptions are counted, not stored */
+	for (size_t i = 0; i < c->nprocs; i++)
+		for (size_t j = 0; j < c->procs[i].nfds; j++) {
+			int32_t s = c->procs[i].fds[j].share;
+			if (s >= 1 << 20) {
+				model_free(c);
+				return ferr(err, -EPROTO, "pid %d fd %d: share %d out of range",
+				            c->procs[i].pid, c->procs[i].fds[j].fd, s);
+			}
+			if (s >= 0 && (uint32_t)s >= c->nshares)
+				c->nshares = (uint32_t)s + 1;
+		}
 	*ret = c;
 	return 0;
 }

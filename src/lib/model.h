@@ -172,6 +172,11 @@ struct fd_entry {
 	uint32_t mode;   /* st_mode */
 	int32_t shmem;   /* FD_MEMFD: index into component.shmems */
 	int32_t dup_of;  /* an earlier fd sharing this open file description, or -1 */
+	/* a component of several processes: the open file description the root restores once
+	 * for all its holders (component.nshares of them), or -1 (an fd of its own process);
+	 * the first entry of a share (in process order) holds what was captured of it */
+	int32_t share;
+	uint64_t cap_dev, cap_ino; /* at capture, not stored: the fd's stat identity */
 	uint64_t *extra; /* numbers of the kind (eventfd count, timer values, epoll targets) */
 	uint32_t nextra;
 };
@@ -181,6 +186,11 @@ struct fd_entry {
 struct process {
 	int32_t pid;
 	int32_t host_pid; /* at capture, not stored */
+	/* in the component's pid namespace; 0: outside it (the root's parent, or a group or
+	 * session the component inherited from its monitor) */
+	int32_t ppid, pgid, sid;
+	uint32_t zombie;     /* exited, not yet reaped by its parent: nothing else is captured */
+	int32_t exit_status; /* zombie: its status as wait() would report it */
 	char comm[16];
 	char *exe;
 	struct file_id exe_id;
@@ -226,6 +236,7 @@ struct component {
 	size_t nprocs;
 	struct shmem *shmems;
 	size_t nshmems;
+	uint32_t nshares; /* open file descriptions held by several processes (fd_entry.share) */
 };
 
 /* model_free - release everything a component owns (NULL ok); returns NULL. */

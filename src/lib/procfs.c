@@ -183,23 +183,18 @@ int procfs_tids(pid_t pid, pid_t **ret, size_t *ret_n)
 	return 0;
 }
 
-int procfs_ns_tid(pid_t pid, pid_t tid, pid_t *ret)
+/* The last number on the "\nKEY:" line of status text (the innermost namespace's view). */
+static int ns_last(const char *buf, const char *key, pid_t *ret)
 {
-	char path[96];
-	_cleanup_free_ char *buf = NULL;
-	char *p, *last;
-	int r;
+	char want[16];
+	const char *p, *last;
 
-	snprintf(path, sizeof(path), "/proc/%d/task/%d/status", pid, tid);
-	r = read_file(path, &buf, NULL);
-	if (r < 0)
-		return r;
-	p = strstr(buf, "\nNSpid:");
+	snprintf(want, sizeof(want), "\n%s:", key);
+	p = strstr(buf, want);
 	if (!p)
 		return -ENOENT;
-	p += 7;
+	p += strlen(want);
 	last = p;
-	/* the last number on the line is the innermost namespace's view */
 	while (*p && *p != '\n') {
 		while (*p == ' ' || *p == '\t')
 			p++;
@@ -209,5 +204,70 @@ int procfs_ns_tid(pid_t pid, pid_t tid, pid_t *ret)
 			p++;
 	}
 	*ret = (pid_t)atoi(last);
+	return 0;
+}
+
+int procfs_ns_tid(pid_t pid, pid_t tid, pid_t *ret)
+{
+	char path[96];
+	_cleanup_free_ char *buf = NULL;
+	int r;
+
+	snprintf(path, sizeof(path), "/proc/%d/task/%d/status", pid, tid);
+	r = read_file(path, &buf, NULL);
+	if (r < 0)
+		return r;
+	return ns_last(buf, "NSpid", ret);
+}
+
+int procfs_ns_ids(pid_t pid, pid_t *ret_pid, pid_t *ret_pgid, pid_t *ret_sid, char *ret_state)
+{
+	char path[64];
+	_cleanup_free_ char *buf = NULL;
+	int r;
+
+	snprintf(path, sizeof(path), "/proc/%d/status", pid);
+	r = read_file(path, &buf, NULL);
+	if (r < 0)
+		return r;
+	const char *st = strstr(buf, "\nState:");
+	*ret_state = st ? st[strspn(st + 7, " \t") + 7] : '?';
+	if ((r = ns_last(buf, "NSpid", ret_pid)) < 0 || (r = ns_last(buf, "NSpgid", ret_pgid)) < 0 ||
+	    (r = ns_last(buf, "NSsid", ret_sid)) < 0)
+		return r;
+	return 0;
+}
+
+int procfs_children(pid_t pid, pid_t **ret, size_t *ret_n)
+{
+	_cleanup_free_ pid_t *tids = NULL;
+	pid_t *kids = NULL;
+	size_t ntids = 0, n = 0;
+	int r = procfs_tids(pid, &tids, &ntids);
+
+	if (r < 0)
+		return r;
+	for (size_t i = 0; i < ntids; i++) {
+		char path[96];
+		_cleanup_free_ char *text = NULL;
+		snprintf(path, sizeof(path), "/proc/%d/task/%d/children", pid, tids[i]);
+		if (read_file(path, &text, NULL) < 0)
+			continue; /* the thread exited meanwhile */
+		for (char *p = text, *end; *p;) {
+			long k = strtol(p, &end, 10);
+			if (end == p)
+				break;
+			p = end;
+			if (k <= 0)
+				continue;
+			if (GROW(kids, n) < 0) {
+				free(kids);
+				return -ENOMEM;
+			}
+			kids[n++] = (pid_t)k;
+		}
+	}
+	*ret = kids;
+	*ret_n = n;
 	return 0;
 }

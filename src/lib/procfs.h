@@ -49,5 +49,14 @@ int procfs_tids(pid_t pid, pid_t **ret, size_t *ret_n);
 /* procfs_ns_pid - the pid of host pid as seen in its innermost pid namespace (NSpid). */
 int procfs_ns_tid(pid_t pid, pid_t tid, pid_t *ret);
 
+/*
+ * procfs_ns_ids - pid, process group and session of host pid as seen in its innermost pid
+ * namespace (0: outside it), and its state letter (R, S, Z, ...).
+ */
+int procfs_ns_ids(pid_t pid, pid_t *ret_pid, pid_t *ret_pgid, pid_t *ret_sid, char *ret_state);
+
+/* procfs_children - the child processes of pid (every thread's), host pids; *ret malloc'd. */
+int procfs_children(pid_t pid, pid_t **ret, size_t *ret_n);
+
 /* procfs_vmflag - 1 if the two-letter VmFlags code is present. */
 int procfs_vmflag(const struct proc_map *m, const char *code);

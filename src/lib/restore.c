@@ -4,7 +4,9 @@
 #include <pthread.h>
 #include <stdio.h>
 #include <string.h>
+#include <poll.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/ptrace.h>
 #include <sys/resource.h>
 #include <sys/rseq.h>
@@ -48,10 +50,11 @@ struct restore_arg {
 	uint32_t npages; /* pages files of the image */
 	int *pages_slot; /* where each is placed in the helper (0: temp_lo + SLOT_PAGES) */
 	int temp_lo;
-	int *vma_fd;                 /* per vma of process 0 */
+	int **vma_fd;                /* per process, per vma */
 	int *shmem_fd;               /* per shmem object */
+	int share_lo;                /* the open file descriptions of a tree (fds_restore_shared) */
 	int stash_lo;                /* fds restored once for several entries park here */
-	uint64_t scratch;            /* where the restorer's scratch pages go: free in the image */
+	uint64_t *scratch; /* per process: where the restorer's scratch pages go (free in it) */
 	const struct proc_map *maps; /* the monitor's own mappings (the helper's vdso and vvar) */
 	size_t nmaps;
 	const struct restore_opts *opts;
@@ -160,12 +163,35 @@ static int copy_range(int in_fd, off_t in, int out_fd, off_t out, size_t len)
 	return 0;
 }
 
+/*
+ * A shared anonymous object as the kernel makes one (its mappings show "/dev/zero (deleted)"),
+ * but as an fd that several processes map: mapped here once, opened through map_files.
+ */
+static int shared_anon(uint64_t size, struct ferry_error *err)
+{
+	void *m = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	char path[96];
+
+	if (m == MAP_FAILED)
+		return ferr(err, -errno, "shared anonymous mapping of %" PRIu64 " bytes: %m", size);
+	snprintf(path, sizeof(path), "/proc/self/map_files/%lx-%lx", (unsigned long)m,
+	         (unsigned long)m + size);
+	int fd = open(path, O_RDWR | O_CLOEXEC);
+	int r = fd < 0 ? -errno : 0;
+	munmap(m, size);
+	if (r < 0)
+		return ferr(err, r, "%s: %s", path, strerror(-r));
+	return fd;
+}
+
 static int helper_shmem(const struct shmem *s, int pages_fd, struct ferry_error *err)
 {
-	int fd = memfd_create(s->name ? s->name : "ferry-shared-anon", MFD_CLOEXEC);
+	int fd = s->kind == SHMEM_ANON
+	                 ? shared_anon(s->size, err)
+	                 : memfd_create(s->name ? s->name : "ferry-shared", MFD_CLOEXEC);
 	if (fd < 0)
-		return ferr(err, -errno, "memfd_create: %m");
-	if (ftruncate(fd, (off_t)s->size) < 0) {
+		return s->kind == SHMEM_ANON ? fd : ferr(err, -errno, "memfd_create: %m");
+	if (s->kind != SHMEM_ANON && ftruncate(fd, (off_t)s->size) < 0) {
 		int r = -errno;
 		safe_close(fd);
 		return ferr(err, r, "memfd size %" PRIu64 ": %s", s->size, strerror(-r));
@@ -199,7 +225,7 @@ static int place(int fd, int slot, struct ferry_error *err)
  * restorer's scratch pages are mapped where the image leaves room, and for a lazy restore a
  * userfaultfd of its memory waits at its slot.
  */
-static void helper_own_memory(struct restore_arg *a)
+static void helper_own_memory(struct restore_arg *a, size_t idx)
 {
 	if (__rseq_size > 0) {
 		void *area = (char *)__builtin_thread_pointer() + __rseq_offset;
@@ -209,22 +235,43 @@ static void helper_own_memory(struct restore_arg *a)
 			if (syscall(SYS_rseq, area, lens[i], RSEQ_FLAG_UNREGISTER, RSEQ_SIG) == 0)
 				break;
 	}
-	if (a->scratch && mmap((void *)(uintptr_t)a->scratch, RS_SCRATCH_PAGES * MODEL_PAGE,
-	                       PROT_READ | PROT_WRITE | PROT_EXEC,
-	                       MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1,
-	                       0) != (void *)(uintptr_t)a->scratch)
-		a->scratch = 0; /* the monitor maps them itself */
-	if (a->opts->flags & RESTORE_LAZY) {
+	uint64_t sc = a->scratch[idx];
+	if (sc && mmap((void *)(uintptr_t)sc, RS_SCRATCH_PAGES * MODEL_PAGE,
+	               PROT_READ | PROT_WRITE | PROT_EXEC,
+	               MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1,
+	               0) != (void *)(uintptr_t)sc)
+		a->scratch[idx] = 0; /* the monitor maps them itself */
+	if ((a->opts->flags & RESTORE_LAZY) && idx == 0) {
 		int fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
 		if (fd >= 0 && place(fd, a->temp_lo + SLOT_UFFD, NULL) < 0)
 			safe_close(fd);
 	}
 }
 
-static int helper_prepare(struct restore_arg *a, int sync_rd, int rep_wr, const char *log_path,
-                          struct ferry_error *err)
+/*
+ * What each helper process reports, once, on the pipe they all share (one write of less than
+ * PIPE_BUF: never interleaved): prepared (with or without its scratch pages), about to become
+ * a zombie, or why it failed.
+ */
+enum { REP_READY = 0, REP_READY_SCRATCH = 1, REP_ZOMBIE = 2, REP_FAILED = 3 };
+struct helper_report {
+	int32_t idx; /* index of the process in the image, -1: before any */
+	int32_t status;
+	char msg[FERRY_ERROR_MAX];
+};
+
+static void helper_report(int fd, int32_t idx, int32_t status, const char *msg)
 {
-	const struct process *p = &a->c->procs[0];
+	struct helper_report rep = {.idx = idx, .status = status};
+	snprintf(rep.msg, sizeof(rep.msg), "%s", msg ? msg : "");
+	(void)write_full(fd, &rep, sizeof(rep));
+}
+
+/* Everything the processes of the component share, made once by the root before it forks:
+ * the image's files at their slots, the shared memory objects, the open file descriptions. */
+static int helper_common(struct restore_arg *a, int sync_rd, int rep_wr, const char *log_path,
+                         struct ferry_error *err)
+{
 	struct rlimit rl;
 	sigset_t all;
 	int r, fd;
@@ -253,12 +300,6 @@ static int helper_prepare(struct restore_arg *a, int sync_rd, int rep_wr, const 
 		if ((r = place(STAGING + 2 + (int)i, a->pages_slot[i], err)) < 0)
 			return r;
 	syscall(SYS_close_range, STAGING, ~0U, 0);
-	/* files the mappings need */
-	fd = open(p->exe, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		return ferr(err, -errno, "executable %s: %m", p->exe);
-	if ((r = place(fd, a->temp_lo + SLOT_EXE, err)) < 0)
-		return r;
 	for (size_t i = 0; i < a->c->nshmems; i++) {
 		if (a->shmem_fd[i] < 0)
 			continue;
@@ -268,47 +309,151 @@ static int helper_prepare(struct restore_arg *a, int sync_rd, int rep_wr, const 
 		if ((r = place(fd, a->shmem_fd[i], err)) < 0)
 			return r;
 	}
+	if (a->c->nshares == 0)
+		return 0;
+	struct fd_restore_ctx fctx = {.log_path = log_path,
+	                              .shmem_fd = a->shmem_fd,
+	                              .pages_fd = a->temp_lo + SLOT_PAGES,
+	                              .stash_lo = a->stash_lo,
+	                              .share_lo = a->share_lo};
+	return fds_restore_shared(a->c, &fctx, err);
+}
+
+/* What is the process's own, once its children are forked: its files, its fds, its memory. */
+static int helper_own(struct restore_arg *a, size_t idx, const char *log_path,
+                      struct ferry_error *err)
+{
+	const struct process *p = &a->c->procs[idx];
+	int r, fd;
+
+	/* files the mappings need */
+	fd = open(p->exe, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return ferr(err, -errno, "executable %s: %m", p->exe);
+	if ((r = place(fd, a->temp_lo + SLOT_EXE, err)) < 0)
+		return r;
 	for (size_t i = 0; i < p->nvmas; i++) {
 		const struct vma *v = &p->vmas[i];
-		if (a->vma_fd[i] < 0)
+		if (a->vma_fd[idx][i] < 0)
 			continue;
 		int mode =
 		        (v->kind == VMA_FILE_SHARED && (v->prot & PROT_WRITE)) ? O_RDWR : O_RDONLY;
 		fd = open(v->path, mode | O_CLOEXEC);
 		if (fd < 0)
 			return ferr(err, -errno, "mapped file %s: %m", v->path);
-		if ((r = place(fd, a->vma_fd[i], err)) < 0)
+		if ((r = place(fd, a->vma_fd[idx][i], err)) < 0)
 			return r;
 	}
 	r = task_restore_early(p, err);
 	if (r < 0)
 		return r;
-	helper_own_memory(a);
+	helper_own_memory(a, idx);
 	struct fd_restore_ctx fctx = {.log_path = log_path,
 	                              .shmem_fd = a->shmem_fd,
 	                              .pages_fd = a->temp_lo + SLOT_PAGES,
-	                              .stash_lo = a->stash_lo};
+	                              .stash_lo = a->stash_lo,
+	                              .share_lo = a->share_lo};
 	return fds_restore(p, &fctx, err);
+}
+
+/* A zombie of the image: it exits as it did (a signal's core dump flag is not made again). */
+_noreturn_ static void helper_exit_as(int status)
+{
+	if (WIFSIGNALED(status)) {
+		struct rlimit none = {0, 0};
+		sigset_t one;
+		int sig = WTERMSIG(status);
+		(void)setrlimit(RLIMIT_CORE, &none);
+		signal(sig, SIG_DFL);
+		sigemptyset(&one);
+		sigaddset(&one, sig);
+		sigprocmask(SIG_UNBLOCK, &one, NULL);
+		raise(sig);
+	}
+	_exit(WIFEXITED(status) ? WEXITSTATUS(status) : 1);
+}
+
+/*
+ * Process idx of the image, in the helper: its session and group, then its children forked
+ * with their pids (clone3 set_tid; each goes on here), then what is its own; it reports and
+ * waits to be seized. Zombies exit as they did once reported; their parent waits until they
+ * have (without reaping them) and takes the SIGCHLD they sent, which the original had had.
+ */
+_noreturn_ static void helper_tree(struct restore_arg *a, size_t idx, const char *log_path)
+{
+	const struct process *p = &a->c->procs[idx];
+	struct ferry_error err = {0};
+	int rep = a->temp_lo + SLOT_REPORT, r = 0;
+	bool zombies = false;
+	char buf;
+
+	if (p->sid == p->pid && getsid(0) != p->pid && setsid() < 0)
+		r = ferr(&err, -errno, "setsid: %m");
+	else if (p->pgid == p->pid && getpgrp() != p->pid && setpgid(0, 0) < 0)
+		r = ferr(&err, -errno, "setpgid: %m");
+	for (size_t j = 1; r == 0 && j < a->c->nprocs; j++) {
+		const struct process *q = &a->c->procs[j];
+		if (q->ppid != p->pid)
+			continue;
+		pid_t want = q->pid;
+		struct clone_args ca = {.exit_signal = SIGCHLD,
+		                        .set_tid = (uint64_t)(uintptr_t)&want,
+		                        .set_tid_size = 1};
+		pid_t k = (pid_t)syscall(SYS_clone3, &ca, sizeof(ca));
+		if (k == 0)
+			helper_tree(a, j, log_path);
+		if (k < 0)
+			r = ferr(&err, -errno, "forking pid %d: %m", q->pid);
+		zombies |= q->zombie != 0;
+	}
+	if (r == 0 && p->zombie) {
+		(void)prctl(PR_SET_NAME, p->comm, 0, 0, 0);
+		helper_report(rep, (int32_t)idx, REP_ZOMBIE, NULL);
+		helper_exit_as(p->exit_status);
+	}
+	for (size_t j = 1; r == 0 && zombies && j < a->c->nprocs; j++) {
+		const struct process *q = &a->c->procs[j];
+		siginfo_t si;
+		if (q->ppid == p->pid && q->zombie &&
+		    waitid(P_PID, (id_t)q->pid, &si, WEXITED | WNOWAIT) < 0)
+			r = ferr(&err, -errno, "waiting for pid %d to exit: %m", q->pid);
+	}
+	if (r == 0 && zombies) {
+		sigset_t chld;
+		struct timespec zero = {0, 0};
+		sigemptyset(&chld);
+		sigaddset(&chld, SIGCHLD);
+		while (sigtimedwait(&chld, NULL, &zero) == SIGCHLD)
+			;
+	}
+	if (r == 0)
+		r = helper_own(a, idx, log_path, &err);
+	if (r < 0) {
+		if (a->c->nprocs > 1)
+			ferr_prefix(&err, "pid %d", p->pid);
+		helper_report(rep, (int32_t)idx, REP_FAILED, err.msg);
+		_exit(1);
+	}
+	helper_report(rep, (int32_t)idx, a->scratch[idx] ? REP_READY_SCRATCH : REP_READY, NULL);
+	/* wait here; the monitor seizes us and replaces everything */
+	for (;;)
+		if (read(a->temp_lo + SLOT_SYNC, &buf, 1) <= 0)
+			_exit(1);
 }
 
 _noreturn_ static void helper_main(struct restore_arg *a, int sync_rd, int rep_wr,
                                    const char *log_path)
 {
 	struct ferry_error err = {0};
-	char ok = 0, buf;
 
-	if (helper_prepare(a, sync_rd, rep_wr, log_path, &err) < 0) {
+	if (helper_common(a, sync_rd, rep_wr, log_path, &err) < 0) {
 		/* the report pipe is at its slot, or still where it was inherited */
-		if (write_full(a->temp_lo + SLOT_REPORT, err.msg, strlen(err.msg) + 1) < 0)
-			(void)write_full(rep_wr, err.msg, strlen(err.msg) + 1);
+		int fd = fcntl(a->temp_lo + SLOT_REPORT, F_GETFD) >= 0 ? a->temp_lo + SLOT_REPORT
+		                                                       : rep_wr;
+		helper_report(fd, -1, REP_FAILED, err.msg);
 		_exit(1);
 	}
-	ok = a->scratch ? 1 : 0; /* prepared; 1: with the scratch pages */
-	(void)write_full(a->temp_lo + SLOT_REPORT, &ok, 1);
-	/* wait here; the monitor seizes us and replaces everything */
-	for (;;)
-		if (read(a->temp_lo + SLOT_SYNC, &buf, 1) <= 0)
-			_exit(1);
+	helper_tree(a, 0, log_path);
 }
 
 /* ---- the monitor side ---- */
@@ -370,10 +515,21 @@ static int lazy_start(struct restorer *rs, struct restore_arg *a)
 	return a->lz ? 0 : -ENOMEM;
 }
 
-static int rebuild(struct restorer *rs, struct restore_arg *a, struct tracee *threads,
+/* The pgid a process of the image had when forked by its parent (its own if it made one). */
+static pid_t pgid_at_fork(const struct component *c, const struct process *p)
+{
+	if (p->pgid == p->pid)
+		return p->pid;
+	for (size_t i = 0; i < c->nprocs; i++)
+		if (c->procs[i].pid == p->ppid && p->ppid)
+			return c->procs[i].pgid;
+	return 0;
+}
+
+static int rebuild(struct restorer *rs, struct restore_arg *a, size_t idx, struct tracee *threads,
                    struct ferry_error *err)
 {
-	const struct process *p = &a->c->procs[0];
+	const struct process *p = &a->c->procs[idx];
 	_cleanup_free_ struct proc_map *maps = NULL;
 	size_t nmaps = 0;
 	int r;
@@ -393,7 +549,7 @@ static int rebuild(struct restorer *rs, struct restore_arg *a, struct tracee *th
 		return ferr(err, -ENOTSUP, "no syscall instruction in the helper's vdso");
 	if ((r = unregister_rseq(rs, err)) < 0)
 		return r;
-	if (a->opts->flags & RESTORE_LAZY) {
+	if ((a->opts->flags & RESTORE_LAZY) && idx == 0) {
 		r = lazy_start(rs, a);
 		if (r < 0)
 			return ferr(err, r, "lazy restore: %s", strerror(-r));
@@ -404,7 +560,12 @@ static int rebuild(struct restorer *rs, struct restore_arg *a, struct tracee *th
 	fin->t = &rs->main;
 	/* the other threads; then one batch of the main thread: its own calls, PR_SET_MM_MAP
 	 * and the temporary fds closed (the last use of them is the exe fd of PR_SET_MM_MAP) */
-	if ((r = mem_restore_lazy(rs, a->c, p, cur, ncur, a->lz, err)) < 0 ||
+	/* a process group whose leader is another process: joined now that all exist */
+	if (p->pgid != pgid_at_fork(a->c, p) &&
+	    (r = rs_batch_add(rs, fin, "setpgid", SYS_setpgid, 0, (uint64_t)p->pgid, 0, 0, 0, 0,
+	                      err)) < 0)
+		return r;
+	if ((r = mem_restore_lazy(rs, a->c, p, cur, ncur, idx == 0 ? a->lz : NULL, err)) < 0 ||
 	    (r = threads_restore(rs, p, threads, fin, err)) < 0 ||
 	    (r = task_restore_mm(rs, p, fin, err)) < 0 ||
 	    (r = rs_batch_add(rs, fin, "close_range of temporary fds", SYS_close_range,
@@ -425,7 +586,9 @@ static int rebuild(struct restorer *rs, struct restore_arg *a, struct tracee *th
 		return (int)ret;
 	/* its memory is the image's now: tracking starts here, so that the next checkpoint
 	 * can be incremental on the image (a failure only makes that one full) */
-	if (a->c->capture_id && a->lz) {
+	if (idx > 0) {
+		/* dirty tracking follows the init only (the others are captured whole) */
+	} else if (a->c->capture_id && a->lz) {
 		struct ferry_error e = {0};
 		if (lazy_tracks(a->lz))
 			(void)track_restored_uffd(a->rt, a->name, rs->pid, p, a->c->capture_id,
@@ -440,28 +603,84 @@ static int rebuild(struct restorer *rs, struct restore_arg *a, struct tracee *th
 	return r;
 }
 
+/* Read one report of a helper process (within a minute: a process that died without one
+ * would otherwise leave us waiting on the others). */
+static int read_report(int fd, struct helper_report *rep, struct ferry_error *err)
+{
+	struct pollfd pfd = {.fd = fd, .events = POLLIN};
+	int n = poll(&pfd, 1, 60000);
+
+	if (n == 0)
+		return ferr(err, -ETIMEDOUT, "preparing the processes: no report in 60 s");
+	ssize_t got = n > 0 ? read(fd, rep, sizeof(*rep)) : -1;
+	if (got != (ssize_t)sizeof(*rep))
+		return ferr(err, -EIO, "preparing the process: helper died");
+	rep->msg[sizeof(rep->msg) - 1] = 0;
+	if (rep->status == REP_FAILED)
+		return ferr(err, -EIO, "preparing the process: %s", rep->msg);
+	return 0;
+}
+
+/* The host pids of the helper processes: the root's children, theirs, ... by namespace pid. */
+static int find_hosts(const struct component *c, pid_t root, pid_t *host, struct ferry_error *err)
+{
+	host[0] = root;
+	for (size_t i = 0; i < c->nprocs; i++) {
+		if (!host[i] || c->procs[i].zombie)
+			continue;
+		_cleanup_free_ pid_t *kids = NULL;
+		size_t n = 0;
+		int r = procfs_children(host[i], &kids, &n);
+		if (r < 0)
+			return ferr(err, r, "pid %d: its children: %s", host[i], strerror(-r));
+		for (size_t k = 0; k < n; k++) {
+			pid_t ns = 0;
+			if (procfs_ns_tid(kids[k], kids[k], &ns) < 0)
+				continue;
+			for (size_t j = 1; j < c->nprocs; j++)
+				if (c->procs[j].pid == ns && c->procs[j].ppid == c->procs[i].pid)
+					host[j] = kids[k];
+		}
+	}
+	for (size_t i = 0; i < c->nprocs; i++)
+		if (!host[i] && !c->procs[i].zombie)
+			return ferr(err, -ESRCH, "pid %d of the image: no helper process",
+			            c->procs[i].pid);
+	return 0;
+}
+
 static int restore_start(void *arg, const char *log_path, pid_t *ret_pid, void *extra,
                          struct ferry_error *err)
 {
 	struct restore_arg *a = arg;
-	const struct process *p = &a->c->procs[0];
-	struct restorer rs = {0};
+	const struct component *c = a->c;
 	struct verify ver = {.c = a->c, .fds = a->pages_fds, .nfds = a->npages};
-	_cleanup_free_ struct tracee *threads =
-	        calloc(p->nthreads ? p->nthreads : 1, sizeof(struct tracee));
+	_cleanup_free_ struct restorer *rs = calloc(c->nprocs, sizeof(*rs));
+	_cleanup_free_ struct tracee **threads = calloc(c->nprocs, sizeof(*threads));
+	_cleanup_free_ pid_t *host = calloc(c->nprocs, sizeof(*host));
+	_cleanup_free_ int32_t *status = calloc(c->nprocs, sizeof(*status));
 	_cleanup_free_ struct proc_map *own = NULL; /* the monitor's mappings */
 	size_t nown = 0;
 	uint64_t sys_ip = 0;
-	int sync[2], rep[2], status, r;
+	int sync[2], rep[2], wst, r = 0;
 	pthread_t vth;
 	bool vstarted = false;
-	char msg[FERRY_ERROR_MAX] = "";
 	uint64_t t0 = now_ns();
+	pid_t pid = 0;
 
-	if (!threads)
-		return ferr(err, -ENOMEM, "out of memory");
+	if (!rs || !threads || !host || !status) {
+		r = ferr(err, -ENOMEM, "out of memory");
+		goto free_threads;
+	}
+	for (size_t i = 0; i < c->nprocs; i++) {
+		threads[i] = calloc(c->procs[i].nthreads ? c->procs[i].nthreads : 1,
+		                    sizeof(struct tracee));
+		if (!threads[i]) {
+			r = ferr(err, -ENOMEM, "out of memory");
+			goto free_threads;
+		}
+	}
 	struct restore_helper *pre = a->opts->pre;
-	pid_t pid;
 	if (pre && pre->pid > 0) {
 		/* made in advance, told the image already (restore_image): it is ours now */
 		pid = pre->pid;
@@ -471,12 +690,15 @@ static int restore_start(void *arg, const char *log_path, pid_t *ret_pid, void *
 		pre->sync_wr = pre->rep_rd = -EBADF;
 		pre->go_wr = safe_close(pre->go_wr);
 	} else {
-		if (pipe2(sync, O_CLOEXEC) < 0)
-			return ferr(err, -errno, "pipe: %m");
+		if (pipe2(sync, O_CLOEXEC) < 0) {
+			r = ferr(err, -errno, "pipe: %m");
+			goto free_threads;
+		}
 		if (pipe2(rep, O_CLOEXEC) < 0) {
+			r = ferr(err, -errno, "pipe: %m");
 			safe_close(sync[0]);
 			safe_close(sync[1]);
-			return ferr(err, -errno, "pipe: %m");
+			goto free_threads;
 		}
 		pid = runtime_clone_ns(CLONE_NEWPID | CLONE_NEWNS);
 		if (pid == 0)
@@ -499,28 +721,24 @@ static int restore_start(void *arg, const char *log_path, pid_t *ret_pid, void *
 		a->maps = own;
 		a->nmaps = nown;
 	}
-	/* the helper reports once: a byte 0 (or 1: with the scratch pages) when prepared, or a
-	 * message */
-	ssize_t n = read(rep[0], msg, sizeof(msg) - 1);
-	if (n != 1 || (msg[0] != 0 && msg[0] != 1)) {
-		r = ferr(err, -EIO, "preparing the process: %s", n > 0 ? msg : "helper died");
-		goto fail;
+	/* every process reports once: prepared (with its scratch pages or not), a zombie, or
+	 * why it failed */
+	for (size_t k = 0; k < c->nprocs; k++) {
+		struct helper_report hr;
+		r = read_report(rep[0], &hr, err);
+		if (r < 0)
+			goto fail;
+		if (hr.idx < 0 || (size_t)hr.idx >= c->nprocs) {
+			r = ferr(err, -EPROTO, "preparing the process: report of process %d",
+			         hr.idx);
+			goto fail;
+		}
+		status[hr.idx] = hr.status;
 	}
-	rs.pid = pid;
-	rs.temp_lo = a->temp_lo;
-	rs.pages_fds = a->pages_slot;
-	rs.npages_fds = a->npages;
-	rs.local_fds = a->pages_fds;
-	rs.exe_fd = a->temp_lo + SLOT_EXE;
-	rs.vma_fd = a->vma_fd;
-	rs.shmem_fd = a->shmem_fd;
-	r = tracee_seize_stop(&rs.main, pid,
-	                      PTRACE_O_TRACESYSGOOD | PTRACE_O_TRACECLONE | PTRACE_O_EXITKILL, err);
-	if (r < 0)
+	if (c->nprocs > 1 && (r = find_hosts(c, pid, host, err)) < 0)
 		goto fail;
-	rs.main.syscall_ip = a->maps ? sys_ip : 0;
-	rs.scratch = msg[0] == 1 ? a->scratch : 0;
-	/* page data is verified on another CPU while the helper loads it; nothing of the
+	host[0] = pid;
+	/* page data is verified on another CPU while the helpers load it; nothing of the
 	 * component runs before both are done. A lazy restore's caller vouches for the image. */
 	if (a->opts->flags & RESTORE_LAZY)
 		ver.r = 0;
@@ -528,7 +746,35 @@ static int restore_start(void *arg, const char *log_path, pid_t *ret_pid, void *
 		vstarted = true;
 	else
 		verify_main(&ver);
-	r = rebuild(&rs, a, threads, err);
+	for (size_t i = 0; i < c->nprocs; i++) {
+		if (c->procs[i].zombie)
+			continue;
+		struct restorer *ri = &rs[i];
+		ri->pid = host[i];
+		ri->temp_lo = a->temp_lo;
+		ri->pages_fds = a->pages_slot;
+		ri->npages_fds = a->npages;
+		ri->local_fds = a->pages_fds;
+		ri->exe_fd = a->temp_lo + SLOT_EXE;
+		ri->vma_fd = a->vma_fd[i];
+		ri->shmem_fd = a->shmem_fd;
+		r = tracee_seize_stop(&ri->main, host[i],
+		                      PTRACE_O_TRACESYSGOOD | PTRACE_O_TRACECLONE |
+		                              PTRACE_O_EXITKILL,
+		                      err);
+		if (r == 0) {
+			ri->main.syscall_ip = a->maps ? sys_ip : 0;
+			ri->scratch = status[i] == REP_READY_SCRATCH ? a->scratch[i] : 0;
+			r = rebuild(ri, a, i, threads[i], err);
+		}
+		if (r < 0) {
+			if (c->nprocs > 1)
+				ferr_prefix(err, "pid %d", c->procs[i].pid);
+			break;
+		}
+		a->stats.pages_ns += ri->pages_ns;
+		a->stats.pages_loaded += ri->pages_loaded;
+	}
 	if (vstarted)
 		pthread_join(vth, NULL);
 	if (r == 0 && ver.r < 0) {
@@ -545,32 +791,35 @@ static int restore_start(void *arg, const char *log_path, pid_t *ret_pid, void *
 		a->lz = NULL;
 	}
 	a->stats.verify_ns = ver.ns;
-	a->stats.pages_ns = rs.pages_ns;
-	a->stats.pages_loaded = rs.pages_loaded;
 	a->stats.total_ns = now_ns() - t0;
 	if (a->opts->hold) {
 		r = a->opts->hold(a->opts->hold_arg, RESTORE_HOLD, pid, &a->stats, err);
 		if (r < 0)
 			goto fail;
 	}
-	for (size_t i = p->nthreads; i-- > 0;) {
-		r = tracee_detach(&threads[i], err);
-		if (r < 0)
-			goto fail;
-	}
+	/* children first: the init, last, is the one a failure here would kill */
+	for (size_t i = c->nprocs; i-- > 0;)
+		for (size_t j = c->procs[i].zombie ? 0 : c->procs[i].nthreads; j-- > 0;) {
+			r = tracee_detach(&threads[i][j], err);
+			if (r < 0)
+				goto fail;
+		}
 	if (a->opts->hold)
 		(void)a->opts->hold(a->opts->hold_arg, RESTORE_RUNNING, pid, &a->stats, NULL);
 	memcpy(extra, &a->stats, sizeof(a->stats));
 	*ret_pid = pid;
 	safe_close(sync[1]);
 	safe_close(rep[0]);
-	return 0;
+	r = 0;
+	goto free_threads;
 fail:
 	if (pid > 0) {
+		/* the init of the namespace: every process of it dies with it */
 		(void)safe_kill(pid, SIGKILL);
-		/* its threads are our tracees too: each must be reaped before the leader can be */
+		/* its threads (and those of the others) are our tracees too: each must be reaped
+		 * before the init can be */
 		for (;;) {
-			pid_t w = waitpid(-1, &status, __WALL);
+			pid_t w = waitpid(-1, &wst, __WALL);
 			if (w == pid || (w < 0 && errno != EINTR))
 				break;
 		}
@@ -578,6 +827,9 @@ fail:
 out:
 	safe_close(sync[1]);
 	safe_close(rep[0]);
+free_threads:
+	for (size_t i = 0; threads && i < c->nprocs; i++)
+		free(threads[i]);
 	return r;
 }
 
@@ -586,6 +838,8 @@ static int check_files(const struct component *c, struct ferry_error *err)
 {
 	for (size_t i = 0; i < c->nprocs; i++) {
 		const struct process *p = &c->procs[i];
+		if (p->zombie)
+			continue;
 		int r = task_check_file("executable", p->exe, &p->exe_id, err);
 		if (r < 0)
 			return r;
@@ -609,16 +863,47 @@ int ferry_restore(const struct ferry_runtime *rt, const char *dir, const char *n
 
 static void restore_helper_go(struct restore_helper *h, const char *dir, unsigned flags);
 
+/*
+ * The processes of an image as a restore makes them: the init (pid 1 of its namespace) first,
+ * every other after its parent, which is a live process of the image; pids distinct.
+ */
+static int check_tree(const struct component *c, struct ferry_error *err)
+{
+	if (c->procs[0].pid != 1 || c->procs[0].zombie)
+		return ferr(err, -EPROTO, "its first process is pid %d, not the init",
+		            c->procs[0].pid);
+	for (size_t i = 1; i < c->nprocs; i++) {
+		const struct process *p = &c->procs[i];
+		bool parent = false;
+		for (size_t j = 0; j < i; j++) {
+			if (c->procs[j].pid == p->pid)
+				return ferr(err, -EPROTO, "pid %d appears twice", p->pid);
+			parent |= c->procs[j].pid == p->ppid && !c->procs[j].zombie;
+		}
+		if (p->pid <= 1 || !parent)
+			return ferr(err, -EPROTO, "pid %d: parent %d is not before it in the image",
+			            p->pid, p->ppid);
+		if (!p->zombie && p->nthreads == 0)
+			return ferr(err, -EPROTO, "pid %d: no threads", p->pid);
+	}
+	return 0;
+}
+
 /* What restore_plan allocates, freed. */
 static void plan_free(struct restore_arg *a, struct image_reader *rd)
 {
 	free(a->pages_fds);
 	free(a->pages_slot);
+	for (size_t i = 0; a->vma_fd && a->c && i < a->c->nprocs; i++)
+		free(a->vma_fd[i]);
 	free(a->vma_fd);
 	free(a->shmem_fd);
+	free(a->scratch);
+	a->scratch = NULL;
 	model_free((struct component *)a->c);
 	image_reader_free(rd);
-	a->pages_fds = a->pages_slot = a->vma_fd = a->shmem_fd = NULL;
+	a->pages_fds = a->pages_slot = a->shmem_fd = NULL;
+	a->vma_fd = NULL;
 	a->c = NULL;
 }
 
@@ -641,23 +926,30 @@ static int restore_plan(const char *dir, struct restore_arg *a, struct image_rea
 	if (r < 0)
 		return ferr_prefix(err, "image %s", dir);
 	a->c = c;
-	if (c->nprocs != 1 || c->procs[0].pid != 1)
-		return ferr(err, -ENOTSUP,
-		            "image %s: %zu processes, first pid %d: only one process, "
-		            "pid 1 of its namespace, is supported",
-		            dir, c->nprocs, c->procs[0].pid);
+	r = check_tree(c, err);
+	if (r < 0)
+		return ferr_prefix(err, "image %s", dir);
 	/* temporary fd slots above every fd of the image */
-	const struct process *p = &c->procs[0];
 	int top = 3;
-	for (size_t i = 0; i < p->nfds; i++)
-		top = MAX(top, p->fds[i].fd + 1);
+	size_t nfile_vmas = 0;
+	for (size_t k = 0; k < c->nprocs; k++) {
+		const struct process *p = &c->procs[k];
+		size_t files = 0;
+		for (size_t i = 0; i < p->nfds; i++)
+			top = MAX(top, p->fds[i].fd + 1);
+		for (size_t i = 0; i < p->nvmas; i++)
+			files += p->vmas[i].kind == VMA_FILE_PRIVATE ||
+			         p->vmas[i].kind == VMA_FILE_SHARED;
+		nfile_vmas = MAX(nfile_vmas, files);
+	}
 	a->npages = image_reader_npages_files(rd);
 	a->pages_fds = calloc(a->npages, sizeof(int));
 	a->pages_slot = calloc(a->npages, sizeof(int));
 	a->temp_lo = top;
-	a->vma_fd = calloc(p->nvmas ? p->nvmas : 1, sizeof(int));
+	a->vma_fd = calloc(c->nprocs, sizeof(int *));
+	a->scratch = calloc(c->nprocs, sizeof(uint64_t));
 	a->shmem_fd = calloc(c->nshmems ? c->nshmems : 1, sizeof(int));
-	if (!a->vma_fd || !a->shmem_fd || !a->pages_fds || !a->pages_slot)
+	if (!a->vma_fd || !a->shmem_fd || !a->pages_fds || !a->pages_slot || !a->scratch)
 		return ferr(err, -ENOMEM, "out of memory");
 	int slot = top + SLOT_FIRST_FREE;
 	for (uint32_t i = 0; i < a->npages; i++) {
@@ -667,25 +959,40 @@ static int restore_plan(const char *dir, struct restore_arg *a, struct image_rea
 	for (size_t i = 0; i < c->nshmems; i++) {
 		size_t users = 0;
 		bool whole = false;
-		for (size_t j = 0; j < p->nvmas; j++)
-			if (p->vmas[j].kind == VMA_SHMEM && p->vmas[j].shmem == (int)i) {
-				users++;
-				whole = p->vmas[j].pgoff == 0 &&
-				        p->vmas[j].end - p->vmas[j].start == c->shmems[i].size;
-			}
-		for (size_t j = 0; j < p->nfds; j++)
-			if (p->fds[j].kind == FD_MEMFD && p->fds[j].shmem == (int)i)
-				users = 2;
+		for (size_t k = 0; k < c->nprocs; k++) {
+			const struct process *p = &c->procs[k];
+			for (size_t j = 0; j < p->nvmas; j++)
+				if (p->vmas[j].kind == VMA_SHMEM && p->vmas[j].shmem == (int)i) {
+					users++;
+					whole = p->vmas[j].pgoff == 0 &&
+					        p->vmas[j].end - p->vmas[j].start ==
+					                c->shmems[i].size;
+				}
+			for (size_t j = 0; j < p->nfds; j++)
+				if (p->fds[j].kind == FD_MEMFD && p->fds[j].shmem == (int)i)
+					users = 2;
+		}
 		/* a shared anonymous mapping of its own is mapped anonymously again */
 		a->shmem_fd[i] =
 		        (c->shmems[i].kind == SHMEM_ANON && users == 1 && whole) ? -1 : slot++;
 	}
-	for (size_t i = 0; i < p->nvmas; i++) {
-		uint32_t k = p->vmas[i].kind;
-		a->vma_fd[i] = (k == VMA_FILE_PRIVATE || k == VMA_FILE_SHARED) ? slot++ : -1;
+	a->share_lo = slot;
+	slot += (int)c->nshares;
+	/* each process's mapped files from the same slots: every process has its own table */
+	for (size_t k = 0; k < c->nprocs; k++) {
+		const struct process *p = &c->procs[k];
+		int s = slot;
+		a->vma_fd[k] = calloc(p->nvmas ? p->nvmas : 1, sizeof(int));
+		if (!a->vma_fd[k])
+			return ferr(err, -ENOMEM, "out of memory");
+		for (size_t i = 0; i < p->nvmas; i++) {
+			uint32_t kd = p->vmas[i].kind;
+			a->vma_fd[k][i] = (kd == VMA_FILE_PRIVATE || kd == VMA_FILE_SHARED) ? s++ : -1;
+		}
+		a->scratch[k] = p->zombie ? 0 : mem_free_range(p, RS_SCRATCH_PAGES * MODEL_PAGE);
 	}
+	slot += (int)nfile_vmas;
 	a->stash_lo = slot + 16;
-	a->scratch = mem_free_range(p, RS_SCRATCH_PAGES * MODEL_PAGE);
 	return 0;
 }
 
@@ -809,7 +1116,7 @@ _noreturn_ static void helper_standby(const struct ferry_runtime *rt, const char
 	runtime_log_path(rt, name, log_path, sizeof(log_path));
 	helper_main(&a, sync_rd, rep_wr, log_path);
 fail:
-	(void)write_full(rep_wr, err.msg, strlen(err.msg) + 1);
+	helper_report(rep_wr, -1, REP_FAILED, err.msg);
 	_exit(1);
 }
 
