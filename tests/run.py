@@ -576,6 +576,40 @@ def foreign_python(ctx):
     foreign_test(ctx, [py, os.path.join(HERE, "e2e", "compute.py")], r"^step 10 ")
 
 
+def tree_cow_shared(ctx):
+    """A root with 16 MiB forks three children that each write one page: the pages they still
+    share copy-on-write are stored once (4096 shared by three children: at least 3 * 4095
+    named twice, the image's own pages about 16 MiB, not 64), and after the restore every
+    process has its own contents (PASS). inspect shows the tree: parent of each child."""
+    img = os.path.join(ctx.root, "img")
+    ctx.start("c", ctx.feature("cow_tree"))
+    ctx.wait_line("c", "^READY$")
+    j = ckpt_json(ctx, "c", "--dir", img, "--stop")
+    if j.get("processes") != 4:
+        raise Fail(f"{j.get('processes')} processes checkpointed, expected 4: {brief(j)}")
+    if not isinstance(j.get("pages_shared"), int) or j["pages_shared"] < 3 * 4095:
+        raise Fail(f"{j.get('pages_shared')} pages stored once for parent and children, "
+                   f"expected at least {3 * 4095}: {brief(j)}")
+    if not isinstance(j.get("pages_written"), int) or j["pages_written"] > 4096 + 1024:
+        raise Fail(f"{j.get('pages_written')} pages written, expected about 4096 (16 MiB "
+                   f"once): {brief(j)}")
+    procs = inspect_json(ctx, img).get("processes", [])
+    kids = [p for p in procs if p.get("ppid") == 1]
+    if len(procs) != 4 or len(kids) != 3:
+        raise Fail(f"inspect shows {len(procs)} processes, {len(kids)} children of pid 1")
+    ctx.forget("c")
+    ctx.ferry("restore", "--dir", img, "--name", "c")
+    ctx.go()
+    expect_log(ctx, "c", "READY\nPASS\n")
+
+
+def foreign_python_pool(ctx):
+    """A multiprocessing pool (4 forked workers, pipes and a semaphore in a deleted /dev/shm
+    file between them) checkpointed mid-way: the results equal an uninterrupted run's."""
+    py = "/usr/bin/python3" if os.access("/usr/bin/python3", os.X_OK) else need("python3")
+    foreign_test(ctx, [py, os.path.join(HERE, "e2e", "pool.py")], r"^chunk 10 ")
+
+
 def foreign_bash(ctx):
     foreign_test(ctx, [need("bash"), os.path.join(HERE, "e2e", "loop.sh")], r"^line 10 ")
 
@@ -1511,7 +1545,8 @@ def collect(builds):
                                 ("live", feature_live)):
                 tests.append((f"{tag}/{prog}/{variant}", ferry,
                               lambda ctx, fn=fn, prog=prog: fn(ctx, prog), TEST_TIMEOUT))
-        for name, fn in (("python3", foreign_python), ("bash", foreign_bash),
+        for name, fn in (("python3", foreign_python), ("python3-pool", foreign_python_pool),
+                         ("bash", foreign_bash),
                          ("sqlite3", foreign_sqlite), ("redis", foreign_redis)):
             tests.append((f"{tag}/foreign/{name}", ferry, fn, FOREIGN_TIMEOUT))
         if shutil.which("node"):  # on these machines, not installed by the build
@@ -1519,6 +1554,7 @@ def collect(builds):
         tests.append((f"{tag}/refuse/corrupt-image", ferry, refuse_corrupt, TEST_TIMEOUT))
         tests.append((f"{tag}/refuse/unsupported-fd", ferry, refuse_unsupported_fd, TEST_TIMEOUT))
         tests.append((f"{tag}/tcp/established", ferry, tcp_established, TEST_TIMEOUT))
+        tests.append((f"{tag}/tree/cow-shared", ferry, tree_cow_shared, TEST_TIMEOUT))
         tests.append((f"{tag}/refuse/inotify-queued", ferry,
                       lambda ctx: refuse_unsupported_fd(ctx, "inotify_queued",
                                                         "inotify events not read yet"),

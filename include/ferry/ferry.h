@@ -124,6 +124,8 @@ struct ferry_ckpt_stats {
 	uint64_t pages_written; /* pages the image holds in its own pages file */
 	uint64_t pages_frozen;  /* of them, pages copied while the component was frozen */
 	uint64_t pages_folded;  /* pages copied from older images of a chain to bound its length */
+	uint64_t pages_shared;  /* pages a forked process still shares with its parent (copy on
+	                           write): stored once, named by both */
 	uint64_t bytes_written; /* bytes of all image files */
 	uint32_t processes;     /* live ones and zombies */
 	uint32_t threads;       /* of every process */

@@ -495,6 +495,19 @@ static void describe_print(struct json_object *o, const char *what)
 		printf("\nProcess %" PRId64 " (%s)", jint(p, "pid", 0), jstr(p, "comm", "?"));
 		if ((v = jint(p, "host_pid", -1)) >= 0)
 			printf(", host pid %" PRId64, v);
+		/* 0: outside the component's namespace (inherited from its monitor) */
+		const char *ids[][2] = {{"ppid", "parent"}, {"pgid", "group"}, {"sid", "session"}};
+		for (size_t k = 0; k < 3; k++)
+			if ((v = jint(p, ids[k][0], 0)) > 0)
+				printf(", %s %" PRId64, ids[k][1], v);
+		if (json_object_get_boolean(json_object_object_get(p, "zombie"))) {
+			if ((v = jint(p, "exit_code", -1)) >= 0)
+				printf("\n  exited with status %" PRId64, v);
+			else
+				printf("\n  killed by %s", jstr(p, "exit_signal", "?"));
+			printf(", not reaped by its parent yet (a zombie)\n");
+			continue;
+		}
 		printf("\n  exe %s\n  cwd %s, root %s", jstr(p, "exe", "?"), jstr(p, "cwd", "?"),
 		       jstr(p, "root", "?"));
 		if ((v = jint(p, "umask", -1)) >= 0)
@@ -582,6 +595,7 @@ static struct json_object *ckpt_json(const char *name, const char *dir, const st
 	jset(j, "pages_written", json_object_new_uint64(st->pages_written));
 	jset(j, "pages_frozen", json_object_new_uint64(st->pages_frozen));
 	jset(j, "pages_folded", json_object_new_uint64(st->pages_folded));
+	jset(j, "pages_shared", json_object_new_uint64(st->pages_shared));
 	jset(j, "bytes_written", json_object_new_uint64(st->bytes_written));
 	jset(j, "processes", json_object_new_int64(st->processes));
 	jset(j, "threads", json_object_new_int64(st->threads));
@@ -605,6 +619,10 @@ static void ckpt_print(const char *name, const char *dir, const struct opts *o,
 		       " round%s while it ran, before the freeze\n",
 		       name, st->precopy_bytes / 1048576.0, st->precopy_rounds,
 		       st->precopy_rounds == 1 ? "" : "s");
+	if (st->pages_shared)
+		printf("%s: %" PRIu64 " pages (%.1f MiB) shared copy-on-write between parent and "
+		       "child processes, stored once\n",
+		       name, st->pages_shared, st->pages_shared * PAGE_SIZE_4K / 1048576.0);
 	if (st->fallback[0])
 		printf("%s: not incremental: %s\n", name, st->fallback);
 	fflush(stdout);

@@ -614,6 +614,7 @@ static int checkpoint_once(const struct ferry_runtime *rt, const char *name, con
 			for (size_t j = 0; j < c->procs[k].vmas[i].nruns; j++)
 				if (c->procs[k].vmas[i].runs[j].file == 0)
 					own_pages += c->procs[k].vmas[i].runs[j].npages;
+	own_pages -= MIN(own_pages, st.pages_shared_own); /* named twice, stored once */
 	for (size_t i = 0; i < c->nshmems; i++)
 		for (size_t j = 0; j < c->shmems[i].nruns; j++)
 			own_pages += c->shmems[i].runs[j].npages;
@@ -683,6 +684,7 @@ static int checkpoint_once(const struct ferry_runtime *rt, const char *name, con
 	s.pages_written = own_pages;
 	s.pages_frozen = st.pages_written;
 	s.pages_folded = cs.pages_folded;
+	s.pages_shared = st.pages_shared;
 	s.bytes_written = bytes;
 	s.files = cs.files;
 	if (o->parent && !pl.ch)

@@ -47,8 +47,11 @@ static const char *vma_kind_name(const struct vma *v, const struct component *c)
 	case VMA_FILE_SHARED:
 		return "file-shared";
 	case VMA_SHMEM:
-		return (v->shmem >= 0 && c->shmems[v->shmem].kind == SHMEM_MEMFD) ? "memfd"
-		                                                                  : "shared-anon";
+		if (v->shmem >= 0 && c->shmems[v->shmem].kind == SHMEM_MEMFD)
+			return "memfd";
+		if (v->shmem >= 0 && c->shmems[v->shmem].kind == SHMEM_DELETED)
+			return "deleted-shared";
+		return "shared-anon";
 	case VMA_VDSO:
 		return "vdso";
 	case VMA_VVAR:
@@ -193,24 +196,55 @@ static json_object *describe_pagefiles(const struct component *c, const struct i
 	return arr;
 }
 
-static json_object *describe_fd(const struct fd_entry *e)
+static json_object *describe_fd(const struct fd_entry *e, const struct component *c)
 {
 	json_object *o = json_object_new_object();
 	const struct fd_ops *ops = fds_ops_of(e->kind);
-	char flags[128], meaning[PATH_MAX + 64] = "?";
+	char flags[128], meaning[PATH_MAX + 256] = "?";
+	const struct fd_entry *origin = e;
+	json_object *with = NULL;
 
+	/* an open file description of several processes: described by its first holder (which
+	 * holds what was captured of it), with the others named */
+	bool first = true;
+	for (size_t i = 0; e->share >= 0 && i < c->nprocs; i++)
+		for (size_t j = 0; j < c->procs[i].nfds; j++) {
+			const struct fd_entry *f = &c->procs[i].fds[j];
+			if (f->share != e->share || f->dup_of >= 0)
+				continue;
+			if (first)
+				origin = f;
+			first = false;
+			if (f == e)
+				continue;
+			char h[48];
+			snprintf(h, sizeof(h), "pid %d fd %d", c->procs[i].pid, f->fd);
+			if (!with)
+				with = json_object_new_array();
+			json_object_array_add(with, json_object_new_string(h));
+		}
 	fds_flags_str(e->flags, flags, sizeof(flags));
 	if (e->dup_of >= 0)
 		snprintf(meaning, sizeof(meaning), "the same open file as fd %d (dup)", e->dup_of);
 	else if (ops)
-		ops->describe(e, meaning, sizeof(meaning));
+		ops->describe(origin, meaning, sizeof(meaning));
+	size_t nwith = with ? json_object_array_length(with) : 0;
+	size_t len = strlen(meaning);
+	for (size_t i = 0; i < nwith && len < sizeof(meaning); i++) {
+		len += (size_t)snprintf(meaning + len, sizeof(meaning) - len, "%s%s",
+		                        i ? ", " : "; also held by ",
+		                        json_object_get_string(json_object_array_get_idx(with, i)));
+		len = MIN(len, sizeof(meaning));
+	}
 	json_object_object_add(o, "fd", json_object_new_int(e->fd));
 	json_object_object_add(o, "kind", json_object_new_string(ops ? ops->name : "?"));
 	json_object_object_add(o, "path", e->path ? json_object_new_string(e->path) : NULL);
 	json_object_object_add(o, "flags", json_object_new_string(flags));
-	json_object_object_add(o, "pos", json_object_new_int64((int64_t)e->pos));
+	json_object_object_add(o, "pos", json_object_new_int64((int64_t)origin->pos));
 	json_object_object_add(o, "cloexec", json_object_new_boolean(e->cloexec));
 	json_object_object_add(o, "meaning", json_object_new_string(meaning));
+	if (with)
+		json_object_object_add(o, "shared_with", with);
 	return o;
 }
 
@@ -291,6 +325,20 @@ static json_object *describe_process(const struct process *p, const struct compo
 	json_object_object_add(o, "pid", json_object_new_int(p->pid));
 	if (p->host_pid)
 		json_object_object_add(o, "host_pid", json_object_new_int(p->host_pid));
+	json_object_object_add(o, "ppid", json_object_new_int(p->ppid));
+	json_object_object_add(o, "pgid", json_object_new_int(p->pgid));
+	json_object_object_add(o, "sid", json_object_new_int(p->sid));
+	if (p->zombie) {
+		json_object_object_add(o, "zombie", json_object_new_boolean(true));
+		json_object_object_add(o, "exit_status", json_object_new_int(p->exit_status));
+		if (WIFSIGNALED(p->exit_status)) {
+			sig_name(WTERMSIG(p->exit_status), buf, sizeof(buf));
+			json_object_object_add(o, "exit_signal", json_object_new_string(buf));
+		} else {
+			json_object_object_add(o, "exit_code",
+			                       json_object_new_int(WEXITSTATUS(p->exit_status)));
+		}
+	}
 	json_object_object_add(o, "comm", json_object_new_string(p->comm));
 	json_object_object_add(o, "exe", json_object_new_string(p->exe ? p->exe : ""));
 	json_object_object_add(o, "cwd", json_object_new_string(p->cwd ? p->cwd : ""));
@@ -302,7 +350,7 @@ static json_object *describe_process(const struct process *p, const struct compo
 	for (size_t i = 0; i < p->nvmas; i++)
 		json_object_array_add(mem, describe_vma(&p->vmas[i], c));
 	for (size_t i = 0; i < p->nfds; i++)
-		json_object_array_add(fds, describe_fd(&p->fds[i]));
+		json_object_array_add(fds, describe_fd(&p->fds[i], c));
 	for (size_t i = 0; i < p->nsigacts; i++) {
 		const struct sigact *s = &p->sigacts[i];
 		json_object *so = json_object_new_object();

@@ -92,15 +92,21 @@ int image_model(const char *dir, struct component **ret, struct ferry_error *err
  * open. */
 int model_paths(const struct component *c, char ***paths, size_t *np, struct ferry_error *err)
 {
-	const struct process *p = &c->procs[0];
-	int r = add_path(paths, np, p->exe);
+	int r = 0;
 
-	for (size_t i = 0; r == 0 && i < p->nvmas; i++)
-		if (p->vmas[i].kind == VMA_FILE_PRIVATE || p->vmas[i].kind == VMA_FILE_SHARED)
-			r = add_path(paths, np, p->vmas[i].path);
-	for (size_t i = 0; r == 0 && i < p->nfds; i++)
-		if (p->fds[i].kind == FD_FILE)
-			r = add_path(paths, np, p->fds[i].path);
+	for (size_t k = 0; r == 0 && k < c->nprocs; k++) {
+		const struct process *p = &c->procs[k];
+		if (p->zombie)
+			continue;
+		r = add_path(paths, np, p->exe);
+		for (size_t i = 0; r == 0 && i < p->nvmas; i++)
+			if (p->vmas[i].kind == VMA_FILE_PRIVATE ||
+			    p->vmas[i].kind == VMA_FILE_SHARED)
+				r = add_path(paths, np, p->vmas[i].path);
+		for (size_t i = 0; r == 0 && i < p->nfds; i++)
+			if (p->fds[i].kind == FD_FILE && p->fds[i].path)
+				r = add_path(paths, np, p->fds[i].path);
+	}
 	return r < 0 ? ferr(err, r, "out of memory") : 0;
 }
 

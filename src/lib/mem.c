@@ -49,6 +49,26 @@ struct pipeline {
 	int werr;
 };
 
+
+/* pread of a shared memory object's pages: its last page may go past its end (an object of 32
+ * bytes is mapped as a page), read as zeros there. */
+static int pread_page(int fd, void *buf, size_t len, off_t off)
+{
+	size_t got = 0;
+	while (got < len) {
+		ssize_t n = pread(fd, (char *)buf + got, len - got, off + (off_t)got);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0)
+			return -errno;
+		if (n == 0)
+			break;
+		got += (size_t)n;
+	}
+	memset((char *)buf + got, 0, len - got);
+	return 0;
+}
+
 static void *writer_main(void *arg)
 {
 	struct pipeline *pl = arg;
@@ -74,11 +94,17 @@ static void *writer_main(void *arg)
 }
 
 /* Read one chunk of a process's memory; /proc/PID/mem reaches pages that are not readable. */
-static int read_mem(pid_t pid, int memfd, uint64_t addr, void *buf, size_t len)
+/*
+ * Read len bytes of pid's memory at addr. process_vm_readv is the fastest, but it pins the
+ * pages (FOLL_PIN), and the kernel gives a process its own copy of an anonymous page it shares
+ * copy-on-write with another before pinning it: read so, a forked process and its parent each
+ * get a copy of every page they shared (measured: the page frames differ afterwards). nopin
+ * reads through /proc/PID/mem instead, which takes the pages without pinning them.
+ */
+static int read_mem(pid_t pid, int memfd, uint64_t addr, void *buf, size_t len, bool nopin)
 {
 	struct iovec l = {buf, len}, r = {(void *)addr, len};
-	ssize_t n = process_vm_readv(pid, &l, 1, &r, 1, 0);
-	if (n == (ssize_t)len)
+	if (!nopin && process_vm_readv(pid, &l, 1, &r, 1, 0) == (ssize_t)len)
 		return 0;
 	return pread_full(memfd, buf, len, (off_t)addr);
 }
@@ -98,7 +124,7 @@ static void job_place(struct copy_job *jb, const void *buf, struct image_writer 
  * turn, one buffer and no writer thread, whose start would cost more than the copy.
  */
 static int copy_inline(pid_t pid, struct copy_job *jobs, size_t njobs, struct image_writer *w,
-                       int memfd, struct ferry_error *err)
+                       int memfd, bool nopin, struct ferry_error *err)
 {
 	_cleanup_free_ uint8_t *buf = malloc(CHUNK);
 
@@ -106,8 +132,8 @@ static int copy_inline(pid_t pid, struct copy_job *jobs, size_t njobs, struct im
 		return ferr(err, -ENOMEM, "out of memory");
 	for (size_t j = 0; j < njobs; j++) {
 		struct copy_job *jb = &jobs[j];
-		int r = jb->src_fd < 0 ? read_mem(pid, memfd, jb->src, buf, jb->len)
-		                       : pread_full(jb->src_fd, buf, jb->len, (off_t)jb->src);
+		int r = jb->src_fd < 0 ? read_mem(pid, memfd, jb->src, buf, jb->len, nopin)
+		                       : pread_page(jb->src_fd, buf, jb->len, (off_t)jb->src);
 		if (r < 0)
 			return ferr(err, r, "reading %s 0x%" PRIx64 "+0x%" PRIx64 ": %s",
 			            jb->src_fd < 0 ? "memory at" : "shared memory object at offset",
@@ -121,7 +147,7 @@ static int copy_inline(pid_t pid, struct copy_job *jobs, size_t njobs, struct im
 }
 
 static int run_pipeline(pid_t pid, struct copy_job *jobs, size_t njobs, struct image_writer *w,
-                        struct ferry_error *err)
+                        bool nopin, struct ferry_error *err)
 {
 	struct pipeline pl = {
 	        .lock = PTHREAD_MUTEX_INITIALIZER, .cond = PTHREAD_COND_INITIALIZER, .out_fd = -1};
@@ -143,7 +169,7 @@ static int run_pipeline(pid_t pid, struct copy_job *jobs, size_t njobs, struct i
 			return ferr(err, -errno, "%s: %m", path);
 	}
 	if (total <= INLINE_MAX)
-		return copy_inline(pid, jobs, njobs, w, memfd, err);
+		return copy_inline(pid, jobs, njobs, w, memfd, nopin, err);
 	for (int i = 0; i < NSLOTS; i++) {
 		pl.buf[i] = mmap(NULL, CHUNK, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
 		                 -1, 0);
@@ -164,9 +190,9 @@ static int run_pipeline(pid_t pid, struct copy_job *jobs, size_t njobs, struct i
 			pthread_cond_wait(&pl.cond, &pl.lock);
 		pthread_mutex_unlock(&pl.lock);
 		if (jb->src_fd < 0)
-			r = read_mem(pid, memfd, jb->src, pl.buf[slot], jb->len);
+			r = read_mem(pid, memfd, jb->src, pl.buf[slot], jb->len, nopin);
 		else
-			r = pread_full(jb->src_fd, pl.buf[slot], jb->len, (off_t)jb->src);
+			r = pread_page(jb->src_fd, pl.buf[slot], jb->len, (off_t)jb->src);
 		if (r < 0) {
 			ferr(err, r, "reading %s 0x%" PRIx64 "+0x%" PRIx64 ": %s",
 			     jb->src_fd < 0 ? "memory at" : "shared memory object at offset",
@@ -360,7 +386,7 @@ int shmem_lookup(struct component *c, int fd, uint32_t kind, const char *name,
 		st->pages_written += s->runs[i].npages;
 	}
 	st->pages_scanned += (uint64_t)(sb.st_size + (off_t)MODEL_PAGE - 1) / MODEL_PAGE;
-	r = run_pipeline(-1, jobs, njobs, w, err);
+	r = run_pipeline(-1, jobs, njobs, w, true, err);
 	if (r < 0)
 		return r;
 	return (int)(c->nshmems - 1);
@@ -404,10 +430,12 @@ static int classify(struct component *c, pid_t pid, const struct proc_map *m, st
 		if (strcmp(m->path, "[stack]") == 0)
 			v->flags |= VMA_F_STACK;
 	} else if (shared && (strncmp(m->path, "/dev/zero", 9) == 0 ||
-	                      strncmp(m->path, "/memfd:", 7) == 0 || m->ino == 0)) {
+	                      strncmp(m->path, "/memfd:", 7) == 0 || m->ino == 0 ||
+	                      (m->path[0] == '/' && strstr(m->path, " (deleted)")))) {
 		char mf[96];
 		bool memfd = strncmp(m->path, "/memfd:", 7) == 0;
-		char name[256] = "";
+		bool deleted = !memfd && strncmp(m->path, "/dev/zero", 9) != 0 && m->ino != 0;
+		char name[PATH_MAX] = "";
 		v->kind = VMA_SHMEM;
 		snprintf(mf, sizeof(mf), "/proc/%d/map_files/%" PRIx64 "-%" PRIx64, pid, m->start,
 		         m->end);
@@ -415,14 +443,14 @@ static int classify(struct component *c, pid_t pid, const struct proc_map *m, st
 		if (fd < 0)
 			return ferr(err, -errno, "mapping 0x%" PRIx64 "-0x%" PRIx64 " %s: %s: %m",
 			            m->start, m->end, m->path, mf);
-		if (memfd) {
-			snprintf(name, sizeof(name), "%s", m->path + 7);
+		if (memfd || deleted) {
+			snprintf(name, sizeof(name), "%s", m->path + (memfd ? 7 : 0));
 			char *del = strstr(name, " (deleted)");
 			if (del)
 				*del = '\0';
 		}
-		int idx = shmem_lookup(c, fd, memfd ? SHMEM_MEMFD : SHMEM_ANON, memfd ? name : NULL,
-		                       w, st, err);
+		uint32_t kind = memfd ? SHMEM_MEMFD : deleted ? SHMEM_DELETED : SHMEM_ANON;
+		int idx = shmem_lookup(c, fd, kind, name[0] ? name : NULL, w, st, err);
 		if (idx < 0)
 			return idx;
 		v->shmem = idx;
@@ -501,6 +529,7 @@ struct stage_part {
 	struct page_run **runs;
 	size_t from, to;
 	uint8_t *dst;
+	bool nopin; /* read through /proc/PID/mem (see read_mem) */
 	int r;
 	struct ferry_error err;
 };
@@ -514,7 +543,7 @@ struct stage_part {
 static int read_pages_or_zero(pid_t pid, int memfd, uint64_t addr, uint8_t *dst, uint64_t len)
 {
 	for (uint64_t at = 0; at < len; at += MODEL_PAGE) {
-		int r = read_mem(pid, memfd, addr + at, dst + at, MODEL_PAGE);
+		int r = read_mem(pid, memfd, addr + at, dst + at, MODEL_PAGE, true);
 		if (r == -EIO || r == -EFAULT)
 			memset(dst + at, 0, MODEL_PAGE);
 		else if (r < 0)
@@ -539,7 +568,7 @@ static void *stage_part_copy(void *arg)
 			len += remote[k].iov_len;
 		}
 		struct iovec local = {dst, len};
-		if (process_vm_readv(sp->pid, &local, 1, remote, k, 0) != (ssize_t)len) {
+		if (sp->nopin || process_vm_readv(sp->pid, &local, 1, remote, k, 0) != (ssize_t)len) {
 			/* a page it cannot read (PROT_NONE): run by run, through /proc/PID/mem */
 			if (memfd < 0) {
 				char path[64];
@@ -553,7 +582,7 @@ static void *stage_part_copy(void *arg)
 			uint64_t at = 0;
 			for (size_t j = 0; j < k; j++) {
 				int r = read_mem(sp->pid, memfd, (uint64_t)remote[j].iov_base,
-				                 dst + at, remote[j].iov_len);
+				                 dst + at, remote[j].iov_len, sp->nopin);
 				if (r == -EIO || r == -EFAULT)
 					r = read_pages_or_zero(sp->pid, memfd,
 					                       (uint64_t)remote[j].iov_base,
@@ -580,7 +609,7 @@ static void *stage_part_copy(void *arg)
  * frozen, so the other CPU is free).
  */
 static int stage_copy(pid_t pid, struct mem_stage *sg, struct page_run **runs, size_t n,
-                      struct ferry_error *err)
+                      bool nopin, struct ferry_error *err)
 {
 	struct stage_part part[2] = {{.pid = pid, .runs = runs}, {.pid = pid, .runs = runs}};
 	uint64_t total = 0, half = 0;
@@ -601,10 +630,14 @@ static int stage_copy(pid_t pid, struct mem_stage *sg, struct page_run **runs, s
 	sg->runs = grown;
 	while (mid < n && half < total / 2)
 		half += runs[mid++]->npages * MODEL_PAGE;
-	part[0] =
-	        (struct stage_part){.pid = pid, .runs = runs, .to = mid, .dst = sg->buf + sg->used};
-	part[1] = (struct stage_part){
-	        .pid = pid, .runs = runs, .from = mid, .to = n, .dst = sg->buf + sg->used + half};
+	part[0] = (struct stage_part){
+	        .pid = pid, .runs = runs, .to = mid, .dst = sg->buf + sg->used, .nopin = nopin};
+	part[1] = (struct stage_part){.pid = pid,
+	                              .runs = runs,
+	                              .from = mid,
+	                              .to = n,
+	                              .dst = sg->buf + sg->used + half,
+	                              .nopin = nopin};
 	if (total >= 4 * CHUNK && mid < n)
 		threaded = pthread_create(&th, NULL, stage_part_copy, &part[1]) == 0;
 	stage_part_copy(&part[0]);
@@ -927,6 +960,104 @@ static int split_hot(struct vma *v, const uint64_t *hot, size_t nhot)
 	return 0;
 }
 
+/* ---- copy-on-write pages shared with the parent since fork: stored once ---- */
+
+#define PM_PRESENT (1ULL << 63)
+#define PM_PFN     ((1ULL << 55) - 1)
+
+/* The page frame of each of n pages from addr (0: not present), from a pagemap fd. */
+static int read_pfns(int pagemap, uint64_t addr, size_t n, uint64_t *pfn)
+{
+	int r = pread_full(pagemap, pfn, n * sizeof(*pfn), (off_t)(addr / MODEL_PAGE * 8));
+	if (r < 0)
+		return r;
+	for (size_t i = 0; i < n; i++)
+		pfn[i] = (pfn[i] & PM_PRESENT) ? pfn[i] & PM_PFN : 0;
+	return 0;
+}
+
+/* The run of q holding addr, stored already (its data in a file, at a known place). */
+static const struct page_run *stored_run_at(const struct process *q, uint64_t addr)
+{
+	for (size_t i = 0; i < q->nvmas; i++) {
+		const struct vma *v = &q->vmas[i];
+		if (addr < v->start || addr >= v->end)
+			continue;
+		for (size_t j = 0; j < v->nruns; j++) {
+			const struct page_run *r = &v->runs[j];
+			if (addr >= r->addr && addr < r->addr + r->npages * MODEL_PAGE)
+				return r->blk_pages ? r : NULL;
+		}
+		return NULL;
+	}
+	return NULL;
+}
+
+/*
+ * The runs of v (a private mapping of p) split where their pages are the very page frames q
+ * (p's parent, captured before it) has at the same addresses: pages shared copy-on-write since
+ * fork, which no one wrote since. Those runs name q's data in the image instead of a copy.
+ */
+static int cow_share(struct vma *v, int pagemap, int q_pagemap, const struct process *q,
+                     struct mem_stats *st, struct ferry_error *err)
+{
+	_cleanup_free_ struct page_run *out = NULL;
+	size_t nout = 0;
+
+	for (size_t j = 0; j < v->nruns; j++) {
+		const struct page_run run = v->runs[j];
+		_cleanup_free_ uint64_t *a = NULL, *b = NULL;
+		if (run.blk_pages) {
+			/* stored already: kept as it is */
+			if (GROW(out, nout) < 0)
+				return ferr(err, -ENOMEM, "out of memory");
+			out[nout++] = run;
+			continue;
+		}
+		a = malloc(run.npages * sizeof(*a));
+		b = malloc(run.npages * sizeof(*b));
+		if (!a || !b)
+			return ferr(err, -ENOMEM, "out of memory");
+		if (read_pfns(pagemap, run.addr, run.npages, a) < 0 ||
+		    read_pfns(q_pagemap, run.addr, run.npages, b) < 0)
+			memset(a, 0, run.npages * sizeof(*a)); /* not known: copied */
+		for (size_t i = 0; i < run.npages;) {
+			uint64_t addr = run.addr + i * MODEL_PAGE;
+			const struct page_run *qr = a[i] && a[i] == b[i] ? stored_run_at(q, addr) : NULL;
+			size_t k = i + 1;
+			if (qr) {
+				/* as far as both go on sharing, within q's run */
+				uint64_t qend = qr->addr + qr->npages * MODEL_PAGE;
+				while (k < run.npages && a[k] && a[k] == b[k] &&
+				       run.addr + k * MODEL_PAGE < qend)
+					k++;
+			} else {
+				while (k < run.npages && !(a[k] && a[k] == b[k]))
+					k++;
+			}
+			if (GROW(out, nout) < 0)
+				return ferr(err, -ENOMEM, "out of memory");
+			struct page_run *o = &out[nout++];
+			*o = (struct page_run){.addr = addr, .npages = k - i};
+			if (qr) {
+				o->file = qr->file;
+				o->off = qr->off + (addr - qr->addr);
+				o->blk_off = qr->blk_off;
+				o->blk_pages = qr->blk_pages;
+				o->csum = qr->csum;
+				st->pages_shared += k - i;
+				st->pages_shared_own += qr->file == 0 ? k - i : 0;
+			}
+			i = k;
+		}
+	}
+	free(v->runs);
+	v->runs = out;
+	v->nruns = nout;
+	out = NULL;
+	return 0;
+}
+
 static bool is_hot(const struct page_run *run, const uint64_t *hot, size_t nhot)
 {
 	return run->npages == 1 && bsearch(&run->addr, hot, nhot, sizeof(*hot), cmp_u64);
@@ -967,6 +1098,21 @@ int mem_capture(struct component *c, struct process *p, const struct proc_map *m
 			if (r < 0)
 				return r;
 		}
+	}
+	/* a forked process: what it still shares with its parent is stored once */
+	const struct process *q = NULL;
+	for (size_t i = 0; p->ppid && w && i < c->nprocs && !q; i++)
+		if (c->procs[i].pid == p->ppid && &c->procs[i] < p && !c->procs[i].zombie)
+			q = &c->procs[i];
+	if (q) {
+		char path[64];
+		snprintf(path, sizeof(path), "/proc/%d/pagemap", q->host_pid);
+		_cleanup_close_ int qpm = open(path, O_RDONLY | O_CLOEXEC);
+		for (size_t i = 0; qpm >= 0 && i < p->nvmas; i++)
+			if ((p->vmas[i].kind == VMA_ANON || p->vmas[i].kind == VMA_FILE_PRIVATE) &&
+			    p->vmas[i].nruns &&
+			    (r = cow_share(&p->vmas[i], pagemap, qpm, q, st, err)) < 0)
+				return r;
 	}
 	_cleanup_free_ uint64_t *hot = NULL;
 	size_t nhot = 0;
@@ -1010,9 +1156,9 @@ int mem_capture(struct component *c, struct process *p, const struct proc_map *m
 		}
 	uint64_t t0 = now_ns();
 	if (mt && mt->stage && w)
-		r = stage_copy(p->host_pid, mt->stage, fresh, njobs, err);
+		r = stage_copy(p->host_pid, mt->stage, fresh, njobs, c->nprocs > 1, err);
 	else
-		r = run_pipeline(p->host_pid, jobs, njobs, w, err);
+		r = run_pipeline(p->host_pid, jobs, njobs, w, c->nprocs > 1, err);
 	st->write_ns += now_ns() - t0;
 	return r;
 }
@@ -1047,6 +1193,14 @@ static bool precopy_candidate(const struct proc_map *m)
 	 * a registered mapping's unwritten pages from the rounds, so each must be in them */
 	return m->perms[3] == 'p' && !procfs_vmflag(m, "io") && !procfs_vmflag(m, "pf") &&
 	       (m->ino == 0 || m->path[0] == '/');
+}
+
+/* Has pid child processes (whose copy-on-write pages a pinning read would unshare)? */
+static bool forked(pid_t pid)
+{
+	_cleanup_free_ pid_t *kids = NULL;
+	size_t n = 0;
+	return procfs_children(pid, &kids, &n) < 0 || n > 0;
 }
 
 int mem_precopy(pid_t pid, struct track *tk, struct image_writer *w, enum mem_round mode,
@@ -1129,7 +1283,7 @@ int mem_precopy(pid_t pid, struct track *tk, struct image_writer *w, enum mem_ro
 		                            .run = &fresh[i]};
 		bytes += jobs[i].len;
 	}
-	r = run_pipeline(pid, jobs, nfresh, w, err);
+	r = run_pipeline(pid, jobs, nfresh, w, forked(pid), err);
 	if (r < 0)
 		return r;
 	for (size_t i = 0; i < nfresh; i++) {

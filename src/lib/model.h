@@ -86,6 +86,8 @@ struct vma {
 enum shmem_kind {
 	SHMEM_ANON = 1,  /* MAP_SHARED|MAP_ANONYMOUS */
 	SHMEM_MEMFD = 2, /* memfd_create */
+	SHMEM_DELETED = 3, /* a file deleted while mapped shared (a POSIX semaphore in /dev/shm,
+	                      say): made again at its path, and unlinked */
 };
 
 struct shmem {
@@ -93,7 +95,7 @@ struct shmem {
 	uint64_t ino; /* identity at checkpoint (dedup key with dev) */
 	uint64_t dev;
 	uint64_t size;
-	char *name;            /* memfd name (without "memfd:"), NULL for anon */
+	char *name;            /* memfd name (without "memfd:"), deleted file's path, NULL for anon */
 	struct page_run *runs; /* addr = offset in the object */
 	size_t nruns;
 };

@@ -184,13 +184,37 @@ static int shared_anon(uint64_t size, struct ferry_error *err)
 	return fd;
 }
 
+/*
+ * A file that was deleted while mapped: made again at its path and unlinked at once, so that
+ * its mappings show the same name; if something took that path meanwhile, an unnamed file in
+ * the same directory (O_TMPFILE).
+ */
+static int deleted_file(const char *path, struct ferry_error *err)
+{
+	int fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+	if (fd >= 0) {
+		(void)unlink(path);
+		return fd;
+	}
+	char dir[PATH_MAX];
+	snprintf(dir, sizeof(dir), "%s", path);
+	char *slash = strrchr(dir, '/');
+	if (slash)
+		*(slash == dir ? slash + 1 : slash) = '\0';
+	fd = open(dir, O_RDWR | O_TMPFILE | O_CLOEXEC, 0600);
+	if (fd < 0)
+		return ferr(err, -errno, "remaking deleted file %s: %m", path);
+	return fd;
+}
+
 static int helper_shmem(const struct shmem *s, int pages_fd, struct ferry_error *err)
 {
-	int fd = s->kind == SHMEM_ANON
-	                 ? shared_anon(s->size, err)
-	                 : memfd_create(s->name ? s->name : "ferry-shared", MFD_CLOEXEC);
+	int fd = s->kind == SHMEM_ANON      ? shared_anon(s->size, err)
+	         : s->kind == SHMEM_DELETED ? deleted_file(s->name ? s->name : "/", err)
+	                                    : memfd_create(s->name ? s->name : "ferry-shared",
+	                                                   MFD_CLOEXEC);
 	if (fd < 0)
-		return s->kind == SHMEM_ANON ? fd : ferr(err, -errno, "memfd_create: %m");
+		return s->kind != SHMEM_MEMFD ? fd : ferr(err, -errno, "memfd_create: %m");
 	if (s->kind != SHMEM_ANON && ftruncate(fd, (off_t)s->size) < 0) {
 		int r = -errno;
 		safe_close(fd);
