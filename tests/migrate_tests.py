@@ -7,6 +7,7 @@ Imported by run.py, whose helpers (Fail, run_cmd, safe_kill, ...) it uses throug
 import json
 import os
 import random
+import re
 import signal
 import socket
 import subprocess
@@ -555,11 +556,38 @@ def tcp_stays(ctx):
         ls.close()
 
 
+def tree_moves(ctx):
+    """A process tree (feature tree: five live processes, two zombies, pipes, shared memory
+    and a shared file between them) moves A -> B (pre-copy), back (post-copy) and there
+    again (stop-and-copy); then it checks itself where it ended: PASS."""
+    key = make_key(ctx)
+    a, b = Node(ctx, "A", key).start(), Node(ctx, "B", key).start()
+    prog = ctx.feature("tree")
+    a.ferry("run", "--name", "t", "--", *prog)
+    ctx.wait_for("t READY", lambda: "READY" in a.ferry("logs", "t")[1], 20)
+    at = a
+    for mode in ("precopy", "postcopy", "stop-and-copy"):
+        to = b if at is a else a
+        migrate(ctx, at, "t", to, "--mode", mode)
+
+        def moved(to=to):
+            live = copies_of(prog[0])
+            on = [n.name for n in (a, b) for _ in n.running("t")]
+            return len(live) == 5 and on == [to.name]
+        ctx.wait_for(f"the tree on {to.name} only, five live processes ({mode})", moved, 30)
+        at = to
+    ctx.go()
+    log = ctx.wait_for("PASS or FAIL", lambda: (lambda t: t if re.search(
+        r"^(PASS|FAIL)", t, re.M) else None)(at.ferry("logs", "t")[1]), 30)
+    if "PASS" not in log.splitlines():
+        raise h.Fail("the tree after three moves", h.tail(log, 3))
+
+
 def tests():
     t = [("there-and-back", there_and_back), ("modes", modes),
          ("postcopy-source-lost", postcopy_source_lost), ("postcopy-sparse", postcopy_sparse), ("wrong-key", wrong_key),
          ("files", files_differ), ("log", log_moves), ("veth", veth), ("random-kills", random_kills),
-         ("tcp-stays", tcp_stays)]
+         ("tcp-stays", tcp_stays), ("tree", tree_moves)]
     for point, where in KILL_POINTS:
         t.append((f"kill-{point}", lambda ctx, p=point, w=where: kill_point(ctx, p, w, False)))
     for point, where in CUT_POINTS:

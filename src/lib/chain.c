@@ -98,7 +98,9 @@ int chain_open(const char *dir, struct chain **ret, struct ferry_error *err)
 		r = model_load(ch->rd, &ch->pc, err);
 	if (r < 0)
 		return ferr_prefix(err, "parent image %s", dir);
-	for (size_t i = 0; i < ch->pc->nprocs; i++)
+	/* the init's: dirty tracking, and so incremental capture, follow the init only (the other
+	 * processes of a tree are captured whole, and share its addresses) */
+	for (size_t i = 0; i < 1; i++)
 		for (size_t j = 0; j < ch->pc->procs[i].nvmas; j++) {
 			const struct vma *v = &ch->pc->procs[i].vmas[j];
 			if (!private_kind(v->kind))
