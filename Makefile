@@ -1,7 +1,7 @@
 # ferry: the README's two commands are `make demo` and `make check`.
 # Each installs the Debian packages it needs (when run as root), configures and builds.
 
-DEBS := gcc meson ninja-build pkg-config libxxhash-dev libjson-c-dev libsodium-dev libzstd-dev libnftables-dev redis-server python3 sqlite3 bash iproute2 util-linux
+DEBS := gcc meson ninja-build pkg-config libxxhash-dev libjson-c-dev libsodium-dev libzstd-dev libnftables-dev redis-server nginx-light python3 sqlite3 bash iproute2 util-linux
 BUILD := build
 ASAN := build-asan
 

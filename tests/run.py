@@ -16,6 +16,7 @@ import re
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -33,7 +34,7 @@ POLL = 0.05
 # run on would let them write past the image, so their "restore" variant stops them.
 WRITES_FILES = {"append_file"}
 # Feature programs used by the refusal tests only.
-REFUSAL_ONLY = {"unsupported_fd", "inotify_queued", "tcp_conn"}
+REFUSAL_ONLY = {"unsupported_fd", "inotify_queued", "tcp_conn", "unix_inflight"}
 # Feature programs used by the incremental tests only (their protocol has steps and more lines).
 INCREMENTAL_ONLY = {"incr_pattern", "incr_reuse"}
 # Feature programs used by the migration tests only (tests/migrate_tests.py).
@@ -355,9 +356,14 @@ def expect_log(ctx, name, want):
         raise Fail(f"{name} exited with status {c.get('exit_status')}")
 
 
+def no_sockets(d, names):
+    """copytree's ignore: sockets (a restore binds them again) and the go file."""
+    return [n for n in names if n == "go" or stat.S_ISSOCK(os.lstat(os.path.join(d, n)).st_mode)]
+
+
 def snapshot_dir(src, dst):
     shutil.rmtree(dst, ignore_errors=True)
-    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("go"))
+    shutil.copytree(src, dst, ignore=no_sockets)
 
 
 def restore_dir(src, dst):
@@ -1558,6 +1564,10 @@ def collect(builds):
         tests.append((f"{tag}/refuse/inotify-queued", ferry,
                       lambda ctx: refuse_unsupported_fd(ctx, "inotify_queued",
                                                         "inotify events not read yet"),
+                      TEST_TIMEOUT))
+        tests.append((f"{tag}/refuse/unix-fd-in-flight", ferry,
+                      lambda ctx: refuse_unsupported_fd(ctx, "unix_inflight",
+                                                        "file descriptors in flight"),
                       TEST_TIMEOUT))
         tests.append((f"{tag}/runtime/monitor-death", ferry, monitor_death, TEST_TIMEOUT))
         tests.append((f"{tag}/runtime/check", ferry, kernel_check, TEST_TIMEOUT))

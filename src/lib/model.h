@@ -160,6 +160,7 @@ enum fd_kind {
 	FD_INET = 11,    /* a listening TCP or an unconnected UDP socket */
 	FD_INOTIFY = 12, /* an inotify instance and its watches */
 	FD_TCP = 13,     /* an established TCP connection (TCP_REPAIR) */
+	FD_UNIX = 14,    /* a Unix socket: a pair inside the component, a listener, bound... */
 };
 
 struct fd_entry {
