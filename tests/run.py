@@ -609,6 +609,108 @@ def tree_cow_shared(ctx):
     expect_log(ctx, "c", "READY\nPASS\n")
 
 
+NGINX_CONF = """daemon off;
+master_process on;
+worker_processes 2;
+user nobody nogroup;
+pid {d}/nginx.pid;
+error_log {d}/error.log info;
+events {{ worker_connections 64; }}
+http {{
+  access_log off;
+  client_body_temp_path {d}/body;
+  proxy_temp_path {d}/proxy;
+  fastcgi_temp_path {d}/fastcgi;
+  scgi_temp_path {d}/scgi;
+  uwsgi_temp_path {d}/uwsgi;
+  keepalive_timeout 300;
+  keepalive_requests 1000;
+  server {{ listen 127.0.0.1:{port}; root {d}/www; location / {{ }} }}
+}}
+"""
+
+
+def http_get(sock, path):
+    """One HTTP/1.1 request on sock (kept alive); the body of the response."""
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: ferry\r\n\r\n".encode())
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(4096)
+        if not chunk:
+            raise Fail(f"GET {path}: connection closed after {data[:80]!r}")
+        data += chunk
+    head, body = data.split(b"\r\n\r\n", 1)
+    m = re.search(rb"content-length: *(\d+)", head, re.I)
+    if not head.startswith(b"HTTP/1.1 200") or not m:
+        raise Fail(f"GET {path}: {head[:120]!r}")
+    while len(body) < int(m.group(1)):
+        chunk = sock.recv(4096)
+        if not chunk:
+            raise Fail(f"GET {path}: body cut at {len(body)} bytes")
+        body += chunk
+    return body
+
+
+def foreign_nginx(ctx):
+    """nginx (a master and two workers running as nobody, a listener they share, socketpairs
+    between master and workers, shared memory) with a client's keep-alive connection held by a
+    worker: `checkpoint --stop`, restore; the same connection gets the file again, and so does a
+    new one; the workers are still two, still nobody's."""
+    nginx = need("nginx")
+    d = ctx.scratch
+    www = os.path.join(d, "www")
+    os.makedirs(www)
+    body = ("ferry serves nginx\n" * 500).encode()
+    with open(os.path.join(www, "file.txt"), "wb") as f:
+        f.write(body)
+    # the workers (nobody) reach the files: every directory on the way may be walked through
+    p = www
+    while p != "/":
+        os.chmod(p, os.stat(p).st_mode | 0o055)
+        p = os.path.dirname(p)
+    os.chmod(os.path.join(www, "file.txt"), 0o644)
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    with open(os.path.join(d, "nginx.conf"), "w") as f:
+        f.write(NGINX_CONF.format(d=d, port=port))
+    img = os.path.join(ctx.root, "img")
+    ctx.start("c", [nginx, "-p", d, "-c", os.path.join(d, "nginx.conf"), "-e",
+                    os.path.join(d, "error.log")])
+
+    def up():
+        try:
+            return socket.create_connection(("127.0.0.1", port), timeout=2)
+        except OSError:
+            return None
+    conn = ctx.wait_for("nginx listening", up, 15)
+    try:
+        conn.settimeout(10)
+        if http_get(conn, "/file.txt") != body:
+            raise Fail("the file served before the checkpoint differs")
+        j = ckpt_json(ctx, "c", "--dir", img, "--stop")
+        if j.get("processes") != 3:
+            raise Fail(f"{j.get('processes')} processes checkpointed, expected 3 (master and "
+                       f"two workers): {brief(j)}")
+        ctx.forget("c")
+        ctx.ferry("restore", "--dir", img, "--name", "c")
+        if http_get(conn, "/file.txt") != body:
+            raise Fail("the file served on the same connection after restore differs")
+        fresh = up()
+        if not fresh or http_get(fresh, "/file.txt") != body:
+            raise Fail("a new connection after restore is not served the file")
+        fresh.close()
+    finally:
+        conn.close()
+    root = ctx.pid("c")
+    kids = [int(k) for k in _read(f"/proc/{root}/task/{root}/children").split()]
+    users = sorted(os.stat(f"/proc/{k}").st_uid for k in kids)
+    if len(kids) != 2 or users[0] == 0:
+        raise Fail(f"after restore the master has children {kids} of uids {users}: "
+                   f"expected two workers running as nobody")
+
+
 def foreign_python_pool(ctx):
     """A multiprocessing pool (4 forked workers, pipes and a semaphore in a deleted /dev/shm
     file between them) checkpointed mid-way: the results equal an uninterrupted run's."""
@@ -1552,6 +1654,7 @@ def collect(builds):
                 tests.append((f"{tag}/{prog}/{variant}", ferry,
                               lambda ctx, fn=fn, prog=prog: fn(ctx, prog), TEST_TIMEOUT))
         for name, fn in (("python3", foreign_python), ("python3-pool", foreign_python_pool),
+                         ("nginx", foreign_nginx),
                          ("bash", foreign_bash),
                          ("sqlite3", foreign_sqlite), ("redis", foreign_redis)):
             tests.append((f"{tag}/foreign/{name}", ferry, fn, FOREIGN_TIMEOUT))

@@ -6,7 +6,8 @@
 
 /* Record versions: bump when a kind's payload changes; decoders accept what they know. */
 #define V_COMPONENT 2 /* 2: capture, track and parent ids */
-#define V_PROCESS   3 /* 2: interval timers appended; 3: ppid, pgid, sid, zombie status */
+#define V_PROCESS   3 /* 2: interval timers appended; 3: ppid, pgid, sid, zombie status,
+                         credentials */
 #define V_THREAD    1
 #define V_VMA       2 /* 2: page runs name their pages file and checksummed block */
 #define V_SHMEM     2
@@ -49,6 +50,7 @@ void process_clear(struct process *p)
 	free(p->sigacts);
 	free(p->pending);
 	free(p->ptimers);
+	free(p->groups);
 	free(p->exe);
 	free(p->cwd);
 	free(p->root);
@@ -169,6 +171,16 @@ static void put_process(struct wbuf *wb, const struct process *p)
 	wb_u32(wb, (uint32_t)p->sid);
 	wb_u32(wb, p->zombie);
 	wb_u32(wb, (uint32_t)p->exit_status);
+	for (int i = 0; i < 4; i++) {
+		wb_u32(wb, p->uid[i]);
+		wb_u32(wb, p->gid[i]);
+	}
+	wb_u32(wb, p->ngroups);
+	for (uint32_t i = 0; i < p->ngroups; i++)
+		wb_u32(wb, p->groups[i]);
+	for (int i = 0; i < 5; i++)
+		wb_u64(wb, p->cap[i]);
+	wb_u32(wb, p->no_new_privs);
 }
 
 static int get_process(struct rbuf *rb, uint16_t ver, struct process *p)
@@ -218,6 +230,21 @@ static int get_process(struct rbuf *rb, uint16_t ver, struct process *p)
 		p->sid = (int32_t)rb_u32(rb);
 		p->zombie = rb_u32(rb);
 		p->exit_status = (int32_t)rb_u32(rb);
+		for (int i = 0; i < 4; i++) {
+			p->uid[i] = rb_u32(rb);
+			p->gid[i] = rb_u32(rb);
+		}
+		p->ngroups = rb_u32(rb);
+		if (rb->err || p->ngroups > 65536)
+			return -EPROTO;
+		p->groups = calloc(p->ngroups ? p->ngroups : 1, sizeof(*p->groups));
+		if (!p->groups)
+			return -ENOMEM;
+		for (uint32_t i = 0; i < p->ngroups; i++)
+			p->groups[i] = rb_u32(rb);
+		for (int i = 0; i < 5; i++)
+			p->cap[i] = rb_u64(rb);
+		p->no_new_privs = rb_u32(rb);
 	}
 	return rb->err;
 }

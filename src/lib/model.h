@@ -194,6 +194,13 @@ struct process {
 	int32_t ppid, pgid, sid;
 	uint32_t zombie;     /* exited, not yet reaped by its parent: nothing else is captured */
 	int32_t exit_status; /* zombie: its status as wait() would report it */
+	/* credentials: real, effective, saved, fs ids; supplementary groups; capability sets
+	 * (inheritable, permitted, effective, bounding, ambient); no_new_privs */
+	uint32_t uid[4], gid[4];
+	uint32_t *groups;
+	uint32_t ngroups;
+	uint64_t cap[5];
+	uint32_t no_new_privs;
 	char comm[16];
 	char *exe;
 	struct file_id exe_id;

@@ -602,6 +602,8 @@ static int rebuild(struct restorer *rs, struct restore_arg *a, size_t idx, struc
 	/* locks taken again (the temporary fds are closed); the scratch pages go; then the main
 	 * thread's final registers */
 	r = fd_file_relock(rs, p, err);
+	if (r == 0)
+		r = task_restore_creds(rs, p, err);
 	if (r < 0)
 		return r;
 	long ret = rs_sys(rs, "munmap scratch pages", SYS_munmap, rs->scratch,

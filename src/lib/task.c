@@ -260,6 +260,84 @@ static int capture_pending(struct process *p, pid_t host_tid, int32_t tid, bool 
 	}
 }
 
+/*
+ * Every resource limit from /proc/PID/limits, for a process of another uid (prlimit on it
+ * needs CAP_SYS_RESOURCE, which root lacks here): one line per resource, in their order, the
+ * soft limit at column 26 and the hard one at 47.
+ */
+static int limits_file(pid_t pid, struct rlimit *rl)
+{
+	char path[64];
+	_cleanup_free_ char *buf = NULL;
+	int i = -1; /* the header line first */
+
+	snprintf(path, sizeof(path), "/proc/%d/limits", pid);
+	int r = read_file(path, &buf, NULL);
+	if (r < 0)
+		return r;
+	for (char *l = buf; l && *l && i < MODEL_NRLIMITS; i++) {
+		char *nl = strchr(l, '\n');
+		if (i >= 0) {
+			if (!nl || nl - l < 48)
+				return -EPROTO;
+			rlim_t v[2];
+			const char *at[2] = {l + 26, l + 47};
+			for (int k = 0; k < 2; k++)
+				v[k] = strncmp(at[k], "unlimited", 9) == 0 ? RLIM_INFINITY
+				                                           : strtoull(at[k], NULL, 10);
+			rl[i].rlim_cur = v[0];
+			rl[i].rlim_max = v[1];
+		}
+		l = nl ? nl + 1 : NULL;
+	}
+	return i == MODEL_NRLIMITS ? 0 : -EPROTO;
+}
+
+/* Uid, Gid, Groups, the capability sets and NoNewPrivs from /proc/PID/status. */
+static int capture_creds(struct process *p)
+{
+	char path[64];
+	_cleanup_free_ char *buf = NULL;
+	static const char *const caps[5] = {"CapInh:", "CapPrm:", "CapEff:", "CapBnd:", "CapAmb:"};
+	int found = 0;
+
+	snprintf(path, sizeof(path), "/proc/%d/status", p->host_pid);
+	int r = read_file(path, &buf, NULL);
+	if (r < 0)
+		return r;
+	for (char *l = buf; l && *l; l = strchr(l, '\n') ? strchr(l, '\n') + 1 : NULL) {
+		if (sscanf(l, "Uid: %u %u %u %u", &p->uid[0], &p->uid[1], &p->uid[2], &p->uid[3]) ==
+		    4)
+			found |= 1;
+		else if (sscanf(l, "Gid: %u %u %u %u", &p->gid[0], &p->gid[1], &p->gid[2],
+		                &p->gid[3]) == 4)
+			found |= 2;
+		else if (strncmp(l, "NoNewPrivs:", 11) == 0)
+			p->no_new_privs = (uint32_t)strtoul(l + 11, NULL, 10);
+		else if (strncmp(l, "Groups:", 7) == 0) {
+			char *end = l + 7;
+			for (;;) {
+				char *next;
+				unsigned long g = strtoul(end, &next, 10);
+				if (next == end || *end == '\n')
+					break;
+				uint32_t *ng = realloc(p->groups, (p->ngroups + 1) * sizeof(*ng));
+				if (!ng)
+					return -ENOMEM;
+				p->groups = ng;
+				p->groups[p->ngroups++] = (uint32_t)g;
+				end = next;
+			}
+		}
+		for (int i = 0; i < 5; i++)
+			if (strncmp(l, caps[i], 7) == 0) {
+				p->cap[i] = strtoull(l + 7, NULL, 16);
+				found |= 4 << i;
+			}
+	}
+	return found == 0x7f ? 0 : -EPROTO;
+}
+
 int task_capture(struct tracee *main, struct process *p, struct ferry_error *err)
 {
 	uint64_t f[PROCFS_STAT_FIELDS];
@@ -294,8 +372,10 @@ int task_capture(struct tracee *main, struct process *p, struct ferry_error *err
 		free(TAKE_PTR(buf));
 	}
 	for (int i = 0; i < MODEL_NRLIMITS; i++)
-		if (prlimit(p->host_pid, i, NULL, &p->rlim[i]) < 0)
-			return ferr(err, -errno, "pid %d: prlimit(%d): %m", p->host_pid, i);
+		if (prlimit(p->host_pid, i, NULL, &p->rlim[i]) < 0 &&
+		    (errno != EPERM || (r = limits_file(p->host_pid, p->rlim)) < 0))
+			return ferr(err, errno == EPERM ? r : -errno, "pid %d: prlimit(%d): %m",
+			            p->host_pid, i);
 	r = procfs_stat(p->host_pid, f);
 	if (r < 0)
 		return ferr(err, r, "pid %d: reading stat: %s", p->host_pid, strerror(-r));
@@ -309,6 +389,9 @@ int task_capture(struct tracee *main, struct process *p, struct ferry_error *err
 	p->arg_end = f[49];
 	p->env_start = f[50];
 	p->env_end = f[51];
+	r = capture_creds(p);
+	if (r < 0)
+		return ferr(err, r, "pid %d: reading its credentials: %s", p->host_pid, strerror(-r));
 	snprintf(path, sizeof(path), "/proc/%d/auxv", p->host_pid);
 	r = read_file(path, (char **)&p->auxv, &len);
 	if (r < 0)
@@ -457,6 +540,74 @@ static int restore_ptimers(struct restorer *rs, const struct process *p, struct 
 	             PR_TIMER_CREATE_RESTORE_IDS, PR_TIMER_CREATE_RESTORE_IDS_OFF, 0, 0, 0, 0,
 	             r < 0 ? NULL : err);
 	return r < 0 ? r : (ret < 0 ? (int)ret : 0);
+}
+
+#define CAP_COUNT 64
+
+/*
+ * The process's credentials, last of all (after them it may lack the privilege the rest of the
+ * restore needs): capabilities dropped from the bounding set, groups, gids, uids (keeping the
+ * capabilities across the uid change), then the capability sets and no_new_privs. Nothing is
+ * done for a process with root's full credentials, the helper's own.
+ */
+int task_restore_creds(struct restorer *rs, const struct process *p, struct ferry_error *err)
+{
+	uint64_t full = 0;
+	long ret = 0;
+	int r;
+
+	for (int i = 0; i < 4; i++)
+		full |= p->uid[i] | p->gid[i];
+	bool plain = full == 0 && p->ngroups <= 1 && (!p->ngroups || p->groups[0] == 0) &&
+	             p->cap[0] == 0 && p->cap[4] == 0 && !p->no_new_privs &&
+	             (p->cap[1] & p->cap[2] & p->cap[3]) == p->cap[3] && p->cap[1] == p->cap[2];
+	if (plain)
+		return 0;
+	for (int c = 0; c < CAP_COUNT && ret >= 0; c++)
+		if (!(p->cap[3] & (1ULL << c)) && prctl(PR_CAPBSET_READ, c) == 1)
+			ret = rs_sys(rs, "PR_CAPBSET_DROP", SYS_prctl, PR_CAPBSET_DROP, (uint64_t)c, 0,
+			             0, 0, 0, err);
+	if (ret < 0)
+		return (int)ret;
+	r = tracee_poke(rs->pid, rs->scratch, p->groups, p->ngroups * sizeof(uint32_t));
+	if (r < 0)
+		return ferr(err, r, "writing the groups: %s", strerror(-r));
+	if ((ret = rs_sys(rs, "setgroups", SYS_setgroups, p->ngroups, rs->scratch, 0, 0, 0, 0,
+	                  err)) < 0 ||
+	    (ret = rs_sys(rs, "prctl(PR_SET_KEEPCAPS)", SYS_prctl, PR_SET_KEEPCAPS, 1, 0, 0, 0, 0,
+	                  err)) < 0 ||
+	    (ret = rs_sys(rs, "setresgid", SYS_setresgid, p->gid[0], p->gid[1], p->gid[2], 0, 0,
+	                  0, err)) < 0 ||
+	    (ret = rs_sys(rs, "setfsgid", SYS_setfsgid, p->gid[3], 0, 0, 0, 0, 0, err)) < 0 ||
+	    (ret = rs_sys(rs, "setresuid", SYS_setresuid, p->uid[0], p->uid[1], p->uid[2], 0, 0,
+	                  0, err)) < 0 ||
+	    (ret = rs_sys(rs, "setfsuid", SYS_setfsuid, p->uid[3], 0, 0, 0, 0, 0, err)) < 0 ||
+	    (ret = rs_sys(rs, "prctl(PR_SET_KEEPCAPS)", SYS_prctl, PR_SET_KEEPCAPS, 0, 0, 0, 0, 0,
+	                  err)) < 0)
+		return (int)ret;
+	/* capset: a header and two 32-bit halves of each set */
+	struct {
+		uint32_t version;
+		int32_t pid;
+		struct {
+			uint32_t eff, prm, inh;
+		} d[2];
+	} cs = {.version = 0x20080522,
+	        .d = {{(uint32_t)p->cap[2], (uint32_t)p->cap[1], (uint32_t)p->cap[0]},
+	              {(uint32_t)(p->cap[2] >> 32), (uint32_t)(p->cap[1] >> 32),
+	               (uint32_t)(p->cap[0] >> 32)}}};
+	r = tracee_poke(rs->pid, rs->scratch, &cs, sizeof(cs));
+	if (r < 0)
+		return ferr(err, r, "writing the capabilities: %s", strerror(-r));
+	ret = rs_sys(rs, "capset", SYS_capset, rs->scratch, rs->scratch + 8, 0, 0, 0, 0, err);
+	for (int c = 0; c < CAP_COUNT && ret >= 0; c++)
+		if (p->cap[4] & (1ULL << c))
+			ret = rs_sys(rs, "PR_CAP_AMBIENT_RAISE", SYS_prctl, PR_CAP_AMBIENT,
+			             PR_CAP_AMBIENT_RAISE, (uint64_t)c, 0, 0, 0, err);
+	if (ret >= 0 && p->no_new_privs)
+		ret = rs_sys(rs, "PR_SET_NO_NEW_PRIVS", SYS_prctl, PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0, 0,
+		             err);
+	return ret < 0 ? (int)ret : 0;
 }
 
 int task_restore_late(struct restorer *rs, const struct process *p, struct ferry_error *err)

@@ -20,6 +20,10 @@ int task_restore_mm(struct restorer *rs, const struct process *p, struct rs_batc
 /* task_restore_late - pending signals (injected) and rlimits (prlimit), just before resuming. */
 int task_restore_late(struct restorer *rs, const struct process *p, struct ferry_error *err);
 
+/* task_restore_creds - uids, gids, groups, capabilities, no_new_privs (injected), after
+ * everything else that needs the helper's privileges and before its scratch pages go. */
+int task_restore_creds(struct restorer *rs, const struct process *p, struct ferry_error *err);
+
 /* task_file_identity - stat path into id; 0 or -errno. */
 int task_file_identity(const char *path, struct file_id *id);
 
