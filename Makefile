@@ -41,6 +41,7 @@ bench: build
 	./bench/incr.sh $(BUILD)
 	./bench/migrate.sh $(BUILD)
 	./bench/redis.py $(BUILD)
+	./bench/tree.py $(BUILD)
 
 format:
 	clang-format -i $$(git ls-files '*.c' '*.h')

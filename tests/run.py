@@ -361,14 +361,22 @@ def no_sockets(d, names):
     return [n for n in names if n == "go" or stat.S_ISSOCK(os.lstat(os.path.join(d, n)).st_mode)]
 
 
+def copy_special(src, dst):
+    """copytree's copy: a FIFO made again (opening it to copy would wait for a writer)."""
+    if stat.S_ISFIFO(os.lstat(src).st_mode):
+        os.mkfifo(dst, 0o600)
+    else:
+        shutil.copy2(src, dst)
+
+
 def snapshot_dir(src, dst):
     shutil.rmtree(dst, ignore_errors=True)
-    shutil.copytree(src, dst, ignore=no_sockets)
+    shutil.copytree(src, dst, ignore=no_sockets, copy_function=copy_special)
 
 
 def restore_dir(src, dst):
     shutil.rmtree(dst)
-    shutil.copytree(src, dst)
+    shutil.copytree(src, dst, copy_function=copy_special)
 
 
 def feature_restore(ctx, prog, lazy=False):

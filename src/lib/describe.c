@@ -51,6 +51,8 @@ static const char *vma_kind_name(const struct vma *v, const struct component *c)
 			return "memfd";
 		if (v->shmem >= 0 && c->shmems[v->shmem].kind == SHMEM_DELETED)
 			return "deleted-shared";
+		if (v->shmem >= 0 && c->shmems[v->shmem].kind == SHMEM_SYSV)
+			return "sysv-shm";
 		return "shared-anon";
 	case VMA_VDSO:
 		return "vdso";

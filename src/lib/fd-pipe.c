@@ -1,5 +1,5 @@
-/* Pipes whose ends are all in the component (in one process or several), with the bytes
- * sitting in them. */
+/* Pipes whose ends are all in the component (in one process or several), and FIFOs (named
+ * pipes, reopened by their path), with the bytes sitting in them. */
 #include <dirent.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -19,6 +19,11 @@ enum { PP_INO, PP_END, PP_SIZE, PP_OFF, PP_LEN, PP_CSUM, PP_PEER, PP_N };
 static bool pipe_probe(const struct fd_info *fi, const struct fd_capture_ctx *ctx)
 {
 	return S_ISFIFO(fi->st.st_mode) && strncmp(fi->link, "pipe:[", 6) == 0;
+}
+
+static bool fifo_probe(const struct fd_info *fi, const struct fd_capture_ctx *ctx)
+{
+	return S_ISFIFO(fi->st.st_mode) && fi->link[0] == '/';
 }
 
 /* An fd of the process on the same pipe with the given access mode, or -1. */
@@ -235,6 +240,146 @@ static void pipe_describe(const struct fd_entry *e, char *buf, size_t len)
 		         e->extra[PP_SIZE] / 1024);
 }
 
+/*
+ * A FIFO: its path, which end (the access mode: read, write or both), and the bytes in it with
+ * the first fd of it in the component. They are read with tee() from one of its fds that reads,
+ * or from a read end ferry opens on the path (opening one does not disturb the FIFO).
+ */
+static int fifo_capture(struct fd_capture_ctx *ctx, const struct fd_info *fi, struct fd_entry *e,
+                        struct ferry_error *err)
+{
+	uint64_t v[PP_N] = {fi->st.st_ino, fi->flags & O_ACCMODE};
+
+	if (strstr(fi->link, " (deleted)"))
+		return ferr(err, -ENOTSUP, "FIFO %s: deleted (unsupported)", fi->link);
+	e->path = strdup(fi->link);
+	if (!e->path)
+		return ferr(err, -ENOMEM, "out of memory");
+	for (size_t k = 0; k < ctx->c->nprocs; k++) {
+		const struct process *o = &ctx->c->procs[k];
+		for (size_t i = 0; i < o->nfds && &o->fds[i] != e; i++)
+			if (o->fds[i].kind == FD_FIFO && o->fds[i].nextra >= PP_PEER &&
+			    o->fds[i].extra[PP_INO] == fi->st.st_ino) {
+				v[PP_SIZE] = o->fds[i].extra[PP_SIZE];
+				return fds_set_extra(e, v, PP_N, err);
+			}
+		if (o == ctx->p)
+			break;
+	}
+	_cleanup_close_ int own = -EBADF;
+	pid_t from = ctx->p->host_pid;
+	int fd = fi->fd;
+	if ((fi->flags & O_ACCMODE) == O_WRONLY) {
+		struct stat sb;
+		own = open(fi->link, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+		if (own < 0 || fstat(own, &sb) < 0 || sb.st_ino != fi->st.st_ino)
+			return ferr(err, -ENOTSUP, "FIFO %s: cannot open a read end on it to see "
+			            "what it holds", fi->link);
+		from = getpid();
+		fd = own;
+	}
+	_cleanup_free_ uint8_t *data = NULL;
+	size_t len = 0;
+	int size = 0;
+	int r = peek(from, fd, &data, &len, &size);
+	if (r < 0)
+		return ferr(err, r, "FIFO %s: reading what is in it: %s", fi->link, strerror(-r));
+	v[PP_SIZE] = (uint64_t)size;
+	v[PP_LEN] = len;
+	if (len && ctx->w) {
+		v[PP_OFF] = image_pages_alloc(ctx->w, len);
+		v[PP_CSUM] = image_checksum(data, len);
+		r = pwrite_full(image_pages_fd(ctx->w), data, len, (off_t)v[PP_OFF]);
+		if (r < 0)
+			return ferr(err, r, "FIFO %s: writing its bytes: %s", fi->link, strerror(-r));
+	}
+	return fds_set_extra(e, v, PP_N, err);
+}
+
+/* The FIFO opened once for both ends (so that no open waits for the other end) and filled. */
+static int fifo_keeper(const struct fd_entry *e, struct fd_restore_ctx *ctx, struct fd_stash *st,
+                       struct ferry_error *err)
+{
+	const uint64_t *v = e->extra;
+	struct stat sb;
+	int k = open(e->path, O_RDWR | O_NONBLOCK | O_CLOEXEC);
+
+	if (k < 0)
+		return ferr(err, -errno, "FIFO %s: %m", e->path);
+	if (fstat(k, &sb) < 0 || !S_ISFIFO(sb.st_mode)) {
+		safe_close(k);
+		return ferr(err, -ENOTSUP, "%s is no longer a FIFO", e->path);
+	}
+	(void)fcntl(k, F_SETPIPE_SZ, (int)v[PP_SIZE]);
+	if (v[PP_LEN]) {
+		_cleanup_free_ uint8_t *data = malloc(v[PP_LEN]);
+		int r = data ? pread_full(ctx->pages_fd, data, v[PP_LEN], (off_t)v[PP_OFF])
+		             : -ENOMEM;
+		if (r == 0 && image_checksum(data, v[PP_LEN]) != v[PP_CSUM])
+			r = -EBADMSG;
+		if (r == 0)
+			r = write_full(k, data, v[PP_LEN]);
+		if (r < 0) {
+			safe_close(k);
+			return ferr(err, r, "FIFO %s: its %" PRIu64 " bytes: %s", e->path, v[PP_LEN],
+			            r == -EBADMSG ? "checksum mismatch" : strerror(-r));
+		}
+	}
+	st->fd[0] = fcntl(k, F_DUPFD_CLOEXEC, ctx->stash_lo);
+	st->fd[1] = -EBADF;
+	safe_close(k);
+	if (st->fd[0] < 0)
+		return ferr(err, -EMFILE, "parking a FIFO: %m");
+	st->id = v[PP_INO];
+	return 0;
+}
+
+static int fifo_restore(const struct fd_entry *e, struct fd_restore_ctx *ctx,
+                        struct ferry_error *err)
+{
+	struct fd_stash *st = NULL;
+
+	if (e->nextra < PP_PEER || !e->path)
+		return ferr(err, -EPROTO, "FIFO record without its values");
+	for (size_t i = 0; i < ctx->nstash && !st; i++)
+		if (ctx->stash[i].id == e->extra[PP_INO])
+			st = &ctx->stash[i];
+	if (!st) {
+		if (GROW(ctx->stash, ctx->nstash) < 0)
+			return ferr(err, -ENOMEM, "out of memory");
+		st = &ctx->stash[ctx->nstash];
+		int r = fifo_keeper(e, ctx, st, err);
+		if (r < 0)
+			return r;
+		ctx->nstash++;
+	}
+	/* its own open file description, with the access mode it had */
+	int fd = open(e->path, (int)(e->extra[PP_END] & O_ACCMODE) | O_NONBLOCK | O_CLOEXEC);
+	if (fd < 0)
+		return ferr(err, -errno, "FIFO %s: %m", e->path);
+	if (fcntl(fd, F_SETFL, (int)(e->flags & O_NONBLOCK)) < 0) {
+		int r = -errno;
+		safe_close(fd);
+		return ferr(err, r, "FIFO %s: F_SETFL: %s", e->path, strerror(-r));
+	}
+	return fd;
+}
+
+static void fifo_describe(const struct fd_entry *e, char *buf, size_t len)
+{
+	if (e->nextra < PP_PEER) {
+		snprintf(buf, len, "FIFO %s", e->path ? e->path : "?");
+		return;
+	}
+	uint64_t m = e->extra[PP_END];
+	snprintf(buf, len, "FIFO %s, %s end, %" PRIu64 " bytes in it, buffer %" PRIu64 " KiB",
+	         e->path ? e->path : "?",
+	         m == O_RDONLY   ? "read"
+	         : m == O_WRONLY ? "write"
+	                         : "read and write",
+	         e->extra[PP_LEN], e->extra[PP_SIZE] / 1024);
+}
+
 static int pipe_kernel_probe(char *detail, size_t len)
 {
 	int p[2];
@@ -268,4 +413,13 @@ const struct fd_ops fd_pipe_ops = {
         .restore = pipe_restore,
         .describe = pipe_describe,
         .kernel_probe = pipe_kernel_probe,
+};
+
+const struct fd_ops fd_fifo_ops = {
+        .name = "fifo",
+        .kind = FD_FIFO,
+        .probe = fifo_probe,
+        .capture = fifo_capture,
+        .restore = fifo_restore,
+        .describe = fifo_describe,
 };

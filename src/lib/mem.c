@@ -6,6 +6,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/shm.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
@@ -392,6 +393,68 @@ int shmem_lookup(struct component *c, int fd, uint32_t kind, const char *name,
 	return (int)(c->nshmems - 1);
 }
 
+/*
+ * A SysV shared memory segment attached at m (its inode number is its id): key, mode and size
+ * from /proc/sysvipc/shm, and its content read through this attachment (the segment's file has
+ * no read of its own), once per segment.
+ */
+static int sysv_lookup(struct component *c, pid_t pid, const struct proc_map *m,
+                       struct image_writer *w, struct mem_stats *st, struct ferry_error *err)
+{
+	int32_t id = (int32_t)m->ino;
+	_cleanup_free_ char *text = NULL;
+	struct shmem sh = {.kind = SHMEM_SYSV, .sysv_id = id, .ino = m->ino};
+	bool found = false;
+
+	for (size_t i = 0; i < c->nshmems; i++)
+		if (c->shmems[i].kind == SHMEM_SYSV && c->shmems[i].sysv_id == id)
+			return (int)i;
+	int r = read_file("/proc/sysvipc/shm", &text, NULL);
+	if (r < 0)
+		return ferr(err, r, "/proc/sysvipc/shm: %s", strerror(-r));
+	for (char *l = strchr(text, '\n'); l && !found; l = strchr(l + 1, '\n')) {
+		int key, sid;
+		unsigned mode;
+		unsigned long long size;
+		if (sscanf(l + 1, "%d %d %o %llu", &key, &sid, &mode, &size) == 4 && sid == id) {
+			/* the key it was made with, which its file is named after (a removed one's
+			 * is private now) */
+			unsigned named;
+			sh.sysv_key = sscanf(m->path, "/SYSV%8x", &named) == 1 ? (int)named : key;
+			sh.sysv_mode = mode;
+			sh.size = size;
+			found = true;
+		}
+	}
+	if (!found)
+		return ferr(err, -ENOENT, "mapping 0x%" PRIx64 "-0x%" PRIx64 " %s: SysV segment %d "
+		            "not in /proc/sysvipc/shm", m->start, m->end, m->path, id);
+	uint64_t len = (sh.size + MODEL_PAGE - 1) & ~(MODEL_PAGE - 1);
+	if (m->pgoff != 0 || m->end - m->start < len)
+		return ferr(err, -ENOTSUP,
+		            "mapping 0x%" PRIx64 "-0x%" PRIx64 " %s: attached in part (unsupported)",
+		            m->start, m->end, m->path);
+	if (add_run(&sh.runs, &sh.nruns, 0, len) < 0)
+		return ferr(err, -ENOMEM, "out of memory");
+	_cleanup_free_ struct copy_job *jobs = calloc(sh.nruns, sizeof(*jobs));
+	if (!jobs || GROW(c->shmems, c->nshmems) < 0) {
+		free(sh.runs);
+		return ferr(err, -ENOMEM, "out of memory");
+	}
+	c->shmems[c->nshmems++] = sh;
+	struct shmem *s = &c->shmems[c->nshmems - 1];
+	for (size_t i = 0; i < s->nruns; i++) {
+		jobs[i] = (struct copy_job){.src_fd = -1,
+		                            .src = m->start + s->runs[i].addr,
+		                            .len = s->runs[i].npages * MODEL_PAGE,
+		                            .run = &s->runs[i]};
+		st->pages_written += s->runs[i].npages;
+	}
+	st->pages_scanned += len / MODEL_PAGE;
+	r = run_pipeline(pid, jobs, s->nruns, w, true, err);
+	return r < 0 ? r : (int)(c->nshmems - 1);
+}
+
 static int classify(struct component *c, pid_t pid, const struct proc_map *m, struct vma *v,
                     struct image_writer *w, struct mem_stats *st, struct ferry_error *err)
 {
@@ -423,7 +486,13 @@ static int classify(struct component *c, pid_t pid, const struct proc_map *m, st
 		return ferr(err, -ENOTSUP,
 		            "mapping 0x%" PRIx64 "-0x%" PRIx64 " %s: device memory (unsupported)",
 		            m->start, m->end, m->path);
-	else if (m->ino == 0 && !shared) {
+	else if (shared && strncmp(m->path, "/SYSV", 5) == 0) {
+		v->kind = VMA_SHMEM;
+		int idx = sysv_lookup(c, pid, m, w, st, err);
+		if (idx < 0)
+			return idx;
+		v->shmem = idx;
+	} else if (m->ino == 0 && !shared) {
 		v->kind = VMA_ANON;
 		if (strcmp(m->path, "[heap]") == 0)
 			v->flags |= VMA_F_HEAP;
@@ -1594,8 +1663,9 @@ static const uint32_t madv_flags[][2] = {
 
 /* The mmap that makes mapping idx of p again (queued in b), with the protection it is filled
  * under (*ret_prot). */
-static int map_one(struct restorer *rs, struct rs_batch *b, const struct process *p, size_t idx,
-                   uint64_t *ret_prot, struct ferry_error *err)
+static int map_one(struct restorer *rs, struct rs_batch *b, const struct component *c,
+                   const struct process *p, size_t idx, uint64_t *ret_prot,
+                   struct ferry_error *err)
 {
 	const struct vma *v = &p->vmas[idx];
 	uint64_t len = v->end - v->start;
@@ -1621,6 +1691,17 @@ static int map_one(struct restorer *rs, struct rs_batch *b, const struct process
 		off = v->pgoff;
 		break;
 	case VMA_SHMEM:
+		if (c->shmems[v->shmem].kind == SHMEM_SYSV) {
+			/* attached as shmat does (a mapping of the segment's file is not an
+			 * attachment: shm_nattch, shmdt and IPC_RMID would not see it) */
+			uint64_t shf = SHM_REMAP | ((v->prot & PROT_WRITE) ? 0 : SHM_RDONLY) |
+			               ((v->prot & PROT_EXEC) ? SHM_EXEC : 0);
+			*ret_prot = v->prot;
+			int r = rs_batch_add(rs, b, "shmat", SYS_shmat,
+			                     (uint64_t)c->shmems[v->shmem].sysv_id, v->start, shf, 0,
+			                     0, 0, err);
+			return r < 0 ? ferr_prefix(err, "mapping 0x%" PRIx64, v->start) : 0;
+		}
 		flags |= MAP_SHARED;
 		fd = (uint64_t)rs->shmem_fd[v->shmem];
 		off = v->pgoff;
@@ -1772,7 +1853,7 @@ int mem_restore_lazy(struct restorer *rs, const struct component *c, const struc
 	/* in three passes, the first and last each a batch of calls: every mmap; the contents;
 	 * advice, locks and final protections (the mappings are disjoint: order is free) */
 	for (size_t i = 0; i < p->nvmas && r >= 0; i++)
-		r = map_one(rs, b, p, i, &prot[i], err);
+		r = map_one(rs, b, c, p, i, &prot[i], err);
 	if (r >= 0)
 		r = rs_batch_run(rs, b, err);
 	for (size_t i = 0; i < p->nvmas && r >= 0; i++)

@@ -10,7 +10,7 @@
                          credentials */
 #define V_THREAD    1
 #define V_VMA       2 /* 2: page runs name their pages file and checksummed block */
-#define V_SHMEM     2
+#define V_SHMEM     3 /* 3: SysV key, id and mode */
 #define V_PAGEFILE  1
 #define V_FD        4 /* 2: kind-specific numbers; 3: dup_of; 4: share */
 #define V_SIGACTION 1
@@ -405,11 +405,14 @@ static void put_shmem(struct wbuf *wb, const struct shmem *s)
 	wb_u64(wb, s->size);
 	wb_str(wb, s->name);
 	put_runs(wb, s->runs, s->nruns);
+	wb_u32(wb, (uint32_t)s->sysv_key);
+	wb_u32(wb, (uint32_t)s->sysv_id);
+	wb_u32(wb, s->sysv_mode);
 }
 
-static int get_shmem(struct rbuf *rb, struct shmem *s)
+static int get_shmem(struct rbuf *rb, uint16_t ver, struct shmem *s)
 {
-	char name[256];
+	char name[PATH_MAX];
 
 	s->kind = rb_u32(rb);
 	s->dev = rb_u64(rb);
@@ -419,7 +422,14 @@ static int get_shmem(struct rbuf *rb, struct shmem *s)
 	if (rb->err)
 		return -EPROTO;
 	s->name = dup_or_null(name);
-	return get_runs(rb, &s->runs, &s->nruns);
+	int r = get_runs(rb, &s->runs, &s->nruns);
+	if (r == 0 && ver >= 3) {
+		s->sysv_key = (int32_t)rb_u32(rb);
+		s->sysv_id = (int32_t)rb_u32(rb);
+		s->sysv_mode = rb_u32(rb);
+		r = rb->err;
+	}
+	return r;
 }
 
 #define PUT(kind, ver)                                                                             \
@@ -547,7 +557,7 @@ static int load_one(struct component *c, uint16_t kind, uint16_t ver, struct rbu
 		if (GROW(c->shmems, c->nshmems) < 0)
 			return -ENOMEM;
 		memset(&c->shmems[c->nshmems], 0, sizeof(struct shmem));
-		r = get_shmem(rb, &c->shmems[c->nshmems]);
+		r = get_shmem(rb, ver, &c->shmems[c->nshmems]);
 		c->nshmems++;
 		return r;
 	case IMG_PROCESS:

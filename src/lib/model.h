@@ -88,6 +88,7 @@ enum shmem_kind {
 	SHMEM_MEMFD = 2, /* memfd_create */
 	SHMEM_DELETED = 3, /* a file deleted while mapped shared (a POSIX semaphore in /dev/shm,
 	                      say): made again at its path, and unlinked */
+	SHMEM_SYSV = 4,    /* a SysV shared memory segment (shmget), with its key, id and mode */
 };
 
 struct shmem {
@@ -98,6 +99,8 @@ struct shmem {
 	char *name;            /* memfd name (without "memfd:"), deleted file's path, NULL for anon */
 	struct page_run *runs; /* addr = offset in the object */
 	size_t nruns;
+	int32_t sysv_key, sysv_id; /* SHMEM_SYSV */
+	uint32_t sysv_mode;        /* its permissions, and SHM_DEST if it is to go with its users */
 };
 
 /* One pending signal, the kernel's 128-byte siginfo kept as bytes. */
@@ -161,6 +164,7 @@ enum fd_kind {
 	FD_INOTIFY = 12, /* an inotify instance and its watches */
 	FD_TCP = 13,     /* an established TCP connection (TCP_REPAIR) */
 	FD_UNIX = 14,    /* a Unix socket: a pair inside the component, a listener, bound... */
+	FD_FIFO = 15,    /* a FIFO (named pipe), reopened by its path */
 };
 
 struct fd_entry {

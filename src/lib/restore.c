@@ -7,6 +7,7 @@
 #include <poll.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/shm.h>
 #include <sys/ptrace.h>
 #include <sys/resource.h>
 #include <sys/rseq.h>
@@ -207,8 +208,61 @@ static int deleted_file(const char *path, struct ferry_error *err)
 	return fd;
 }
 
+/*
+ * A SysV segment with its id: the one still there (its processes ended and nobody removed it)
+ * is taken, and filled from the image if nothing has it attached; otherwise it is made again
+ * with its key and id (kernel.shm_next_id). Its processes map it through an fd of its file
+ * (/proc/self/map_files of an attachment here), which attaches them as shmat does.
+ */
+static int sysv_segment(const struct shmem *s, int pages_fd, struct ferry_error *err)
+{
+	struct shmid_ds ds;
+	int id = s->sysv_id, r = 0;
+	bool fill = true;
+
+	if (shmctl(id, IPC_STAT, &ds) == 0 && !(s->sysv_mode & SHM_DEST) &&
+	    ds.shm_perm.__key == s->sysv_key && ds.shm_segsz == s->size) {
+		fill = ds.shm_nattch == 0;
+	} else {
+		char want[16];
+		int n = snprintf(want, sizeof(want), "%d", id);
+		_cleanup_close_ int nf = open("/proc/sys/kernel/shm_next_id", O_WRONLY | O_CLOEXEC);
+		if (nf < 0 || write(nf, want, (size_t)n) != n)
+			return ferr(err, -errno, "SysV segment %d: kernel.shm_next_id: %m", id);
+		int got = shmget(s->sysv_key, s->size, IPC_CREAT | IPC_EXCL | (int)(s->sysv_mode & 0777));
+		if (got < 0)
+			return ferr(err, -errno, "SysV segment %d (key %#x): shmget: %m", id,
+			            (unsigned)s->sysv_key);
+		if (got != id) {
+			(void)shmctl(got, IPC_RMID, NULL);
+			return ferr(err, -EBUSY, "SysV segment %d: made with id %d instead", id, got);
+		}
+	}
+	uint8_t *a = shmat(id, NULL, 0);
+	if (a == (void *)-1)
+		return ferr(err, -errno, "SysV segment %d: shmat: %m", id);
+	for (size_t i = 0; fill && r == 0 && i < s->nruns; i++)
+		r = pread_full(pages_fd, a + s->runs[i].addr,
+		               MIN(s->runs[i].npages * MODEL_PAGE, s->size - s->runs[i].addr),
+		               (off_t)s->runs[i].off);
+	char path[96];
+	uint64_t len = (s->size + MODEL_PAGE - 1) & ~(MODEL_PAGE - 1);
+	snprintf(path, sizeof(path), "/proc/self/map_files/%lx-%lx", (unsigned long)a,
+	         (unsigned long)(a + len));
+	int fd = r == 0 ? open(path, O_RDWR | O_CLOEXEC) : -1;
+	if (r == 0 && fd < 0)
+		r = -errno;
+	shmdt(a);
+	if (r < 0)
+		return ferr(err, r, "SysV segment %d: %s", id, strerror(-r));
+	return fd;
+}
+
 static int helper_shmem(const struct shmem *s, int pages_fd, struct ferry_error *err)
 {
+	if (s->kind == SHMEM_SYSV)
+		return sysv_segment(s, pages_fd, err);
+
 	int fd = s->kind == SHMEM_ANON      ? shared_anon(s->size, err)
 	         : s->kind == SHMEM_DELETED ? deleted_file(s->name ? s->name : "/", err)
 	                                    : memfd_create(s->name ? s->name : "ferry-shared",
@@ -801,6 +855,11 @@ static int restore_start(void *arg, const char *log_path, pid_t *ret_pid, void *
 		a->stats.pages_ns += ri->pages_ns;
 		a->stats.pages_loaded += ri->pages_loaded;
 	}
+	/* a segment that was to go once its processes detach is marked so again, now that they
+	 * have it attached */
+	for (size_t i = 0; r == 0 && i < c->nshmems; i++)
+		if (c->shmems[i].kind == SHMEM_SYSV && (c->shmems[i].sysv_mode & SHM_DEST))
+			(void)shmctl(c->shmems[i].sysv_id, IPC_RMID, NULL);
 	if (vstarted)
 		pthread_join(vth, NULL);
 	if (r == 0 && ver.r < 0) {
