@@ -611,9 +611,10 @@ static void ckpt_print(const char *name, const char *dir, const struct opts *o,
 	       " process%s, %" PRIu32 " threads, %" PRIu32 " mappings, %" PRIu32 " fds, %" PRIu64
 	       " pages written (%.1f MiB), image %.1f MiB, %" PRIu32 " pages file%s%s\n",
 	       name, st->incremental ? "incremental" : "full", dir, ms(st->freeze_ns),
-	       ms(st->total_ns), st->processes, st->processes == 1 ? "" : "es", st->threads, st->vmas, st->fds, st->pages_written,
-	       st->pages_written * PAGE_SIZE_4K / 1048576.0, st->bytes_written / 1048576.0,
-	       st->files, st->files == 1 ? "" : "s", o->stop ? ", component stopped" : "");
+	       ms(st->total_ns), st->processes, st->processes == 1 ? "" : "es", st->threads,
+	       st->vmas, st->fds, st->pages_written, st->pages_written * PAGE_SIZE_4K / 1048576.0,
+	       st->bytes_written / 1048576.0, st->files, st->files == 1 ? "" : "s",
+	       o->stop ? ", component stopped" : "");
 	if (st->precopy_rounds)
 		printf("%s: %.1f MiB copied in %" PRIu32
 		       " round%s while it ran, before the freeze\n",

@@ -243,13 +243,14 @@ static int check_ids(const struct component *c, const struct process *p, struct 
 		return 0;
 	const struct process *leader = p->pgid ? proc_by_pid(c, p->pgid) : NULL;
 	if (!leader || leader->pgid != p->pgid || leader->sid != p->sid || p->zombie)
-		return ferr(err, -ENOTSUP,
-		            "pid %d: process group %d (%s) cannot be made again by a restore", p->pid,
-		            p->pgid,
-		            !leader ? "its leader is not in the component"
-		            : p->zombie
-		                    ? "an exited process can only keep its parent's group or its own"
-		                    : "its leader left it");
+		return ferr(
+		        err, -ENOTSUP,
+		        "pid %d: process group %d (%s) cannot be made again by a restore", p->pid,
+		        p->pgid,
+		        !leader ? "its leader is not in the component"
+		        : p->zombie
+		                ? "an exited process can only keep its parent's group or its own"
+		                : "its leader left it");
 	return 0;
 }
 
@@ -294,7 +295,8 @@ static int freeze_tree(pid_t root, struct component *c, struct frozen *fz, struc
 			p->zombie = 1;
 			r = procfs_stat(hp, f);
 			if (r < 0)
-				return ferr(err, r, "pid %d (exited): its status: %s", hp, strerror(-r));
+				return ferr(err, r, "pid %d (exited): its status: %s", hp,
+				            strerror(-r));
 			p->exit_status = (int32_t)f[52];
 			continue;
 		}
@@ -320,8 +322,8 @@ static int freeze_tree(pid_t root, struct component *c, struct frozen *fz, struc
 		}
 	}
 	if (c->procs[0].pid != 1)
-		return ferr(err, -ENOTSUP, "pid %d is pid %d of its namespace, not its init",
-		            root, c->procs[0].pid);
+		return ferr(err, -ENOTSUP, "pid %d is pid %d of its namespace, not its init", root,
+		            c->procs[0].pid);
 	for (size_t i = 0; i < c->nprocs; i++) {
 		r = check_ids(c, &c->procs[i], err);
 		if (r < 0)

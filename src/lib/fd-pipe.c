@@ -273,8 +273,10 @@ static int fifo_capture(struct fd_capture_ctx *ctx, const struct fd_info *fi, st
 		struct stat sb;
 		own = open(fi->link, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
 		if (own < 0 || fstat(own, &sb) < 0 || sb.st_ino != fi->st.st_ino)
-			return ferr(err, -ENOTSUP, "FIFO %s: cannot open a read end on it to see "
-			            "what it holds", fi->link);
+			return ferr(err, -ENOTSUP,
+			            "FIFO %s: cannot open a read end on it to see "
+			            "what it holds",
+			            fi->link);
 		from = getpid();
 		fd = own;
 	}
@@ -291,7 +293,8 @@ static int fifo_capture(struct fd_capture_ctx *ctx, const struct fd_info *fi, st
 		v[PP_CSUM] = image_checksum(data, len);
 		r = pwrite_full(image_pages_fd(ctx->w), data, len, (off_t)v[PP_OFF]);
 		if (r < 0)
-			return ferr(err, r, "FIFO %s: writing its bytes: %s", fi->link, strerror(-r));
+			return ferr(err, r, "FIFO %s: writing its bytes: %s", fi->link,
+			            strerror(-r));
 	}
 	return fds_set_extra(e, v, PP_N, err);
 }
@@ -321,8 +324,8 @@ static int fifo_keeper(const struct fd_entry *e, struct fd_restore_ctx *ctx, str
 			r = write_full(k, data, v[PP_LEN]);
 		if (r < 0) {
 			safe_close(k);
-			return ferr(err, r, "FIFO %s: its %" PRIu64 " bytes: %s", e->path, v[PP_LEN],
-			            r == -EBADMSG ? "checksum mismatch" : strerror(-r));
+			return ferr(err, r, "FIFO %s: its %" PRIu64 " bytes: %s", e->path,
+			            v[PP_LEN], r == -EBADMSG ? "checksum mismatch" : strerror(-r));
 		}
 	}
 	st->fd[0] = fcntl(k, F_DUPFD_CLOEXEC, ctx->stash_lo);

@@ -198,13 +198,15 @@ static int peek_queue(int s, int type, uint8_t **data, size_t *len, uint32_t **l
 			}
 		if (fds) {
 			r = ferr(err, -ENOTSUP,
-			         "%s: file descriptors in flight (SCM_RIGHTS) are not supported", what);
+			         "%s: file descriptors in flight (SCM_RIGHTS) are not supported",
+			         what);
 			break;
 		}
 		if (n == 0 && type == SOCK_STREAM)
 			break;
 		if (*len + (size_t)n > MAX_QUEUE) {
-			r = ferr(err, -ENOTSUP, "%s: more than %u MiB queued", what, MAX_QUEUE >> 20);
+			r = ferr(err, -ENOTSUP, "%s: more than %u MiB queued", what,
+			         MAX_QUEUE >> 20);
 			break;
 		}
 		uint8_t *nd = realloc(*data, *len + (size_t)n + 1);
@@ -364,7 +366,8 @@ static int fill_queue(int s, const uint32_t *lens, uint32_t n, const uint8_t **d
 	for (uint32_t i = 0; i < n; i++) {
 		size_t done = 0;
 		do {
-			ssize_t k = send(s, *data + done, lens[i] - done, MSG_DONTWAIT | MSG_NOSIGNAL);
+			ssize_t k =
+			        send(s, *data + done, lens[i] - done, MSG_DONTWAIT | MSG_NOSIGNAL);
 			if (k < 0)
 				return -errno;
 			done += (size_t)k;
@@ -416,7 +419,8 @@ static int pair_create(const struct fd_entry *e, struct fd_restore_ctx *ctx, str
 			/* this end's queue is sent by its peer, and the peer's by this end */
 			r = fill_queue(sv[1], lens, hdr[0], &data, (int)v[UX_TYPE]);
 			if (r == 0)
-				r = fill_queue(sv[0], lens + hdr[0], hdr[1], &data, (int)v[UX_TYPE]);
+				r = fill_queue(sv[0], lens + hdr[0], hdr[1], &data,
+				               (int)v[UX_TYPE]);
 		}
 	}
 	if (r == 0)
@@ -483,7 +487,8 @@ static int unix_restore(const struct fd_entry *e, struct fd_restore_ctx *ctx,
 			if (sa.sun_path[0] && lstat(sa.sun_path, &sb) == 0 && S_ISSOCK(sb.st_mode))
 				(void)unlink(sa.sun_path);
 			if (bind(s, (struct sockaddr *)&sa, sl) < 0)
-				r = ferr(err, -errno, "bind to %s%.*s: %m", sa.sun_path[0] ? "" : "@",
+				r = ferr(err, -errno, "bind to %s%.*s: %m",
+				         sa.sun_path[0] ? "" : "@",
 				         (int)(sl - sizeof(sa_family_t) - !sa.sun_path[0]),
 				         sa.sun_path + !sa.sun_path[0]);
 		}
@@ -548,15 +553,15 @@ static void unix_describe(const struct fd_entry *e, char *buf, size_t len)
 	}
 	addr_str(&v[UX_ADDR], v[UX_ALEN], me, sizeof(me));
 	if (v[UX_FLAGS] & UX_LISTEN)
-		snprintf(buf, len, "unix %s socket:[%" PRIu64 "] %s, listening (backlog %" PRIu64 ")",
+		snprintf(buf, len,
+		         "unix %s socket:[%" PRIu64 "] %s, listening (backlog %" PRIu64 ")",
 		         type_name(v[UX_TYPE]), v[UX_INO], me, v[UX_BACKLOG]);
 	else if (v[UX_FLAGS] & UX_PAIR)
 		snprintf(buf, len,
 		         "unix %s socket:[%" PRIu64 "] %s, connected to socket:[%" PRIu64
-		         "] (pid %u fd %u)%s",
+		         "] (pid %u fd %u)",
 		         type_name(v[UX_TYPE]), v[UX_INO], me, v[UX_PEER],
-		         (unsigned)(v[UX_WHERE] >> 32), (unsigned)(v[UX_WHERE] & 0xffffffffu),
-		         (v[UX_FLAGS] & UX_FIRST) ? "" : "");
+		         (unsigned)(v[UX_WHERE] >> 32), (unsigned)(v[UX_WHERE] & 0xffffffffu));
 	else if (v[UX_FLAGS] & UX_REMOTE) {
 		addr_str(&v[UX_RADDR], v[UX_RALEN], other, sizeof(other));
 		snprintf(buf, len, "unix %s socket:[%" PRIu64 "] %s, connected to %s (outside)",
@@ -567,8 +572,9 @@ static void unix_describe(const struct fd_entry *e, char *buf, size_t len)
 	}
 	size_t n = strlen(buf);
 	if ((v[UX_FLAGS] & UX_FIRST) && n < len)
-		snprintf(buf + n, len - n, ", %" PRIu64 " bytes queued in it, %" PRIu64 " in its peer",
-		         v[UX_QBYTES], v[UX_PQBYTES]);
+		snprintf(buf + n, len - n,
+		         ", %" PRIu64 " bytes queued in it, %" PRIu64 " in its peer", v[UX_QBYTES],
+		         v[UX_PQBYTES]);
 	else if (!(v[UX_FLAGS] & UX_PAIR) && v[UX_QBYTES] && n < len)
 		snprintf(buf + n, len - n, ", %" PRIu64 " bytes queued", v[UX_QBYTES]);
 }

@@ -205,12 +205,13 @@ static int find_share(struct fd_capture_ctx *ctx, struct fd_entry *e, const stru
 			const struct fd_entry *f = &q->fds[i];
 			if (f->dup_of >= 0 || f->kind != e->kind || f->cap_ino != e->cap_ino ||
 			    f->cap_dev != e->cap_dev ||
-			    syscall(SYS_kcmp, q->host_pid, ctx->p->host_pid, KCMP_FILE, f->fd, e->fd) !=
-			            0)
+			    syscall(SYS_kcmp, q->host_pid, ctx->p->host_pid, KCMP_FILE, f->fd,
+			            e->fd) != 0)
 				continue;
 			if (f->share < 0)
 				return ferr(err, -ENOTSUP,
-				            "fd %d: a %s shared with pid %d (its fd %d) is not supported",
+				            "fd %d: a %s shared with pid %d (its fd %d) is not "
+				            "supported",
 				            e->fd, ops->name, q->pid, f->fd);
 			e->share = f->share;
 			return 0;
@@ -372,8 +373,8 @@ int fds_restore_shared(const struct component *c, struct fd_restore_ctx *ctx,
 			int r = dup3(fd, slot, O_CLOEXEC);
 			safe_close(fd);
 			if (r < 0)
-				return ferr(err, -errno, "pid %d fd %d: dup3 to %d: %m", p->pid, e->fd,
-				            slot);
+				return ferr(err, -errno, "pid %d fd %d: dup3 to %d: %m", p->pid,
+				            e->fd, slot);
 		}
 	}
 	fds_stash_drop(ctx);

@@ -50,7 +50,6 @@ struct pipeline {
 	int werr;
 };
 
-
 /* pread of a shared memory object's pages: its last page may go past its end (an object of 32
  * bytes is mapped as a page), read as zeros there. */
 static int pread_page(int fd, void *buf, size_t len, off_t off)
@@ -427,12 +426,15 @@ static int sysv_lookup(struct component *c, pid_t pid, const struct proc_map *m,
 		}
 	}
 	if (!found)
-		return ferr(err, -ENOENT, "mapping 0x%" PRIx64 "-0x%" PRIx64 " %s: SysV segment %d "
-		            "not in /proc/sysvipc/shm", m->start, m->end, m->path, id);
+		return ferr(err, -ENOENT,
+		            "mapping 0x%" PRIx64 "-0x%" PRIx64 " %s: SysV segment %d "
+		            "not in /proc/sysvipc/shm",
+		            m->start, m->end, m->path, id);
 	uint64_t len = (sh.size + MODEL_PAGE - 1) & ~(MODEL_PAGE - 1);
 	if (m->pgoff != 0 || m->end - m->start < len)
 		return ferr(err, -ENOTSUP,
-		            "mapping 0x%" PRIx64 "-0x%" PRIx64 " %s: attached in part (unsupported)",
+		            "mapping 0x%" PRIx64 "-0x%" PRIx64
+		            " %s: attached in part (unsupported)",
 		            m->start, m->end, m->path);
 	if (add_run(&sh.runs, &sh.nruns, 0, len) < 0)
 		return ferr(err, -ENOMEM, "out of memory");
@@ -498,9 +500,9 @@ static int classify(struct component *c, pid_t pid, const struct proc_map *m, st
 			v->flags |= VMA_F_HEAP;
 		if (strcmp(m->path, "[stack]") == 0)
 			v->flags |= VMA_F_STACK;
-	} else if (shared && (strncmp(m->path, "/dev/zero", 9) == 0 ||
-	                      strncmp(m->path, "/memfd:", 7) == 0 || m->ino == 0 ||
-	                      (m->path[0] == '/' && strstr(m->path, " (deleted)")))) {
+	} else if (shared &&
+	           (strncmp(m->path, "/dev/zero", 9) == 0 || strncmp(m->path, "/memfd:", 7) == 0 ||
+	            m->ino == 0 || (m->path[0] == '/' && strstr(m->path, " (deleted)")))) {
 		char mf[96];
 		bool memfd = strncmp(m->path, "/memfd:", 7) == 0;
 		bool deleted = !memfd && strncmp(m->path, "/dev/zero", 9) != 0 && m->ino != 0;
@@ -637,7 +639,8 @@ static void *stage_part_copy(void *arg)
 			len += remote[k].iov_len;
 		}
 		struct iovec local = {dst, len};
-		if (sp->nopin || process_vm_readv(sp->pid, &local, 1, remote, k, 0) != (ssize_t)len) {
+		if (sp->nopin ||
+		    process_vm_readv(sp->pid, &local, 1, remote, k, 0) != (ssize_t)len) {
 			/* a page it cannot read (PROT_NONE): run by run, through /proc/PID/mem */
 			if (memfd < 0) {
 				char path[64];
@@ -677,8 +680,8 @@ static void *stage_part_copy(void *arg)
  * each: with more than a few MiB the second half goes on another thread (the component is
  * frozen, so the other CPU is free).
  */
-static int stage_copy(pid_t pid, struct mem_stage *sg, struct page_run **runs, size_t n,
-                      bool nopin, struct ferry_error *err)
+static int stage_copy(pid_t pid, struct mem_stage *sg, struct page_run **runs, size_t n, bool nopin,
+                      struct ferry_error *err)
 {
 	struct stage_part part[2] = {{.pid = pid, .runs = runs}, {.pid = pid, .runs = runs}};
 	uint64_t total = 0, half = 0;
@@ -1092,7 +1095,8 @@ static int cow_share(struct vma *v, int pagemap, int q_pagemap, const struct pro
 			memset(a, 0, run.npages * sizeof(*a)); /* not known: copied */
 		for (size_t i = 0; i < run.npages;) {
 			uint64_t addr = run.addr + i * MODEL_PAGE;
-			const struct page_run *qr = a[i] && a[i] == b[i] ? stored_run_at(q, addr) : NULL;
+			const struct page_run *qr =
+			        a[i] && a[i] == b[i] ? stored_run_at(q, addr) : NULL;
 			size_t k = i + 1;
 			if (qr) {
 				/* as far as both go on sharing, within q's run */
@@ -1664,8 +1668,7 @@ static const uint32_t madv_flags[][2] = {
 /* The mmap that makes mapping idx of p again (queued in b), with the protection it is filled
  * under (*ret_prot). */
 static int map_one(struct restorer *rs, struct rs_batch *b, const struct component *c,
-                   const struct process *p, size_t idx, uint64_t *ret_prot,
-                   struct ferry_error *err)
+                   const struct process *p, size_t idx, uint64_t *ret_prot, struct ferry_error *err)
 {
 	const struct vma *v = &p->vmas[idx];
 	uint64_t len = v->end - v->start;
@@ -1698,8 +1701,8 @@ static int map_one(struct restorer *rs, struct rs_batch *b, const struct compone
 			               ((v->prot & PROT_EXEC) ? SHM_EXEC : 0);
 			*ret_prot = v->prot;
 			int r = rs_batch_add(rs, b, "shmat", SYS_shmat,
-			                     (uint64_t)c->shmems[v->shmem].sysv_id, v->start, shf, 0,
-			                     0, 0, err);
+			                     (uint64_t)c->shmems[v->shmem].sysv_id, v->start, shf,
+			                     0, 0, 0, err);
 			return r < 0 ? ferr_prefix(err, "mapping 0x%" PRIx64, v->start) : 0;
 		}
 		flags |= MAP_SHARED;

@@ -8,7 +8,7 @@
 struct mem_stats {
 	uint64_t pages_scanned;
 	uint64_t pages_written;
-	uint64_t pages_shared; /* pages of a forked process stored once, with its parent's */
+	uint64_t pages_shared;     /* pages of a forked process stored once, with its parent's */
 	uint64_t pages_shared_own; /* of them, those in the image's own pages file */
 	uint64_t write_ns;
 };

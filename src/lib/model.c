@@ -6,8 +6,9 @@
 
 /* Record versions: bump when a kind's payload changes; decoders accept what they know. */
 #define V_COMPONENT 2 /* 2: capture, track and parent ids */
-#define V_PROCESS   3 /* 2: interval timers appended; 3: ppid, pgid, sid, zombie status,
-                         credentials */
+#define V_PROCESS                                                                                  \
+	3 /* 2: interval timers appended; 3: ppid, pgid, sid, zombie status,                       \
+	     credentials */
 #define V_THREAD    1
 #define V_VMA       2 /* 2: page runs name their pages file and checksummed block */
 #define V_SHMEM     3 /* 3: SysV key, id and mode */

@@ -84,8 +84,8 @@ struct vma {
 };
 
 enum shmem_kind {
-	SHMEM_ANON = 1,  /* MAP_SHARED|MAP_ANONYMOUS */
-	SHMEM_MEMFD = 2, /* memfd_create */
+	SHMEM_ANON = 1,    /* MAP_SHARED|MAP_ANONYMOUS */
+	SHMEM_MEMFD = 2,   /* memfd_create */
 	SHMEM_DELETED = 3, /* a file deleted while mapped shared (a POSIX semaphore in /dev/shm,
 	                      say): made again at its path, and unlinked */
 	SHMEM_SYSV = 4,    /* a SysV shared memory segment (shmget), with its key, id and mode */
@@ -96,7 +96,7 @@ struct shmem {
 	uint64_t ino; /* identity at checkpoint (dedup key with dev) */
 	uint64_t dev;
 	uint64_t size;
-	char *name;            /* memfd name (without "memfd:"), deleted file's path, NULL for anon */
+	char *name; /* memfd name (without "memfd:"), deleted file's path, NULL for anon */
 	struct page_run *runs; /* addr = offset in the object */
 	size_t nruns;
 	int32_t sysv_key, sysv_id; /* SHMEM_SYSV */
@@ -176,9 +176,9 @@ struct fd_entry {
 	char *path;
 	struct file_id fid;
 	uint64_t rdev;
-	uint32_t mode;   /* st_mode */
-	int32_t shmem;   /* FD_MEMFD: index into component.shmems */
-	int32_t dup_of;  /* an earlier fd sharing this open file description, or -1 */
+	uint32_t mode;  /* st_mode */
+	int32_t shmem;  /* FD_MEMFD: index into component.shmems */
+	int32_t dup_of; /* an earlier fd sharing this open file description, or -1 */
 	/* a component of several processes: the open file description the root restores once
 	 * for all its holders (component.nshares of them), or -1 (an fd of its own process);
 	 * the first entry of a share (in process order) holds what was captured of it */

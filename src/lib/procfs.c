@@ -232,8 +232,8 @@ int procfs_ns_ids(pid_t pid, pid_t *ret_pid, pid_t *ret_pgid, pid_t *ret_sid, ch
 		return r;
 	const char *st = strstr(buf, "\nState:");
 	*ret_state = st ? st[strspn(st + 7, " \t") + 7] : '?';
-	if ((r = ns_last(buf, "NSpid", ret_pid)) < 0 || (r = ns_last(buf, "NSpgid", ret_pgid)) < 0 ||
-	    (r = ns_last(buf, "NSsid", ret_sid)) < 0)
+	if ((r = ns_last(buf, "NSpid", ret_pid)) < 0 ||
+	    (r = ns_last(buf, "NSpgid", ret_pgid)) < 0 || (r = ns_last(buf, "NSsid", ret_sid)) < 0)
 		return r;
 	return 0;
 }

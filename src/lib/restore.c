@@ -51,10 +51,10 @@ struct restore_arg {
 	uint32_t npages; /* pages files of the image */
 	int *pages_slot; /* where each is placed in the helper (0: temp_lo + SLOT_PAGES) */
 	int temp_lo;
-	int **vma_fd;                /* per process, per vma */
-	int *shmem_fd;               /* per shmem object */
-	int share_lo;                /* the open file descriptions of a tree (fds_restore_shared) */
-	int stash_lo;                /* fds restored once for several entries park here */
+	int **vma_fd;      /* per process, per vma */
+	int *shmem_fd;     /* per shmem object */
+	int share_lo;      /* the open file descriptions of a tree (fds_restore_shared) */
+	int stash_lo;      /* fds restored once for several entries park here */
 	uint64_t *scratch; /* per process: where the restorer's scratch pages go (free in it) */
 	const struct proc_map *maps; /* the monitor's own mappings (the helper's vdso and vvar) */
 	size_t nmaps;
@@ -229,13 +229,15 @@ static int sysv_segment(const struct shmem *s, int pages_fd, struct ferry_error 
 		_cleanup_close_ int nf = open("/proc/sys/kernel/shm_next_id", O_WRONLY | O_CLOEXEC);
 		if (nf < 0 || write(nf, want, (size_t)n) != n)
 			return ferr(err, -errno, "SysV segment %d: kernel.shm_next_id: %m", id);
-		int got = shmget(s->sysv_key, s->size, IPC_CREAT | IPC_EXCL | (int)(s->sysv_mode & 0777));
+		int got = shmget(s->sysv_key, s->size,
+		                 IPC_CREAT | IPC_EXCL | (int)(s->sysv_mode & 0777));
 		if (got < 0)
 			return ferr(err, -errno, "SysV segment %d (key %#x): shmget: %m", id,
 			            (unsigned)s->sysv_key);
 		if (got != id) {
 			(void)shmctl(got, IPC_RMID, NULL);
-			return ferr(err, -EBUSY, "SysV segment %d: made with id %d instead", id, got);
+			return ferr(err, -EBUSY, "SysV segment %d: made with id %d instead", id,
+			            got);
 		}
 	}
 	uint8_t *a = shmat(id, NULL, 0);
@@ -263,10 +265,10 @@ static int helper_shmem(const struct shmem *s, int pages_fd, struct ferry_error 
 	if (s->kind == SHMEM_SYSV)
 		return sysv_segment(s, pages_fd, err);
 
-	int fd = s->kind == SHMEM_ANON      ? shared_anon(s->size, err)
-	         : s->kind == SHMEM_DELETED ? deleted_file(s->name ? s->name : "/", err)
-	                                    : memfd_create(s->name ? s->name : "ferry-shared",
-	                                                   MFD_CLOEXEC);
+	int fd = s->kind == SHMEM_ANON ? shared_anon(s->size, err)
+	         : s->kind == SHMEM_DELETED
+	                 ? deleted_file(s->name ? s->name : "/", err)
+	                 : memfd_create(s->name ? s->name : "ferry-shared", MFD_CLOEXEC);
 	if (fd < 0)
 		return s->kind != SHMEM_MEMFD ? fd : ferr(err, -errno, "memfd_create: %m");
 	if (s->kind != SHMEM_ANON && ftruncate(fd, (off_t)s->size) < 0) {
@@ -314,10 +316,10 @@ static void helper_own_memory(struct restore_arg *a, size_t idx)
 				break;
 	}
 	uint64_t sc = a->scratch[idx];
-	if (sc && mmap((void *)(uintptr_t)sc, RS_SCRATCH_PAGES * MODEL_PAGE,
-	               PROT_READ | PROT_WRITE | PROT_EXEC,
-	               MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1,
-	               0) != (void *)(uintptr_t)sc)
+	if (sc &&
+	    mmap((void *)(uintptr_t)sc, RS_SCRATCH_PAGES * MODEL_PAGE,
+	         PROT_READ | PROT_WRITE | PROT_EXEC,
+	         MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0) != (void *)(uintptr_t)sc)
 		a->scratch[idx] = 0; /* the monitor maps them itself */
 	if ((a->opts->flags & RESTORE_LAZY) && idx == 0) {
 		int fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
@@ -736,7 +738,7 @@ static int restore_start(void *arg, const char *log_path, pid_t *ret_pid, void *
 	const struct component *c = a->c;
 	struct verify ver = {.c = a->c, .fds = a->pages_fds, .nfds = a->npages};
 	_cleanup_free_ struct restorer *rs = calloc(c->nprocs, sizeof(*rs));
-	_cleanup_free_ struct tracee **threads = calloc(c->nprocs, sizeof(*threads));
+	_cleanup_free_ struct tracee **threads = calloc(c->nprocs, sizeof(struct tracee *));
 	_cleanup_free_ pid_t *host = calloc(c->nprocs, sizeof(*host));
 	_cleanup_free_ int32_t *status = calloc(c->nprocs, sizeof(*status));
 	_cleanup_free_ struct proc_map *own = NULL; /* the monitor's mappings */
@@ -838,10 +840,9 @@ static int restore_start(void *arg, const char *log_path, pid_t *ret_pid, void *
 		ri->exe_fd = a->temp_lo + SLOT_EXE;
 		ri->vma_fd = a->vma_fd[i];
 		ri->shmem_fd = a->shmem_fd;
-		r = tracee_seize_stop(&ri->main, host[i],
-		                      PTRACE_O_TRACESYSGOOD | PTRACE_O_TRACECLONE |
-		                              PTRACE_O_EXITKILL,
-		                      err);
+		r = tracee_seize_stop(
+		        &ri->main, host[i],
+		        PTRACE_O_TRACESYSGOOD | PTRACE_O_TRACECLONE | PTRACE_O_EXITKILL, err);
 		if (r == 0) {
 			ri->main.syscall_ip = a->maps ? sys_ip : 0;
 			ri->scratch = status[i] == REP_READY_SCRATCH ? a->scratch[i] : 0;
@@ -1072,7 +1073,8 @@ static int restore_plan(const char *dir, struct restore_arg *a, struct image_rea
 			return ferr(err, -ENOMEM, "out of memory");
 		for (size_t i = 0; i < p->nvmas; i++) {
 			uint32_t kd = p->vmas[i].kind;
-			a->vma_fd[k][i] = (kd == VMA_FILE_PRIVATE || kd == VMA_FILE_SHARED) ? s++ : -1;
+			a->vma_fd[k][i] =
+			        (kd == VMA_FILE_PRIVATE || kd == VMA_FILE_SHARED) ? s++ : -1;
 		}
 		a->scratch[k] = p->zombie ? 0 : mem_free_range(p, RS_SCRATCH_PAGES * MODEL_PAGE);
 	}

@@ -283,8 +283,9 @@ static int limits_file(pid_t pid, struct rlimit *rl)
 			rlim_t v[2];
 			const char *at[2] = {l + 26, l + 47};
 			for (int k = 0; k < 2; k++)
-				v[k] = strncmp(at[k], "unlimited", 9) == 0 ? RLIM_INFINITY
-				                                           : strtoull(at[k], NULL, 10);
+				v[k] = strncmp(at[k], "unlimited", 9) == 0
+				               ? RLIM_INFINITY
+				               : strtoull(at[k], NULL, 10);
 			rl[i].rlim_cur = v[0];
 			rl[i].rlim_max = v[1];
 		}
@@ -391,7 +392,8 @@ int task_capture(struct tracee *main, struct process *p, struct ferry_error *err
 	p->env_end = f[51];
 	r = capture_creds(p);
 	if (r < 0)
-		return ferr(err, r, "pid %d: reading its credentials: %s", p->host_pid, strerror(-r));
+		return ferr(err, r, "pid %d: reading its credentials: %s", p->host_pid,
+		            strerror(-r));
 	snprintf(path, sizeof(path), "/proc/%d/auxv", p->host_pid);
 	r = read_file(path, (char **)&p->auxv, &len);
 	if (r < 0)
@@ -565,8 +567,8 @@ int task_restore_creds(struct restorer *rs, const struct process *p, struct ferr
 		return 0;
 	for (int c = 0; c < CAP_COUNT && ret >= 0; c++)
 		if (!(p->cap[3] & (1ULL << c)) && prctl(PR_CAPBSET_READ, c) == 1)
-			ret = rs_sys(rs, "PR_CAPBSET_DROP", SYS_prctl, PR_CAPBSET_DROP, (uint64_t)c, 0,
-			             0, 0, 0, err);
+			ret = rs_sys(rs, "PR_CAPBSET_DROP", SYS_prctl, PR_CAPBSET_DROP, (uint64_t)c,
+			             0, 0, 0, 0, err);
 	if (ret < 0)
 		return (int)ret;
 	r = tracee_poke(rs->pid, rs->scratch, p->groups, p->ngroups * sizeof(uint32_t));
@@ -576,11 +578,11 @@ int task_restore_creds(struct restorer *rs, const struct process *p, struct ferr
 	                  err)) < 0 ||
 	    (ret = rs_sys(rs, "prctl(PR_SET_KEEPCAPS)", SYS_prctl, PR_SET_KEEPCAPS, 1, 0, 0, 0, 0,
 	                  err)) < 0 ||
-	    (ret = rs_sys(rs, "setresgid", SYS_setresgid, p->gid[0], p->gid[1], p->gid[2], 0, 0,
-	                  0, err)) < 0 ||
+	    (ret = rs_sys(rs, "setresgid", SYS_setresgid, p->gid[0], p->gid[1], p->gid[2], 0, 0, 0,
+	                  err)) < 0 ||
 	    (ret = rs_sys(rs, "setfsgid", SYS_setfsgid, p->gid[3], 0, 0, 0, 0, 0, err)) < 0 ||
-	    (ret = rs_sys(rs, "setresuid", SYS_setresuid, p->uid[0], p->uid[1], p->uid[2], 0, 0,
-	                  0, err)) < 0 ||
+	    (ret = rs_sys(rs, "setresuid", SYS_setresuid, p->uid[0], p->uid[1], p->uid[2], 0, 0, 0,
+	                  err)) < 0 ||
 	    (ret = rs_sys(rs, "setfsuid", SYS_setfsuid, p->uid[3], 0, 0, 0, 0, 0, err)) < 0 ||
 	    (ret = rs_sys(rs, "prctl(PR_SET_KEEPCAPS)", SYS_prctl, PR_SET_KEEPCAPS, 0, 0, 0, 0, 0,
 	                  err)) < 0)
@@ -605,8 +607,8 @@ int task_restore_creds(struct restorer *rs, const struct process *p, struct ferr
 			ret = rs_sys(rs, "PR_CAP_AMBIENT_RAISE", SYS_prctl, PR_CAP_AMBIENT,
 			             PR_CAP_AMBIENT_RAISE, (uint64_t)c, 0, 0, 0, err);
 	if (ret >= 0 && p->no_new_privs)
-		ret = rs_sys(rs, "PR_SET_NO_NEW_PRIVS", SYS_prctl, PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0, 0,
-		             err);
+		ret = rs_sys(rs, "PR_SET_NO_NEW_PRIVS", SYS_prctl, PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0,
+		             0, err);
 	return ret < 0 ? (int)ret : 0;
 }
 

@@ -43,8 +43,8 @@ int main(int argc, char **argv)
 		feature_fail("the write end's access mode changed");
 	ssize_t n = read(rd, buf, sizeof(buf));
 	if (n != 9 || memcmp(buf, "fifo data", 9) != 0)
-		feature_fail("read %zd bytes \"%.*s\", expected \"fifo data\"", n, n > 0 ? (int)n : 0,
-		             buf);
+		feature_fail("read %zd bytes \"%.*s\", expected \"fifo data\"", n,
+		             n > 0 ? (int)n : 0, buf);
 	if (write(go[1], "g", 1) != 1)
 		feature_fail("go to the child: %s", strerror(errno));
 	int st = 0;

@@ -38,9 +38,8 @@ static void check_ids(const char *name, pid_t pid, pid_t ppid, pid_t pgid, pid_t
                       size_t len)
 {
 	if (getpid() != pid || getppid() != ppid || getpgrp() != pgid || getsid(0) != sid)
-		snprintf(why, len,
-		         "FAIL: %s: pid %d ppid %d pgid %d sid %d, expected %d %d %d %d", name,
-		         getpid(), getppid(), getpgrp(), getsid(0), pid, ppid, pgid, sid);
+		snprintf(why, len, "FAIL: %s: pid %d ppid %d pgid %d sid %d, expected %d %d %d %d",
+		         name, getpid(), getppid(), getpgrp(), getsid(0), pid, ppid, pgid, sid);
 }
 
 static void signal_ready(void)

@@ -19,8 +19,8 @@ int main(int argc, char **argv)
 	} cm = {0};
 	char f = 'f';
 	struct iovec io = {&f, 1};
-	struct msghdr mh = {.msg_iov = &io, .msg_iovlen = 1, .msg_control = &cm,
-	                    .msg_controllen = sizeof(cm)};
+	struct msghdr mh = {
+	        .msg_iov = &io, .msg_iovlen = 1, .msg_control = &cm, .msg_controllen = sizeof(cm)};
 	struct cmsghdr *c = CMSG_FIRSTHDR(&mh);
 	c->cmsg_level = SOL_SOCKET;
 	c->cmsg_type = SCM_RIGHTS;
