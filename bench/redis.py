@@ -154,7 +154,7 @@ stays connected. {rounds} rounds of `ferry checkpoint r --stop` and `ferry resto
 | restore: total ms | {med(rs_total):.1f} | {min(rs_total):.1f} | {max(rs_total):.1f} |
 | image MiB | {med(images):.0f} | {min(images):.0f} | {max(images):.0f} |
 
-The tree of 16 processes sharing 256 MiB that issue 3 also asks for waits for process trees.
+Process trees (16 processes sharing 256 MiB) are in [performance-trees.md](performance-trees.md).
 """
     with open(out, "w") as fo:
         fo.write(text)

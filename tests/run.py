@@ -162,6 +162,13 @@ def proc_snapshot(pid):
             fds.append(f"{fd} -> {target} flags {flags.group(1) if flags else '?'}")
         snap["fds"] = fds
         status = dict(re.findall(r"^(\w+):\s*(.*)$", _read(f"{base}/status"), re.M))
+        # a signal pending that the process catches and does not block is being delivered
+        # at this instant (a ticking timer's): not state a restore keeps
+        try:
+            transient = int(status["SigCgt"], 16) & ~int(status["SigBlk"], 16)
+            status["ShdPnd"] = f"{int(status['ShdPnd'], 16) & ~transient:016x}"
+        except (KeyError, ValueError):
+            pass
         snap["status"] = [f"{k}: {status.get(k)}" for k in STATUS_FIELDS]
         snap["links"] = [f"exe -> {os.readlink(base + '/exe')}",
                          f"cwd -> {os.readlink(base + '/cwd')}"]
