@@ -1520,6 +1520,27 @@ static int teardown_call(struct restorer *rs, struct rs_batch *b, const char *wh
 	return r < 0 ? (int)r : 0;
 }
 
+/* munmap [lo, hi) but the mappings the process keeps (inherited loaded: restorer.kept). */
+static int unmap_but_kept(struct restorer *rs, struct rs_batch *b, const struct process *p,
+                          const char *what, uint64_t lo, uint64_t hi, struct ferry_error *err)
+{
+	uint64_t at = lo;
+	int r = 0;
+
+	/* the vmas are in address order */
+	for (size_t i = 0; rs->kept && i < p->nvmas && r == 0; i++) {
+		const struct vma *v = &p->vmas[i];
+		if (!rs->kept[i] || v->end <= at || v->start >= hi)
+			continue;
+		if (v->start > at)
+			r = teardown_call(rs, b, what, SYS_munmap, at, v->start - at, 0, 0, 0, err);
+		at = v->end;
+	}
+	if (r == 0 && at < hi)
+		r = teardown_call(rs, b, what, SYS_munmap, at, hi - at, 0, 0, 0, err);
+	return r;
+}
+
 static int move_vdso(struct restorer *rs, struct rs_batch *b, const struct process *p,
                      const struct proc_map *cur, size_t ncur, struct ferry_error *err)
 {
@@ -1675,6 +1696,10 @@ static int map_one(struct restorer *rs, struct rs_batch *b, const struct compone
 	uint64_t flags = MAP_FIXED, fd = (uint64_t)-1, off = 0;
 
 	*ret_prot = 0;
+	if (rs->kept && rs->kept[idx]) {
+		*ret_prot = PROT_READ | PROT_WRITE; /* as the init's helper mapped it */
+		return 0;
+	}
 	switch (v->kind) {
 	case VMA_VDSO:
 	case VMA_VVAR:
@@ -1728,6 +1753,97 @@ static int map_one(struct restorer *rs, struct rs_batch *b, const struct compone
 	             : 0;
 }
 
+/* Has v a run holding addr? */
+static bool run_covers(const struct vma *v, uint64_t addr)
+{
+	for (size_t j = 0; j < v->nruns; j++)
+		if (addr >= v->runs[j].addr &&
+		    addr < v->runs[j].addr + v->runs[j].npages * MODEL_PAGE)
+			return true;
+	return false;
+}
+
+/* The run of q's vma at [start, end) holding addr, or NULL. */
+static const struct page_run *base_run_at(const struct process *q, uint64_t start, uint64_t addr)
+{
+	for (size_t i = 0; i < q->nvmas; i++) {
+		const struct vma *v = &q->vmas[i];
+		if (v->start != start)
+			continue;
+		for (size_t j = 0; j < v->nruns; j++)
+			if (addr >= v->runs[j].addr &&
+			    addr < v->runs[j].addr + v->runs[j].npages * MODEL_PAGE)
+				return &v->runs[j];
+		return NULL;
+	}
+	return NULL;
+}
+
+/*
+ * A mapping the process inherited loaded from the init's helper: what it holds that differs
+ * from the init's is loaded (pages it wrote, and those its own parent wrote before forking it);
+ * what the init holds and it does not is dropped (MADV_DONTNEED: zeros, as it had).
+ */
+static int fill_kept(struct restorer *rs, struct fill *f, const struct process *p,
+                     const struct vma *v, struct ferry_error *err)
+{
+	const struct process *q = rs->base;
+	int r = 0;
+
+	if (p == q)
+		return 0; /* the init: loaded by its helper */
+	for (size_t j = 0; j < v->nruns && r == 0; j++) {
+		const struct page_run *run = &v->runs[j];
+		for (uint64_t k = 0; k < run->npages && r == 0;) {
+			uint64_t addr = run->addr + k * MODEL_PAGE;
+			const struct page_run *br = base_run_at(q, v->start, addr);
+			uint64_t off = run->off + k * MODEL_PAGE;
+			bool same =
+			        br && br->file == run->file && br->off + (addr - br->addr) == off;
+			uint64_t n = 1;
+			while (k + n < run->npages) {
+				uint64_t a2 = addr + n * MODEL_PAGE;
+				const struct page_run *b2 = base_run_at(q, v->start, a2);
+				bool s2 = b2 && b2->file == run->file &&
+				          b2->off + (a2 - b2->addr) == off + n * MODEL_PAGE;
+				if (s2 != same)
+					break;
+				n++;
+			}
+			if (!same) {
+				struct page_run part = *run;
+				part.addr = addr;
+				part.npages = n;
+				part.off = off;
+				r = load_runs(rs, f, &part, 1, 0, err);
+			}
+			k += n;
+		}
+	}
+	/* the init's pages it does not have */
+	const struct vma *bv = NULL;
+	for (size_t i = 0; i < q->nvmas && !bv; i++)
+		if (q->vmas[i].start == v->start)
+			bv = &q->vmas[i];
+	for (size_t j = 0; bv && j < bv->nruns && r == 0; j++) {
+		const struct page_run *br = &bv->runs[j];
+		for (uint64_t k = 0; k < br->npages && r == 0;) {
+			uint64_t addr = br->addr + k * MODEL_PAGE, n = 0;
+			while (k + n < br->npages && !run_covers(v, addr + n * MODEL_PAGE))
+				n++;
+			if (n) {
+				long ret = rs_sys(rs, "madvise(MADV_DONTNEED)", SYS_madvise, addr,
+				                  n * MODEL_PAGE, MADV_DONTNEED, 0, 0, 0, err);
+				r = ret < 0 ? (int)ret : 0;
+				k += n;
+			} else {
+				k++;
+			}
+		}
+	}
+	return r;
+}
+
 /* Its content: loaded now, or left to the lazy restore. */
 static int fill_one(struct restorer *rs, struct fill *f, const struct component *c,
                     const struct process *p, size_t idx, struct lazy *lz, struct ferry_error *err)
@@ -1736,6 +1852,8 @@ static int fill_one(struct restorer *rs, struct fill *f, const struct component 
 
 	if (v->kind == VMA_VDSO || v->kind == VMA_VVAR || v->kind == VMA_VVAR_VCLOCK)
 		return 0;
+	if (rs->kept && rs->kept[idx])
+		return fill_kept(rs, f, p, v, err);
 	if (v->kind == VMA_ANON && lz) /* on first touch and from the background (lazy.c) */
 		return lazy_add(lz, v->start, v->end, v->runs, v->nruns, err);
 	if (v->kind == VMA_SHMEM && rs->shmem_fd[v->shmem] < 0)
@@ -1819,19 +1937,16 @@ int mem_restore_lazy(struct restorer *rs, const struct component *c, const struc
 	uint64_t sc = rs->scratch, sc_end = sc + RS_SCRATCH_PAGES * MODEL_PAGE;
 	struct rs_batch *tb = sc && sc_end <= keep_lo && sc_end <= VDSO_PARK ? b : NULL;
 	if (tb) {
-		r = teardown_call(rs, tb, "munmap below the scratch pages", SYS_munmap, 0, sc, 0, 0,
-		                  0, err);
+		r = unmap_but_kept(rs, tb, p, "munmap below the scratch pages", 0, sc, err);
 		if (r >= 0 && sc_end < keep_lo)
-			r = teardown_call(rs, tb, "munmap below the vdso", SYS_munmap, sc_end,
-			                  keep_lo - sc_end, 0, 0, 0, err);
+			r = unmap_but_kept(rs, tb, p, "munmap below the vdso", sc_end, keep_lo,
+			                   err);
 	} else {
 		rs->scratch = 0;
-		r = teardown_call(rs, NULL, "munmap below the vdso", SYS_munmap, 0, keep_lo, 0, 0,
-		                  0, err);
+		r = unmap_but_kept(rs, NULL, p, "munmap below the vdso", 0, keep_lo, err);
 	}
 	if (r >= 0)
-		r = teardown_call(rs, tb, "munmap above the vdso", SYS_munmap, keep_hi,
-		                  TASK_TOP - keep_hi, 0, 0, 0, err);
+		r = unmap_but_kept(rs, tb, p, "munmap above the vdso", keep_hi, TASK_TOP, err);
 	if (r >= 0)
 		r = move_vdso(rs, tb, p, cur, ncur, err);
 	if (r >= 0 && !tb) {

@@ -347,6 +347,66 @@ static void helper_report(int fd, int32_t idx, int32_t status, const char *msg)
 	(void)write_full(fd, &rep, sizeof(rep));
 }
 
+/* The init's private anonymous mappings another process of the tree has too (same range), as
+ * candidates to load before forking. */
+static bool shared_range(const struct component *c, const struct vma *v)
+{
+	if (v->kind != VMA_ANON || !v->nruns || c->nprocs < 2)
+		return false;
+	for (size_t k = 1; k < c->nprocs; k++)
+		for (size_t i = 0; i < c->procs[k].nvmas; i++) {
+			const struct vma *w = &c->procs[k].vmas[i];
+			if (w->start == v->start && w->end == v->end && w->kind == VMA_ANON &&
+			    w->flags == v->flags)
+				return true;
+		}
+	return false;
+}
+
+/*
+ * In the init's helper, before it forks: its private anonymous mappings that other processes
+ * have at the same place, mapped where the image has them (where the helper has nothing of its
+ * own) and loaded, so that the processes forked share their pages copy-on-write as the
+ * originals did. Which ones were: bits of `loaded` (by vma index), reported to the monitor.
+ */
+static void helper_preload(struct restore_arg *a, uint8_t *loaded, size_t nbits)
+{
+	const struct process *p = &a->c->procs[0];
+
+	if (a->opts->flags & RESTORE_LAZY)
+		return; /* the init's anonymous memory comes after it runs */
+	for (size_t i = 0; i < p->nvmas && i < nbits; i++) {
+		const struct vma *v = &p->vmas[i];
+		if (!shared_range(a->c, v))
+			continue;
+		void *m =
+		        mmap((void *)(uintptr_t)v->start, v->end - v->start, PROT_READ | PROT_WRITE,
+		             MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE |
+		                     ((v->flags & VMA_F_NORESERVE) ? MAP_NORESERVE : 0),
+		             -1, 0);
+		if (m != (void *)(uintptr_t)v->start) {
+			if (m != MAP_FAILED)
+				munmap(m, v->end - v->start);
+			continue; /* the helper has something there: loaded by the monitor later */
+		}
+		int r = 0;
+		for (size_t j = 0; j < v->nruns && r == 0; j++) {
+			const struct page_run *run = &v->runs[j];
+			if (run->file >= a->npages)
+				r = -EPROTO;
+			else
+				r = pread_full(a->pages_slot[run->file],
+				               (void *)(uintptr_t)run->addr,
+				               run->npages * MODEL_PAGE, (off_t)run->off);
+		}
+		if (r < 0) {
+			munmap(m, v->end - v->start);
+			continue;
+		}
+		loaded[i / 8] |= (uint8_t)(1u << (i % 8));
+	}
+}
+
 /* Everything the processes of the component share, made once by the root before it forks:
  * the image's files at their slots, the shared memory objects, the open file descriptions. */
 static int helper_common(struct restore_arg *a, int sync_rd, int rep_wr, const char *log_path,
@@ -467,6 +527,9 @@ _noreturn_ static void helper_tree(struct restore_arg *a, size_t idx, const char
 	bool zombies = false;
 	char buf;
 
+	uint8_t loaded[FERRY_ERROR_MAX] = {0};
+	if (idx == 0 && a->c->nprocs > 1)
+		helper_preload(a, loaded, sizeof(loaded) * 8);
 	if (p->sid == p->pid && getsid(0) != p->pid && setsid() < 0)
 		r = ferr(&err, -errno, "setsid: %m");
 	else if (p->pgid == p->pid && getpgrp() != p->pid && setpgid(0, 0) < 0)
@@ -514,7 +577,10 @@ _noreturn_ static void helper_tree(struct restore_arg *a, size_t idx, const char
 		helper_report(rep, (int32_t)idx, REP_FAILED, err.msg);
 		_exit(1);
 	}
-	helper_report(rep, (int32_t)idx, a->scratch[idx] ? REP_READY_SCRATCH : REP_READY, NULL);
+	struct helper_report hr = {.idx = (int32_t)idx,
+	                           .status = a->scratch[idx] ? REP_READY_SCRATCH : REP_READY};
+	memcpy(hr.msg, loaded, sizeof(hr.msg)); /* the init: the mappings it loaded */
+	(void)write_full(rep, &hr, sizeof(hr));
 	/* wait here; the monitor seizes us and replaces everything */
 	for (;;)
 		if (read(a->temp_lo + SLOT_SYNC, &buf, 1) <= 0)
@@ -703,6 +769,27 @@ static int read_report(int fd, struct helper_report *rep, struct ferry_error *er
 	return 0;
 }
 
+/* Which mappings of process i it inherited loaded from the init's helper (NULL: none). */
+static uint8_t *kept_of(const struct component *c, size_t i, const uint8_t *loaded, size_t nbits)
+{
+	const struct process *p = &c->procs[i], *q = &c->procs[0];
+	uint8_t *kept = NULL;
+
+	for (size_t j = 0; j < q->nvmas && j < nbits; j++) {
+		if (!(loaded[j / 8] & (1u << (j % 8))))
+			continue;
+		for (size_t k = 0; k < p->nvmas; k++)
+			if (p->vmas[k].start == q->vmas[j].start &&
+			    p->vmas[k].end == q->vmas[j].end && p->vmas[k].kind == VMA_ANON &&
+			    p->vmas[k].flags == q->vmas[j].flags) {
+				if (!kept && !(kept = calloc(p->nvmas, 1)))
+					return NULL;
+				kept[k] = 1;
+			}
+	}
+	return kept;
+}
+
 /* The host pids of the helper processes: the root's children, theirs, ... by namespace pid. */
 static int find_hosts(const struct component *c, pid_t root, pid_t *host, struct ferry_error *err)
 {
@@ -741,6 +828,7 @@ static int restore_start(void *arg, const char *log_path, pid_t *ret_pid, void *
 	_cleanup_free_ struct tracee **threads = calloc(c->nprocs, sizeof(struct tracee *));
 	_cleanup_free_ pid_t *host = calloc(c->nprocs, sizeof(*host));
 	_cleanup_free_ int32_t *status = calloc(c->nprocs, sizeof(*status));
+	uint8_t loaded[FERRY_ERROR_MAX] = {0};      /* the init's mappings its helper loaded */
 	_cleanup_free_ struct proc_map *own = NULL; /* the monitor's mappings */
 	size_t nown = 0;
 	uint64_t sys_ip = 0;
@@ -816,6 +904,8 @@ static int restore_start(void *arg, const char *log_path, pid_t *ret_pid, void *
 			goto fail;
 		}
 		status[hr.idx] = hr.status;
+		if (hr.idx == 0)
+			memcpy(loaded, hr.msg, sizeof(loaded));
 	}
 	if (c->nprocs > 1 && (r = find_hosts(c, pid, host, err)) < 0)
 		goto fail;
@@ -840,6 +930,9 @@ static int restore_start(void *arg, const char *log_path, pid_t *ret_pid, void *
 		ri->exe_fd = a->temp_lo + SLOT_EXE;
 		ri->vma_fd = a->vma_fd[i];
 		ri->shmem_fd = a->shmem_fd;
+		_cleanup_free_ uint8_t *kept = kept_of(c, i, loaded, sizeof(loaded) * 8);
+		ri->kept = kept;
+		ri->base = kept ? &c->procs[0] : NULL;
 		r = tracee_seize_stop(
 		        &ri->main, host[i],
 		        PTRACE_O_TRACESYSGOOD | PTRACE_O_TRACECLONE | PTRACE_O_EXITKILL, err);

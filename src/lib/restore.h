@@ -24,6 +24,11 @@ struct restorer {
 	int exe_fd;           /* the executable, in the helper */
 	int *vma_fd;          /* per vma: fd of its file in the helper, or -1 */
 	int *shmem_fd;        /* per shmem object: fd in the helper, or -1 */
+	/* a tree: per vma, whether the process has it already, inherited from the init's helper,
+	 * which loaded it before forking (the pages it shares copy-on-write stay shared); base:
+	 * the init, whose runs it holds (NULL: none kept) */
+	const uint8_t *kept;
+	const struct process *base;
 	uint64_t pages_loaded;
 	uint64_t pages_ns;
 };
