@@ -136,10 +136,11 @@ memory: what the memory alone costs.
 {table}
 
 A MAP_SHARED object is one object: captured once, made once by the restore and mapped by every
-process. Copy-on-write pages are stored once, but the restore gives each process its own copy
-(each process's memory is loaded into it after the tree is forked): the restore's time and the
-restored tree's memory grow with the number of processes, and so does every image of it
-afterwards (last column).
+process. Copy-on-write pages are stored once, and the restore keeps them shared: the init's
+helper loads the mappings its children have at the same place before it forks them, and each
+child then loads only what differs from the init's (so an image of the restored tree is as
+small as the first, last column). Pages a child shares with its own child but not with the
+init are loaded into each of them.
 """
     with open(out, "w") as fo:
         fo.write(text)
