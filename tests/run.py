@@ -34,7 +34,7 @@ POLL = 0.05
 # run on would let them write past the image, so their "restore" variant stops them.
 WRITES_FILES = {"append_file"}
 # Feature programs used by the refusal tests only.
-REFUSAL_ONLY = {"unsupported_fd", "inotify_queued", "tcp_conn", "unix_inflight"}
+REFUSAL_ONLY = {"unsupported_fd", "inotify_queued", "tcp_conn", "unix_inflight", "seccomp_filter"}
 # Feature programs used by the incremental tests only (their protocol has steps and more lines).
 INCREMENTAL_ONLY = {"incr_pattern", "incr_reuse"}
 # Feature programs used by the migration tests only (tests/migrate_tests.py).
@@ -836,6 +836,23 @@ def refuse_unsupported_fd(ctx, prog="unsupported_fd", what="a netlink socket"):
     compare_snapshots(before, proc_snapshot(pid), "after the refused checkpoint")
     ctx.go()
     expect_log(ctx, "c", f"FD {fd}\nREADY\nPASS\n")
+
+
+def refuse_seccomp(ctx):
+    """A checkpoint of a process under a seccomp filter is refused, saying so; the process goes
+    on under its filter and passes after go."""
+    img = os.path.join(ctx.root, "img")
+    ctx.start("c", ctx.feature("seccomp_filter"))
+    ctx.wait_line("c", "^READY$")
+    pid = ctx.pid("c")
+    rc, _, err = ctx.ferry("checkpoint", "c", "--dir", img, ok=False)
+    if rc == 0 or "seccomp" not in err:
+        raise Fail(f"checkpoint under a seccomp filter: exit {rc}, {tail(err, 1)!r}")
+    c = ctx.component("c")
+    if not c or c.get("state") != "running" or c.get("pid") != pid:
+        raise Fail(f"after the refused checkpoint the component is {c}")
+    ctx.go()
+    expect_log(ctx, "c", "READY\nPASS\n")
 
 
 def tcp_established(ctx):
@@ -1683,6 +1700,7 @@ def collect(builds):
                       lambda ctx: refuse_unsupported_fd(ctx, "inotify_queued",
                                                         "inotify events not read yet"),
                       TEST_TIMEOUT))
+        tests.append((f"{tag}/refuse/seccomp", ferry, refuse_seccomp, TEST_TIMEOUT))
         tests.append((f"{tag}/refuse/unix-fd-in-flight", ferry,
                       lambda ctx: refuse_unsupported_fd(ctx, "unix_inflight",
                                                         "file descriptors in flight"),

@@ -315,6 +315,8 @@ static int capture_creds(struct process *p)
 			found |= 2;
 		else if (strncmp(l, "NoNewPrivs:", 11) == 0)
 			p->no_new_privs = (uint32_t)strtoul(l + 11, NULL, 10);
+		else if (strncmp(l, "Seccomp:", 8) == 0 && strtoul(l + 8, NULL, 10) != 0)
+			return -EPERM; /* a filter ferry cannot carry: refused, not dropped */
 		else if (strncmp(l, "Groups:", 7) == 0) {
 			char *end = l + 7;
 			for (;;) {
@@ -391,6 +393,10 @@ int task_capture(struct tracee *main, struct process *p, struct ferry_error *err
 	p->env_start = f[50];
 	p->env_end = f[51];
 	r = capture_creds(p);
+	if (r == -EPERM)
+		return ferr(err, -ENOTSUP,
+		            "pid %d: it runs under a seccomp filter (not supported yet)",
+		            p->host_pid);
 	if (r < 0)
 		return ferr(err, r, "pid %d: reading its credentials: %s", p->host_pid,
 		            strerror(-r));
