@@ -9,6 +9,7 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "chain.h"
 #include "checkpoint.h"
@@ -65,6 +66,14 @@ static int freeze(pid_t pid, struct frozen *fz, struct ferry_error *err)
 			fz->n++;          /* seized (maybe not stopped): detach it on the way out */
 			if (r < 0)
 				return r;
+			/* exited between the listing and the seize, its tid taken by a thread of
+			 * another process already: not ours to stop */
+			char path[64];
+			snprintf(path, sizeof(path), "/proc/%d/task/%d", pid, tids[i]);
+			if (access(path, F_OK) < 0) {
+				(void)tracee_detach(&fz->t[--fz->n], NULL);
+				continue;
+			}
 			more = true;
 		}
 	}
