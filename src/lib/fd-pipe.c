@@ -111,6 +111,88 @@ static int peek(pid_t pid, int read_fd, uint8_t **ret, size_t *ret_len, int *ret
 	return 0;
 }
 
+/* The size of an earlier fd's pipe (of this kind and inode) in the component: it carries the
+ * bytes, this one only its numbers; false if e is the first. */
+static bool earlier_end(const struct fd_capture_ctx *ctx, const struct fd_entry *e, uint32_t kind,
+                        uint64_t ino, uint64_t *ret_size)
+{
+	for (size_t k = 0; k < ctx->c->nprocs; k++) {
+		const struct process *o = &ctx->c->procs[k];
+		for (size_t i = 0; i < o->nfds && &o->fds[i] != e; i++)
+			if (o->fds[i].kind == kind && o->fds[i].nextra >= PP_PEER &&
+			    o->fds[i].extra[PP_INO] == ino) {
+				*ret_size = o->fds[i].extra[PP_SIZE];
+				return true;
+			}
+		if (o == ctx->p)
+			break;
+	}
+	return false;
+}
+
+/* The bytes in the pipe behind pid's fd, peeked, into the pages file (v: size, length, place,
+ * checksum). */
+static int save_bytes(struct fd_capture_ctx *ctx, uint64_t *v, pid_t pid, int fd, const char *what,
+                      struct ferry_error *err)
+{
+	_cleanup_free_ uint8_t *data = NULL;
+	size_t len = 0;
+	int size = 0;
+	int r = peek(pid, fd, &data, &len, &size);
+
+	if (r < 0)
+		return ferr(err, r, "%s: reading what is in it: %s", what, strerror(-r));
+	v[PP_SIZE] = (uint64_t)size;
+	v[PP_LEN] = len;
+	if (len && ctx->w) {
+		v[PP_OFF] = image_pages_alloc(ctx->w, len);
+		v[PP_CSUM] = image_checksum(data, len);
+		r = pwrite_full(image_pages_fd(ctx->w), data, len, (off_t)v[PP_OFF]);
+		if (r < 0)
+			return ferr(err, r, "%s: writing its bytes: %s", what, strerror(-r));
+	}
+	return 0;
+}
+
+/* Its size set and its bytes, checked, written into a write end wr. */
+static int fill_bytes(const uint64_t *v, struct fd_restore_ctx *ctx, int wr, const char *what,
+                      struct ferry_error *err)
+{
+	(void)fcntl(wr, F_SETPIPE_SZ, (int)v[PP_SIZE]); /* a limit: the default still holds them */
+	if (!v[PP_LEN])
+		return 0;
+	_cleanup_free_ uint8_t *data = malloc(v[PP_LEN]);
+	int r = data ? pread_full(ctx->pages_fd, data, v[PP_LEN], (off_t)v[PP_OFF]) : -ENOMEM;
+	if (r == 0 && image_checksum(data, v[PP_LEN]) != v[PP_CSUM])
+		r = -EBADMSG;
+	if (r == 0)
+		r = write_full(wr, data, v[PP_LEN]);
+	if (r < 0)
+		return ferr(err, r, "%s: its %" PRIu64 " bytes: %s", what, v[PP_LEN],
+		            r == -EBADMSG ? "checksum mismatch" : strerror(-r));
+	return 0;
+}
+
+/* The object of inode id made once (by make) and kept in the stash for its other fds. */
+static struct fd_stash *stash_get(const struct fd_entry *e, struct fd_restore_ctx *ctx,
+                                  int (*make)(const struct fd_entry *, struct fd_restore_ctx *,
+                                              struct fd_stash *, struct ferry_error *),
+                                  struct ferry_error *err)
+{
+	for (size_t i = 0; i < ctx->nstash; i++)
+		if (ctx->stash[i].id == e->extra[PP_INO])
+			return &ctx->stash[i];
+	if (GROW(ctx->stash, ctx->nstash) < 0) {
+		ferr(err, -ENOMEM, "out of memory");
+		return NULL;
+	}
+	struct fd_stash *st = &ctx->stash[ctx->nstash];
+	if (make(e, ctx, st, err) < 0)
+		return NULL;
+	ctx->nstash++;
+	return st;
+}
+
 static int pipe_capture(struct fd_capture_ctx *ctx, const struct fd_info *fi, struct fd_entry *e,
                         struct ferry_error *err)
 {
@@ -126,34 +208,11 @@ static int pipe_capture(struct fd_capture_ctx *ctx, const struct fd_info *fi, st
 		            fi->link);
 	v[PP_PEER] = (uint64_t)(uint32_t)q->pid << 32 | (uint32_t)other;
 	/* the bytes go with the first fd of the pipe only */
-	for (size_t k = 0; k < ctx->c->nprocs; k++) {
-		const struct process *o = &ctx->c->procs[k];
-		for (size_t i = 0; i < o->nfds && &o->fds[i] != e; i++)
-			if (o->fds[i].kind == FD_PIPE && o->fds[i].nextra >= PP_PEER &&
-			    o->fds[i].extra[PP_INO] == fi->st.st_ino) {
-				v[PP_SIZE] = o->fds[i].extra[PP_SIZE];
-				return fds_set_extra(e, v, PP_N, err);
-			}
-		if (o == ctx->p)
-			break;
-	}
-	_cleanup_free_ uint8_t *data = NULL;
-	size_t len = 0;
-	int size = 0;
-	int r = write_end ? peek(q->host_pid, other, &data, &len, &size)
-	                  : peek(ctx->p->host_pid, fi->fd, &data, &len, &size);
-	if (r < 0)
-		return ferr(err, r, "%s: reading what is in it: %s", fi->link, strerror(-r));
-	v[PP_SIZE] = (uint64_t)size;
-	v[PP_LEN] = len;
-	if (len && ctx->w) {
-		v[PP_OFF] = image_pages_alloc(ctx->w, len);
-		v[PP_CSUM] = image_checksum(data, len);
-		r = pwrite_full(image_pages_fd(ctx->w), data, len, (off_t)v[PP_OFF]);
-		if (r < 0)
-			return ferr(err, r, "%s: writing its bytes: %s", fi->link, strerror(-r));
-	}
-	return fds_set_extra(e, v, PP_N, err);
+	if (earlier_end(ctx, e, FD_PIPE, fi->st.st_ino, &v[PP_SIZE]))
+		return fds_set_extra(e, v, PP_N, err);
+	int r = write_end ? save_bytes(ctx, v, q->host_pid, other, fi->link, err)
+	                  : save_bytes(ctx, v, ctx->p->host_pid, fi->fd, fi->link, err);
+	return r < 0 ? r : fds_set_extra(e, v, PP_N, err);
 }
 
 static int pipe_create(const struct fd_entry *e, struct fd_restore_ctx *ctx, struct fd_stash *st,
@@ -164,23 +223,13 @@ static int pipe_create(const struct fd_entry *e, struct fd_restore_ctx *ctx, str
 
 	if (pipe2(p, O_CLOEXEC) < 0)
 		return ferr(err, -errno, "pipe2: %m");
-	if (fcntl(p[1], F_SETPIPE_SZ, (int)v[PP_SIZE]) < 0)
-		(void)0; /* an unprivileged size limit: the default size still holds the data */
-	if (v[PP_LEN]) {
-		_cleanup_free_ uint8_t *data = malloc(v[PP_LEN]);
-		int r = data ? pread_full(ctx->pages_fd, data, v[PP_LEN], (off_t)v[PP_OFF])
-		             : -ENOMEM;
-		if (r == 0 && image_checksum(data, v[PP_LEN]) != v[PP_CSUM])
-			r = -EBADMSG;
-		if (r == 0)
-			r = write_full(p[1], data, v[PP_LEN]);
-		if (r < 0) {
-			safe_close(p[0]);
-			safe_close(p[1]);
-			return ferr(err, r, "pipe:[%" PRIu64 "]: its %" PRIu64 " bytes: %s",
-			            v[PP_INO], v[PP_LEN],
-			            r == -EBADMSG ? "checksum mismatch" : strerror(-r));
-		}
+	char what[48];
+	snprintf(what, sizeof(what), "pipe:[%" PRIu64 "]", v[PP_INO]);
+	int r = fill_bytes(v, ctx, p[1], what, err);
+	if (r < 0) {
+		safe_close(p[0]);
+		safe_close(p[1]);
+		return r;
 	}
 	/* parked above every fd of the image, so that placing fds cannot close them */
 	for (int i = 0; i < 2; i++) {
@@ -196,22 +245,11 @@ static int pipe_create(const struct fd_entry *e, struct fd_restore_ctx *ctx, str
 static int pipe_restore(const struct fd_entry *e, struct fd_restore_ctx *ctx,
                         struct ferry_error *err)
 {
-	struct fd_stash *st = NULL;
-
 	if (e->nextra < PP_PEER)
 		return ferr(err, -EPROTO, "pipe record without its values");
-	for (size_t i = 0; i < ctx->nstash && !st; i++)
-		if (ctx->stash[i].id == e->extra[PP_INO])
-			st = &ctx->stash[i];
-	if (!st) {
-		if (GROW(ctx->stash, ctx->nstash) < 0)
-			return ferr(err, -ENOMEM, "out of memory");
-		st = &ctx->stash[ctx->nstash];
-		int r = pipe_create(e, ctx, st, err);
-		if (r < 0)
-			return r;
-		ctx->nstash++;
-	}
+	struct fd_stash *st = stash_get(e, ctx, pipe_create, err);
+	if (!st)
+		return err->code ? err->code : -EIO;
 	int end = st->fd[e->extra[PP_END] ? 1 : 0];
 	/* O_NONBLOCK belongs to the end (the open file description), shared by its dups */
 	if (fcntl(end, F_SETFL, (int)(e->flags & O_NONBLOCK)) < 0)
@@ -255,17 +293,8 @@ static int fifo_capture(struct fd_capture_ctx *ctx, const struct fd_info *fi, st
 	e->path = strdup(fi->link);
 	if (!e->path)
 		return ferr(err, -ENOMEM, "out of memory");
-	for (size_t k = 0; k < ctx->c->nprocs; k++) {
-		const struct process *o = &ctx->c->procs[k];
-		for (size_t i = 0; i < o->nfds && &o->fds[i] != e; i++)
-			if (o->fds[i].kind == FD_FIFO && o->fds[i].nextra >= PP_PEER &&
-			    o->fds[i].extra[PP_INO] == fi->st.st_ino) {
-				v[PP_SIZE] = o->fds[i].extra[PP_SIZE];
-				return fds_set_extra(e, v, PP_N, err);
-			}
-		if (o == ctx->p)
-			break;
-	}
+	if (earlier_end(ctx, e, FD_FIFO, fi->st.st_ino, &v[PP_SIZE]))
+		return fds_set_extra(e, v, PP_N, err);
 	_cleanup_close_ int own = -EBADF;
 	pid_t from = ctx->p->host_pid;
 	int fd = fi->fd;
@@ -274,29 +303,13 @@ static int fifo_capture(struct fd_capture_ctx *ctx, const struct fd_info *fi, st
 		own = open(fi->link, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
 		if (own < 0 || fstat(own, &sb) < 0 || sb.st_ino != fi->st.st_ino)
 			return ferr(err, -ENOTSUP,
-			            "FIFO %s: cannot open a read end on it to see "
-			            "what it holds",
+			            "FIFO %s: cannot open a read end on it to see what it holds",
 			            fi->link);
 		from = getpid();
 		fd = own;
 	}
-	_cleanup_free_ uint8_t *data = NULL;
-	size_t len = 0;
-	int size = 0;
-	int r = peek(from, fd, &data, &len, &size);
-	if (r < 0)
-		return ferr(err, r, "FIFO %s: reading what is in it: %s", fi->link, strerror(-r));
-	v[PP_SIZE] = (uint64_t)size;
-	v[PP_LEN] = len;
-	if (len && ctx->w) {
-		v[PP_OFF] = image_pages_alloc(ctx->w, len);
-		v[PP_CSUM] = image_checksum(data, len);
-		r = pwrite_full(image_pages_fd(ctx->w), data, len, (off_t)v[PP_OFF]);
-		if (r < 0)
-			return ferr(err, r, "FIFO %s: writing its bytes: %s", fi->link,
-			            strerror(-r));
-	}
-	return fds_set_extra(e, v, PP_N, err);
+	int r = save_bytes(ctx, v, from, fd, fi->link, err);
+	return r < 0 ? r : fds_set_extra(e, v, PP_N, err);
 }
 
 /* The FIFO opened once for both ends (so that no open waits for the other end) and filled. */
@@ -313,20 +326,10 @@ static int fifo_keeper(const struct fd_entry *e, struct fd_restore_ctx *ctx, str
 		safe_close(k);
 		return ferr(err, -ENOTSUP, "%s is no longer a FIFO", e->path);
 	}
-	(void)fcntl(k, F_SETPIPE_SZ, (int)v[PP_SIZE]);
-	if (v[PP_LEN]) {
-		_cleanup_free_ uint8_t *data = malloc(v[PP_LEN]);
-		int r = data ? pread_full(ctx->pages_fd, data, v[PP_LEN], (off_t)v[PP_OFF])
-		             : -ENOMEM;
-		if (r == 0 && image_checksum(data, v[PP_LEN]) != v[PP_CSUM])
-			r = -EBADMSG;
-		if (r == 0)
-			r = write_full(k, data, v[PP_LEN]);
-		if (r < 0) {
-			safe_close(k);
-			return ferr(err, r, "FIFO %s: its %" PRIu64 " bytes: %s", e->path,
-			            v[PP_LEN], r == -EBADMSG ? "checksum mismatch" : strerror(-r));
-		}
+	int r = fill_bytes(v, ctx, k, e->path, err);
+	if (r < 0) {
+		safe_close(k);
+		return r;
 	}
 	st->fd[0] = fcntl(k, F_DUPFD_CLOEXEC, ctx->stash_lo);
 	st->fd[1] = -EBADF;
@@ -340,22 +343,10 @@ static int fifo_keeper(const struct fd_entry *e, struct fd_restore_ctx *ctx, str
 static int fifo_restore(const struct fd_entry *e, struct fd_restore_ctx *ctx,
                         struct ferry_error *err)
 {
-	struct fd_stash *st = NULL;
-
 	if (e->nextra < PP_PEER || !e->path)
 		return ferr(err, -EPROTO, "FIFO record without its values");
-	for (size_t i = 0; i < ctx->nstash && !st; i++)
-		if (ctx->stash[i].id == e->extra[PP_INO])
-			st = &ctx->stash[i];
-	if (!st) {
-		if (GROW(ctx->stash, ctx->nstash) < 0)
-			return ferr(err, -ENOMEM, "out of memory");
-		st = &ctx->stash[ctx->nstash];
-		int r = fifo_keeper(e, ctx, st, err);
-		if (r < 0)
-			return r;
-		ctx->nstash++;
-	}
+	if (!stash_get(e, ctx, fifo_keeper, err))
+		return err->code ? err->code : -EIO;
 	/* its own open file description, with the access mode it had */
 	int fd = open(e->path, (int)(e->extra[PP_END] & O_ACCMODE) | O_NONBLOCK | O_CLOEXEC);
 	if (fd < 0)
