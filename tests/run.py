@@ -1703,7 +1703,7 @@ def collect(builds):
         tests.append((f"{tag}/refuse/seccomp", ferry, refuse_seccomp, TEST_TIMEOUT))
         tests.append((f"{tag}/refuse/unix-fd-in-flight", ferry,
                       lambda ctx: refuse_unsupported_fd(ctx, "unix_inflight",
-                                                        "file descriptors in flight"),
+                                                        "an epoll instance in flight"),
                       TEST_TIMEOUT))
         tests.append((f"{tag}/runtime/monitor-death", ferry, monitor_death, TEST_TIMEOUT))
         tests.append((f"{tag}/runtime/check", ferry, kernel_check, TEST_TIMEOUT))

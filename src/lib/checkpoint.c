@@ -354,6 +354,8 @@ int checkpoint_capture(pid_t pid, const char *log_path, struct image_writer *w, 
 	}
 	c->created = (int64_t)time(NULL);
 	r = freeze_tree(pid, c, fz, err);
+	if (r == 0)
+		r = fd_unix_preview(c, err);
 	/* dirty tracking and the rounds before the freeze follow the init only: the others are
 	 * captured whole */
 	for (size_t i = 0; r == 0 && i < c->nprocs; i++) {
@@ -372,6 +374,12 @@ int checkpoint_capture(pid_t pid, const char *log_path, struct image_writer *w, 
 		                   i == 0 ? pf : NULL, err);
 		if (r < 0 && c->nprocs > 1)
 			ferr_prefix(err, "process %d", p->pid);
+	}
+	if (r == 0 && c->ninflight) {
+		/* files in flight in the sockets' queues: held by a process, or captured alone */
+		struct fd_capture_ctx fctx = {
+		        .c = c, .w = w, .st = st, .log_path = log_path, .held = &fz->held};
+		r = fds_inflight_resolve(&fctx, err);
 	}
 	if (r < 0) {
 		model_free(c);

@@ -24,7 +24,7 @@ static int eventfd_capture(struct fd_capture_ctx *ctx, const struct fd_info *fi,
 
 	if (r < 0)
 		return ferr(err, r, "fdinfo: %s", strerror(-r));
-	if (fds_fdinfo_u64(info, "eventfd-count", 10, &v[EV_COUNT]) < 0)
+	if (fds_fdinfo_u64(info, "eventfd-count", 16, &v[EV_COUNT]) < 0)
 		return ferr(err, -EPROTO, "fdinfo has no eventfd-count");
 	(void)fds_fdinfo_u64(info, "eventfd-semaphore", 10, &v[EV_SEMAPHORE]);
 	return fds_set_extra(e, v, EV_N, err);
@@ -66,7 +66,7 @@ static int eventfd_kernel_probe(char *detail, size_t len)
 
 	snprintf(path, sizeof(path), "/proc/self/fdinfo/%d", fd);
 	bool ok = fd >= 0 && read_file(path, &info, NULL) == 0 &&
-	          fds_fdinfo_u64(info, "eventfd-count", 10, &v) == 0 && v == 5;
+	          fds_fdinfo_u64(info, "eventfd-count", 16, &v) == 0 && v == 5;
 	snprintf(detail, len, "%s",
 	         ok ? "counter readable in fdinfo" : "no eventfd-count in fdinfo");
 	return ok;

@@ -59,19 +59,35 @@ static int other_end(pid_t pid, ino_t ino, int want_write)
 	return found;
 }
 
-/* The other end in the component: this process first, then the others (live ones). */
+/*
+ * The other end in the component: this process first, then the others (live ones), then the
+ * files in flight in its sockets (our copies: fd_unix_preview), reported as pid 0 and our pid.
+ */
 static int other_end_in(const struct fd_capture_ctx *ctx, ino_t ino, int want_write,
-                        const struct process **ret_p)
+                        int32_t *ret_pid, pid_t *ret_host)
 {
 	int fd = other_end(ctx->p->host_pid, ino, want_write);
 
-	*ret_p = ctx->p;
+	*ret_pid = ctx->p->pid;
+	*ret_host = ctx->p->host_pid;
 	for (size_t i = 0; fd < 0 && i < ctx->c->nprocs; i++) {
 		const struct process *q = &ctx->c->procs[i];
 		if (q == ctx->p || q->zombie)
 			continue;
 		fd = other_end(q->host_pid, ino, want_write);
-		*ret_p = q;
+		*ret_pid = q->pid;
+		*ret_host = q->host_pid;
+	}
+	for (size_t i = 0; fd < 0 && i < ctx->c->ninflight_pre; i++) {
+		struct stat sb;
+		int f = ctx->c->inflight_pre[i];
+		int fl = fcntl(f, F_GETFL);
+		if (fstat(f, &sb) == 0 && S_ISFIFO(sb.st_mode) && sb.st_ino == ino && fl >= 0 &&
+		    ((fl & O_ACCMODE) == O_WRONLY) == (want_write != 0)) {
+			fd = f;
+			*ret_pid = 0;
+			*ret_host = getpid();
+		}
 	}
 	return fd;
 }
@@ -187,6 +203,7 @@ static struct fd_stash *stash_get(const struct fd_entry *e, struct fd_restore_ct
 		return NULL;
 	}
 	struct fd_stash *st = &ctx->stash[ctx->nstash];
+	memset(st, 0, sizeof(*st));
 	if (make(e, ctx, st, err) < 0)
 		return NULL;
 	ctx->nstash++;
@@ -198,19 +215,20 @@ static int pipe_capture(struct fd_capture_ctx *ctx, const struct fd_info *fi, st
 {
 	uint64_t v[PP_N] = {fi->st.st_ino, (fi->flags & O_ACCMODE) == O_WRONLY ? 1 : 0};
 	int write_end = (int)v[PP_END];
-	const struct process *q;
-	int other = other_end_in(ctx, fi->st.st_ino, !write_end, &q);
+	int32_t q_pid;
+	pid_t q_host;
+	int other = other_end_in(ctx, fi->st.st_ino, !write_end, &q_pid, &q_host);
 
 	if (other < 0)
 		return ferr(err, -ENOTSUP,
 		            "%s: its other end is outside the component (a pipe to or from "
 		            "another program cannot be restored)",
 		            fi->link);
-	v[PP_PEER] = (uint64_t)(uint32_t)q->pid << 32 | (uint32_t)other;
+	v[PP_PEER] = (uint64_t)(uint32_t)q_pid << 32 | (uint32_t)other;
 	/* the bytes go with the first fd of the pipe only */
 	if (earlier_end(ctx, e, FD_PIPE, fi->st.st_ino, &v[PP_SIZE]))
 		return fds_set_extra(e, v, PP_N, err);
-	int r = write_end ? save_bytes(ctx, v, q->host_pid, other, fi->link, err)
+	int r = write_end ? save_bytes(ctx, v, q_host, other, fi->link, err)
 	                  : save_bytes(ctx, v, ctx->p->host_pid, fi->fd, fi->link, err);
 	return r < 0 ? r : fds_set_extra(e, v, PP_N, err);
 }
@@ -268,7 +286,9 @@ static void pipe_describe(const struct fd_entry *e, char *buf, size_t len)
 	}
 	int n = snprintf(buf, len, "pipe:[%" PRIu64 "] %s end, ", e->extra[PP_INO],
 	                 e->extra[PP_END] ? "write" : "read");
-	if (n >= 0 && (size_t)n < len && e->nextra > PP_PEER)
+	if (n >= 0 && (size_t)n < len && e->nextra > PP_PEER && !(e->extra[PP_PEER] >> 32))
+		n += snprintf(buf + n, len - (size_t)n, "other end in flight (SCM_RIGHTS), ");
+	else if (n >= 0 && (size_t)n < len && e->nextra > PP_PEER)
 		n += snprintf(buf + n, len - (size_t)n, "other end: pid %u fd %u, ",
 		              (unsigned)(e->extra[PP_PEER] >> 32),
 		              (unsigned)(e->extra[PP_PEER] & 0xffffffffu));

@@ -298,6 +298,100 @@ int fds_capture(struct fd_capture_ctx *ctx, struct ferry_error *err)
 	return r;
 }
 
+/* The queues that carry files in flight, once every fd they name is in place. */
+static int fill_pending(struct fd_restore_ctx *ctx, struct ferry_error *err)
+{
+	for (size_t i = 0; i < ctx->nstash; i++) {
+		int r = fd_unix_fill(&ctx->stash[i], ctx, err);
+		if (r < 0)
+			return r;
+	}
+	return 0;
+}
+
+int fds_inflight_resolve(const struct fd_capture_ctx *base, struct ferry_error *err)
+{
+	struct component *c = base->c;
+	struct process self = {.host_pid = getpid()};
+	struct fd_capture_ctx ctx = *base;
+
+	ctx.p = &self;
+	ctx.inflight = true;
+	for (size_t k = 0; k < c->ninflight; k++) {
+		struct fd_entry *e = &c->inflight[k];
+		int local = c->inflight_local[k];
+		const struct fd_ops *ops = NULL;
+		struct fd_info fi;
+		char from[48];
+		int r = fd_info_read(self.host_pid, local, &fi);
+
+		if (c->nprocs > 1)
+			snprintf(from, sizeof(from), "pid %d fd %d",
+			         (int)(c->inflight_from[k] >> 32), (int)(uint32_t)c->inflight_from[k]);
+		else
+			snprintf(from, sizeof(from), "fd %d", (int)(uint32_t)c->inflight_from[k]);
+		if (r < 0)
+			return ferr(err, r, "%s: file in flight %zu: %s", from, k, strerror(-r));
+		for (size_t i = 0; i < ARRAY_SIZE(kinds) && !ops; i++)
+			if (kinds[i]->probe(&fi, &ctx))
+				ops = kinds[i];
+		if (!ops)
+			return ferr(err, -ENOTSUP,
+			            "%s: a file in flight (SCM_RIGHTS): %s: unsupported kind (%s)",
+			            from, fi.link, kind_word(fi.st.st_mode));
+		e->fd = (int32_t)k;
+		e->kind = ops->kind;
+		e->flags = fi.flags;
+		e->pos = fi.pos;
+		e->mode = fi.st.st_mode;
+		e->cap_dev = fi.st.st_dev;
+		e->cap_ino = fi.st.st_ino;
+		/* an open file description a process of the component holds too? */
+		const struct process *hq = NULL;
+		const struct fd_entry *hf = NULL;
+		for (size_t i = 0; i < c->nprocs && !hf; i++) {
+			const struct process *q = &c->procs[i];
+			for (size_t j = 0; j < q->nfds && !hf && !q->zombie; j++) {
+				const struct fd_entry *f = &q->fds[j];
+				if (f->kind == e->kind && f->cap_ino == e->cap_ino &&
+				    f->cap_dev == e->cap_dev &&
+				    syscall(SYS_kcmp, self.host_pid, q->host_pid, KCMP_FILE, local,
+				            f->fd) == 0) {
+					hq = q;
+					hf = f;
+				}
+			}
+		}
+		if (hf) {
+			if (c->nprocs == 1) {
+				e->dup_of = hf->dup_of >= 0 ? hf->dup_of : hf->fd;
+				continue;
+			}
+			if (hf->share < 0)
+				return ferr(err, -ENOTSUP,
+				            "%s: a file in flight (SCM_RIGHTS): a %s also held by pid "
+				            "%d (its fd %d): unsupported",
+				            from, ops->name, hq->pid, hf->fd);
+			e->share = hf->share;
+			continue;
+		}
+		/* no process holds it: captured here, like an fd of its own */
+		if (ops->late || (ops->kind != FD_FILE && ops->kind != FD_MEMFD &&
+		                  ops->kind != FD_DELETED && ops->kind != FD_PIPE &&
+		                  ops->kind != FD_FIFO && ops->kind != FD_UNIX &&
+		                  ops->kind != FD_EVENTFD && ops->kind != FD_INET))
+			return ferr(err, -ENOTSUP,
+			            "%s: a file in flight (SCM_RIGHTS) that no process holds: %s "
+			            "(%s): unsupported",
+			            from, fi.link, ops->name);
+		r = ops->capture(&ctx, &fi, e, err);
+		if (r < 0)
+			return ferr_prefix(err, "%s: a file in flight (SCM_RIGHTS), %s (%s)", from,
+			                   fi.link, ops->name);
+	}
+	return 0;
+}
+
 int fds_restore(const struct process *p, struct fd_restore_ctx *ctx, struct ferry_error *err)
 {
 	for (size_t k = 0; k < 3 * p->nfds; k++) {
@@ -342,8 +436,9 @@ int fds_restore(const struct process *p, struct fd_restore_ctx *ctx, struct ferr
 			return ferr(err, -errno, "fd %d: F_SETFD: %m", e->fd);
 		}
 	}
+	int r = fill_pending(ctx, err);
 	fds_stash_drop(ctx);
-	return 0;
+	return r;
 }
 
 int fds_restore_shared(const struct component *c, struct fd_restore_ctx *ctx,
@@ -377,8 +472,9 @@ int fds_restore_shared(const struct component *c, struct fd_restore_ctx *ctx,
 				            e->fd, slot);
 		}
 	}
+	int r = fill_pending(ctx, err);
 	fds_stash_drop(ctx);
-	return 0;
+	return r;
 }
 
 void fds_stash_drop(struct fd_restore_ctx *ctx)

@@ -31,12 +31,16 @@ struct fd_capture_ctx {
 	struct mem_stats *st;
 	const char *log_path; /* this component's log in the runtime */
 	struct fd_held *held; /* where a kind keeps what the thaw must undo */
+	bool inflight;        /* p is ours, its fd a file in flight (fds_inflight_resolve) */
 };
 
 /* An object restored once and shared by several fds (both ends of a pipe). */
 struct fd_stash {
 	uint64_t id; /* identity at capture (inode) */
 	int fd[2];
+	/* a socket pair whose queues carry files in flight: filled once every fd is in place
+	 * (fd_unix_fill) */
+	const struct fd_entry *fill;
 };
 
 struct fd_restore_ctx {
@@ -47,6 +51,8 @@ struct fd_restore_ctx {
 	int share_lo;         /* the open file descriptions of a tree: share k at share_lo + k */
 	struct fd_stash *stash;
 	size_t nstash;
+	const struct fd_entry *inflight; /* component.inflight */
+	size_t ninflight;
 };
 
 struct fd_ops {
@@ -127,6 +133,24 @@ int fds_restore(const struct process *p, struct fd_restore_ctx *ctx, struct ferr
  */
 int fds_restore_shared(const struct component *c, struct fd_restore_ctx *ctx,
                        struct ferry_error *err);
+
+/*
+ * fds_inflight_resolve - once every process is captured: each file in flight (component.inflight,
+ * our copies in inflight_local) is found among the fds of the processes (the same open file
+ * description), or else captured like an fd of its own. base gives the writer and statistics.
+ */
+int fds_inflight_resolve(const struct fd_capture_ctx *base, struct ferry_error *err);
+
+/*
+ * fd_unix_preview - before the fds of a frozen component are captured: a copy of every file in
+ * flight in the queues of its Unix sockets (component.inflight_pre), so that the capture of a
+ * pipe finds an other end that is in flight among our own fds.
+ */
+int fd_unix_preview(struct component *c, struct ferry_error *err);
+
+/* fd_unix_fill - the queues of a pair parked in st, with their files in flight (SCM_RIGHTS);
+ * every fd the files refer to is in place. */
+int fd_unix_fill(struct fd_stash *st, struct fd_restore_ctx *ctx, struct ferry_error *err);
 
 /* fds_stash_drop - close the objects restored once for several fds (their extra copies). */
 void fds_stash_drop(struct fd_restore_ctx *ctx);

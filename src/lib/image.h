@@ -36,6 +36,7 @@ enum img_kind {
 	IMG_END = 9,       /* last record; its absence means a truncated state file */
 	IMG_PAGEFILE = 10, /* where one pages file of the image was first written */
 	IMG_PTIMER = 11,   /* one POSIX timer */
+	IMG_INFLIGHT = 12, /* one file in flight in a Unix socket's queue (SCM_RIGHTS) */
 };
 
 struct image_writer;

@@ -17,6 +17,7 @@
 #define V_SIGACTION 1
 #define V_SIGINFO   1
 #define V_PTIMER    1
+#define V_INFLIGHT  1
 
 int grow(void **arr, size_t *n, size_t elem)
 {
@@ -74,6 +75,18 @@ struct component *model_free(struct component *c)
 	for (size_t i = 0; i < c->npagefiles; i++)
 		free(c->pagefiles[i].origin);
 	free(c->pagefiles);
+	for (size_t i = 0; i < c->ninflight; i++) {
+		free(c->inflight[i].path);
+		free(c->inflight[i].extra);
+		if (c->inflight_local)
+			safe_close(c->inflight_local[i]);
+	}
+	free(c->inflight);
+	free(c->inflight_local);
+	free(c->inflight_from);
+	for (size_t i = 0; i < c->ninflight_pre; i++)
+		safe_close(c->inflight_pre[i]);
+	free(c->inflight_pre);
 	free(c);
 	return NULL;
 }
@@ -517,6 +530,10 @@ int model_save(const struct component *c, struct image_writer *w, struct ferry_e
 			PUT(IMG_PTIMER, V_PTIMER);
 		}
 	}
+	for (size_t i = 0; i < c->ninflight; i++) {
+		put_fd(&wb, &c->procs[0], &c->inflight[i]);
+		PUT(IMG_INFLIGHT, V_INFLIGHT);
+	}
 	return 0;
 }
 
@@ -567,6 +584,14 @@ static int load_one(struct component *c, uint16_t kind, uint16_t ver, struct rbu
 		memset(&c->procs[c->nprocs], 0, sizeof(struct process));
 		c->nprocs++;
 		return get_process(rb, ver, &c->procs[c->nprocs - 1]);
+	case IMG_INFLIGHT:
+		(void)rb_u32(rb); /* the root's pid */
+		if (GROW(c->inflight, c->ninflight) < 0)
+			return -ENOMEM;
+		memset(&c->inflight[c->ninflight], 0, sizeof(struct fd_entry));
+		r = get_fd(rb, 4, &c->inflight[c->ninflight]);
+		c->ninflight++;
+		return r;
 	default:
 		break;
 	}
@@ -673,6 +698,16 @@ int model_load(struct image_reader *r, struct component **ret, struct ferry_erro
 			if (s >= 0 && (uint32_t)s >= c->nshares)
 				c->nshares = (uint32_t)s + 1;
 		}
+	/* a file in flight refers to a share some process holds, or to an fd of the one
+	 * process, or is its own */
+	for (size_t k = 0; k < c->ninflight; k++) {
+		const struct fd_entry *f = &c->inflight[k];
+		if (f->fd != (int32_t)k || (f->share >= 0 && (uint32_t)f->share >= c->nshares) ||
+		    (f->dup_of >= 0 && c->nprocs != 1)) {
+			model_free(c);
+			return ferr(err, -EPROTO, "file in flight %zu: malformed", k);
+		}
+	}
 	*ret = c;
 	return 0;
 }

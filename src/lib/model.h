@@ -251,6 +251,20 @@ struct component {
 	struct shmem *shmems;
 	size_t nshmems;
 	uint32_t nshares; /* open file descriptions held by several processes (fd_entry.share) */
+	/*
+	 * Files in flight: sent with SCM_RIGHTS over a Unix socket of the component and not
+	 * received yet (the socket's queue names them by index). Entry k has fd = k and is either
+	 * the open file description of fd dup_of of the one process, or share share of a tree, or
+	 * (both -1) a file no process holds, captured here like an fd.
+	 */
+	struct fd_entry *inflight;
+	size_t ninflight;
+	int *inflight_local; /* at capture, not stored: our copies of them (closed by model_free) */
+	uint64_t *inflight_from; /* at capture, not stored: the socket, as pid << 32 | fd */
+	/* at capture, not stored: copies of every file in flight taken before the fds are
+	 * captured, so that a pipe whose other end is in flight finds it (fd_unix_preview) */
+	int *inflight_pre;
+	size_t ninflight_pre;
 };
 
 /* model_free - release everything a component owns (NULL ok); returns NULL. */

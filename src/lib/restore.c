@@ -455,7 +455,9 @@ static int helper_common(struct restore_arg *a, int sync_rd, int rep_wr, const c
 	                              .shmem_fd = a->shmem_fd,
 	                              .pages_fd = a->temp_lo + SLOT_PAGES,
 	                              .stash_lo = a->stash_lo,
-	                              .share_lo = a->share_lo};
+	                              .share_lo = a->share_lo,
+	                              .inflight = a->c->inflight,
+	                              .ninflight = a->c->ninflight};
 	return fds_restore_shared(a->c, &fctx, err);
 }
 
@@ -492,7 +494,9 @@ static int helper_own(struct restore_arg *a, size_t idx, const char *log_path,
 	                              .shmem_fd = a->shmem_fd,
 	                              .pages_fd = a->temp_lo + SLOT_PAGES,
 	                              .stash_lo = a->stash_lo,
-	                              .share_lo = a->share_lo};
+	                              .share_lo = a->share_lo,
+	                              .inflight = a->c->inflight,
+	                              .ninflight = a->c->ninflight};
 	return fds_restore(p, &fctx, err);
 }
 

@@ -26,7 +26,7 @@ int main(int argc, char **argv)
 	sigemptyset(&usr1);
 	sigaddset(&usr1, SIGUSR1);
 	sigprocmask(SIG_BLOCK, &usr1, NULL);
-	int efd = eventfd(7, EFD_NONBLOCK);
+	int efd = eventfd(4242, EFD_NONBLOCK);
 	int sem = eventfd(3, EFD_SEMAPHORE);
 	int tfd = timerfd_create(CLOCK_MONOTONIC, 0);
 	int tfd2 = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK);
@@ -57,8 +57,8 @@ int main(int argc, char **argv)
 		feature_fail("epoll_wait gave %d events without the eventfd and signalfd ones", n);
 	if (!(fcntl(efd, F_GETFL) & O_NONBLOCK))
 		feature_fail("eventfd lost O_NONBLOCK");
-	if (read(efd, &v, 8) != 8 || v != 7)
-		feature_fail("eventfd counter %llu, expected 7", (unsigned long long)v);
+	if (read(efd, &v, 8) != 8 || v != 4242)
+		feature_fail("eventfd counter %llu, expected 4242 (fdinfo shows it in hex)", (unsigned long long)v);
 	if (read(sem, &v, 8) != 8 || v != 1 || read(sem, &v, 8) != 8 || v != 1)
 		feature_fail("semaphore eventfd does not count down by one");
 	if (read(tfd2, &v, 8) != 8 || v != 1)

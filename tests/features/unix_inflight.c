@@ -1,5 +1,7 @@
-/* Feature: a checkpoint refuses a Unix socket with an fd in flight (SCM_RIGHTS not received
- * yet), naming the fd, and leaves the program running with the fd still in flight. */
+/* Feature: a checkpoint refuses a Unix socket with a file in flight (SCM_RIGHTS not received
+ * yet) of a kind it cannot carry alone (an epoll instance no process holds), naming the fd, and
+ * leaves the program running with the file still in flight. */
+#include <sys/epoll.h>
 #include <sys/socket.h>
 
 #include "feature.h"
@@ -7,9 +9,11 @@
 int main(int argc, char **argv)
 {
 	const char *dir = feature_dir(argc, argv);
-	int sv[2], pass[2];
+	int sv[2], pass[2], ep = epoll_create1(EPOLL_CLOEXEC);
+	struct epoll_event ev = {.events = EPOLLIN, .data.u64 = 77};
 
-	if (socketpair(AF_UNIX, SOCK_STREAM, 0, sv) < 0 || pipe(pass) < 0) {
+	if (ep < 0 || socketpair(AF_UNIX, SOCK_STREAM, 0, sv) < 0 || pipe(pass) < 0 ||
+	    epoll_ctl(ep, EPOLL_CTL_ADD, pass[0], &ev) < 0) {
 		feature_fail("setup: %s", strerror(errno));
 		return feature_finish();
 	}
@@ -25,15 +29,16 @@ int main(int argc, char **argv)
 	c->cmsg_level = SOL_SOCKET;
 	c->cmsg_type = SCM_RIGHTS;
 	c->cmsg_len = CMSG_LEN(sizeof(int));
-	memcpy(CMSG_DATA(c), &pass[1], sizeof(int));
+	memcpy(CMSG_DATA(c), &ep, sizeof(int));
 	if (sendmsg(sv[0], &mh, 0) != 1) {
 		feature_fail("sendmsg: %s", strerror(errno));
 		return feature_finish();
 	}
+	close(ep);
 	printf("FD %d\n", sv[0]); /* the end captured first, which carries both queues */
 	feature_ready();
 	feature_wait_go(dir);
-	/* the fd is still in flight: received, it is the pipe's write end */
+	/* the epoll instance is still in flight: received, it sees the pipe readable */
 	char b;
 	mh.msg_controllen = sizeof(cm);
 	if (recvmsg(sv[1], &mh, 0) != 1 || !CMSG_FIRSTHDR(&mh))
@@ -41,8 +46,10 @@ int main(int argc, char **argv)
 	else {
 		int got;
 		memcpy(&got, CMSG_DATA(CMSG_FIRSTHDR(&mh)), sizeof(int));
-		if (write(got, "z", 1) != 1 || read(pass[0], &b, 1) != 1 || b != 'z')
-			feature_fail("the fd received is not the pipe's write end");
+		ev.data.u64 = 0;
+		if (write(pass[1], "z", 1) != 1 || epoll_wait(got, &ev, 1, 1000) != 1 ||
+		    ev.data.u64 != 77 || read(pass[0], &b, 1) != 1 || b != 'z')
+			feature_fail("the fd received is not the epoll instance");
 	}
 	return feature_finish();
 }
