@@ -96,6 +96,14 @@ int main(int argc, char **argv)
 		printf("FAIL: queueing: %s\n", strerror(errno));
 		return 1;
 	}
+	/* queued in the bound datagram socket by a socket that is not its peer (closed since) */
+	int tx = socket(AF_UNIX, SOCK_DGRAM, 0);
+	if (tx < 0 || sendto(tx, "queued-1", 8, 0, (struct sockaddr *)&dga, dl) != 8 ||
+	    sendto(tx, "queued-2", 8, 0, (struct sockaddr *)&dga, dl) != 8) {
+		printf("FAIL: queueing in the bound socket: %s\n", strerror(errno));
+		return 1;
+	}
+	close(tx);
 	/* the child's bytes are in our end before the checkpoint */
 	char b[64];
 	if (recv(kid[0], b, 1, MSG_PEEK) != 1) {
@@ -135,6 +143,8 @@ int main(int argc, char **argv)
 		feature_fail("abstract listener: connect: %s", strerror(errno));
 	else
 		close(accept(la, NULL, NULL));
+	expect_recv(bd, "queued-1", "bound datagram socket, queued 1");
+	expect_recv(bd, "queued-2", "bound datagram socket, queued 2");
 	int s = socket(AF_UNIX, SOCK_DGRAM, 0);
 	if (s < 0 || sendto(s, "hi", 2, 0, (struct sockaddr *)&dga, dl) != 2)
 		feature_fail("bound datagram socket: sendto: %s", strerror(errno));
