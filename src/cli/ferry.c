@@ -518,6 +518,15 @@ static void describe_print(struct json_object *o, const char *what)
 		describe_fds(p);
 		describe_signals(p);
 	}
+	struct json_object *fl = jarr(o, "in_flight", &n);
+	if (!n)
+		return;
+	printf("\nFiles in flight in Unix sockets' queues, sent and not received yet (%zu)\n", n);
+	for (size_t i = 0; i < n; i++) {
+		struct json_object *f = json_object_array_get_idx(fl, i);
+		printf("    #%-3" PRId64 " %-7s %s\n", jint(f, "index", -1), jstr(f, "kind", "?"),
+		       jstr(f, "meaning", ""));
+	}
 }
 
 /* ---- commands ----------------------------------------------------------------------------- */

@@ -250,6 +250,39 @@ static json_object *describe_fd(const struct fd_entry *e, const struct component
 	return o;
 }
 
+/* A file in flight: the open file a process holds, or its own meaning. */
+static json_object *describe_inflight(const struct fd_entry *e, const struct component *c)
+{
+	json_object *o = json_object_new_object();
+	const struct fd_ops *ops = fds_ops_of(e->kind);
+	char meaning[PATH_MAX + 256] = "?";
+	const struct fd_entry *held = NULL;
+	int32_t pid = 0, fd = e->dup_of;
+
+	for (size_t i = 0; i < c->nprocs && !held; i++)
+		for (size_t j = 0; j < c->procs[i].nfds && !held; j++) {
+			const struct fd_entry *f = &c->procs[i].fds[j];
+			if ((e->share >= 0 && f->share == e->share && f->dup_of < 0) ||
+			    (e->dup_of >= 0 && f->fd == e->dup_of)) {
+				held = f;
+				pid = c->procs[i].pid;
+				fd = f->fd;
+			}
+		}
+	if (held)
+		snprintf(meaning, sizeof(meaning), "the open file of pid %d fd %d", pid, fd);
+	else if (ops)
+		ops->describe(e, meaning, sizeof(meaning));
+	json_object_object_add(o, "index", json_object_new_int(e->fd));
+	json_object_object_add(o, "kind", json_object_new_string(ops ? ops->name : "?"));
+	json_object_object_add(o, "meaning", json_object_new_string(meaning));
+	if (held) {
+		json_object_object_add(o, "held_by_pid", json_object_new_int(pid));
+		json_object_object_add(o, "held_as_fd", json_object_new_int(fd));
+	}
+	return o;
+}
+
 static void sig_name(int sig, char *buf, size_t len)
 {
 	const char *abbrev = sigabbrev_np(sig);
@@ -404,6 +437,10 @@ static json_object *describe(const struct component *c)
 	for (size_t i = 0; i < c->nprocs; i++)
 		json_object_array_add(procs, describe_process(&c->procs[i], c));
 	json_object_object_add(o, "processes", procs);
+	json_object *fl = json_object_new_array();
+	for (size_t k = 0; k < c->ninflight; k++)
+		json_object_array_add(fl, describe_inflight(&c->inflight[k], c));
+	json_object_object_add(o, "in_flight", fl);
 	return o;
 }
 

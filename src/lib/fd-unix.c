@@ -1,11 +1,12 @@
 /*
  * Unix sockets (stream, datagram, seqpacket): a connected pair whose two ends are in the
  * component (socketpair, or a connection accepted from a listener of the component) is made
- * again as a socketpair, with the messages queued in each end; listeners and bound sockets take
- * their address again; a datagram socket connected to a named socket outside the component is
- * connected to that name again. Refused: a connection to a stream socket outside the component
- * (its other end has state ferry cannot rebuild), connections waiting to be accepted, and fds
- * in flight (SCM_RIGHTS).
+ * again as a socketpair, with the messages queued in each end and the files in flight with them
+ * (SCM_RIGHTS); listeners and bound sockets take their address again, and a bound datagram
+ * socket's queue is sent to it again; a datagram socket connected to a named socket outside the
+ * component is connected to that name again. Refused: a connection to a stream socket outside
+ * the component (its other end has state ferry cannot rebuild), connections waiting to be
+ * accepted, and files in flight to a socket whose sender is outside.
  */
 #include <dirent.h>
 #include <fcntl.h>
@@ -932,6 +933,9 @@ static void unix_describe(const struct fd_entry *e, char *buf, size_t len)
 		         v[UX_PQBYTES]);
 	else if (!(v[UX_FLAGS] & UX_PAIR) && v[UX_QBYTES] && n < len)
 		snprintf(buf + n, len - n, ", %" PRIu64 " bytes queued", v[UX_QBYTES]);
+	n = strlen(buf);
+	if ((v[UX_FLAGS] & UX_RIGHTS) && n < len)
+		snprintf(buf + n, len - n, ", with files in flight");
 }
 
 static int unix_kernel_probe(char *detail, size_t len)
