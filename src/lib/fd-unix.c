@@ -207,7 +207,8 @@ static int take_rights(struct fd_capture_ctx *ctx, int fd, const int *f, size_t 
 		e->fd = (int32_t)c->ninflight;
 		e->shmem = e->dup_of = e->share = -1;
 		c->inflight_local[c->ninflight] = f[i];
-		c->inflight_from[c->ninflight] = (uint64_t)(uint32_t)ctx->p->pid << 32 | (uint32_t)fd;
+		c->inflight_from[c->ninflight] =
+		        (uint64_t)(uint32_t)ctx->p->pid << 32 | (uint32_t)fd;
 		q->rights[q->nrights++] = (uint32_t)c->ninflight++;
 	}
 	for (; i < k; i++)
@@ -313,8 +314,8 @@ static int peek_queue(struct fd_capture_ctx *ctx, int fd, int s, int type, struc
  * [lengths a][lengths b][bytes a][bytes b], and with files in flight (UX_RIGHTS) for each
  * message of a then b its count of files and their indexes in component.inflight.
  */
-static int save_queues(struct fd_capture_ctx *ctx, uint64_t *v, int fd, int s, int peer,
-                       int type, const char *what, struct ferry_error *err)
+static int save_queues(struct fd_capture_ctx *ctx, uint64_t *v, int fd, int s, int peer, int type,
+                       const char *what, struct ferry_error *err)
 {
 	_cleanup_(ux_queue_free) struct ux_queue q0 = {0};
 	_cleanup_(ux_queue_free) struct ux_queue q1 = {0};
@@ -636,8 +637,8 @@ static int fill_queue(int s, const uint32_t *lens, uint32_t n, const uint8_t **d
 		if (q->rights) {
 			if (*ri >= q->nrights || q->rights[*ri] > 253 ||
 			    q->rights[*ri] > q->nrights - *ri - 1)
-				return ferr(err, -EBADMSG, "message %u: its files in flight: malformed",
-				            i);
+				return ferr(err, -EBADMSG,
+				            "message %u: its files in flight: malformed", i);
 			k = q->rights[(*ri)++];
 		}
 		for (; nf < k; nf++) {
@@ -715,7 +716,8 @@ static int fill_pair(const uint64_t *v, int s0, int s1, struct fd_restore_ctx *c
 		r = read_saved(v, ctx->pages_fd, &q);
 		if (r < 0)
 			return ferr(err, r, "socket:[%" PRIu64 "]: its queues: %s", v[UX_INO],
-			            r == -EBADMSG ? "checksum mismatch or malformed" : strerror(-r));
+			            r == -EBADMSG ? "checksum mismatch or malformed"
+			                          : strerror(-r));
 		const uint8_t *data = q.data;
 		/* this end's queue is sent by its peer, and the peer's by this end */
 		r = fill_queue(s1, q.lens, q.n[0], &data, (int)v[UX_TYPE], NULL, 0, &q, &ri, ctx,

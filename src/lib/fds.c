@@ -327,7 +327,8 @@ int fds_inflight_resolve(const struct fd_capture_ctx *base, struct ferry_error *
 
 		if (c->nprocs > 1)
 			snprintf(from, sizeof(from), "pid %d fd %d",
-			         (int)(c->inflight_from[k] >> 32), (int)(uint32_t)c->inflight_from[k]);
+			         (int)(c->inflight_from[k] >> 32),
+			         (int)(uint32_t)c->inflight_from[k]);
 		else
 			snprintf(from, sizeof(from), "fd %d", (int)(uint32_t)c->inflight_from[k]);
 		if (r < 0)
@@ -368,18 +369,19 @@ int fds_inflight_resolve(const struct fd_capture_ctx *base, struct ferry_error *
 				continue;
 			}
 			if (hf->share < 0)
-				return ferr(err, -ENOTSUP,
-				            "%s: a file in flight (SCM_RIGHTS): a %s also held by pid "
-				            "%d (its fd %d): unsupported",
-				            from, ops->name, hq->pid, hf->fd);
+				return ferr(
+				        err, -ENOTSUP,
+				        "%s: a file in flight (SCM_RIGHTS): a %s also held by pid "
+				        "%d (its fd %d): unsupported",
+				        from, ops->name, hq->pid, hf->fd);
 			e->share = hf->share;
 			continue;
 		}
 		/* no process holds it: captured here, like an fd of its own */
-		if (ops->late || (ops->kind != FD_FILE && ops->kind != FD_MEMFD &&
-		                  ops->kind != FD_DELETED && ops->kind != FD_PIPE &&
-		                  ops->kind != FD_FIFO && ops->kind != FD_UNIX &&
-		                  ops->kind != FD_EVENTFD && ops->kind != FD_INET))
+		if (ops->late ||
+		    (ops->kind != FD_FILE && ops->kind != FD_MEMFD && ops->kind != FD_DELETED &&
+		     ops->kind != FD_PIPE && ops->kind != FD_FIFO && ops->kind != FD_UNIX &&
+		     ops->kind != FD_EVENTFD && ops->kind != FD_INET))
 			return ferr(err, -ENOTSUP,
 			            "%s: a file in flight (SCM_RIGHTS) that no process holds: %s "
 			            "(%s): unsupported",

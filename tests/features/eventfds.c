@@ -58,7 +58,8 @@ int main(int argc, char **argv)
 	if (!(fcntl(efd, F_GETFL) & O_NONBLOCK))
 		feature_fail("eventfd lost O_NONBLOCK");
 	if (read(efd, &v, 8) != 8 || v != 4242)
-		feature_fail("eventfd counter %llu, expected 4242 (fdinfo shows it in hex)", (unsigned long long)v);
+		feature_fail("eventfd counter %llu, expected 4242 (fdinfo shows it in hex)",
+		             (unsigned long long)v);
 	if (read(sem, &v, 8) != 8 || v != 1 || read(sem, &v, 8) != 8 || v != 1)
 		feature_fail("semaphore eventfd does not count down by one");
 	if (read(tfd2, &v, 8) != 8 || v != 1)

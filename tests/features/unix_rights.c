@@ -131,7 +131,8 @@ int main(int argc, char **argv)
 		int a[2] = {mfd, f}, c3[3] = {pp[1], ls, ev};
 		bad = bad || send_fds(sp[0], "hello", NULL, 0) < 0 ||
 		      send_fds(sp[0], "msg-A", a, 2) < 0 || send_fds(sp[0], "msg-C", c3, 3) < 0 ||
-		      send_fds(sp[0], "tail", NULL, 0) < 0 || send_fds(dp[0], "first", NULL, 0) < 0 ||
+		      send_fds(sp[0], "tail", NULL, 0) < 0 ||
+		      send_fds(dp[0], "first", NULL, 0) < 0 ||
 		      send_fds(dp[0], "dg-with-fd", &mfd, 1) < 0 ||
 		      send_fds(dp[0], "plain", NULL, 0) < 0;
 		if (bad)
@@ -167,7 +168,8 @@ int main(int argc, char **argv)
 			feature_fail("stream message 2, file 2: is %s, not %s", link, path);
 		else if (lseek(got[1], 0, SEEK_CUR) != 5 || read(got[1], buf, 5) != 5 ||
 		         memcmp(buf, "56789", 5) != 0)
-			feature_fail("stream message 2, file 2: offset or content wrong (\"%s\")", buf);
+			feature_fail("stream message 2, file 2: offset or content wrong (\"%s\")",
+			             buf);
 	}
 	if (recv_fds(sp[1], "msg-C", got, 3, "stream message 3") == 0) {
 		memset(buf, 0, sizeof(buf));
