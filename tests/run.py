@@ -1047,7 +1047,7 @@ def describe(ctx):
         if not {"heap", "stack", "vdso", "file", "anon"} <= kinds:
             raise Fail(f"{what}: memory kinds {sorted(kinds)}")
         fds = {f["fd"]: f for f in p.get("fds", [])}
-        want = {0: "character device /dev/null", 1: "log", 3: "eventfd, counter 7",
+        want = {0: "character device /dev/null", 1: "log", 3: "eventfd, counter 4242",
                 8: "epoll watching"}
         for fd, text in want.items():
             if fd not in fds or text not in fds[fd].get("meaning", ""):
