@@ -552,13 +552,14 @@ struct ux_saved {
 	uint32_t n[2];
 	const uint32_t *lens;
 	const uint8_t *data;
-	const uint32_t *rights; /* NULL: none */
+	uint32_t *rights; /* NULL: none (a copy: in the record they follow the bytes, unaligned) */
 	size_t nrights;
 };
 
 static void ux_saved_free(struct ux_saved *q)
 {
 	free(q->buf);
+	free(q->rights);
 }
 
 static int read_saved(const uint64_t *v, int pages_fd, struct ux_saved *q)
@@ -589,8 +590,11 @@ static int read_saved(const uint64_t *v, int pages_fd, struct ux_saved *q)
 		return -EBADMSG;
 	q->data = q->buf + head;
 	if (v[UX_FLAGS] & UX_RIGHTS) {
-		q->rights = (const uint32_t *)(q->buf + head + bytes);
 		q->nrights = (len - head - bytes) / 4;
+		q->rights = malloc(q->nrights ? q->nrights * 4 : 1);
+		if (!q->rights)
+			return -ENOMEM;
+		memcpy(q->rights, q->buf + head + bytes, q->nrights * 4);
 	} else if (head + bytes != len) {
 		return -EBADMSG;
 	}
