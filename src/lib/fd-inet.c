@@ -21,21 +21,11 @@ enum { IN_DOMAIN, IN_TYPE, IN_PROTO, IN_FLAGS, IN_BACKLOG, IN_ALEN, IN_ADDR, IN_
 
 static bool inet_probe(const struct fd_info *fi, const struct fd_capture_ctx *ctx)
 {
-	if (!S_ISSOCK(fi->st.st_mode))
+	if (fi->sock_domain != AF_INET && fi->sock_domain != AF_INET6)
 		return false;
-	_cleanup_close_ int s = pidfd_getfd_of(ctx->p->host_pid, fi->fd);
-	if (s < 0)
-		return false;
-	int dom = fds_sockopt(s, SOL_SOCKET, SO_DOMAIN), type = fds_sockopt(s, SOL_SOCKET, SO_TYPE);
-	int proto = fds_sockopt(s, SOL_SOCKET, SO_PROTOCOL);
-	struct sockaddr_storage peer;
-	socklen_t pl = sizeof(peer);
-	if (dom != AF_INET && dom != AF_INET6)
-		return false;
-	if (type == SOCK_STREAM && proto == IPPROTO_TCP)
-		return fds_sockopt(s, SOL_SOCKET, SO_ACCEPTCONN) == 1;
-	return type == SOCK_DGRAM && proto == IPPROTO_UDP &&
-	       getpeername(s, (struct sockaddr *)&peer, &pl) < 0 && errno == ENOTCONN;
+	if (fi->sock_type == SOCK_STREAM && fi->sock_proto == IPPROTO_TCP)
+		return fi->sock_listening;
+	return fi->sock_type == SOCK_DGRAM && fi->sock_proto == IPPROTO_UDP && !fi->sock_connected;
 }
 
 /* rx_queue of the socket's line in /proc/PID/net/{tcp,udp}[6]: pending connections for a

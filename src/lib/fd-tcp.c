@@ -59,19 +59,9 @@ enum {
 
 static bool tcp_probe(const struct fd_info *fi, const struct fd_capture_ctx *ctx)
 {
-	if (!S_ISSOCK(fi->st.st_mode))
-		return false;
-	_cleanup_close_ int s = pidfd_getfd_of(ctx->p->host_pid, fi->fd);
-	if (s < 0)
-		return false;
-	int dom = fds_sockopt(s, SOL_SOCKET, SO_DOMAIN);
-	struct sockaddr_storage peer;
-	socklen_t pl = sizeof(peer);
-	return (dom == AF_INET || dom == AF_INET6) &&
-	       fds_sockopt(s, SOL_SOCKET, SO_TYPE) == SOCK_STREAM &&
-	       fds_sockopt(s, SOL_SOCKET, SO_PROTOCOL) == IPPROTO_TCP &&
-	       fds_sockopt(s, SOL_SOCKET, SO_ACCEPTCONN) == 0 &&
-	       getpeername(s, (struct sockaddr *)&peer, &pl) == 0;
+	return (fi->sock_domain == AF_INET || fi->sock_domain == AF_INET6) &&
+	       fi->sock_type == SOCK_STREAM && fi->sock_proto == IPPROTO_TCP &&
+	       !fi->sock_listening && fi->sock_connected;
 }
 
 void fd_tcp_release(int fd, bool resume)

@@ -123,10 +123,7 @@ static int unix_diag(uint32_t ino, struct ux_diag *d)
 
 static bool unix_probe(const struct fd_info *fi, const struct fd_capture_ctx *ctx)
 {
-	if (!S_ISSOCK(fi->st.st_mode))
-		return false;
-	_cleanup_close_ int s = pidfd_getfd_of(ctx->p->host_pid, fi->fd);
-	return s >= 0 && fds_sockopt(s, SOL_SOCKET, SO_DOMAIN) == AF_UNIX;
+	return fi->sock_domain == AF_UNIX;
 }
 
 /* The fd of a live process of the component on the socket with inode ino, or -1. */

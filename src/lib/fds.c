@@ -168,6 +168,19 @@ static int fd_info_read(pid_t pid, int fd, struct fd_info *fi)
 	uint32_t fl = (uint32_t)strtoul(flags + 6, NULL, 8);
 	fi->cloexec = (fl & O_CLOEXEC) ? 1 : 0;
 	fi->flags = fl & ~(uint32_t)O_CLOEXEC;
+	fi->sock_domain = fi->sock_type = fi->sock_proto = -1;
+	if (S_ISSOCK(fi->st.st_mode)) {
+		_cleanup_close_ int s = pidfd_getfd_of(pid, fd);
+		struct sockaddr_storage peer;
+		socklen_t pl = sizeof(peer);
+		if (s >= 0) {
+			fi->sock_domain = fds_sockopt(s, SOL_SOCKET, SO_DOMAIN);
+			fi->sock_type = fds_sockopt(s, SOL_SOCKET, SO_TYPE);
+			fi->sock_proto = fds_sockopt(s, SOL_SOCKET, SO_PROTOCOL);
+			fi->sock_listening = fds_sockopt(s, SOL_SOCKET, SO_ACCEPTCONN) == 1;
+			fi->sock_connected = getpeername(s, (struct sockaddr *)&peer, &pl) == 0;
+		}
+	}
 	return 0;
 }
 

@@ -15,6 +15,9 @@ struct fd_info {
 	uint32_t flags;      /* fdinfo flags without O_CLOEXEC */
 	uint32_t cloexec;
 	uint64_t pos;
+	/* a socket, read once for every kind's probe (-1: not a socket, or unreadable) */
+	int sock_domain, sock_type, sock_proto;
+	bool sock_listening, sock_connected;
 };
 
 /* Sockets a capture changed while the component is frozen (TCP connections in repair mode):
