@@ -62,13 +62,19 @@ enum {
 #define UX_SHUT_RD  (1u << 5)
 #define UX_SHUT_WR  (1u << 6)
 #define UX_RIGHTS   (1u << 7) /* its queues hold files in flight (SCM_RIGHTS) */
-#define MAX_QUEUE   (16u << 20)
+/* a client whose connection to a listener of the component waits to be accepted: UX_PEER is
+ * the listener, UX_WHERE its place in the listener's queue, UX_RADDR the listener's address */
+#define UX_PENDING (1u << 8)
+#define MAX_QUEUE  (16u << 20)
 
 struct ux_diag {
 	uint8_t state;
 	uint8_t shutdown;
 	uint32_t peer;
 	uint32_t rq, wq;
+	/* a listener: the clients of the connections waiting to be accepted, in queue order */
+	uint32_t icons[256];
+	uint32_t nicons;
 };
 
 /* What sock_diag knows of the Unix socket with inode ino: state, peer, queues, shutdown. */
@@ -85,10 +91,10 @@ static int unix_diag(uint32_t ino, struct ux_diag *d)
 	        .r = {.sdiag_family = AF_UNIX,
 	              .udiag_states = ~0u,
 	              .udiag_ino = ino,
-	              .udiag_show = UDIAG_SHOW_PEER | UDIAG_SHOW_RQLEN,
+	              .udiag_show = UDIAG_SHOW_PEER | UDIAG_SHOW_RQLEN | UDIAG_SHOW_ICONS,
 	              .udiag_cookie = {INET_DIAG_NOCOOKIE, INET_DIAG_NOCOOKIE}},
 	};
-	uint64_t buf[1024];
+	uint64_t buf[2048];
 
 	if (nl < 0)
 		return -errno;
@@ -116,6 +122,12 @@ static int unix_diag(uint32_t ino, struct ux_diag *d)
 			d->wq = q->udiag_wqueue;
 		} else if (a->rta_type == UNIX_DIAG_SHUTDOWN) {
 			d->shutdown = *(const uint8_t *)RTA_DATA(a);
+		} else if (a->rta_type == UNIX_DIAG_ICONS) {
+			size_t k = RTA_PAYLOAD(a) / sizeof(uint32_t);
+			d->nicons = (uint32_t)MIN(k, ARRAY_SIZE(d->icons));
+			memcpy(d->icons, RTA_DATA(a), d->nicons * sizeof(uint32_t));
+			if (k > ARRAY_SIZE(d->icons))
+				d->nicons = UINT32_MAX; /* more than we keep */
 		}
 	}
 	return 0;
@@ -363,6 +375,15 @@ static int save_queues(struct fd_capture_ctx *ctx, uint64_t *v, int fd, int s, i
 	return 0;
 }
 
+/*
+ * A client whose connection waits to be accepted (connected, its peer not a socket yet): the
+ * listener must be the component's, and nothing written on it yet (its bytes would be in the
+ * connection the listener holds, where no peek reaches).
+ */
+static int pending_client(struct fd_capture_ctx *ctx, const struct fd_info *fi, struct fd_entry *e,
+                          uint64_t *v, int s, const struct ux_diag *d, struct ferry_error *err);
+static void addr_str(const uint64_t *a, uint64_t alen, char *buf, size_t len);
+
 static int unix_capture(struct fd_capture_ctx *ctx, const struct fd_info *fi, struct fd_entry *e,
                         struct ferry_error *err)
 {
@@ -390,14 +411,28 @@ static int unix_capture(struct fd_capture_ctx *ctx, const struct fd_info *fi, st
 	v[UX_ALEN] = sl;
 	memcpy(&v[UX_ADDR], &sa, MIN((size_t)sl, 14 * sizeof(uint64_t)));
 	if (fds_sockopt(s, SOL_SOCKET, SO_ACCEPTCONN) == 1) {
-		if (d.rq > 0)
+		/* connections not accepted yet: made again by their clients, which must be in
+		 * the component */
+		if (d.rq > 0 && d.nicons != d.rq)
 			return ferr(err, -ENOTSUP,
-			            "%s: %u connections wait to be accepted (unsupported yet)",
-			            fi->link, d.rq);
+			            "%s: %u connections wait to be accepted, %u seen", fi->link,
+			            d.rq, d.nicons);
+		for (uint32_t i = 0; i < d.nicons; i++) {
+			const struct process *q = NULL;
+			if (find_sock(ctx, d.icons[i], &q) < 0)
+				return ferr(
+				        err, -ENOTSUP,
+				        "%s: a connection from outside the component waits to be "
+				        "accepted (socket:[%u]; unsupported)",
+				        fi->link, d.icons[i]);
+		}
 		v[UX_FLAGS] |= UX_LISTEN;
 		v[UX_BACKLOG] = d.wq;
+		v[UX_QBYTES] = d.nicons; /* for describe */
 		return fds_set_extra(e, v, UX_N, err);
 	}
+	if (!d.peer && d.state == 1 /* TCP_ESTABLISHED */ && type != SOCK_DGRAM)
+		return pending_client(ctx, fi, e, v, s, &d, err);
 	_cleanup_close_ int peer_s = -EBADF;
 	if (d.peer && ctx->inflight)
 		return ferr(err, -ENOTSUP, "%s: a connected Unix socket in flight (unsupported)",
@@ -540,6 +575,69 @@ int fd_unix_preview(struct component *c, struct ferry_error *err)
 			return ferr(err, r, "pid %d: files in flight: %s", q->pid, strerror(-r));
 	}
 	return 0;
+}
+
+static int pending_client(struct fd_capture_ctx *ctx, const struct fd_info *fi, struct fd_entry *e,
+                          uint64_t *v, int s, const struct ux_diag *d, struct ferry_error *err)
+{
+	struct sockaddr_un ra;
+	socklen_t rl = sizeof(ra);
+
+	if (ctx->inflight)
+		return ferr(err, -ENOTSUP,
+		            "%s: a Unix socket in flight whose connection waits to "
+		            "be accepted (unsupported)",
+		            fi->link);
+	if (getpeername(s, (struct sockaddr *)&ra, &rl) < 0 || rl <= sizeof(sa_family_t))
+		return ferr(err, -ENOTSUP, "%s: connected, but to no socket or name (unsupported)",
+		            fi->link);
+	/* the listener of the component whose queue holds it */
+	for (size_t k = 0; k < ctx->c->nprocs; k++) {
+		const struct process *q = &ctx->c->procs[k];
+		char path[64];
+		struct dirent *de;
+		if (q->zombie)
+			continue;
+		snprintf(path, sizeof(path), "/proc/%d/fd", q->host_pid);
+		DIR *dir = opendir(path);
+		while (dir && (de = readdir(dir))) {
+			char p2[96];
+			struct stat sb;
+			struct ux_diag ld;
+			snprintf(p2, sizeof(p2), "%s/%s", path, de->d_name);
+			if (de->d_name[0] < '0' || de->d_name[0] > '9' || stat(p2, &sb) < 0 ||
+			    !S_ISSOCK(sb.st_mode) || unix_diag((uint32_t)sb.st_ino, &ld) < 0 ||
+			    ld.state != 10 /* TCP_LISTEN */)
+				continue;
+			for (uint32_t i = 0; i < ld.nicons && i < ARRAY_SIZE(ld.icons); i++) {
+				if (ld.icons[i] != fi->st.st_ino)
+					continue;
+				closedir(dir);
+				if (d->wq)
+					return ferr(err, -ENOTSUP,
+					            "%s: bytes written on a connection that "
+					            "socket:[%" PRIu64 "] has not accepted yet "
+					            "(unsupported)",
+					            fi->link, (uint64_t)sb.st_ino);
+				v[UX_FLAGS] |= UX_PENDING;
+				v[UX_PEER] = sb.st_ino;
+				v[UX_WHERE] = i;
+				v[UX_RALEN] = rl;
+				memcpy(&v[UX_RADDR], &ra, MIN((size_t)rl, 14 * sizeof(uint64_t)));
+				return fds_set_extra(e, v, UX_N, err);
+			}
+		}
+		if (dir)
+			closedir(dir);
+	}
+	char name[128];
+	uint64_t raw[14] = {0};
+	memcpy(raw, &ra, MIN((size_t)rl, sizeof(raw)));
+	addr_str(raw, rl, name, sizeof(name));
+	return ferr(err, -ENOTSUP,
+	            "%s: its connection to %s (outside the component) waits to be accepted "
+	            "(unsupported)",
+	            fi->link, name);
 }
 
 /* A queue record read back and checked: the lengths and bytes of both ends' messages, and
@@ -763,14 +861,61 @@ static int pair_create(const struct fd_entry *e, struct fd_restore_ctx *ctx, str
 	return 0;
 }
 
-int fd_unix_fill(struct fd_stash *st, struct fd_restore_ctx *ctx, struct ferry_error *err)
+/* A client connects to the listener, restored by now, as it had: its connection waits there
+ * to be accepted. */
+static int connect_pending(const struct fd_entry *e, int s, struct ferry_error *err)
 {
-	/* the stash may move while the files are made: what is needed of st is taken now */
-	const struct fd_entry *e = st->fill;
-	int s0 = st->fd[0], s1 = st->fd[1];
+	const uint64_t *v = e->extra;
+	struct sockaddr_un ra = {0};
+	socklen_t rl = (socklen_t)MIN(v[UX_RALEN], sizeof(ra));
+	int fl = fcntl(s, F_GETFL);
 
-	st->fill = NULL;
-	return e ? fill_pair(e->extra, s0, s1, ctx, err) : 0;
+	memcpy(&ra, &v[UX_RADDR], rl);
+	/* the listener's backlog holds it (it held it before): no wait */
+	if (fl < 0 || fcntl(s, F_SETFL, fl | O_NONBLOCK) < 0)
+		return ferr(err, -errno, "socket:[%" PRIu64 "]: F_SETFL: %m", v[UX_INO]);
+	int r = connect(s, (struct sockaddr *)&ra, rl) < 0 ? -errno : 0;
+	(void)fcntl(s, F_SETFL, fl);
+	if (r < 0)
+		return ferr(err, r, "socket:[%" PRIu64 "]: connecting to %s%s again: %s", v[UX_INO],
+		            ra.sun_path[0] ? "" : "@", ra.sun_path + !ra.sun_path[0], strerror(-r));
+	return 0;
+}
+
+int fd_unix_fill_all(struct fd_restore_ctx *ctx, struct ferry_error *err)
+{
+	uint64_t last = 0;
+	bool more = false;
+
+	/* the queues of pairs, then the connections waiting to be accepted, in the order of
+	 * their listeners' queues (the stash may move while files in flight are made: what is
+	 * needed of an entry is taken before) */
+	for (size_t i = 0; i < ctx->nstash; i++) {
+		const struct fd_entry *e = ctx->stash[i].fill;
+		int s0 = ctx->stash[i].fd[0], s1 = ctx->stash[i].fd[1];
+		if (!e)
+			continue;
+		if (e->extra[UX_FLAGS] & UX_PENDING) {
+			last = MAX(last, e->extra[UX_WHERE]);
+			more = true;
+			continue;
+		}
+		ctx->stash[i].fill = NULL;
+		int r = fill_pair(e->extra, s0, s1, ctx, err);
+		if (r < 0)
+			return r;
+	}
+	for (uint64_t at = 0; more && at <= last; at++)
+		for (size_t i = 0; i < ctx->nstash; i++) {
+			const struct fd_entry *e = ctx->stash[i].fill;
+			if (!e || e->extra[UX_WHERE] != at)
+				continue;
+			ctx->stash[i].fill = NULL;
+			int r = connect_pending(e, ctx->stash[i].fd[0], err);
+			if (r < 0)
+				return r;
+		}
+	return 0;
 }
 
 /* The messages queued in a datagram socket alone (bound at sa), sent to it again from a
@@ -794,6 +939,25 @@ static int fill_alone(int s, const uint64_t *v, const struct sockaddr_un *sa, so
 	const uint8_t *data = q.data;
 	r = fill_queue(tx, q.lens, q.n[0], &data, SOCK_DGRAM, sa, sl, &q, &ri, ctx, err);
 	return r < 0 ? ferr_prefix(err, "its queue") : 0;
+}
+
+/* A client whose connection waits to be accepted: connected once every fd is in place (the
+ * listener with them), through a copy in the stash. */
+static int park_pending(const struct fd_entry *e, int s, struct fd_restore_ctx *ctx,
+                        struct ferry_error *err)
+{
+	if (GROW(ctx->stash, ctx->nstash) < 0)
+		return ferr(err, -ENOMEM, "out of memory");
+	struct fd_stash *st = &ctx->stash[ctx->nstash];
+	memset(st, 0, sizeof(*st));
+	st->id = e->extra[UX_INO];
+	st->fd[0] = fcntl(s, F_DUPFD_CLOEXEC, ctx->stash_lo);
+	st->fd[1] = -EBADF;
+	if (st->fd[0] < 0)
+		return ferr(err, -errno, "parking a socket: %m");
+	st->fill = e;
+	ctx->nstash++;
+	return 0;
 }
 
 static int unix_restore(const struct fd_entry *e, struct fd_restore_ctx *ctx,
@@ -860,6 +1024,8 @@ static int unix_restore(const struct fd_entry *e, struct fd_restore_ctx *ctx,
 			if (connect(s, (struct sockaddr *)&ra, rl) < 0)
 				r = ferr(err, -errno, "connect to %s: %m", ra.sun_path);
 		}
+		if (r == 0 && (v[UX_FLAGS] & UX_PENDING))
+			r = park_pending(e, s, ctx, err);
 		if (r == 0 && set_bufs(s, v[UX_SNDBUF], v[UX_RCVBUF]) < 0)
 			r = ferr(err, -errno, "socket buffers: %m");
 		if (r == 0 && fcntl(s, F_SETFL, (int)(e->flags & O_NONBLOCK)) < 0)
@@ -913,8 +1079,10 @@ static void unix_describe(const struct fd_entry *e, char *buf, size_t len)
 	addr_str(&v[UX_ADDR], v[UX_ALEN], me, sizeof(me));
 	if (v[UX_FLAGS] & UX_LISTEN)
 		snprintf(buf, len,
-		         "unix %s socket:[%" PRIu64 "] %s, listening (backlog %" PRIu64 ")",
-		         type_name(v[UX_TYPE]), v[UX_INO], me, v[UX_BACKLOG]);
+		         "unix %s socket:[%" PRIu64 "] %s, listening (backlog %" PRIu64
+		         "), %" PRIu64 " connection%s waiting to be accepted",
+		         type_name(v[UX_TYPE]), v[UX_INO], me, v[UX_BACKLOG], v[UX_QBYTES],
+		         v[UX_QBYTES] == 1 ? "" : "s");
 	else if (v[UX_FLAGS] & UX_PAIR)
 		snprintf(buf, len,
 		         "unix %s socket:[%" PRIu64 "] %s, connected to socket:[%" PRIu64
@@ -925,6 +1093,12 @@ static void unix_describe(const struct fd_entry *e, char *buf, size_t len)
 		addr_str(&v[UX_RADDR], v[UX_RALEN], other, sizeof(other));
 		snprintf(buf, len, "unix %s socket:[%" PRIu64 "] %s, connected to %s (outside)",
 		         type_name(v[UX_TYPE]), v[UX_INO], me, other);
+	} else if (v[UX_FLAGS] & UX_PENDING) {
+		addr_str(&v[UX_RADDR], v[UX_RALEN], other, sizeof(other));
+		snprintf(buf, len,
+		         "unix %s socket:[%" PRIu64 "] %s, connecting to %s (socket:[%" PRIu64
+		         "]), waiting to be accepted (place %" PRIu64 ")",
+		         type_name(v[UX_TYPE]), v[UX_INO], me, other, v[UX_PEER], v[UX_WHERE] + 1);
 	} else {
 		snprintf(buf, len, "unix %s socket:[%" PRIu64 "] %s, not connected",
 		         type_name(v[UX_TYPE]), v[UX_INO], me);
@@ -934,7 +1108,7 @@ static void unix_describe(const struct fd_entry *e, char *buf, size_t len)
 		snprintf(buf + n, len - n,
 		         ", %" PRIu64 " bytes queued in it, %" PRIu64 " in its peer", v[UX_QBYTES],
 		         v[UX_PQBYTES]);
-	else if (!(v[UX_FLAGS] & UX_PAIR) && v[UX_QBYTES] && n < len)
+	else if (!(v[UX_FLAGS] & (UX_PAIR | UX_LISTEN)) && v[UX_QBYTES] && n < len)
 		snprintf(buf + n, len - n, ", %" PRIu64 " bytes queued", v[UX_QBYTES]);
 	n = strlen(buf);
 	if ((v[UX_FLAGS] & UX_RIGHTS) && n < len)

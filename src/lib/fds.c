@@ -311,15 +311,11 @@ int fds_capture(struct fd_capture_ctx *ctx, struct ferry_error *err)
 	return r;
 }
 
-/* The queues that carry files in flight, once every fd they name is in place. */
+/* What waits for every fd to be in place (Unix queues with files in flight, connections
+ * waiting to be accepted). */
 static int fill_pending(struct fd_restore_ctx *ctx, struct ferry_error *err)
 {
-	for (size_t i = 0; i < ctx->nstash; i++) {
-		int r = fd_unix_fill(&ctx->stash[i], ctx, err);
-		if (r < 0)
-			return r;
-	}
-	return 0;
+	return fd_unix_fill_all(ctx, err);
 }
 
 int fds_inflight_resolve(const struct fd_capture_ctx *base, struct ferry_error *err)

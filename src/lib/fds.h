@@ -41,8 +41,8 @@ struct fd_capture_ctx {
 struct fd_stash {
 	uint64_t id; /* identity at capture (inode) */
 	int fd[2];
-	/* a socket pair whose queues carry files in flight: filled once every fd is in place
-	 * (fd_unix_fill) */
+	/* a socket pair whose queues carry files in flight, or a client whose connection waits
+	 * to be accepted: done once every fd is in place (fd_unix_fill_all) */
 	const struct fd_entry *fill;
 };
 
@@ -151,9 +151,12 @@ int fds_inflight_resolve(const struct fd_capture_ctx *base, struct ferry_error *
  */
 int fd_unix_preview(struct component *c, struct ferry_error *err);
 
-/* fd_unix_fill - the queues of a pair parked in st, with their files in flight (SCM_RIGHTS);
- * every fd the files refer to is in place. */
-int fd_unix_fill(struct fd_stash *st, struct fd_restore_ctx *ctx, struct ferry_error *err);
+/*
+ * fd_unix_fill_all - once every fd is in place: the queues of the pairs that carry files in
+ * flight (SCM_RIGHTS), then the connections waiting to be accepted (their clients connect to
+ * the listeners again, in queue order).
+ */
+int fd_unix_fill_all(struct fd_restore_ctx *ctx, struct ferry_error *err);
 
 /* fds_stash_drop - close the objects restored once for several fds (their extra copies). */
 void fds_stash_drop(struct fd_restore_ctx *ctx);
