@@ -499,8 +499,13 @@ static int unix_capture(struct fd_capture_ctx *ctx, const struct fd_info *fi, st
 static int preview_one(struct component *c, int s)
 {
 	int old = fds_sockopt(s, SOL_SOCKET, SO_PEEK_OFF), zero = 0, r = 0;
-	char b[1];
+	/* a stream's peek stops after a message with files, or when the buffer is full (a
+	 * peek that fills it still gets the files of the next message: copies kept twice are
+	 * harmless) */
+	_cleanup_free_ char *b = malloc(1u << 20);
 
+	if (!b)
+		return -ENOMEM;
 	if (setsockopt(s, SOL_SOCKET, SO_PEEK_OFF, &zero, sizeof(zero)) < 0)
 		return -errno;
 	for (size_t guard = 0; r == 0 && guard < (1u << 20); guard++) {
@@ -508,8 +513,7 @@ static int preview_one(struct component *c, int s)
 			struct cmsghdr h;
 			char b[CMSG_SPACE(sizeof(int) * 253)];
 		} cm;
-		/* a stream's peek of one byte still gets the files of the message it is in */
-		struct iovec io = {b, sizeof(b)};
+		struct iovec io = {b, 1u << 20};
 		struct msghdr mh = {.msg_iov = &io,
 		                    .msg_iovlen = 1,
 		                    .msg_control = &cm,
@@ -557,16 +561,18 @@ int fd_unix_preview(struct component *c, struct ferry_error *err)
 			if (de->d_name[0] < '0' || de->d_name[0] > '9' || stat(p2, &sb) < 0 ||
 			    !S_ISSOCK(sb.st_mode))
 				continue;
-			/* only a queue with files in it is peeked (a peek marks an empty datagram
-			 * as seen: the capture's own peek would skip it) */
+			/* only a queue with files in it is peeked */
 			_cleanup_free_ char *info = NULL;
 			uint64_t nfds = 0;
 			if (fds_fdinfo(q->host_pid, atoi(de->d_name), &info) < 0 ||
 			    fds_fdinfo_u64(info, "scm_fds", 10, &nfds) < 0 || nfds == 0)
 				continue;
 			_cleanup_close_ int s = pidfd_getfd_of(q->host_pid, atoi(de->d_name));
+			/* not a datagram socket: a peek marks an empty datagram seen, and the
+			 * capture's peek would skip it (so a pipe end in flight there is refused) */
 			if (s < 0 || fds_sockopt(s, SOL_SOCKET, SO_DOMAIN) != AF_UNIX ||
-			    fds_sockopt(s, SOL_SOCKET, SO_ACCEPTCONN) == 1)
+			    fds_sockopt(s, SOL_SOCKET, SO_ACCEPTCONN) == 1 ||
+			    fds_sockopt(s, SOL_SOCKET, SO_TYPE) == SOCK_DGRAM)
 				continue;
 			r = preview_one(c, s);
 		}

@@ -372,9 +372,17 @@ int fds_inflight_resolve(const struct fd_capture_ctx *base, struct ferry_error *
 				}
 			}
 		}
+		if (hf && hf->dup_of >= 0) {
+			/* a dup: what was captured is with the fd it duplicates */
+			for (size_t j = 0; j < hq->nfds; j++)
+				if (hq->fds[j].fd == hf->dup_of) {
+					hf = &hq->fds[j];
+					break;
+				}
+		}
 		if (hf) {
 			if (c->nprocs == 1) {
-				e->dup_of = hf->dup_of >= 0 ? hf->dup_of : hf->fd;
+				e->dup_of = hf->fd;
 				continue;
 			}
 			if (hf->share < 0)
