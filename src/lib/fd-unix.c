@@ -569,7 +569,8 @@ int fd_unix_preview(struct component *c, struct ferry_error *err)
 				continue;
 			_cleanup_close_ int s = pidfd_getfd_of(q->host_pid, atoi(de->d_name));
 			/* not a datagram socket: a peek marks an empty datagram seen, and the
-			 * capture's peek would skip it (so a pipe end in flight there is refused) */
+			 * capture's peek would skip it (so a pipe end in flight there is refused)
+			 */
 			if (s < 0 || fds_sockopt(s, SOL_SOCKET, SO_DOMAIN) != AF_UNIX ||
 			    fds_sockopt(s, SOL_SOCKET, SO_ACCEPTCONN) == 1 ||
 			    fds_sockopt(s, SOL_SOCKET, SO_TYPE) == SOCK_DGRAM)
@@ -1121,6 +1122,59 @@ static void unix_describe(const struct fd_entry *e, char *buf, size_t len)
 		snprintf(buf + n, len - n, ", with files in flight");
 }
 
+/* A file in flight, seen in fdinfo (scm_fds) and received by a peek; a connection waiting to
+ * be accepted, named by its listener's sock_diag icons. 0 or -errno. */
+static int probe_rights_and_icons(int sv0, int sv1)
+{
+	union {
+		struct cmsghdr h;
+		char b[CMSG_SPACE(sizeof(int))];
+	} cm = {0};
+	char x = 'x', path[64];
+	struct iovec io = {&x, 1};
+	struct msghdr mh = {
+	        .msg_iov = &io, .msg_iovlen = 1, .msg_control = &cm, .msg_controllen = sizeof(cm)};
+	struct cmsghdr *c = CMSG_FIRSTHDR(&mh);
+	_cleanup_free_ char *info = NULL;
+	uint64_t n = 0;
+	int zero = 0;
+
+	c->cmsg_level = SOL_SOCKET;
+	c->cmsg_type = SCM_RIGHTS;
+	c->cmsg_len = CMSG_LEN(sizeof(int));
+	memcpy(CMSG_DATA(c), &sv0, sizeof(int));
+	if (sendmsg(sv0, &mh, 0) != 1)
+		return -errno;
+	snprintf(path, sizeof(path), "/proc/self/fdinfo/%d", sv1);
+	if (read_file(path, &info, NULL) < 0 || fds_fdinfo_u64(info, "scm_fds", 10, &n) < 0 ||
+	    n != 1)
+		return -ENOTSUP;
+	mh.msg_controllen = sizeof(cm);
+	if (setsockopt(sv1, SOL_SOCKET, SO_PEEK_OFF, &zero, sizeof(zero)) < 0 ||
+	    recvmsg(sv1, &mh, MSG_PEEK | MSG_DONTWAIT | MSG_CMSG_CLOEXEC) != 1 ||
+	    !CMSG_FIRSTHDR(&mh) || CMSG_FIRSTHDR(&mh)->cmsg_type != SCM_RIGHTS)
+		return -ENOTSUP;
+	int got;
+	memcpy(&got, CMSG_DATA(CMSG_FIRSTHDR(&mh)), sizeof(int));
+	safe_close(got);
+
+	_cleanup_close_ int l = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	_cleanup_close_ int cl = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	struct sockaddr_un sa = {.sun_family = AF_UNIX};
+	socklen_t sl = sizeof(sa);
+	struct stat lb, cb;
+	struct ux_diag d;
+	/* autobind: an abstract name of the kernel's choosing */
+	if (l < 0 || cl < 0 || bind(l, (struct sockaddr *)&sa, sizeof(sa_family_t)) < 0 ||
+	    listen(l, 1) < 0 || getsockname(l, (struct sockaddr *)&sa, &sl) < 0 ||
+	    connect(cl, (struct sockaddr *)&sa, sl) < 0 || fstat(l, &lb) < 0 || fstat(cl, &cb) < 0)
+		return -errno;
+	int r = unix_diag((uint32_t)lb.st_ino, &d);
+	if (r < 0)
+		return r;
+	return d.nicons == 1 && d.icons[0] == cb.st_ino ? 0 : -ENOTSUP;
+}
+
 static int unix_kernel_probe(char *detail, size_t len)
 {
 	int sv[2], r = -1;
@@ -1134,11 +1188,27 @@ static int unix_kernel_probe(char *detail, size_t len)
 		            : -errno;
 		if (r == 0 && d.peer != pb.st_ino)
 			r = -EPROTO;
+		if (r == 0) {
+			r = probe_rights_and_icons(sv[0], sv[1]);
+			if (r < 0) {
+				snprintf(
+				        detail, len,
+				        "sock_diag names a unix socket's peer, but files in flight "
+				        "(fdinfo scm_fds, a peek) or connections waiting to be "
+				        "accepted (sock_diag icons) are not seen: %s",
+				        strerror(-r));
+				safe_close(sv[0]);
+				safe_close(sv[1]);
+				return 0;
+			}
+		}
 		safe_close(sv[0]);
 		safe_close(sv[1]);
 	}
 	snprintf(detail, len, "%s",
-	         r == 0 ? "sock_diag names a unix socket's peer" : strerror(r < 0 ? -r : EIO));
+	         r == 0 ? "sock_diag names a unix socket's peer and the connections waiting to be "
+	                  "accepted; files in flight show in fdinfo and come with a peek"
+	                : strerror(r < 0 ? -r : EIO));
 	return r == 0;
 }
 
