@@ -1,12 +1,13 @@
 /*
  * Unix sockets (stream, datagram, seqpacket): a connected pair whose two ends are in the
- * component (socketpair, or a connection accepted from a listener of the component) is made
- * again as a socketpair, with the messages queued in each end and the files in flight with them
- * (SCM_RIGHTS); listeners and bound sockets take their address again, and a bound datagram
- * socket's queue is sent to it again; a datagram socket connected to a named socket outside the
- * component is connected to that name again. Refused: a connection to a stream socket outside
- * the component (its other end has state ferry cannot rebuild), connections waiting to be
- * accepted, and files in flight to a socket whose sender is outside.
+ * component is made again as a socketpair (a connection accepted from a listener: through a
+ * listener of ours on the same name, so that its ends keep their names), with the messages queued
+ * in each end and the files in flight with them (SCM_RIGHTS); listeners and bound sockets take
+ * their address again, and a bound datagram socket's queue is sent to it again; a datagram socket
+ * connected to a named socket outside the component is connected to that name again. Refused: a
+ * connection to a stream socket outside the component (its other end has state ferry cannot
+ * rebuild), connections waiting to be accepted, and files in flight to a socket whose sender is
+ * outside.
  */
 #include <dirent.h>
 #include <fcntl.h>
@@ -461,6 +462,14 @@ static int unix_capture(struct fd_capture_ctx *ctx, const struct fd_info *fi, st
 				            strerror(-peer_s));
 			v[UX_PSNDBUF] = (uint64_t)fds_sockopt(peer_s, SOL_SOCKET, SO_SNDBUF);
 			v[UX_PRCVBUF] = (uint64_t)fds_sockopt(peer_s, SOL_SOCKET, SO_RCVBUF);
+			/* the peer's own name: with this end's, a connection accepted from a
+			 * listener (one end named as the listener) is made that way again */
+			struct sockaddr_un pa;
+			socklen_t pl = sizeof(pa);
+			if (getsockname(peer_s, (struct sockaddr *)&pa, &pl) == 0) {
+				v[UX_RALEN] = pl;
+				memcpy(&v[UX_RADDR], &pa, MIN((size_t)pl, 14 * sizeof(uint64_t)));
+			}
 		} else {
 			struct sockaddr_un ra;
 			socklen_t rl = sizeof(ra);
@@ -840,6 +849,69 @@ static int fill_pair(const uint64_t *v, int s0, int s1, struct fd_restore_ctx *c
 	return 0;
 }
 
+/* The name of the one end of a pair that has one (a connection accepted from a listener has
+ * the listener's), in sa; 0 this end, 1 the peer, -1 none or both. */
+static int named_end(const uint64_t *v, struct sockaddr_un *sa, socklen_t *sl)
+{
+	bool me = v[UX_ALEN] > sizeof(sa_family_t), peer = v[UX_RALEN] > sizeof(sa_family_t);
+
+	if (me == peer || v[UX_TYPE] == SOCK_DGRAM)
+		return -1;
+	memset(sa, 0, sizeof(*sa));
+	*sl = (socklen_t)MIN(me ? v[UX_ALEN] : v[UX_RALEN], sizeof(*sa));
+	memcpy(sa, me ? &v[UX_ADDR] : &v[UX_RADDR], *sl);
+	return me ? 0 : 1;
+}
+
+/*
+ * A connection accepted from a listener, made that way again so that its ends keep their
+ * names: a listener of ours on the name (free now: named pairs are made before any listener,
+ * see unix_early), a client connects, the listener accepts. sv[0] is the first end. 0, or
+ * -errno and nothing made (the caller falls back to a socketpair: the names are lost).
+ */
+static int accepted_pair(const uint64_t *v, int sv[2])
+{
+	struct sockaddr_un sa;
+	socklen_t sl;
+	struct stat sb;
+	int named = named_end(v, &sa, &sl), r = 0;
+
+	if (named < 0)
+		return -EINVAL;
+	_cleanup_close_ int l = socket(AF_UNIX, (int)v[UX_TYPE] | SOCK_CLOEXEC, 0);
+	_cleanup_close_ int c = socket(AF_UNIX, (int)v[UX_TYPE] | SOCK_CLOEXEC, 0);
+	if (l < 0 || c < 0)
+		return -errno;
+	/* a path left by the socket that ended (a restore after --stop) */
+	if (sa.sun_path[0] && lstat(sa.sun_path, &sb) == 0 && S_ISSOCK(sb.st_mode))
+		(void)unlink(sa.sun_path);
+	if (bind(l, (struct sockaddr *)&sa, sl) < 0 || listen(l, 1) < 0)
+		return -errno;
+	int a = -EBADF;
+	if (connect(c, (struct sockaddr *)&sa, sl) < 0 ||
+	    (a = accept4(l, NULL, NULL, SOCK_CLOEXEC)) < 0)
+		r = -errno;
+	if (sa.sun_path[0])
+		(void)unlink(sa.sun_path); /* for the listener of the image, if it has one */
+	if (r < 0)
+		return r;
+	sv[named] = a;
+	sv[!named] = c;
+	c = -EBADF;
+	return 0;
+}
+
+/* Made before every other fd: a connection accepted from a listener (its listener's name must
+ * be free for a moment). */
+static bool unix_early(const struct fd_entry *e)
+{
+	struct sockaddr_un sa;
+	socklen_t sl;
+
+	return e->nextra == UX_N && (e->extra[UX_FLAGS] & UX_FIRST) &&
+	       named_end(e->extra, &sa, &sl) >= 0;
+}
+
 /* Both ends of a pair parked in the stash; with their queues, unless these carry files in
  * flight (filled by fd_unix_fill once every fd is in place). */
 static int pair_create(const struct fd_entry *e, struct fd_restore_ctx *ctx, struct fd_stash *st,
@@ -848,7 +920,8 @@ static int pair_create(const struct fd_entry *e, struct fd_restore_ctx *ctx, str
 	const uint64_t *v = e->extra;
 	int sv[2], r = 0;
 
-	if (socketpair(AF_UNIX, (int)v[UX_TYPE] | SOCK_CLOEXEC, 0, sv) < 0)
+	if (accepted_pair(v, sv) < 0 &&
+	    socketpair(AF_UNIX, (int)v[UX_TYPE] | SOCK_CLOEXEC, 0, sv) < 0)
 		return ferr(err, -errno, "socketpair: %m");
 	/* room for the queues while they are filled; the real sizes after */
 	big_bufs(sv[0]);
@@ -1219,5 +1292,6 @@ const struct fd_ops fd_unix_ops = {
         .capture = unix_capture,
         .restore = unix_restore,
         .describe = unix_describe,
+        .early = unix_early,
         .kernel_probe = unix_kernel_probe,
 };

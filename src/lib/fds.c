@@ -413,9 +413,10 @@ int fds_inflight_resolve(const struct fd_capture_ctx *base, struct ferry_error *
 
 int fds_restore(const struct process *p, struct fd_restore_ctx *ctx, struct ferry_error *err)
 {
-	for (size_t k = 0; k < 3 * p->nfds; k++) {
-		/* three passes: kinds that refer to other fds (epoll) after the others, then the
-		 * fds that share an open file description with one restored before */
+	for (size_t k = 0; k < 4 * p->nfds; k++) {
+		/* four passes: what must come first (ops->early), the others, kinds that refer to
+		 * other fds (epoll), then the fds that share an open file description with one
+		 * restored before */
 		const struct fd_entry *e = &p->fds[k % p->nfds];
 		const struct fd_ops *ops = fds_ops_of(e->kind);
 		size_t pass = k / p->nfds;
@@ -426,7 +427,7 @@ int fds_restore(const struct process *p, struct fd_restore_ctx *ctx, struct ferr
 			            e->kind);
 		if (e->share >= 0 && e->dup_of < 0) {
 			/* made by the root before it forked (fds_restore_shared) */
-			if (pass != 0)
+			if (pass != 1)
 				continue;
 			if (dup3(ctx->share_lo + e->share, e->fd, e->cloexec ? O_CLOEXEC : 0) < 0)
 				return ferr(err, -errno, "fd %d: dup3 of shared fd %d: %m", e->fd,
@@ -434,14 +435,15 @@ int fds_restore(const struct process *p, struct fd_restore_ctx *ctx, struct ferr
 			continue;
 		}
 		if (e->dup_of >= 0) {
-			if (pass != 2)
+			if (pass != 3)
 				continue;
 			if (dup3(e->dup_of, e->fd, e->cloexec ? O_CLOEXEC : 0) < 0)
 				return ferr(err, -errno, "fd %d: dup3 of fd %d: %m", e->fd,
 				            e->dup_of);
 			continue;
 		}
-		if (pass == 2 || ops->late != (pass == 1))
+		bool early = ops->early && ops->early(e);
+		if (pass == 3 || (pass == 0) != early || (pass != 0 && ops->late != (pass == 2)))
 			continue;
 		fd = ops->restore(e, ctx, err);
 		if (fd < 0)
@@ -463,7 +465,10 @@ int fds_restore(const struct process *p, struct fd_restore_ctx *ctx, struct ferr
 int fds_restore_shared(const struct component *c, struct fd_restore_ctx *ctx,
                        struct ferry_error *err)
 {
-	for (uint32_t k = 0; k < c->nshares; k++) {
+	for (uint32_t kk = 0; kk < 2 * c->nshares; kk++) {
+		/* two passes: what must come first (ops->early), then the others */
+		uint32_t k = kk % c->nshares;
+		bool first_pass = kk < c->nshares;
 		const struct fd_entry *e = NULL;
 		const struct process *p = NULL;
 		for (size_t i = 0; i < c->nprocs && !e; i++)
@@ -479,6 +484,8 @@ int fds_restore_shared(const struct component *c, struct fd_restore_ctx *ctx,
 		if (!ops || ops->late)
 			return ferr(err, -EPROTO, "pid %d fd %d: kind %u cannot be shared", p->pid,
 			            e->fd, e->kind);
+		if (first_pass != (ops->early && ops->early(e)))
+			continue;
 		int fd = ops->restore(e, ctx, err);
 		if (fd < 0)
 			return ferr_prefix(err, "pid %d fd %d (%s)", p->pid, e->fd, ops->name);

@@ -72,6 +72,9 @@ struct fd_ops {
 	void (*describe)(const struct fd_entry *e, char *buf, size_t len);
 	/* restored after every other kind (it refers to other fds by number) */
 	bool late;
+	/* early (optional): restored before every other fd (a connection accepted from a
+	 * listener, made through its name before the listener takes it) */
+	bool (*early)(const struct fd_entry *e);
 	/* kernel_probe (optional): does this kernel give what capture and restore need?
 	 * 1 yes, 0 no; detail says what was seen (`ferry check`) */
 	int (*kernel_probe)(char *detail, size_t len);

@@ -1,7 +1,8 @@
 /*
  * Unix sockets: socketpairs of the three types with messages queued in both directions
  * (boundaries kept), a pair between the root and a forked child, a named and an abstract
- * listener, a bound datagram socket, a nonblocking end. After go each is used.
+ * listener with a connection accepted from each (their ends keep the listener's name), a bound
+ * datagram socket, a nonblocking end. After go each is used.
  */
 #include <fcntl.h>
 #include <stdbool.h>
@@ -32,6 +33,30 @@ static socklen_t addr_of(struct sockaddr_un *sa, const char *path, bool abstract
 	}
 	snprintf(sa->sun_path, sizeof(sa->sun_path), "%s", path);
 	return (socklen_t)sizeof(*sa);
+}
+
+/* The name a socket has (getsockname, or getpeername with peer) equals sa's. */
+static void expect_name(int s, bool peer, const struct sockaddr_un *sa, socklen_t sl,
+                        const char *what)
+{
+	struct sockaddr_un got;
+	socklen_t gl = sizeof(got);
+	memset(&got, 0, sizeof(got));
+	int r = peer ? getpeername(s, (struct sockaddr *)&got, &gl)
+	             : getsockname(s, (struct sockaddr *)&got, &gl);
+	/* a path's length may or may not count the NUL */
+	size_t want = strnlen(sa->sun_path[0] ? sa->sun_path : sa->sun_path + 1,
+	                      sizeof(sa->sun_path) - 1);
+	size_t have = strnlen(got.sun_path[0] ? got.sun_path : got.sun_path + 1,
+	                      sizeof(got.sun_path) - 1);
+	if (r < 0 || want != have || (sa->sun_path[0] == 0) != (got.sun_path[0] == 0) ||
+	    memcmp(sa->sun_path, got.sun_path, want + (sa->sun_path[0] ? 0 : 1)) != 0)
+		feature_fail("%s: %s is \"%s%s\" (%d), not \"%s%s\"", what,
+		             peer ? "getpeername" : "getsockname", got.sun_path[0] ? "" : "@",
+		             got.sun_path[0] ? got.sun_path : got.sun_path + 1, (int)gl,
+		             sa->sun_path[0] ? "" : "@",
+		             sa->sun_path[0] ? sa->sun_path : sa->sun_path + 1);
+	(void)sl;
 }
 
 /* connect to the listener at sa, accept, and carry a byte each way */
@@ -104,6 +129,19 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	close(tx);
+	/* connections accepted from the named and the abstract listener, bytes queued in both */
+	int nc = socket(AF_UNIX, SOCK_STREAM, 0), ac = socket(AF_UNIX, SOCK_SEQPACKET, 0);
+	if (nc < 0 || ac < 0 || connect(nc, (struct sockaddr *)&named, nl) < 0 ||
+	    connect(ac, (struct sockaddr *)&abst, al) < 0) {
+		printf("FAIL: connecting to the listeners: %s\n", strerror(errno));
+		return 1;
+	}
+	int na = accept(ln, NULL, NULL), aa = accept(la, NULL, NULL);
+	if (na < 0 || aa < 0 || write(nc, "to-acc", 6) != 6 || write(na, "to-cli", 6) != 6 ||
+	    send(aa, "seq-cli", 7, 0) != 7) {
+		printf("FAIL: accepting: %s\n", strerror(errno));
+		return 1;
+	}
 	/* the child's bytes are in our end before the checkpoint */
 	char b[64];
 	if (recv(kid[0], b, 1, MSG_PEEK) != 1) {
@@ -137,6 +175,13 @@ int main(int argc, char **argv)
 		feature_fail("the child ended with status %#x", ws);
 	else
 		expect_recv(kid[0], "pong", "the child's answer");
+	expect_name(na, false, &named, nl, "accepted from the named listener");
+	expect_name(nc, true, &named, nl, "client of the named listener");
+	expect_name(aa, false, &abst, al, "accepted from the abstract listener");
+	expect_name(ac, true, &abst, al, "client of the abstract listener");
+	expect_recv(na, "to-acc", "accepted from the named listener");
+	expect_recv(nc, "to-cli", "client of the named listener");
+	expect_recv(ac, "seq-cli", "client of the abstract listener");
 	check_listener(ln, &named, nl, "named listener");
 	int c = socket(AF_UNIX, SOCK_SEQPACKET, 0);
 	if (c < 0 || connect(c, (struct sockaddr *)&abst, al) < 0)
