@@ -891,8 +891,8 @@ static int accepted_pair(const uint64_t *v, int sv[2])
 	if (connect(c, (struct sockaddr *)&sa, sl) < 0 ||
 	    (a = accept4(l, NULL, NULL, SOCK_CLOEXEC)) < 0)
 		r = -errno;
-	if (sa.sun_path[0])
-		(void)unlink(sa.sun_path); /* for the listener of the image, if it has one */
+	/* the path stays, as it stayed in the original (a listener of the image unlinks a
+	 * socket's path before it binds) */
 	if (r < 0)
 		return r;
 	sv[named] = a;
