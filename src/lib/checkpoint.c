@@ -354,8 +354,6 @@ int checkpoint_capture(pid_t pid, const char *log_path, struct image_writer *w, 
 	}
 	c->created = (int64_t)time(NULL);
 	r = freeze_tree(pid, c, fz, err);
-	if (r == 0)
-		r = fd_unix_preview(c, err);
 	/* dirty tracking and the rounds before the freeze follow the init only: the others are
 	 * captured whole */
 	for (size_t i = 0; r == 0 && i < c->nprocs; i++) {

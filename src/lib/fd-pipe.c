@@ -62,9 +62,10 @@ static int other_end(pid_t pid, ino_t ino, int want_write)
 /*
  * The other end in the component: this process first, then the others (live ones), then the
  * files in flight in its sockets (our copies: fd_unix_preview), reported as pid 0 and our pid.
+ * -ENOENT if it is nowhere, another -errno (err says why) if the search failed.
  */
 static int other_end_in(const struct fd_capture_ctx *ctx, ino_t ino, int want_write,
-                        int32_t *ret_pid, pid_t *ret_host)
+                        int32_t *ret_pid, pid_t *ret_host, struct ferry_error *err)
 {
 	int fd = other_end(ctx->p->host_pid, ino, want_write);
 
@@ -78,6 +79,11 @@ static int other_end_in(const struct fd_capture_ctx *ctx, ino_t ino, int want_wr
 		*ret_pid = q->pid;
 		*ret_host = q->host_pid;
 	}
+	if (fd < 0) {
+		int r = fd_unix_preview(ctx->c, err);
+		if (r < 0)
+			return r == -ENOENT ? -EIO : r;
+	}
 	for (size_t i = 0; fd < 0 && i < ctx->c->ninflight_pre; i++) {
 		struct stat sb;
 		int f = ctx->c->inflight_pre[i];
@@ -89,7 +95,7 @@ static int other_end_in(const struct fd_capture_ctx *ctx, ino_t ino, int want_wr
 			*ret_host = getpid();
 		}
 	}
-	return fd;
+	return fd >= 0 ? fd : -ENOENT;
 }
 
 /* The bytes in the pipe, copied with tee() from our own copy of its read end: not consumed. */
@@ -217,8 +223,10 @@ static int pipe_capture(struct fd_capture_ctx *ctx, const struct fd_info *fi, st
 	int write_end = (int)v[PP_END];
 	int32_t q_pid;
 	pid_t q_host;
-	int other = other_end_in(ctx, fi->st.st_ino, !write_end, &q_pid, &q_host);
+	int other = other_end_in(ctx, fi->st.st_ino, !write_end, &q_pid, &q_host, err);
 
+	if (other < 0 && other != -ENOENT)
+		return other; /* the error says why */
 	if (other < 0)
 		return ferr(err, -ENOTSUP,
 		            "%s: its other end is outside the component (a pipe to or from "

@@ -552,6 +552,9 @@ static int preview_one(struct component *c, int s)
 
 int fd_unix_preview(struct component *c, struct ferry_error *err)
 {
+	if (c->previewed)
+		return 0;
+	c->previewed = true;
 	for (size_t i = 0; i < c->nprocs; i++) {
 		const struct process *q = &c->procs[i];
 		char path[64];

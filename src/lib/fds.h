@@ -148,9 +148,9 @@ int fds_restore_shared(const struct component *c, struct fd_restore_ctx *ctx,
 int fds_inflight_resolve(const struct fd_capture_ctx *base, struct ferry_error *err);
 
 /*
- * fd_unix_preview - before the fds of a frozen component are captured: a copy of every file in
- * flight in the queues of its Unix sockets (component.inflight_pre), so that the capture of a
- * pipe finds an other end that is in flight among our own fds.
+ * fd_unix_preview - once, while a frozen component's fds are captured: a copy of every file in
+ * flight in the queues of its Unix sockets (component.inflight_pre), for the capture of a pipe
+ * whose other end is in no process (it may be in flight).
  */
 int fd_unix_preview(struct component *c, struct ferry_error *err);
 

@@ -261,10 +261,11 @@ struct component {
 	size_t ninflight;
 	int *inflight_local; /* at capture, not stored: our copies of them (closed by model_free) */
 	uint64_t *inflight_from; /* at capture, not stored: the socket, as pid << 32 | fd */
-	/* at capture, not stored: copies of every file in flight taken before the fds are
-	 * captured, so that a pipe whose other end is in flight finds it (fd_unix_preview) */
+	/* at capture, not stored: copies of every file in flight, taken when a pipe's other end
+	 * is nowhere else, so that it is found if it is in flight (fd_unix_preview) */
 	int *inflight_pre;
 	size_t ninflight_pre;
+	bool previewed;
 };
 
 /* model_free - release everything a component owns (NULL ok); returns NULL. */
