@@ -1744,6 +1744,7 @@ def main():
     if args.k:
         tests = [t for t in tests if re.search(args.k, t[0])]
     passed = failed = 0
+    spent = []  # (share of its time limit, seconds, limit, name) of each test
     tmp = tempfile.mkdtemp(prefix="ferry-tests-")
     try:
         for name, ferry, fn, timeout in tests:
@@ -1752,6 +1753,7 @@ def main():
                 failed += 1
                 continue
             say(f"{name}")
+            started = time.monotonic()
             ctx = Ctx(tmp, ferry, features_dir, timeout)
             error, details, problems = None, "", []
             try:
@@ -1769,6 +1771,8 @@ def main():
                     shutil.rmtree(ctx.root, ignore_errors=True)
             if not error and problems:
                 error, details = problems[0], "\n".join(problems[1:])
+            took = time.monotonic() - started
+            spent.append((took / timeout, took, timeout, name))
             if error:
                 failed += 1
                 print(f"FAIL {name}: {error}", flush=True)
@@ -1776,9 +1780,14 @@ def main():
                     print("    " + details.replace("\n", "\n    "), flush=True)
             else:
                 passed += 1
-                print(f"PASS {name}", flush=True)
+                print(f"PASS {name} ({took:.1f} s)", flush=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    # the tests closest to their time limit: where a slower machine would fail first
+    close = sorted(spent, reverse=True)[:5]
+    if close and close[0][0] > 0.25:
+        print("closest to their time limit: " +
+              ", ".join(f"{n} {t:.1f} s of {lim:.0f}" for _, t, lim, n in close), flush=True)
     print(f"{passed} passed, {failed} failed", flush=True)
     return 1 if failed else 0
 
