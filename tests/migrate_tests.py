@@ -44,8 +44,9 @@ def reference_result(ctx, rounds):
 class Node:
     """One ferryd with its own state directory, started and ended by the test."""
 
-    def __init__(self, ctx, name, key, host="127.0.0.1", netns=None, wrap=None):
+    def __init__(self, ctx, name, key, host="127.0.0.1", netns=None, wrap=None, args=()):
         self.ctx, self.name, self.key, self.netns, self.wrap = ctx, name, key, netns, wrap
+        self.args = list(args)  # more ferryd arguments (--service, --config)
         self.state = os.path.join(ctx.root, f"node-{name}")
         self.port = free_port()
         self.addr = f"{host}:{self.port}"
@@ -60,7 +61,7 @@ class Node:
         env.pop("FERRY_TEST_MIGRATE_CUT", None)
         env.update(hooks)
         argv = [os.path.join(os.path.dirname(self.ctx.ferry_bin), "ferryd"), "--node", self.name,
-                "--listen", self.addr, "--key", self.key, "--state-dir", self.state]
+                "--listen", self.addr, "--key", self.key, "--state-dir", self.state, *self.args]
         if self.netns:
             argv = ["nsenter", f"--net=/run/netns/{self.netns}", *argv]
         if self.wrap:

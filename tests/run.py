@@ -23,6 +23,7 @@ import tempfile
 import time
 
 import migrate_tests
+import services_tests
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TEST_TIMEOUT = 30  # seconds per test
@@ -1726,6 +1727,8 @@ def collect(builds):
                       INCREMENTAL_TIMEOUT))
         for name, fn, timeout in migrate_tests.tests():
             tests.append((f"{tag}/migrate/{name}", ferry, fn, timeout))
+        for name, fn, timeout in services_tests.tests():
+            tests.append((f"{tag}/services/{name}", ferry, fn, timeout))
     return tests, features_dir
 
 

@@ -256,6 +256,54 @@ int ferry_node_serve_control(const struct ferry_node *n, int fd, struct ferry_er
  * incoming images. */
 int ferry_node_recover(const struct ferry_node *n, struct ferry_error *err);
 
+/* ---- Node services ---- */
+
+/*
+ * A service of a node, declared by its ferryd (--service, --config): a name that is the same
+ * on every node, and where this node's instance is: a Unix socket, a TCP endpoint, or a
+ * read-only file ("ROM": configuration or calibration data each node keeps its own version
+ * of). Components hold sessions to services by name (issue 6: the interposition comes next).
+ */
+enum ferry_service_kind {
+	FERRY_SERVICE_UNIX = 1,
+	FERRY_SERVICE_TCP = 2,
+	FERRY_SERVICE_ROM = 3,
+};
+
+struct ferry_service {
+	char name[FERRY_NAME_MAX];
+	enum ferry_service_kind kind;
+	char target[4096]; /* a path (unix, rom) or HOST:PORT (tcp) */
+};
+
+/* ferry_service_kind_name - "unix", "tcp", "rom". */
+const char *ferry_service_kind_name(enum ferry_service_kind k);
+
+/* ferry_service_parse - "NAME=KIND:TARGET" (KIND unix, tcp or rom) into *s; a ROM's file must
+ * be a readable regular file, a unix path absolute, a tcp target HOST:PORT. */
+int ferry_service_parse(const char *spec, struct ferry_service *s, struct ferry_error *err);
+
+/*
+ * ferry_services_config - add the services of a configuration file to *list (*n of them): one
+ * a line, "service NAME KIND:TARGET"; blank lines and lines from '#' on are ignored. An error
+ * names the file and line.
+ */
+int ferry_services_config(const char *path, struct ferry_service **list, size_t *n,
+                          struct ferry_error *err);
+
+/* ferry_services_publish - the node's services, for its CLI and its components' monitors
+ * (STATE_DIR/.services, replaced atomically); two of one name are refused. */
+int ferry_services_publish(const struct ferry_runtime *rt, const struct ferry_service *list,
+                           size_t n, struct ferry_error *err);
+
+/* ferry_services_list - the services the node published (none if it published none). */
+int ferry_services_list(const struct ferry_runtime *rt, struct ferry_service **ret, size_t *ret_n,
+                        struct ferry_error *err);
+
+/* ferry_service_status - whether this node's instance is there now: a ROM's size, a socket
+ * that accepts a connection (tcp: within 200 ms); 1 up, 0 down, detail says what was seen. */
+int ferry_service_status(const struct ferry_service *s, char *detail, size_t len);
+
 enum ferry_migrate_mode {
 	FERRY_MIGRATE_PRECOPY = 0,
 	FERRY_MIGRATE_STOP_AND_COPY = 1,

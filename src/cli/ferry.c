@@ -925,6 +925,51 @@ static int cmd_ps(struct cli *c, int argc, char **argv)
 	return 0;
 }
 
+static int cmd_services(struct cli *c, int argc, char **argv)
+{
+	struct ferry_service *list = NULL;
+	struct json_object *a = NULL;
+	size_t n = 0;
+	struct opts o;
+	int r = parse_cmd(c, argc, argv, "j", 0, NULL, &o);
+
+	if (r >= 0)
+		return r;
+	if ((r = runtime_open(c)))
+		return r;
+	r = ferry_services_list(&c->rt, &list, &n, &c->err);
+	if (r < 0)
+		return fail(c, NULL, r);
+	if (o.json)
+		a = json_object_new_array();
+	else
+		printf("%-20s %-5s %-40s %s\n", "NAME", "KIND", "TARGET", "STATUS");
+	for (size_t i = 0; i < n; i++) {
+		char detail[256];
+		int up = ferry_service_status(&list[i], detail, sizeof(detail));
+		const char *kind = ferry_service_kind_name(list[i].kind);
+		if (!o.json) {
+			printf("%-20s %-5s %-40s %s%s\n", list[i].name, kind, list[i].target,
+			       up ? "" : "down: ", detail);
+			continue;
+		}
+		struct json_object *j = json_object_new_object();
+		jset(j, "name", json_object_new_string(list[i].name));
+		jset(j, "kind", json_object_new_string(kind));
+		jset(j, "target", json_object_new_string(list[i].target));
+		jset(j, "up", json_object_new_boolean(up));
+		jset(j, "status", json_object_new_string(detail));
+		json_object_array_add(a, j);
+	}
+	if (!o.json && n == 0)
+		printf("(no services: ferryd --service or --config declares them)\n");
+	if (a)
+		json_print(a);
+	json_object_put(a);
+	free(list);
+	return 0;
+}
+
 static int cmd_kill(struct cli *c, int argc, char **argv)
 {
 	struct opts o;
@@ -1173,6 +1218,9 @@ static const struct command commands[] = {
         {"migrate", cmd_migrate_cli, cmd_migrate_args, cmd_migrate_summary, cmd_migrate_options},
         {"ps", cmd_ps, "[--json]", "List components.", "  -j, --json         print JSON\n"},
         {"kill", cmd_kill, "NAME", "End component NAME and forget it.", NULL},
+        {"services", cmd_services, "[--json]",
+         "List the services this node's ferryd declares, and whether each is up.",
+         "  -j, --json         print JSON\n"},
         {"logs", cmd_logs, "NAME [-f]", "Print the output of component NAME.",
          "  -f, --follow       keep printing as it grows, until the component exits or ^C\n"},
         {"inspect", cmd_describe, "DIR [--json]",

@@ -21,6 +21,7 @@
 static void usage(FILE *f)
 {
 	fprintf(f, "Usage: ferryd --node NAME --listen HOST:PORT --key FILE [--state-dir DIR]\n"
+	           "              [--service NAME=KIND:TARGET]... [--config FILE]\n"
 	           "       ferryd --gen-key FILE\n\n"
 	           "The ferry node daemon: hosts components migrated to this node and carries out\n"
 	           "the migrations the local `ferry migrate` asks for.\n\n"
@@ -32,6 +33,12 @@ static void usage(FILE *f)
 	           "  --state-dir DIR    component state (default $FERRY_STATE_DIR, else "
 	           "/run/ferry);\n"
 	           "                     the CLI reaches this daemon through DIR/ferryd.sock\n"
+	           "  --service NAME=KIND:TARGET\n"
+	           "                     a service of this node, by a name that is the same on\n"
+	           "                     every node: KIND unix (TARGET a socket's path), tcp\n"
+	           "                     (HOST:PORT) or rom (a read-only file); `ferry services`\n"
+	           "                     lists them\n"
+	           "  --config FILE      services from FILE, one a line: service NAME KIND:TARGET\n"
 	           "  --gen-key FILE     write a new random cluster key to FILE and exit\n"
 	           "  -h, --help         show this help\n");
 }
@@ -73,11 +80,15 @@ int main(int argc, char **argv)
 	                                         {"key", required_argument, NULL, 'k'},
 	                                         {"state-dir", required_argument, NULL, 's'},
 	                                         {"gen-key", required_argument, NULL, 'g'},
+	                                         {"service", required_argument, NULL, 'S'},
+	                                         {"config", required_argument, NULL, 'c'},
 	                                         {"help", no_argument, NULL, 'h'},
 	                                         {NULL, 0, NULL, 0}};
 	const char *name = NULL, *listen_addr = NULL, *key = NULL, *state = NULL, *gen = NULL;
 	struct ferry_error err = {0};
 	struct ferry_node n;
+	struct ferry_service *services = NULL;
+	size_t nservices = 0;
 	int ch, lfd = -1, cfd = -1, r;
 
 	while ((ch = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
@@ -96,6 +107,27 @@ int main(int argc, char **argv)
 			break;
 		case 'g':
 			gen = optarg;
+			break;
+		case 'S': {
+			struct ferry_service *ns =
+			        realloc(services, (nservices + 1) * sizeof(*services));
+			if (!ns) {
+				fprintf(stderr, "ferryd: out of memory\n");
+				return 1;
+			}
+			services = ns;
+			if (ferry_service_parse(optarg, &services[nservices], &err) < 0) {
+				fprintf(stderr, "ferryd: %s\n", err.msg);
+				return 2;
+			}
+			nservices++;
+			break;
+		}
+		case 'c':
+			if (ferry_services_config(optarg, &services, &nservices, &err) < 0) {
+				fprintf(stderr, "ferryd: %s\n", err.msg);
+				return 2;
+			}
 			break;
 		case 'h':
 			usage(stdout);
@@ -118,6 +150,9 @@ int main(int argc, char **argv)
 	}
 	r = ferry_node_init(&n, name, listen_addr, state, key, &err);
 	if (r == 0)
+		r = ferry_services_publish(&n.rt, services, nservices, &err);
+	free(services);
+	if (r == 0)
 		r = ferry_node_recover(&n, &err);
 	if (r == 0)
 		r = ferry_node_listen(&n, &lfd, &err);
@@ -132,8 +167,8 @@ int main(int argc, char **argv)
 	sigaction(SIGINT, &sa, NULL);
 	signal(SIGPIPE, SIG_IGN);
 	pid_t self = getpid();
-	fprintf(stderr, "ferryd %s: listening on %s, state in %s\n", n.name, n.listen,
-	        n.rt.state_dir);
+	fprintf(stderr, "ferryd %s: listening on %s, state in %s, %zu service%s\n", n.name,
+	        n.listen, n.rt.state_dir, nservices, nservices == 1 ? "" : "s");
 	while (!stop_requested) {
 		struct pollfd p[2] = {{.fd = lfd, .events = POLLIN}, {.fd = cfd, .events = POLLIN}};
 		while (waitpid(-1, NULL, WNOHANG) > 0)

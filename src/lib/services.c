@@ -1,0 +1,286 @@
+/*
+ * Node services: what a ferryd declares (--service NAME=KIND:TARGET, --config FILE), published
+ * in its state directory (.services, one service a line: NAME KIND TARGET) for the CLI's
+ * `ferry services` and for the monitors of its components.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "ferry/ferry.h"
+#include "model.h"
+#include "util.h"
+
+static const char *const kind_names[] = {
+        [FERRY_SERVICE_UNIX] = "unix",
+        [FERRY_SERVICE_TCP] = "tcp",
+        [FERRY_SERVICE_ROM] = "rom",
+};
+
+const char *ferry_service_kind_name(enum ferry_service_kind k)
+{
+	return k >= FERRY_SERVICE_UNIX && k <= FERRY_SERVICE_ROM ? kind_names[k] : "?";
+}
+
+/* HOST:PORT (or [V6]:PORT) split; 0 or -EINVAL. */
+static int split_host_port(const char *t, char *host, size_t hlen, char *port, size_t plen)
+{
+	const char *colon = strrchr(t, ':');
+
+	if (!colon || colon == t || !colon[1] ||
+	    strspn(colon + 1, "0123456789") != strlen(colon + 1))
+		return -EINVAL;
+	const char *h = t;
+	size_t n = (size_t)(colon - t);
+	if (t[0] == '[' && n >= 2 && t[n - 1] == ']') {
+		h = t + 1;
+		n -= 2;
+	}
+	if (n == 0 || n >= hlen || strlen(colon + 1) >= plen)
+		return -EINVAL;
+	memcpy(host, h, n);
+	host[n] = '\0';
+	snprintf(port, plen, "%s", colon + 1);
+	return atoi(port) > 0 && atoi(port) < 65536 ? 0 : -EINVAL;
+}
+
+/* name, kind and target, checked. */
+static int service_set(struct ferry_service *s, const char *name, const char *kind,
+                       const char *target, struct ferry_error *err)
+{
+	memset(s, 0, sizeof(*s));
+	if (!ferry_name_valid(name))
+		return ferr(err, -EINVAL, "service name '%s': use letters, digits, . _ -", name);
+	snprintf(s->name, sizeof(s->name), "%s", name);
+	for (int k = FERRY_SERVICE_UNIX; k <= FERRY_SERVICE_ROM; k++)
+		if (strcmp(kind, kind_names[k]) == 0)
+			s->kind = (enum ferry_service_kind)k;
+	if (!s->kind)
+		return ferr(err, -EINVAL, "service %s: kind '%s' is not unix, tcp or rom", name,
+		            kind);
+	if (!target[0] || strlen(target) >= sizeof(s->target))
+		return ferr(err, -EINVAL, "service %s: no %s target", name, kind);
+	snprintf(s->target, sizeof(s->target), "%s", target);
+	if (s->kind == FERRY_SERVICE_UNIX) {
+		if (target[0] != '/' ||
+		    strlen(target) >= sizeof(((struct sockaddr_un *)0)->sun_path))
+			return ferr(err, -EINVAL,
+			            "service %s: a unix socket's path must be absolute and shorter "
+			            "than 108 bytes: '%s'",
+			            name, target);
+	} else if (s->kind == FERRY_SERVICE_TCP) {
+		char host[256], port[16];
+		if (split_host_port(target, host, sizeof(host), port, sizeof(port)) < 0)
+			return ferr(err, -EINVAL, "service %s: '%s' is not HOST:PORT", name,
+			            target);
+	} else {
+		struct stat sb;
+		if (target[0] != '/')
+			return ferr(err, -EINVAL, "service %s: a ROM's path must be absolute: '%s'",
+			            name, target);
+		if (stat(target, &sb) < 0)
+			return ferr(err, -errno, "service %s: ROM %s: %m", name, target);
+		if (!S_ISREG(sb.st_mode))
+			return ferr(err, -EINVAL, "service %s: ROM %s is not a regular file", name,
+			            target);
+		if (access(target, R_OK) < 0)
+			return ferr(err, -errno, "service %s: ROM %s: %m", name, target);
+	}
+	return 0;
+}
+
+int ferry_service_parse(const char *spec, struct ferry_service *s, struct ferry_error *err)
+{
+	char name[FERRY_NAME_MAX + 1], kind[8];
+	const char *eq = strchr(spec, '='), *colon = eq ? strchr(eq + 1, ':') : NULL;
+
+	if (!eq || !colon || (size_t)(eq - spec) >= sizeof(name) ||
+	    (size_t)(colon - eq - 1) >= sizeof(kind))
+		return ferr(err, -EINVAL, "service '%s': expected NAME=KIND:TARGET", spec);
+	snprintf(name, sizeof(name), "%.*s", (int)(eq - spec), spec);
+	snprintf(kind, sizeof(kind), "%.*s", (int)(colon - eq - 1), eq + 1);
+	return service_set(s, name, kind, colon + 1, err);
+}
+
+int ferry_services_config(const char *path, struct ferry_service **list, size_t *n,
+                          struct ferry_error *err)
+{
+	_cleanup_free_ char *text = NULL;
+	int r = read_file(path, &text, NULL);
+	unsigned line = 0;
+
+	if (r < 0)
+		return ferr(err, r, "configuration %s: %s", path, strerror(-r));
+	for (char *l = text, *next; l && *l; l = next) {
+		char word[16], name[FERRY_NAME_MAX + 1], spec[4200];
+		int end = 0;
+		next = strchr(l, '\n');
+		if (next)
+			*next++ = '\0';
+		line++;
+		char *hash = strchr(l, '#');
+		if (hash)
+			*hash = '\0';
+		if (l[strspn(l, " \t")] == '\0')
+			continue;
+		if (sscanf(l, "%15s %64s %4199s %n", word, name, spec, &end) != 3 ||
+		    strcmp(word, "service") != 0 || l[end] != '\0')
+			return ferr(
+			        err, -EINVAL,
+			        "configuration %s, line %u: expected 'service NAME KIND:TARGET'",
+			        path, line);
+		char *colon = strchr(spec, ':');
+		if (!colon)
+			return ferr(err, -EINVAL,
+			            "configuration %s, line %u: '%s' is not KIND:TARGET", path,
+			            line, spec);
+		*colon = '\0';
+		if (GROW(*list, *n) < 0)
+			return ferr(err, -ENOMEM, "out of memory");
+		r = service_set(&(*list)[*n], name, spec, colon + 1, err);
+		if (r < 0)
+			return ferr_prefix(err, "configuration %s, line %u", path, line);
+		(*n)++;
+	}
+	return 0;
+}
+
+int ferry_services_publish(const struct ferry_runtime *rt, const struct ferry_service *list,
+                           size_t n, struct ferry_error *err)
+{
+	char path[PATH_MAX], tmp[PATH_MAX + 8];
+	_cleanup_close_ int fd = -EBADF;
+
+	for (size_t i = 0; i < n; i++)
+		for (size_t j = 0; j < i; j++)
+			if (strcmp(list[i].name, list[j].name) == 0)
+				return ferr(err, -EEXIST, "service %s is declared twice",
+				            list[i].name);
+	snprintf(path, sizeof(path), "%s/.services", rt->state_dir);
+	snprintf(tmp, sizeof(tmp), "%s.tmp", path);
+	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	if (fd < 0)
+		return ferr(err, -errno, "%s: %m", tmp);
+	for (size_t i = 0; i < n; i++) {
+		char buf[4300];
+		int len = snprintf(buf, sizeof(buf), "%s %s %s\n", list[i].name,
+		                   kind_names[list[i].kind], list[i].target);
+		int r = write_full(fd, buf, (size_t)len);
+		if (r < 0)
+			return ferr(err, r, "%s: %s", tmp, strerror(-r));
+	}
+	if (rename(tmp, path) < 0)
+		return ferr(err, -errno, "%s: %m", path);
+	return 0;
+}
+
+int ferry_services_list(const struct ferry_runtime *rt, struct ferry_service **ret, size_t *ret_n,
+                        struct ferry_error *err)
+{
+	char path[PATH_MAX];
+	_cleanup_free_ char *text = NULL;
+	struct ferry_service *list = NULL;
+	size_t n = 0;
+
+	*ret = NULL;
+	*ret_n = 0;
+	snprintf(path, sizeof(path), "%s/.services", rt->state_dir);
+	int r = read_file(path, &text, NULL);
+	if (r == -ENOENT)
+		return 0;
+	if (r < 0)
+		return ferr(err, r, "%s: %s", path, strerror(-r));
+	for (char *save = NULL, *l = strtok_r(text, "\n", &save); l;
+	     l = strtok_r(NULL, "\n", &save)) {
+		char *sp1 = strchr(l, ' '), *sp2 = sp1 ? strchr(sp1 + 1, ' ') : NULL;
+		if (!sp2)
+			continue;
+		*sp1 = *sp2 = '\0';
+		if (GROW(list, n) < 0) {
+			free(list);
+			return ferr(err, -ENOMEM, "out of memory");
+		}
+		struct ferry_service *s = &list[n];
+		memset(s, 0, sizeof(*s));
+		snprintf(s->name, sizeof(s->name), "%s", l);
+		for (int k = FERRY_SERVICE_UNIX; k <= FERRY_SERVICE_ROM; k++)
+			if (strcmp(sp1 + 1, kind_names[k]) == 0)
+				s->kind = (enum ferry_service_kind)k;
+		snprintf(s->target, sizeof(s->target), "%s", sp2 + 1);
+		if (s->kind && ferry_name_valid(s->name))
+			n++;
+	}
+	*ret = list;
+	*ret_n = n;
+	return 0;
+}
+
+/* A TCP connection to HOST:PORT within 200 ms: 0, or -errno. */
+static int tcp_reachable(const char *target)
+{
+	char host[256], port[16];
+	struct addrinfo hints = {.ai_socktype = SOCK_STREAM}, *ai = NULL;
+	int r = split_host_port(target, host, sizeof(host), port, sizeof(port));
+
+	if (r < 0)
+		return r;
+	if (getaddrinfo(host, port, &hints, &ai) != 0 || !ai)
+		return -EHOSTUNREACH;
+	_cleanup_close_ int s =
+	        socket(ai->ai_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+	r = s < 0 ? -errno : 0;
+	if (r == 0 && connect(s, ai->ai_addr, ai->ai_addrlen) < 0) {
+		r = -errno;
+		if (r == -EINPROGRESS) {
+			struct pollfd p = {.fd = s, .events = POLLOUT};
+			int e = 0;
+			socklen_t el = sizeof(e);
+			r = poll(&p, 1, 200) == 1 &&
+			                    getsockopt(s, SOL_SOCKET, SO_ERROR, &e, &el) == 0
+			            ? -e
+			            : -ETIMEDOUT;
+		}
+	}
+	freeaddrinfo(ai);
+	return r;
+}
+
+int ferry_service_status(const struct ferry_service *s, char *detail, size_t len)
+{
+	struct stat sb;
+	int r;
+
+	switch (s->kind) {
+	case FERRY_SERVICE_ROM:
+		if (stat(s->target, &sb) < 0 || !S_ISREG(sb.st_mode)) {
+			snprintf(detail, len, "missing: %s", strerror(errno ? errno : EINVAL));
+			return 0;
+		}
+		snprintf(detail, len, "%lld bytes", (long long)sb.st_size);
+		return 1;
+	case FERRY_SERVICE_UNIX: {
+		struct sockaddr_un sa = {.sun_family = AF_UNIX};
+		_cleanup_close_ int c = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+		snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", s->target);
+		r = c < 0                                                ? -errno
+		    : connect(c, (struct sockaddr *)&sa, sizeof(sa)) < 0 ? -errno
+		                                                         : 0;
+		snprintf(detail, len, "%s", r == 0 ? "accepting" : strerror(-r));
+		return r == 0;
+	}
+	case FERRY_SERVICE_TCP:
+		r = tcp_reachable(s->target);
+		snprintf(detail, len, "%s", r == 0 ? "accepting" : strerror(-r));
+		return r == 0;
+	}
+	snprintf(detail, len, "unknown kind");
+	return 0;
+}
