@@ -1754,91 +1754,102 @@ static int map_one(struct restorer *rs, struct rs_batch *b, const struct compone
 }
 
 /* Has v a run holding addr? */
-static bool run_covers(const struct vma *v, uint64_t addr)
+static int cmp_run_addr(const void *a, const void *b)
 {
-	for (size_t j = 0; j < v->nruns; j++)
-		if (addr >= v->runs[j].addr &&
-		    addr < v->runs[j].addr + v->runs[j].npages * MODEL_PAGE)
-			return true;
-	return false;
+	const struct page_run *x = a, *y = b;
+	return x->addr < y->addr ? -1 : x->addr > y->addr;
 }
 
-/* The run of q's vma at [start, end) holding addr, or NULL. */
-static const struct page_run *base_run_at(const struct process *q, uint64_t start, uint64_t addr)
+/* A copy of the n runs at runs, in address order (NULL and n 0: none). */
+static struct page_run *runs_sorted(const struct page_run *runs, size_t n)
 {
-	for (size_t i = 0; i < q->nvmas; i++) {
-		const struct vma *v = &q->vmas[i];
-		if (v->start != start)
-			continue;
-		for (size_t j = 0; j < v->nruns; j++)
-			if (addr >= v->runs[j].addr &&
-			    addr < v->runs[j].addr + v->runs[j].npages * MODEL_PAGE)
-				return &v->runs[j];
-		return NULL;
+	struct page_run *c = n ? malloc(n * sizeof(*c)) : NULL;
+	if (c) {
+		memcpy(c, runs, n * sizeof(*c));
+		qsort(c, n, sizeof(*c), cmp_run_addr);
 	}
-	return NULL;
+	return c;
+}
+
+static uint64_t run_end(const struct page_run *r)
+{
+	return r->addr + r->npages * MODEL_PAGE;
 }
 
 /*
  * A mapping the process inherited loaded from the init's helper: what it holds that differs
  * from the init's is loaded (pages it wrote, and those its own parent wrote before forking it);
- * what the init holds and it does not is dropped (MADV_DONTNEED: zeros, as it had).
+ * what the init holds and it does not is dropped (MADV_DONTNEED: zeros, as it had). Both run
+ * lists are walked once, side by side, in address order.
  */
 static int fill_kept(struct restorer *rs, struct fill *f, const struct process *p,
                      const struct vma *v, struct ferry_error *err)
 {
 	const struct process *q = rs->base;
+	const struct vma *bv = NULL;
 	int r = 0;
 
 	if (p == q)
 		return 0; /* the init: loaded by its helper */
-	for (size_t j = 0; j < v->nruns && r == 0; j++) {
-		const struct page_run *run = &v->runs[j];
-		for (uint64_t k = 0; k < run->npages && r == 0;) {
-			uint64_t addr = run->addr + k * MODEL_PAGE;
-			const struct page_run *br = base_run_at(q, v->start, addr);
-			uint64_t off = run->off + k * MODEL_PAGE;
-			bool same =
-			        br && br->file == run->file && br->off + (addr - br->addr) == off;
-			uint64_t n = 1;
-			while (k + n < run->npages) {
-				uint64_t a2 = addr + n * MODEL_PAGE;
-				const struct page_run *b2 = base_run_at(q, v->start, a2);
-				bool s2 = b2 && b2->file == run->file &&
-				          b2->off + (a2 - b2->addr) == off + n * MODEL_PAGE;
-				if (s2 != same)
-					break;
-				n++;
-			}
-			if (!same) {
-				struct page_run part = *run;
-				part.addr = addr;
-				part.npages = n;
-				part.off = off;
-				r = load_runs(rs, f, &part, 1, 0, err);
-			}
-			k += n;
-		}
-	}
-	/* the init's pages it does not have */
-	const struct vma *bv = NULL;
 	for (size_t i = 0; i < q->nvmas && !bv; i++)
 		if (q->vmas[i].start == v->start)
 			bv = &q->vmas[i];
-	for (size_t j = 0; bv && j < bv->nruns && r == 0; j++) {
-		const struct page_run *br = &bv->runs[j];
-		for (uint64_t k = 0; k < br->npages && r == 0;) {
-			uint64_t addr = br->addr + k * MODEL_PAGE, n = 0;
-			while (k + n < br->npages && !run_covers(v, addr + n * MODEL_PAGE))
-				n++;
-			if (n) {
-				long ret = rs_sys(rs, "madvise(MADV_DONTNEED)", SYS_madvise, addr,
-				                  n * MODEL_PAGE, MADV_DONTNEED, 0, 0, 0, err);
-				r = ret < 0 ? (int)ret : 0;
-				k += n;
+	size_t nc = v->nruns, nb = bv ? bv->nruns : 0, bi = 0, ci = 0;
+	_cleanup_free_ struct page_run *cr = runs_sorted(v->runs, nc);
+	_cleanup_free_ struct page_run *br = runs_sorted(bv ? bv->runs : NULL, nb);
+	if ((nc && !cr) || (nb && !br))
+		return ferr(err, -ENOMEM, "out of memory");
+	/* its pages that are not the init's (another page, or none there): loaded */
+	for (size_t j = 0; j < nc && r == 0; j++) {
+		const struct page_run *c = &cr[j];
+		uint64_t addr = c->addr, end = run_end(c), from = addr;
+		while (addr < end && r == 0) {
+			while (bi < nb && run_end(&br[bi]) <= addr)
+				bi++;
+			uint64_t stop;
+			bool same = false;
+			if (bi < nb && br[bi].addr <= addr) {
+				stop = MIN(end, run_end(&br[bi]));
+				same = br[bi].file == c->file &&
+				       br[bi].off + (addr - br[bi].addr) ==
+				               c->off + (addr - c->addr);
 			} else {
-				k++;
+				stop = bi < nb ? MIN(end, br[bi].addr) : end;
 			}
+			if (same && from < addr) { /* what differed before this: one load */
+				struct page_run part = *c;
+				part.addr = from;
+				part.npages = (addr - from) / MODEL_PAGE;
+				part.off = c->off + (from - c->addr);
+				r = load_runs(rs, f, &part, 1, 0, err);
+			}
+			addr = stop;
+			if (same)
+				from = addr;
+		}
+		if (r == 0 && from < end) {
+			struct page_run part = *c;
+			part.addr = from;
+			part.npages = (end - from) / MODEL_PAGE;
+			part.off = c->off + (from - c->addr);
+			r = load_runs(rs, f, &part, 1, 0, err);
+		}
+	}
+	/* the init's pages it does not have: dropped */
+	for (size_t j = 0; j < nb && r == 0; j++) {
+		uint64_t addr = br[j].addr, end = run_end(&br[j]);
+		while (addr < end && r == 0) {
+			while (ci < nc && run_end(&cr[ci]) <= addr)
+				ci++;
+			if (ci < nc && cr[ci].addr <= addr) {
+				addr = MIN(end, run_end(&cr[ci])); /* it has these */
+				continue;
+			}
+			uint64_t stop = ci < nc ? MIN(end, cr[ci].addr) : end;
+			long ret = rs_sys(rs, "madvise(MADV_DONTNEED)", SYS_madvise, addr,
+			                  stop - addr, MADV_DONTNEED, 0, 0, 0, err);
+			r = ret < 0 ? (int)ret : 0;
+			addr = stop;
 		}
 	}
 	return r;
