@@ -46,8 +46,7 @@ int ferry_key_generate(const char *path, struct ferry_error *err)
 	return channel_key_generate(path, err);
 }
 
-/* HOST:PORT, [V6]:PORT */
-static int split_addr(const char *addr, char *host, size_t hlen, char *port, size_t plen)
+int addr_split(const char *addr, char *host, size_t hlen, char *port, size_t plen)
 {
 	const char *colon;
 	if (addr[0] == '[') {
@@ -66,13 +65,13 @@ static int split_addr(const char *addr, char *host, size_t hlen, char *port, siz
 	return port[0] ? 0 : -EINVAL;
 }
 
-static int resolve(const char *addr, bool passive, struct addrinfo **ret, struct ferry_error *err)
+int addr_resolve(const char *addr, bool passive, struct addrinfo **ret, struct ferry_error *err)
 {
 	char host[256], port[32];
 	struct addrinfo hints = {.ai_family = AF_UNSPEC,
 	                         .ai_socktype = SOCK_STREAM,
 	                         .ai_flags = passive ? AI_PASSIVE : 0};
-	if (split_addr(addr, host, sizeof(host), port, sizeof(port)) < 0)
+	if (addr_split(addr, host, sizeof(host), port, sizeof(port)) < 0)
 		return ferr(err, -EINVAL, "address '%s': expected HOST:PORT", addr);
 	int e = getaddrinfo(host[0] ? host : NULL, port, &hints, ret);
 	if (e != 0)
@@ -83,7 +82,7 @@ static int resolve(const char *addr, bool passive, struct addrinfo **ret, struct
 int ferry_node_listen(const struct ferry_node *n, int *ret_fd, struct ferry_error *err)
 {
 	struct addrinfo *ai = NULL;
-	int r = resolve(n->listen, true, &ai, err);
+	int r = addr_resolve(n->listen, true, &ai, err);
 	if (r < 0)
 		return r;
 	_cleanup_close_ int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -133,7 +132,7 @@ int ferry_node_control_listen(const struct ferry_node *n, int *ret_fd, struct fe
 int node_connect(const char *addr, int timeout_ms, struct ferry_error *err)
 {
 	struct addrinfo *ai = NULL;
-	int r = resolve(addr, false, &ai, err);
+	int r = addr_resolve(addr, false, &ai, err);
 	if (r < 0)
 		return r;
 	_cleanup_close_ int fd =

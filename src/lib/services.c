@@ -30,25 +30,14 @@ const char *ferry_service_kind_name(enum ferry_service_kind k)
 	return k >= FERRY_SERVICE_UNIX && k <= FERRY_SERVICE_ROM ? kind_names[k] : "?";
 }
 
-/* HOST:PORT (or [V6]:PORT) split; 0 or -EINVAL. */
-static int split_host_port(const char *t, char *host, size_t hlen, char *port, size_t plen)
+/* HOST:PORT (or [V6]:PORT) with a port number; 0 or -EINVAL. */
+static int host_port(const char *t)
 {
-	const char *colon = strrchr(t, ':');
+	char host[256], port[16];
 
-	if (!colon || colon == t || !colon[1] ||
-	    strspn(colon + 1, "0123456789") != strlen(colon + 1))
+	if (addr_split(t, host, sizeof(host), port, sizeof(port)) < 0 || !host[0] ||
+	    strspn(port, "0123456789") != strlen(port))
 		return -EINVAL;
-	const char *h = t;
-	size_t n = (size_t)(colon - t);
-	if (t[0] == '[' && n >= 2 && t[n - 1] == ']') {
-		h = t + 1;
-		n -= 2;
-	}
-	if (n == 0 || n >= hlen || strlen(colon + 1) >= plen)
-		return -EINVAL;
-	memcpy(host, h, n);
-	host[n] = '\0';
-	snprintf(port, plen, "%s", colon + 1);
 	return atoi(port) > 0 && atoi(port) < 65536 ? 0 : -EINVAL;
 }
 
@@ -77,8 +66,7 @@ static int service_set(struct ferry_service *s, const char *name, const char *ki
 			            "than 108 bytes: '%s'",
 			            name, target);
 	} else if (s->kind == FERRY_SERVICE_TCP) {
-		char host[256], port[16];
-		if (split_host_port(target, host, sizeof(host), port, sizeof(port)) < 0)
+		if (host_port(target) < 0)
 			return ferr(err, -EINVAL, "service %s: '%s' is not HOST:PORT", name,
 			            target);
 	} else {
@@ -226,14 +214,12 @@ int ferry_services_list(const struct ferry_runtime *rt, struct ferry_service **r
 /* A TCP connection to HOST:PORT within 200 ms: 0, or -errno. */
 static int tcp_reachable(const char *target)
 {
-	char host[256], port[16];
-	struct addrinfo hints = {.ai_socktype = SOCK_STREAM}, *ai = NULL;
-	int r = split_host_port(target, host, sizeof(host), port, sizeof(port));
+	struct ferry_error e = {0};
+	struct addrinfo *ai = NULL;
+	int r = addr_resolve(target, false, &ai, &e);
 
 	if (r < 0)
 		return r;
-	if (getaddrinfo(host, port, &hints, &ai) != 0 || !ai)
-		return -EHOSTUNREACH;
 	_cleanup_close_ int s =
 	        socket(ai->ai_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
 	r = s < 0 ? -errno : 0;
@@ -241,11 +227,11 @@ static int tcp_reachable(const char *target)
 		r = -errno;
 		if (r == -EINPROGRESS) {
 			struct pollfd p = {.fd = s, .events = POLLOUT};
-			int e = 0;
-			socklen_t el = sizeof(e);
+			int so = 0;
+			socklen_t sl = sizeof(so);
 			r = poll(&p, 1, 200) == 1 &&
-			                    getsockopt(s, SOL_SOCKET, SO_ERROR, &e, &el) == 0
-			            ? -e
+			                    getsockopt(s, SOL_SOCKET, SO_ERROR, &so, &sl) == 0
+			            ? -so
 			            : -ETIMEDOUT;
 		}
 	}

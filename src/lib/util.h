@@ -120,6 +120,14 @@ int fsync_dir(const char *dir);
  */
 int pidfd_getfd_of(pid_t pid, int fd);
 
+/* addr_split - HOST:PORT or [V6]:PORT into host and port (node.c); 0 or -EINVAL. */
+int addr_split(const char *addr, char *host, size_t hlen, char *port, size_t plen);
+
+/* addr_resolve - HOST:PORT resolved for a stream socket (passive: to listen on); *ret freed
+ * with freeaddrinfo (node.c). */
+struct addrinfo;
+int addr_resolve(const char *addr, bool passive, struct addrinfo **ret, struct ferry_error *err);
+
 /*
  * ranges_push - append [s, e) to a list of ranges kept as pairs (*v has 2 * *n entries),
  * merging it into the last one when they touch. Ranges must come in address order. 0 or -ENOMEM.
