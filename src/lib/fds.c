@@ -372,14 +372,8 @@ int fds_inflight_resolve(const struct fd_capture_ctx *base, struct ferry_error *
 				}
 			}
 		}
-		if (hf && hf->dup_of >= 0) {
-			/* a dup: what was captured is with the fd it duplicates */
-			for (size_t j = 0; j < hq->nfds; j++)
-				if (hq->fds[j].fd == hf->dup_of) {
-					hf = &hq->fds[j];
-					break;
-				}
-		}
+		/* the first match is the description's first fd in its process (a dup of it comes
+		 * later), which holds what was captured */
 		if (hf) {
 			if (c->nprocs == 1) {
 				e->dup_of = hf->fd;
