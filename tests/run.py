@@ -24,6 +24,7 @@ import time
 
 import migrate_tests
 import services_tests
+import sessions_tests
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TEST_TIMEOUT = 30  # seconds per test
@@ -1729,6 +1730,8 @@ def collect(builds):
             tests.append((f"{tag}/migrate/{name}", ferry, fn, timeout))
         for name, fn, timeout in services_tests.tests():
             tests.append((f"{tag}/services/{name}", ferry, fn, timeout))
+        for name, fn, timeout in sessions_tests.tests():
+            tests.append((f"{tag}/sessions/{name}", ferry, fn, timeout))
     return tests, features_dir
 
 

@@ -262,7 +262,8 @@ int ferry_node_recover(const struct ferry_node *n, struct ferry_error *err);
  * A service of a node, declared by its ferryd (--service, --config): a name that is the same
  * on every node, and where this node's instance is: a Unix socket, a TCP endpoint, or a
  * read-only file ("ROM": configuration or calibration data each node keeps its own version
- * of). Components hold sessions to services by name (issue 6: the interposition comes next).
+ * of). A component reaches them by name at the same path on every node (/run/ferry/services/NAME,
+ * /run/ferry/rom/NAME); its sessions are re-created on restore and migration (docs/sessions.md).
  */
 enum ferry_service_kind {
 	FERRY_SERVICE_UNIX = 1,
@@ -274,18 +275,22 @@ struct ferry_service {
 	char name[FERRY_NAME_MAX];
 	enum ferry_service_kind kind;
 	char target[4096]; /* a path (unix, rom) or HOST:PORT (tcp) */
+	/* unix: the service speaks the session-resume protocol (docs/sessions.md): a session
+	 * ferry re-creates begins with a FERRY-RESUME line */
+	bool resume;
 };
 
 /* ferry_service_kind_name - "unix", "tcp", "rom". */
 const char *ferry_service_kind_name(enum ferry_service_kind k);
 
-/* ferry_service_parse - "NAME=KIND:TARGET" (KIND unix, tcp or rom) into *s; a ROM's file must
- * be a readable regular file, a unix path absolute, a tcp target HOST:PORT. */
+/* ferry_service_parse - "NAME=KIND:TARGET[,resume]" (KIND unix, tcp or rom) into *s; a ROM's
+ * file must be a readable regular file, a unix path absolute, a tcp target HOST:PORT; resume
+ * only for unix. */
 int ferry_service_parse(const char *spec, struct ferry_service *s, struct ferry_error *err);
 
 /*
  * ferry_services_config - add the services of a configuration file to *list (*n of them): one
- * a line, "service NAME KIND:TARGET"; blank lines and lines from '#' on are ignored. An error
+ * a line, "service NAME KIND:TARGET [resume]"; blank lines and lines from '#' on are ignored. An error
  * names the file and line.
  */
 int ferry_services_config(const char *path, struct ferry_service **list, size_t *n,

@@ -15,6 +15,7 @@
 #include "migrate.h"
 #include "restore.h"
 #include "runtime.h"
+#include "session.h"
 #include "util.h"
 
 /* ---- the destination ---- */
@@ -422,8 +423,12 @@ static int dst_hold(void *arg, enum restore_phase phase, pid_t pid,
 		channel_set_timeout(d->ch, 30000);
 		r = channel_recv(d->ch, &t, &b, &l, err);
 	}
-	if (r == 0 && t == MSG_GO)
+	if (r == 0 && t == MSG_GO) {
+		/* decided: it runs here whatever happens to the late bytes of its sessions */
+		struct ferry_error e = {0};
+		(void)session_late_deliver(&d->n->rt, d->name, b, l, &e);
 		return 0;
+	}
 	if (r == 0 && t == MSG_ABORT)
 		return ferr(err, -ECANCELED, "the source aborted the migration");
 	if (r == 0)
@@ -536,7 +541,7 @@ int migrate_accept(const struct ferry_node *n, struct channel *ch, int fd, const
 			 * comes in after the component runs (lazily), so the downtime does not
 			 * grow with it */
 			struct restore_opts ro = {.flags = RESTORE_FILES_CHECKED | RESTORE_LAZY |
-			                                   RESTORE_IN_PLACE,
+			                                   RESTORE_IN_PLACE | RESTORE_SESSION_RELAY,
 			                          .pre = &pre,
 			                          .hold = dst_hold,
 			                          .hold_arg = &d};

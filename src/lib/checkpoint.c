@@ -16,6 +16,7 @@
 #include "fds.h"
 #include "procfs.h"
 #include "runtime.h"
+#include "session.h"
 #include "task.h"
 #include "threads.h"
 #include "track.h"
@@ -341,7 +342,8 @@ static int freeze_tree(pid_t root, struct component *c, struct frozen *fz, struc
 	return 0;
 }
 
-int checkpoint_capture(pid_t pid, const char *log_path, struct image_writer *w, struct frozen *fz,
+int checkpoint_capture(const struct ferry_runtime *rt, const char *name, pid_t pid,
+                       const char *log_path, struct image_writer *w, struct frozen *fz,
                        struct component **ret, struct mem_stats *st, struct mem_track *mt,
                        const struct prefreeze *pf, struct ferry_error *err)
 {
@@ -353,7 +355,10 @@ int checkpoint_capture(pid_t pid, const char *log_path, struct image_writer *w, 
 		return -ENOMEM;
 	}
 	c->created = (int64_t)time(NULL);
-	r = freeze_tree(pid, c, fz, err);
+	/* before the freeze: what is known of sessions */
+	r = session_load(c, rt, name, err);
+	if (r == 0)
+		r = freeze_tree(pid, c, fz, err);
 	/* dirty tracking and the rounds before the freeze follow the init only: the others are
 	 * captured whole */
 	for (size_t i = 0; r == 0 && i < c->nprocs; i++) {
@@ -593,7 +598,7 @@ static int checkpoint_once(const struct ferry_runtime *rt, const char *name, con
 	else
 		pf.maps = NULL; /* read in the freeze then */
 	tf = now_ns();
-	r = checkpoint_capture(rec.pid, rec.log_path, w, &fz, &c, &st, &mt, &pf, err);
+	r = checkpoint_capture(rt, name, rec.pid, rec.log_path, w, &fz, &c, &st, &mt, &pf, err);
 	if (r < 0) {
 		checkpoint_thaw(&fz);
 		goto fail;

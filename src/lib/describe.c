@@ -488,7 +488,8 @@ int ferry_caps(const struct ferry_runtime *rt, const char *name, struct json_obj
 		return r;
 	if (rec.state != FERRY_STATE_RUNNING)
 		return ferr(err, -ESRCH, "component %s is not running", name);
-	r = checkpoint_capture(rec.pid, rec.log_path, NULL, &fz, &c, &st, NULL, NULL, err);
+	r = checkpoint_capture(rt, name, rec.pid, rec.log_path, NULL, &fz, &c, &st, NULL, NULL,
+	                       err);
 	checkpoint_thaw(&fz);
 	if (r < 0)
 		return r;

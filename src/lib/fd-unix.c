@@ -131,6 +131,19 @@ static int find_sock(const struct fd_capture_ctx *ctx, uint64_t ino, const struc
  * listener must be the component's, and nothing written on it yet (its bytes would be in the
  * connection the listener holds, where no peek reaches).
  */
+int fd_unix_peer(uint32_t ino, uint32_t *peer)
+{
+	struct ux_diag d;
+	int r = unix_diag(ino, &d);
+
+	if (r < 0)
+		return r;
+	if (!d.peer)
+		return -ENOTCONN;
+	*peer = d.peer;
+	return 0;
+}
+
 static int pending_client(struct fd_capture_ctx *ctx, const struct fd_info *fi, struct fd_entry *e,
                           uint64_t *v, int s, const struct ux_diag *d, struct ferry_error *err);
 static void addr_str(const uint64_t *a, uint64_t alen, char *buf, size_t len);

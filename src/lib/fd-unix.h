@@ -69,6 +69,9 @@ int ux_fill_pair(const uint64_t *v, int s0, int s1, struct fd_restore_ctx *ctx,
 int ux_fill_alone(int s, const uint64_t *v, const struct sockaddr_un *sa, socklen_t sl,
                   struct fd_restore_ctx *ctx, struct ferry_error *err);
 
+/* fd_unix_peer - the inode of the peer of the Unix socket with inode ino (sock_diag). */
+int fd_unix_peer(uint32_t ino, uint32_t *peer);
+
 /* ux_set_bufs - SO_SNDBUF and SO_RCVBUF as they were reported (0: left); 0 or -errno. */
 int ux_set_bufs(int s, uint64_t snd, uint64_t rcv);
 

@@ -15,9 +15,10 @@
 
 /* Adding a kind = adding its file and a line here. Order matters: first probe wins. */
 static const struct fd_ops *const kinds[] = {
-        &fd_log_ops,     &fd_deleted_ops, &fd_memfd_ops,    &fd_file_ops,  &fd_chr_ops,
-        &fd_eventfd_ops, &fd_timerfd_ops, &fd_signalfd_ops, &fd_epoll_ops, &fd_pipe_ops,
-        &fd_inet_ops,    &fd_inotify_ops, &fd_tcp_ops,      &fd_unix_ops,  &fd_fifo_ops,
+        &fd_log_ops,      &fd_session_ops, &fd_deleted_ops, &fd_memfd_ops,
+        &fd_file_ops,     &fd_chr_ops,     &fd_eventfd_ops, &fd_timerfd_ops,
+        &fd_signalfd_ops, &fd_epoll_ops,   &fd_pipe_ops,    &fd_inet_ops,
+        &fd_inotify_ops,  &fd_tcp_ops,     &fd_unix_ops,    &fd_fifo_ops,
 };
 
 int fds_sockopt(int s, int level, int name)

@@ -56,6 +56,8 @@ struct fd_restore_ctx {
 	size_t nstash;
 	const struct fd_entry *inflight; /* component.inflight */
 	size_t ninflight;
+	pid_t monitor_pid; /* the restoring monitor (host pid): relays of sessions (relay.c) */
+	bool relay_all;    /* every unix session through a relay (a migration's) */
 };
 
 struct fd_ops {
@@ -82,7 +84,7 @@ struct fd_ops {
 
 extern const struct fd_ops fd_file_ops, fd_log_ops, fd_memfd_ops, fd_chr_ops, fd_eventfd_ops,
         fd_timerfd_ops, fd_signalfd_ops, fd_epoll_ops, fd_pipe_ops, fd_deleted_ops, fd_inet_ops,
-        fd_inotify_ops, fd_tcp_ops, fd_unix_ops, fd_fifo_ops;
+        fd_inotify_ops, fd_tcp_ops, fd_unix_ops, fd_fifo_ops, fd_session_ops;
 
 /* fds_hold - keep fd (ours) until the component runs on or ends; on failure it stays the
  * caller's. */

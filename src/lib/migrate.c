@@ -36,6 +36,7 @@
 #include "mem.h"
 #include "migrate.h"
 #include "runtime.h"
+#include "session.h"
 #include "util.h"
 
 int kv_get(const char *buf, size_t len, const char *key, char *out, size_t outlen)
@@ -699,7 +700,12 @@ static int handover(void *arg, uint64_t frozen_at, const struct component *c,
 	/* the component cannot run here again (its group is frozen, the decision is on disk):
 	 * the destination may let it run while this one is ended */
 	struct ferry_error e2;
-	bool went = channel_send(s->ch, MSG_GO, NULL, 0, &e2) == 0;
+	/* the sessions' bytes that came after the capture go with GO: nothing more comes now */
+	_cleanup_free_ uint8_t *late = NULL;
+	size_t nlate = 0;
+	if (session_late(c, &late, &nlate, &e2) < 0)
+		nlate = 0; /* lost, as the note in docs/sessions.md says */
+	bool went = channel_send(s->ch, MSG_GO, late, nlate, &e2) == 0;
 	if (went) {
 		test_point(s->ch, "src-go");
 		/* it runs there once DONE comes: the downtime ends (ending it here can wait). In

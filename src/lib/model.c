@@ -86,6 +86,8 @@ struct component *model_free(struct component *c)
 	free(c->inflight_from);
 	for (size_t i = 0; i < c->ninflight_pre; i++)
 		safe_close(c->inflight_pre[i]);
+	free(c->services);
+	free(c->sessreg);
 	free(c->inflight_pre);
 	free(c);
 	return NULL;

@@ -9,6 +9,9 @@
 
 #include "image.h"
 
+struct ferry_service;
+struct session_reg;
+
 /* Size of pages in page runs; the image always uses 4 KiB units. */
 #define MODEL_PAGE 4096UL
 
@@ -165,6 +168,7 @@ enum fd_kind {
 	FD_TCP = 13,     /* an established TCP connection (TCP_REPAIR) */
 	FD_UNIX = 14,    /* a Unix socket: a pair inside the component, a listener, bound... */
 	FD_FIFO = 15,    /* a FIFO (named pipe), reopened by its path */
+	FD_SESSION = 16, /* a session to a service of the node (path: the service's name) */
 };
 
 struct fd_entry {
@@ -266,6 +270,12 @@ struct component {
 	int *inflight_pre;
 	size_t ninflight_pre;
 	bool previewed;
+	/* at capture, not stored: the node's services, and the sessions its monitor re-created
+	 * (fd-session.c) */
+	struct ferry_service *services;
+	size_t nservices;
+	struct session_reg *sessreg;
+	size_t nsessreg;
 };
 
 /* model_free - release everything a component owns (NULL ok); returns NULL. */

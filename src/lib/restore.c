@@ -22,6 +22,7 @@
 #include "procfs.h"
 #include "restore.h"
 #include "runtime.h"
+#include "session.h"
 #include "task.h"
 #include "threads.h"
 #include "track.h"
@@ -61,6 +62,7 @@ struct restore_arg {
 	const struct restore_opts *opts;
 	struct lazy *lz; /* RESTORE_LAZY: the pages of anonymous mappings come after the start */
 	struct ferry_restore_stats stats;
+	pid_t monitor; /* the monitor's pid (the helper's parent), where relays go (relay.c) */
 };
 
 long rs_sys(struct restorer *rs, const char *what, long nr, uint64_t a0, uint64_t a1, uint64_t a2,
@@ -418,7 +420,7 @@ static int helper_common(struct restore_arg *a, int sync_rd, int rep_wr, const c
 
 	sigfillset(&all);
 	sigprocmask(SIG_SETMASK, &all, NULL);
-	r = runtime_ns_setup(err);
+	r = runtime_ns_setup(a->rt, err);
 	if (r < 0)
 		return r;
 	/* room for the temporary slots whatever the image's limit */
@@ -457,7 +459,9 @@ static int helper_common(struct restore_arg *a, int sync_rd, int rep_wr, const c
 	                              .stash_lo = a->stash_lo,
 	                              .share_lo = a->share_lo,
 	                              .inflight = a->c->inflight,
-	                              .ninflight = a->c->ninflight};
+	                              .ninflight = a->c->ninflight,
+	                              .monitor_pid = a->monitor,
+	                              .relay_all = a->opts->flags & RESTORE_SESSION_RELAY};
 	return fds_restore_shared(a->c, &fctx, err);
 }
 
@@ -496,7 +500,9 @@ static int helper_own(struct restore_arg *a, size_t idx, const char *log_path,
 	                              .stash_lo = a->stash_lo,
 	                              .share_lo = a->share_lo,
 	                              .inflight = a->c->inflight,
-	                              .ninflight = a->c->ninflight};
+	                              .ninflight = a->c->ninflight,
+	                              .monitor_pid = a->monitor,
+	                              .relay_all = a->opts->flags & RESTORE_SESSION_RELAY};
 	return fds_restore(p, &fctx, err);
 }
 
@@ -755,6 +761,30 @@ static int rebuild(struct restorer *rs, struct restore_arg *a, size_t idx, struc
 	return r;
 }
 
+/* The sessions re-created, in the registry: their sockets and the sessions they continue. */
+static void register_sessions(const struct restore_arg *a, const pid_t *host)
+{
+	struct session_reg *g = NULL;
+	size_t n = 0;
+
+	for (size_t i = 0; i < a->c->nprocs; i++)
+		for (size_t j = 0; j < a->c->procs[i].nfds; j++) {
+			const struct fd_entry *e = &a->c->procs[i].fds[j];
+			char path[64];
+			struct stat sb;
+			if (e->kind != FD_SESSION || e->nextra < SS_N ||
+			    e->extra[SS_KIND] != FERRY_SERVICE_UNIX || !host[i])
+				continue;
+			snprintf(path, sizeof(path), "/proc/%d/fd/%d", host[i], e->fd);
+			if (stat(path, &sb) < 0 || GROW(g, n) < 0)
+				continue;
+			g[n++] = (struct session_reg){sb.st_ino, e->extra[SS_ID],
+			                              e->extra[SS_SEQ] + 1};
+		}
+	(void)session_register(a->rt, a->name, 0, g, n);
+	free(g);
+}
+
 /* Read one report of a helper process (within a minute: a process that died without one
  * would otherwise leave us waiting on the others). */
 static int read_report(int fd, struct helper_report *rep, struct ferry_error *err)
@@ -837,6 +867,7 @@ static int restore_start(void *arg, const char *log_path, pid_t *ret_pid, void *
 	size_t nown = 0;
 	uint64_t sys_ip = 0;
 	int sync[2], rep[2], wst, r = 0;
+	_cleanup_close_ int relay_seal = -EBADF;
 	pthread_t vth;
 	bool vstarted = false;
 	uint64_t t0 = now_ns();
@@ -846,6 +877,12 @@ static int restore_start(void *arg, const char *log_path, pid_t *ret_pid, void *
 		r = ferr(err, -ENOMEM, "out of memory");
 		goto free_threads;
 	}
+	a->monitor = getpid();
+	/* sessions with bytes to deliver first: their helpers hand us relays (closing the seal
+	 * when this returns says no more will come) */
+	if (relay_needed(c, a->opts->flags & RESTORE_SESSION_RELAY) &&
+	    (r = relay_start(a->rt, a->name, &relay_seal, err)) < 0)
+		goto free_threads;
 	for (size_t i = 0; i < c->nprocs; i++) {
 		threads[i] = calloc(c->procs[i].nthreads ? c->procs[i].nthreads : 1,
 		                    sizeof(struct tracee));
@@ -966,6 +1003,7 @@ static int restore_start(void *arg, const char *log_path, pid_t *ret_pid, void *
 	}
 	if (r < 0)
 		goto fail;
+	register_sessions(a, host);
 	if (a->lz) {
 		/* the rest of the pages from now on, in the background */
 		r = lazy_fill(a->lz, a->rt, a->name, err);
@@ -1275,7 +1313,7 @@ static int cmp_int(const void *x, const void *y)
 /* The helper made in advance: its namespaces set up, it waits for the image, reads it and goes
  * on as any helper. */
 _noreturn_ static void helper_standby(const struct ferry_runtime *rt, const char *name, int go_rd,
-                                      int sync_rd, int rep_wr)
+                                      int sync_rd, int rep_wr, pid_t monitor)
 {
 	struct ferry_error err = {0};
 	struct image_reader *rd = NULL;
@@ -1286,7 +1324,7 @@ _noreturn_ static void helper_standby(const struct ferry_runtime *rt, const char
 	/* nothing of the process it was made from: no connection, no lock, no terminal */
 	qsort(keep, 3, sizeof(int), cmp_int);
 	close_all_but(keep, 3);
-	if (runtime_ns_setup(&err) < 0)
+	if (runtime_ns_setup(rt, &err) < 0)
 		goto fail;
 	/* told, or the restore gave up (end of file) */
 	if (read_full(go_rd, &go, sizeof(go)) < 0)
@@ -1294,7 +1332,7 @@ _noreturn_ static void helper_standby(const struct ferry_runtime *rt, const char
 	safe_close(go_rd);
 	go.dir[sizeof(go.dir) - 1] = 0;
 	struct restore_opts o = {.flags = go.flags};
-	struct restore_arg a = {.rt = rt, .name = name, .opts = &o};
+	struct restore_arg a = {.rt = rt, .name = name, .opts = &o, .monitor = monitor};
 	if (restore_plan(go.dir, &a, &rd, &err) < 0)
 		goto fail;
 	runtime_log_path(rt, name, log_path, sizeof(log_path));
@@ -1325,9 +1363,10 @@ int restore_helper_spawn(const struct ferry_runtime *rt, const char *name, struc
 		safe_close(sync[1]);
 		return ferr(err, -errno, "pipe: %m");
 	}
+	pid_t self = getpid();
 	pid = runtime_clone_ns(CLONE_NEWPID | CLONE_NEWNS);
 	if (pid == 0)
-		helper_standby(rt, name, go[0], sync[0], rep[1]);
+		helper_standby(rt, name, go[0], sync[0], rep[1], self);
 	int r = pid < 0 ? -errno : 0;
 	safe_close(go[0]);
 	safe_close(sync[0]);

@@ -93,6 +93,9 @@ typedef int (*restore_hold_fn)(void *arg, enum restore_phase phase, pid_t pid,
 /* the calling process becomes the component's monitor (monitor_here), no fork: on success it
  * must call monitor_wait once done */
 #define RESTORE_IN_PLACE (1u << 2)
+/* every session to a unix service is restored through a relay (relay.c): a migration's late
+ * bytes (session_late) are queued behind what the image holds */
+#define RESTORE_SESSION_RELAY (1u << 3)
 
 struct lazy_source;
 

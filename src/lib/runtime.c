@@ -1,6 +1,7 @@
 /* The runtime: component records in the state directory and the monitor that parents each one. */
 #include <dirent.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <string.h>
@@ -14,6 +15,7 @@
 #include <time.h>
 
 #include "runtime.h"
+#include "services.h"
 #include "util.h"
 
 int ferry_runtime_init(struct ferry_runtime *rt, const char *state_dir, struct ferry_error *err)
@@ -297,10 +299,21 @@ _noreturn_ void monitor_wait(const struct ferry_runtime *rt, const char *name, p
 	if (chdir("/") < 0) {
 		/* only to not pin a mount; harmless */
 	}
+	/* its end, then its status: a session relay's thread (relay.c) may be tracing it, and
+	 * a wait of ours would take the stops it waits for (one thread group) */
+	_cleanup_close_ int pfd = (int)syscall(SYS_pidfd_open, pid, 0);
 	for (;;) {
-		pid_t w = waitpid(pid, &status, 0);
+		struct pollfd pf = {.fd = pfd, .events = POLLIN};
+		if (pfd >= 0 && poll(&pf, 1, -1) < 0 && errno == EINTR)
+			continue;
+		pid_t w = waitpid(pid, &status, pfd >= 0 ? WNOHANG : 0);
 		if (w < 0 && errno == EINTR)
 			continue;
+		if (w == 0) {
+			/* not reapable yet (its tracer's to see first): look again shortly */
+			usleep(1000);
+			continue;
+		}
 		break;
 	}
 	/* the record may have been removed by ferry kill: then leave it removed */
@@ -366,6 +379,11 @@ static int monitor_prepare(const struct ferry_runtime *rt, const char *name, uin
 	(void)unlink(path);
 	snprintf(path, sizeof(path), "%s/stats", dir);
 	(void)unlink(path);
+	if (!keep_log) {
+		/* sessions re-created for an earlier run (a restore registers its own) */
+		snprintf(path, sizeof(path), "%s/sessions", dir);
+		(void)unlink(path);
+	}
 	snprintf(path, sizeof(path), "%s/log.id", dir);
 	snprintf(idbuf, sizeof(idbuf), "%016" PRIx64 "\n", log_id);
 	r = write_atomic(path, idbuf);
@@ -439,6 +457,7 @@ int monitor_here(const struct ferry_runtime *rt, const char *name, bool restored
 /* ---- ferry run ---- */
 
 struct run_arg {
+	const struct ferry_runtime *rt;
 	char *const *argv;
 };
 
@@ -450,13 +469,13 @@ pid_t runtime_clone_ns(uint64_t flags)
 }
 
 /* In a new pid+mount namespace: /proc shows the namespace's own processes. */
-int runtime_ns_setup(struct ferry_error *err)
+int runtime_ns_setup(const struct ferry_runtime *rt, struct ferry_error *err)
 {
 	if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0)
 		return ferr(err, -errno, "making mounts private: %m");
 	if (mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0)
 		return ferr(err, -errno, "mounting /proc: %m");
-	return 0;
+	return services_mount(rt, err);
 }
 
 static int run_start(void *arg, const char *log_path, pid_t *ret_pid, void *extra,
@@ -479,7 +498,7 @@ static int run_start(void *arg, const char *log_path, pid_t *ret_pid, void *extr
 		struct ferry_error e = {0};
 		int null, log;
 		safe_close(p[0]);
-		if (runtime_ns_setup(&e) < 0)
+		if (runtime_ns_setup(ra->rt, &e) < 0)
 			goto fail;
 		null = open("/dev/null", O_RDONLY);
 		log = open(log_path, O_WRONLY | O_APPEND | O_CREAT, 0600);
@@ -515,7 +534,7 @@ static int run_start(void *arg, const char *log_path, pid_t *ret_pid, void *extr
 int ferry_run(const struct ferry_runtime *rt, const char *name, char *const argv[], pid_t *ret_pid,
               struct ferry_error *err)
 {
-	struct run_arg ra = {argv};
+	struct run_arg ra = {rt, argv};
 
 	if (!argv || !argv[0])
 		return ferr(err, -EINVAL, "no program to run");

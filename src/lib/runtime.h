@@ -54,8 +54,9 @@ bool runtime_is_live(const struct ferry_component *c);
 /* runtime_clone_ns - clone3 like fork, with namespace flags; 0 in the child, -1 on failure. */
 pid_t runtime_clone_ns(uint64_t flags);
 
-/* runtime_ns_setup - in a new pid+mount namespace: private mounts, a /proc of its own. */
-int runtime_ns_setup(struct ferry_error *err);
+/* runtime_ns_setup - in a new pid+mount namespace: private mounts, a /proc of its own, the
+ * node's services under /run/ferry (services.c). */
+int runtime_ns_setup(const struct ferry_runtime *rt, struct ferry_error *err);
 
 /* runtime_probe_set_tid - `ferry check`: chosen pids in a new pid namespace. */
 int runtime_probe_set_tid(char *detail, size_t len);

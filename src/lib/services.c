@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mount.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -17,6 +18,7 @@
 
 #include "ferry/ferry.h"
 #include "model.h"
+#include "services.h"
 #include "util.h"
 
 static const char *const kind_names[] = {
@@ -43,7 +45,7 @@ static int host_port(const char *t)
 
 /* name, kind and target, checked. */
 static int service_set(struct ferry_service *s, const char *name, const char *kind,
-                       const char *target, struct ferry_error *err)
+                       const char *target, bool resume, struct ferry_error *err)
 {
 	memset(s, 0, sizeof(*s));
 	if (!ferry_name_valid(name))
@@ -58,6 +60,10 @@ static int service_set(struct ferry_service *s, const char *name, const char *ki
 	if (!target[0] || strlen(target) >= sizeof(s->target))
 		return ferr(err, -EINVAL, "service %s: no %s target", name, kind);
 	snprintf(s->target, sizeof(s->target), "%s", target);
+	s->resume = resume;
+	if (resume && s->kind != FERRY_SERVICE_UNIX)
+		return ferr(err, -EINVAL, "service %s: only a unix service can take 'resume'",
+		            name);
 	if (s->kind == FERRY_SERVICE_UNIX) {
 		if (target[0] != '/' ||
 		    strlen(target) >= sizeof(((struct sockaddr_un *)0)->sun_path))
@@ -95,7 +101,13 @@ int ferry_service_parse(const char *spec, struct ferry_service *s, struct ferry_
 		return ferr(err, -EINVAL, "service '%s': expected NAME=KIND:TARGET", spec);
 	snprintf(name, sizeof(name), "%.*s", (int)(eq - spec), spec);
 	snprintf(kind, sizeof(kind), "%.*s", (int)(colon - eq - 1), eq + 1);
-	return service_set(s, name, kind, colon + 1, err);
+	char target[4200];
+	snprintf(target, sizeof(target), "%s", colon + 1);
+	size_t tl = strlen(target);
+	bool resume = tl > 7 && strcmp(target + tl - 7, ",resume") == 0;
+	if (resume)
+		target[tl - 7] = '\0';
+	return service_set(s, name, kind, target, resume, err);
 }
 
 int ferry_services_config(const char *path, struct ferry_service **list, size_t *n,
@@ -108,7 +120,7 @@ int ferry_services_config(const char *path, struct ferry_service **list, size_t 
 	if (r < 0)
 		return ferr(err, r, "configuration %s: %s", path, strerror(-r));
 	for (char *l = text, *next; l && *l; l = next) {
-		char word[16], name[FERRY_NAME_MAX + 1], spec[4200];
+		char word[16], name[FERRY_NAME_MAX + 1], spec[4200], opt[16] = "";
 		int end = 0;
 		next = strchr(l, '\n');
 		if (next)
@@ -119,12 +131,14 @@ int ferry_services_config(const char *path, struct ferry_service **list, size_t 
 			*hash = '\0';
 		if (l[strspn(l, " \t")] == '\0')
 			continue;
-		if (sscanf(l, "%15s %64s %4199s %n", word, name, spec, &end) != 3 ||
-		    strcmp(word, "service") != 0 || l[end] != '\0')
-			return ferr(
-			        err, -EINVAL,
-			        "configuration %s, line %u: expected 'service NAME KIND:TARGET'",
-			        path, line);
+		int got =
+		        sscanf(l, "%15s %64s %4199s %n%15s %n", word, name, spec, &end, opt, &end);
+		if (got < 3 || strcmp(word, "service") != 0 || l[end] != '\0' ||
+		    (got == 4 && strcmp(opt, "resume") != 0))
+			return ferr(err, -EINVAL,
+			            "configuration %s, line %u: expected 'service NAME KIND:TARGET "
+			            "[resume]'",
+			            path, line);
 		char *colon = strchr(spec, ':');
 		if (!colon)
 			return ferr(err, -EINVAL,
@@ -133,7 +147,7 @@ int ferry_services_config(const char *path, struct ferry_service **list, size_t 
 		*colon = '\0';
 		if (GROW(*list, *n) < 0)
 			return ferr(err, -ENOMEM, "out of memory");
-		r = service_set(&(*list)[*n], name, spec, colon + 1, err);
+		r = service_set(&(*list)[*n], name, spec, colon + 1, got == 4, err);
 		if (r < 0)
 			return ferr_prefix(err, "configuration %s, line %u", path, line);
 		(*n)++;
@@ -159,8 +173,9 @@ int ferry_services_publish(const struct ferry_runtime *rt, const struct ferry_se
 		return ferr(err, -errno, "%s: %m", tmp);
 	for (size_t i = 0; i < n; i++) {
 		char buf[4300];
-		int len = snprintf(buf, sizeof(buf), "%s %s %s\n", list[i].name,
-		                   kind_names[list[i].kind], list[i].target);
+		int len = snprintf(buf, sizeof(buf), "%s %s%s %s\n", list[i].name,
+		                   kind_names[list[i].kind], list[i].resume ? "+resume" : "",
+		                   list[i].target);
 		int r = write_full(fd, buf, (size_t)len);
 		if (r < 0)
 			return ferr(err, r, "%s: %s", tmp, strerror(-r));
@@ -199,6 +214,11 @@ int ferry_services_list(const struct ferry_runtime *rt, struct ferry_service **r
 		struct ferry_service *s = &list[n];
 		memset(s, 0, sizeof(*s));
 		snprintf(s->name, sizeof(s->name), "%s", l);
+		char *plus = strchr(sp1 + 1, '+');
+		if (plus) {
+			s->resume = strcmp(plus, "+resume") == 0;
+			*plus = '\0';
+		}
 		for (int k = FERRY_SERVICE_UNIX; k <= FERRY_SERVICE_ROM; k++)
 			if (strcmp(sp1 + 1, kind_names[k]) == 0)
 				s->kind = (enum ferry_service_kind)k;
@@ -268,5 +288,71 @@ int ferry_service_status(const struct ferry_service *s, char *detail, size_t len
 		return r == 0;
 	}
 	snprintf(detail, len, "unknown kind");
+	return 0;
+}
+
+/* An empty file at path, to bind a ROM onto. */
+static int mount_point(const char *path)
+{
+	int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0444);
+
+	if (fd < 0)
+		return -errno;
+	close(fd);
+	return 0;
+}
+
+int services_mount(const struct ferry_runtime *rt, struct ferry_error *err)
+{
+	_cleanup_free_ struct ferry_service *list = NULL;
+	size_t n = 0;
+	char path[PATH_MAX];
+	int r = ferry_services_list(rt, &list, &n, err);
+
+	if (r < 0)
+		return r;
+	if (mkdir(SERVICES_DIR, 0755) < 0 && errno != EEXIST) {
+		/* no /run/ferry to be had: a node without services needs none */
+		if (n == 0)
+			return 0;
+		return ferr(err, -errno, "%s: %m", SERVICES_DIR);
+	}
+	if (mount("ferry-services", SERVICES_DIR, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC,
+	          "mode=0755,size=256k") < 0)
+		return ferr(err, -errno, "mounting a tmpfs on %s: %m", SERVICES_DIR);
+	if (mkdir(SERVICES_DIR "/services", 0755) < 0 || mkdir(SERVICES_DIR "/rom", 0755) < 0 ||
+	    mkdir(SERVICES_DIR "/resume", 0755) < 0)
+		return ferr(err, -errno, "%s: mkdir: %m", SERVICES_DIR);
+	for (size_t i = 0; i < n; i++) {
+		const struct ferry_service *s = &list[i];
+		switch (s->kind) {
+		case FERRY_SERVICE_UNIX:
+			/* a link, not a bind: the service may start after the component */
+			snprintf(path, sizeof(path), SERVICES_DIR "/services/%s", s->name);
+			if (symlink(s->target, path) < 0)
+				return ferr(err, -errno, "service %s: %s: %m", s->name, path);
+			snprintf(path, sizeof(path), SERVICES_DIR "/resume/%s", s->name);
+			if (s->resume && (r = mount_point(path)) < 0)
+				return ferr(err, r, "service %s: %s: %s", s->name, path,
+				            strerror(-r));
+			break;
+		case FERRY_SERVICE_ROM:
+			/* the node's file itself, read-only, under the same name everywhere */
+			snprintf(path, sizeof(path), SERVICES_DIR "/rom/%s", s->name);
+			if ((r = mount_point(path)) < 0)
+				return ferr(err, r, "ROM %s: %s: %s", s->name, path, strerror(-r));
+			if (mount(s->target, path, NULL, MS_BIND, NULL) < 0 ||
+			    mount(NULL, path, NULL, MS_BIND | MS_REMOUNT | MS_RDONLY, NULL) < 0)
+				return ferr(err, -errno, "ROM %s: binding %s on %s: %m", s->name,
+				            s->target, path);
+			break;
+		case FERRY_SERVICE_TCP:
+			/* reached at its own HOST:PORT; sessions to it are not re-created yet */
+			break;
+		}
+	}
+	if (mount(NULL, SERVICES_DIR, NULL,
+	          MS_REMOUNT | MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RDONLY, NULL) < 0)
+		return ferr(err, -errno, "%s: read-only: %m", SERVICES_DIR);
 	return 0;
 }

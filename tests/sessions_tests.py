@@ -1,0 +1,229 @@
+"""Sessions to node services (issue 6): a component holding sessions to a sensor gateway, a log
+service and a ROM migrates back and forth between two nodes while data flows; every sensor
+record, command and log line is accounted for exactly once across the two nodes' services, the
+component reads the ROM of the node it is on, a resume-aware service is told which session each
+re-created connection continues, and a migration to a node lacking a service is refused.
+
+The services are threads of this test, listening on Unix sockets of its own directory.
+Imported by run.py, whose helpers it uses through __main__.
+"""
+
+import collections
+import json
+import os
+import socket
+import threading
+import time
+
+import __main__ as h
+import migrate_tests as m
+
+SESSIONS_TIMEOUT = 120
+
+COMPONENT = r"""
+import socket, time
+rom = open('/run/ferry/rom/calibration')
+s = socket.socket(socket.AF_UNIX)
+s.connect('/run/ferry/services/sensor')
+log = socket.socket(socket.AF_UNIX)
+log.connect('/run/ferry/services/log')
+f = s.makefile('rb', buffering=0)
+n = 0
+while True:
+    line = f.readline()
+    if not line:
+        time.sleep(0.05)
+        continue
+    rec = line.strip().decode()
+    rom.seek(0)
+    cal = rom.read().strip()
+    log.sendall(f"got {rec} rom={cal}\n".encode())
+    n += 1
+    if n % 10 == 0:
+        s.sendall(f"cmd {rec}\n".encode())
+"""
+
+
+class Services:
+    """One node's sensor gateway and log service."""
+
+    def __init__(self, ctx, name, d):
+        self.name, self.dir = name, d
+        self.lock = threading.Lock()
+        self.sent, self.cmds, self.resumes, self.logged = [], [], [], []
+        self.sending = True
+        self.closed = False
+        self.seq = 0
+        self.sensor = self._listen("sensor.sock", self._sensor)
+        self.log = self._listen("log.sock", self._log)
+        ctx.on_cleanup.append(self.close)
+
+    def _listen(self, name, serve):
+        s = socket.socket(socket.AF_UNIX)
+        s.bind(os.path.join(self.dir, name))
+        s.listen()
+        threading.Thread(target=self._accept, args=(s, serve), daemon=True).start()
+        return s
+
+    def _accept(self, s, serve):
+        while not self.closed:
+            try:
+                c, _ = s.accept()
+            except OSError:
+                return
+            threading.Thread(target=serve, args=(c,), daemon=True).start()
+
+    def _lines(self, c, on_line):
+        buf = b""
+        while True:
+            try:
+                b = c.recv(65536)
+            except OSError:
+                b = b""
+            if not b:
+                return
+            buf += b
+            *lines, buf = buf.split(b"\n")
+            for ln in lines:
+                on_line(ln.decode())
+
+    def _sensor(self, c):
+        def on_line(ln):
+            with self.lock:
+                if ln.startswith("FERRY-RESUME "):
+                    self.resumes.append(ln.split()[1:])
+                else:
+                    self.cmds.append(ln)
+        threading.Thread(target=self._lines, args=(c, on_line), daemon=True).start()
+        try:
+            while not self.closed:
+                if not self.sending:
+                    time.sleep(0.01)
+                    continue
+                with self.lock:
+                    self.seq += 1
+                    rec = f"{self.name}:{self.seq}"
+                # counted as sent once the kernel took it: it is in the component's queue
+                c.sendall(f"{rec}\n".encode())
+                with self.lock:
+                    self.sent.append(rec)
+                time.sleep(0.002)
+        except OSError:
+            pass  # the component moved on: what was not sent stays unsent
+        finally:
+            c.close()
+
+    def _log(self, c):
+        def on_line(ln):
+            with self.lock:
+                self.logged.append(ln)
+        self._lines(c, on_line)
+        c.close()
+
+    def close(self):
+        self.closed = True
+        self.sensor.close()
+        self.log.close()
+
+
+def make_node(ctx, key, name, sensor=True):
+    d = os.path.join(ctx.root, f"sess-{name}")
+    os.makedirs(d)
+    with open(os.path.join(d, "calibration"), "w") as f:
+        f.write(f"calibration of {name}\n")
+    svc = Services(ctx, name, d)
+    args = ["--service", f"log=unix:{d}/log.sock",
+            "--service", f"calibration=rom:{d}/calibration"]
+    if sensor:
+        args += ["--service", f"sensor=unix:{d}/sensor.sock,resume"]
+    return m.Node(ctx, name, key, args=args).start(), svc
+
+
+def flowing(ctx, svc, what):
+    """Wait until svc's log service gets a line newer than now."""
+    n = len(svc.logged)
+    ctx.wait_for(f"log lines at {svc.name} ({what})", lambda: len(svc.logged) > n + 5, limit=20)
+
+
+def moves(ctx):
+    key = m.make_key(ctx)
+    (a, sa), (b, sb) = make_node(ctx, key, "A"), make_node(ctx, key, "B")
+    c, _ = make_node(ctx, key, "C", sensor=False)
+    prog = os.path.join(ctx.scratch, "component.py")
+    with open(prog, "w") as f:
+        f.write(COMPONENT)
+    a.ferry("run", "--name", "comp", "--", "python3", prog)
+    flowing(ctx, sa, "after the start")
+    # the sessions as caps shows them
+    caps = json.loads(a.ferry("caps", "comp", "--json")[1])
+    fds = [fd for p in caps.get("processes", [caps]) for fd in p.get("fds", [])]
+    sess = {fd.get("fd"): fd.get("meaning", "") for fd in fds if fd.get("kind") == "session"}
+    for want in ("service sensor", "service log", "ROM calibration"):
+        if not any(want in v for v in sess.values()):
+            raise h.Fail(f"`ferry caps` shows no session to {want}: {sess}")
+    where, svc = a, sa
+    for i in range(4):
+        dst, dsvc = (b, sb) if where is a else (a, sa)
+        m.migrate(ctx, where, "comp", dst)
+        where, svc = dst, dsvc
+        flowing(ctx, svc, f"after move {i + 1}")
+    # a node without the sensor gateway: refused, and the component runs on where it was
+    rc, _, err = m.migrate(ctx, where, "comp", c, ok=False)
+    if rc == 0:
+        raise h.Fail("a migration to a node lacking the sensor service was not refused")
+    if "sensor" not in err:
+        raise h.Fail(f"the refusal does not name the service: {h.tail(err, 3)}")
+    if not where.running("comp"):
+        raise h.Fail(f"the component does not run on {where.name} after the refused migration")
+    flowing(ctx, svc, "after the refused migration")
+    # the end: the sensors stop, the component reads all that was sent, then ends
+    for s in (sa, sb):
+        s.sending = False
+    total = lambda: len(sa.sent) + len(sb.sent)  # noqa: E731
+    got = lambda: sum(1 for s in (sa, sb) for ln in s.logged if ln.startswith("got "))  # noqa
+    ctx.wait_for("every record sent to be logged", lambda: got() >= total(), limit=20)
+    time.sleep(0.3)
+    where.ferry("kill", "comp")
+    time.sleep(0.3)
+    check(sa, sb)
+
+
+def check(sa, sb):
+    sent = sa.sent + sb.sent
+    recs = []
+    for s in (sa, sb):
+        other = 0
+        for ln in s.logged:
+            parts = ln.split(" ", 2)
+            if len(parts) != 3 or parts[0] != "got" or not parts[2].startswith("rom="):
+                raise h.Fail(f"log service {s.name}: unexpected line {ln!r}")
+            recs.append(parts[1])
+            # the ROM read is the one of the node whose log service took the line, but for
+            # a line read before a move and sent after it (one per move at most)
+            other += parts[2] != f"rom=calibration of {s.name}"
+        if other > 2:
+            raise h.Fail(f"{other} lines logged at {s.name} read another node's ROM (2 moves "
+                         f"into it)")
+    count = collections.Counter(recs)
+    twice = [r for r, n in count.items() if n > 1]
+    lost = [r for r in sent if r not in count]
+    extra = [r for r in count if r not in set(sent)]
+    if twice or lost or extra:
+        raise h.Fail(f"sensor records: {len(sent)} sent, {len(recs)} logged; twice {twice[:5]}, "
+                     f"lost {lost[:5]} ({len(lost)}), never sent {extra[:5]}")
+    if not sa.sent or not sb.sent:
+        raise h.Fail(f"records from both nodes expected: A {len(sa.sent)}, B {len(sb.sent)}")
+    cmds = collections.Counter(c.split()[1] for c in sa.cmds + sb.cmds)
+    if any(n > 1 for n in cmds.values()) or len(cmds) != len(recs) // 10 or \
+            any(r not in count for r in cmds):
+        raise h.Fail(f"commands: {len(cmds)} received for {len(recs)} records (one per 10 "
+                     f"expected), repeated: {[r for r, n in cmds.items() if n > 1][:5]}")
+    # each re-created sensor session announced itself, with the same id and the next sequence
+    resumes = sorted(sa.resumes + sb.resumes, key=lambda r: int(r[2]))
+    if [int(r[2]) for r in resumes] != [1, 2, 3, 4] or len({r[1] for r in resumes}) != 1 or \
+            any(r[0] != "sensor" for r in resumes):
+        raise h.Fail(f"FERRY-RESUME lines: {resumes}")
+
+
+def tests():
+    return [("moves", moves, SESSIONS_TIMEOUT)]
