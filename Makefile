@@ -42,6 +42,7 @@ bench: build
 	./bench/migrate.sh $(BUILD)
 	./bench/redis.py $(BUILD)
 	./bench/tree.py $(BUILD)
+	./bench/sessions.py $(BUILD)
 
 format:
 	clang-format -i $$(git ls-files '*.c' '*.h')

@@ -188,6 +188,68 @@ def moves(ctx):
     check(sa, sb)
 
 
+WAITER = r"""
+import os, selectors, socket, sys
+go = sys.argv[1]
+s = socket.socket(socket.AF_UNIX)
+s.connect('/run/ferry/services/sensor')
+log = socket.socket(socket.AF_UNIX)
+log.connect('/run/ferry/services/log')
+sel = selectors.DefaultSelector()  # epoll: its interest in the session must survive
+sel.register(s, selectors.EVENT_READ)
+while not os.path.exists(go):
+    sel.select(0.02)  # the sensor's records pile up unread meanwhile
+buf = b""
+while True:
+    for key, _ in sel.select():
+        b = s.recv(4096)
+        if not b:
+            continue
+        buf += b
+        *lines, buf = buf.split(b"\n")
+        for ln in lines:
+            log.sendall(b"got " + ln + b" rom=none\n")
+"""
+
+
+def restored(ctx):
+    """Records the sensor sent while the component did not read are in the image; the restore
+    delivers them first, then the new connection's, in order; the component's epoll instance
+    watches the session throughout (before and after the connection takes the pair's place)."""
+    key = m.make_key(ctx)
+    a, sa = make_node(ctx, key, "A")
+    prog = os.path.join(ctx.scratch, "waiter.py")
+    with open(prog, "w") as f:
+        f.write(WAITER)
+    go = os.path.join(ctx.scratch, "go")
+    img = os.path.join(ctx.scratch, "img")
+    a.ferry("run", "--name", "w", "--", "python3", prog, go)
+    ctx.wait_for("records queued", lambda: len(sa.sent) > 50, limit=20)
+    a.ferry("checkpoint", "w", "--dir", img, "--stop")
+    queued = len(sa.sent)
+    caps = json.loads(a.ferry("inspect", img, "--json")[1])
+    fds = [fd for p in caps.get("processes", [caps]) for fd in p.get("fds", [])]
+    sens = [fd["session"] for fd in fds if fd.get("session", {}).get("service") == "sensor"]
+    if not sens or sens[0].get("bytes_to_component", 0) <= 0:
+        raise h.Fail(f"inspect shows no sensor session with bytes in flight: {sens}")
+    a.ferry("restore", "--dir", img, "--name", "w")
+    ctx.wait_for("a new sensor connection", lambda: len(sa.sent) > queued + 20, limit=20)
+    open(go, "w").close()
+    flowing(ctx, sa, "after the restore")
+    sa.sending = False
+    got = lambda: sum(1 for ln in sa.logged if ln.startswith("got "))  # noqa: E731
+    ctx.wait_for("every record sent to be logged", lambda: got() >= len(sa.sent), limit=20)
+    time.sleep(0.3)
+    a.ferry("kill", "w")
+    recs = [ln.split()[1] for ln in sa.logged]
+    if recs != sa.sent:
+        first = next((i for i, (x, y) in enumerate(zip(recs, sa.sent)) if x != y),
+                     min(len(recs), len(sa.sent)))
+        raise h.Fail(f"{len(sa.sent)} records sent ({queued} before the checkpoint), "
+                     f"{len(recs)} logged; they differ from #{first}: logged "
+                     f"{recs[first:first + 3]}, sent {sa.sent[first:first + 3]}")
+
+
 def check(sa, sb):
     sent = sa.sent + sb.sent
     recs = []
@@ -226,4 +288,4 @@ def check(sa, sb):
 
 
 def tests():
-    return [("moves", moves, SESSIONS_TIMEOUT)]
+    return [("moves", moves, SESSIONS_TIMEOUT), ("restored", restored, SESSIONS_TIMEOUT)]

@@ -517,7 +517,10 @@ int migrate_accept(const struct ferry_node *n, struct channel *ch, int fd, const
 		} else if (t == MSG_FILES) {
 			_cleanup_free_ char *diff = NULL;
 			size_t dl = 0;
-			r = files_compare(b, l, &diff, &dl);
+			_cleanup_free_ struct ferry_service *sv = NULL;
+			size_t nsv = 0;
+			(void)ferry_services_list(&n->rt, &sv, &nsv, NULL);
+			r = files_compare(b, l, sv, nsv, &diff, &dl);
 			if (r < 0)
 				r = ferr(err, r, "comparing files: out of memory");
 			else if (diff)

@@ -342,7 +342,7 @@ static int freeze_tree(pid_t root, struct component *c, struct frozen *fz, struc
 	return 0;
 }
 
-int checkpoint_capture(const struct ferry_runtime *rt, const char *name, pid_t pid,
+int checkpoint_capture(const struct ferry_runtime *rt, const char *name, bool ending, pid_t pid,
                        const char *log_path, struct image_writer *w, struct frozen *fz,
                        struct component **ret, struct mem_stats *st, struct mem_track *mt,
                        const struct prefreeze *pf, struct ferry_error *err)
@@ -356,6 +356,7 @@ int checkpoint_capture(const struct ferry_runtime *rt, const char *name, pid_t p
 	}
 	c->created = (int64_t)time(NULL);
 	/* before the freeze: what is known of sessions */
+	c->ending = ending;
 	r = session_load(c, rt, name, err);
 	if (r == 0)
 		r = freeze_tree(pid, c, fz, err);
@@ -598,7 +599,8 @@ static int checkpoint_once(const struct ferry_runtime *rt, const char *name, con
 	else
 		pf.maps = NULL; /* read in the freeze then */
 	tf = now_ns();
-	r = checkpoint_capture(rt, name, rec.pid, rec.log_path, w, &fz, &c, &st, &mt, &pf, err);
+	r = checkpoint_capture(rt, name, stop && !o->handover, rec.pid, rec.log_path, w, &fz, &c,
+	                       &st, &mt, &pf, err);
 	if (r < 0) {
 		checkpoint_thaw(&fz);
 		goto fail;

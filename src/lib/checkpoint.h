@@ -39,8 +39,9 @@ void checkpoint_thaw(struct frozen *fz);
  * the runtime's log among the fds. pf (may be NULL): what was read just before the freeze.
  * Every thread is armed (tracee_arm) while system calls are injected into it, so that the
  * component survives ferry dying at any moment. rt and name: the node's services and the
- * component's re-created sessions (fd-session.c). */
-int checkpoint_capture(const struct ferry_runtime *rt, const char *name, pid_t pid,
+ * component's re-created sessions (fd-session.c); ending: it ends after this capture, so its
+ * sessions' receive sides are shut before their queues are read (nothing comes after). */
+int checkpoint_capture(const struct ferry_runtime *rt, const char *name, bool ending, pid_t pid,
                        const char *log_path, struct image_writer *w, struct frozen *fz,
                        struct component **ret, struct mem_stats *st, struct mem_track *mt,
                        const struct prefreeze *pf, struct ferry_error *err);

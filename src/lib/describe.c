@@ -24,6 +24,8 @@
 #include "task.h"
 #include "threads.h"
 #include "track.h"
+#include "services.h"
+#include "session.h"
 #include "util.h"
 
 static json_object *hex(uint64_t v)
@@ -164,6 +166,37 @@ static json_object *describe_vma(const struct vma *v, const struct component *c)
 	return o;
 }
 
+/* A session to a service of the node: which, with what arguments, what is in flight. */
+static json_object *describe_session(const struct fd_entry *e)
+{
+	json_object *o = json_object_new_object();
+	bool rom = e->nextra >= SS_N && e->extra[SS_KIND] == FERRY_SERVICE_ROM;
+	char path[PATH_MAX], id[20];
+
+	if (e->nextra < SS_N || !e->path)
+		return o;
+	snprintf(path, sizeof(path), SERVICES_DIR "/%s/%s", rom ? "rom" : "services", e->path);
+	json_object_object_add(o, "service", json_object_new_string(e->path));
+	json_object_object_add(o, "kind", json_object_new_string(rom ? "rom" : "unix"));
+	json_object_object_add(o, "address", json_object_new_string(path));
+	if (rom) {
+		json_object_object_add(o, "offset", json_object_new_int64((int64_t)e->pos));
+		return o;
+	}
+	snprintf(id, sizeof(id), "%016" PRIx64, e->extra[SS_ID]);
+	json_object_object_add(o, "type",
+	                       json_object_new_string(e->extra[UX_TYPE] == SOCK_SEQPACKET
+	                                                      ? "seqpacket"
+	                                                      : "stream"));
+	json_object_object_add(o, "id", json_object_new_string(id));
+	json_object_object_add(o, "recreated", json_object_new_int64((int64_t)e->extra[SS_SEQ]));
+	json_object_object_add(o, "bytes_to_component",
+	                       json_object_new_int64((int64_t)e->extra[UX_QBYTES]));
+	json_object_object_add(o, "bytes_to_service",
+	                       json_object_new_int64((int64_t)e->extra[SS_OUTQ]));
+	return o;
+}
+
 /* The pages files of an image: name, size, where each was written, pages taken from it. */
 static json_object *describe_pagefiles(const struct component *c, const struct image_reader *rd)
 {
@@ -247,6 +280,8 @@ static json_object *describe_fd(const struct fd_entry *e, const struct component
 	json_object_object_add(o, "meaning", json_object_new_string(meaning));
 	if (with)
 		json_object_object_add(o, "shared_with", with);
+	if (origin->kind == FD_SESSION)
+		json_object_object_add(o, "session", describe_session(origin));
 	return o;
 }
 
@@ -488,8 +523,8 @@ int ferry_caps(const struct ferry_runtime *rt, const char *name, struct json_obj
 		return r;
 	if (rec.state != FERRY_STATE_RUNNING)
 		return ferr(err, -ESRCH, "component %s is not running", name);
-	r = checkpoint_capture(rt, name, rec.pid, rec.log_path, NULL, &fz, &c, &st, NULL, NULL,
-	                       err);
+	r = checkpoint_capture(rt, name, false, rec.pid, rec.log_path, NULL, &fz, &c, &st, NULL,
+	                       NULL, err);
 	checkpoint_thaw(&fz);
 	if (r < 0)
 		return r;

@@ -125,6 +125,10 @@ static int session_capture(struct fd_capture_ctx *ctx, const struct fd_info *fi,
 	 * this node reads them, once) */
 	if (ioctl(s, SIOCOUTQ, &outq) == 0 && outq > 0)
 		v[SS_OUTQ] = (uint64_t)outq;
+	/* it ends after this capture: nothing more may come (the service's later sends fail;
+	 * they were not delivered) */
+	if (ctx->c->ending && shutdown(s, SHUT_RD) < 0)
+		return ferr(err, -errno, "%s: shutdown: %m", fi->link);
 	/* what the service sent and the component has not read: delivered first at restore */
 	char what[128];
 	snprintf(what, sizeof(what), "%s (session %s)", fi->link, sv->name);
@@ -248,7 +252,13 @@ static int session_restore(const struct fd_entry *e, struct fd_restore_ctx *ctx,
 			return ferr(err, -errno, "session %s: F_SETFL: %m", e->path);
 		return TAKE_FD(s);
 	}
-	/* bytes to deliver first: through a pair the monitor relays until they are read */
+	/* bytes to deliver first: through a pair the monitor relays until they are read; the
+	 * monitor puts the connection in one process only */
+	if (e->share >= 0)
+		return ferr(err, -ENOTSUP,
+		            "session %s: held by several processes, with bytes to deliver first "
+		            "(unsupported)",
+		            e->path);
 	int sp[2];
 	if (socketpair(AF_UNIX, type | SOCK_CLOEXEC, 0, sp) < 0)
 		return ferr(err, -errno, "session %s: socketpair: %m", e->path);

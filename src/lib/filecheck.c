@@ -8,12 +8,16 @@
 #include <inttypes.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <xxhash.h>
 #include "image.h"
 #include "model.h"
 #include "migrate.h"
 #include "procfs.h"
+#include "services.h"
+#include "session.h"
 #include "util.h"
 
 /* ---- files the component uses: compared by content at the destination ---- */
@@ -88,6 +92,15 @@ int image_model(const char *dir, struct component **ret, struct ferry_error *err
 	return r;
 }
 
+/* A session's service, as the path it has in the component (SERVICES_DIR/KIND/NAME). */
+static int add_session(char ***paths, size_t *np, const char *name, bool rom)
+{
+	char path[PATH_MAX];
+
+	snprintf(path, sizeof(path), SERVICES_DIR "/%s/%s", rom ? "rom" : "services", name);
+	return add_path(paths, np, path);
+}
+
 /* The files a component uses: its executable, mapped files, regular files and directories
  * open. */
 int model_paths(const struct component *c, char ***paths, size_t *np, struct ferry_error *err)
@@ -103,9 +116,15 @@ int model_paths(const struct component *c, char ***paths, size_t *np, struct fer
 			if (p->vmas[i].kind == VMA_FILE_PRIVATE ||
 			    p->vmas[i].kind == VMA_FILE_SHARED)
 				r = add_path(paths, np, p->vmas[i].path);
-		for (size_t i = 0; r == 0 && i < p->nfds; i++)
-			if (p->fds[i].kind == FD_FILE && p->fds[i].path)
-				r = add_path(paths, np, p->fds[i].path);
+		for (size_t i = 0; r == 0 && i < p->nfds; i++) {
+			const struct fd_entry *e = &p->fds[i];
+			if (e->kind == FD_FILE && e->path)
+				r = add_path(paths, np, e->path);
+			else if (e->kind == FD_SESSION && e->path)
+				r = add_session(paths, np, e->path,
+				                e->nextra > SS_KIND &&
+				                        e->extra[SS_KIND] == FERRY_SERVICE_ROM);
+		}
 	}
 	return r < 0 ? ferr(err, r, "out of memory") : 0;
 }
@@ -114,7 +133,8 @@ int model_paths(const struct component *c, char ***paths, size_t *np, struct fer
  * The same, read from /proc while the component runs (a checkpoint checks again, frozen). The
  * log (its stdout and stderr) is left out: it moves along (send_log) and grows meanwhile.
  */
-int proc_paths(pid_t pid, const char *log_path, char ***paths, size_t *np)
+int proc_paths(const struct ferry_runtime *rt, pid_t pid, const char *log_path, char ***paths,
+               size_t *np)
 {
 	char path[64], buf[PATH_MAX];
 	ssize_t n;
@@ -139,6 +159,10 @@ int proc_paths(pid_t pid, const char *log_path, char ***paths, size_t *np)
 	}
 	struct stat log_sb;
 	bool have_log = stat(log_path, &log_sb) == 0;
+	/* sessions: sockets connected to a service of this node */
+	_cleanup_free_ struct ferry_service *sv = NULL;
+	size_t nsv = 0;
+	(void)ferry_services_list(rt, &sv, &nsv, NULL);
 	snprintf(path, sizeof(path), "/proc/%d/fd", pid);
 	DIR *d = opendir(path);
 	struct dirent *de;
@@ -147,6 +171,20 @@ int proc_paths(pid_t pid, const char *log_path, char ***paths, size_t *np)
 		struct stat sb;
 		snprintf(fdp, sizeof(fdp), "%s/%s", path, de->d_name);
 		n = readlink(fdp, buf, sizeof(buf) - 1);
+		if (n > 0 && nsv && stat(fdp, &sb) == 0 && S_ISSOCK(sb.st_mode)) {
+			_cleanup_close_ int s = pidfd_getfd_of(pid, atoi(de->d_name));
+			struct sockaddr_un sa = {0};
+			socklen_t sl = sizeof(sa) - 1;
+			if (s < 0 || getpeername(s, (struct sockaddr *)&sa, &sl) < 0 ||
+			    sl <= sizeof(sa_family_t))
+				continue;
+			for (size_t i = 0; i < nsv; i++)
+				if (sv[i].kind == FERRY_SERVICE_UNIX &&
+				    strcmp(sv[i].target, sa.sun_path) == 0 &&
+				    add_session(paths, np, sv[i].name, false) < 0)
+					break;
+			continue;
+		}
 		if (n <= 0 || stat(fdp, &sb) < 0 || !(S_ISREG(sb.st_mode) || S_ISDIR(sb.st_mode)))
 			continue;
 		buf[n] = '\0';
@@ -170,7 +208,9 @@ int files_list(char **paths, size_t np, char **ret, size_t *ret_len, struct ferr
 
 	for (size_t i = 0; r == 0 && i < np; i++) {
 		uint64_t size = 0, hash = 0;
-		int e = file_digest(paths[i], &size, &hash);
+		/* a session's service: the destination's own, by name, whatever its content */
+		bool service = strncmp(paths[i], SERVICES_DIR "/", strlen(SERVICES_DIR) + 1) == 0;
+		int e = service ? 0 : file_digest(paths[i], &size, &hash);
 		if (e < 0) {
 			r = ferr(err, e, "file %s: %s", paths[i], strerror(-e));
 			break;
@@ -197,7 +237,8 @@ int files_list(char **paths, size_t np, char **ret, size_t *ret_len, struct ferr
 }
 
 /* Destination: the lines of list that differ here ("path: why"); *ret NULL if none. */
-int files_compare(const char *list, size_t len, char **ret, size_t *ret_len)
+int files_compare(const char *list, size_t len, const struct ferry_service *sv, size_t nsv,
+                  char **ret, size_t *ret_len)
 {
 	char *out = NULL;
 	size_t olen = 0, cap = 0;
@@ -218,8 +259,20 @@ int files_compare(const char *list, size_t len, char **ret, size_t *ret_len)
 		*t1 = *t2 = '\0';
 		uint64_t size = strtoull(t1 + 1, NULL, 10), hash = strtoull(t2 + 1, NULL, 16);
 		uint64_t hs = 0, hh = 0;
-		int e = file_digest(line, &hs, &hh);
-		if (e < 0)
+		int e = 0;
+		if (strncmp(line, SERVICES_DIR "/", strlen(SERVICES_DIR) + 1) == 0) {
+			/* a session: this node must declare the service, of the same kind */
+			const char *name = strrchr(line, '/') + 1;
+			bool rom =
+			        strncmp(line, SERVICES_DIR "/rom/", strlen(SERVICES_DIR) + 5) == 0;
+			bool have = false;
+			for (size_t i = 0; i < nsv && !have; i++)
+				have = strcmp(sv[i].name, name) == 0 &&
+				       sv[i].kind == (rom ? FERRY_SERVICE_ROM : FERRY_SERVICE_UNIX);
+			if (!have)
+				snprintf(why, sizeof(why), "this node declares no %s service %s",
+				         rom ? "rom" : "unix", name);
+		} else if ((e = file_digest(line, &hs, &hh)) < 0)
 			snprintf(why, sizeof(why), "%s", strerror(-e));
 		else if (hh != hash && (hash <= 2 || hh <= 2))
 			snprintf(why, sizeof(why), "not the same type of file");

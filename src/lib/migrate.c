@@ -36,6 +36,7 @@
 #include "mem.h"
 #include "migrate.h"
 #include "runtime.h"
+#include "services.h"
 #include "session.h"
 #include "util.h"
 
@@ -400,6 +401,10 @@ static int check_paths(struct src *s, char **paths, size_t np, struct ferry_erro
 		diff = strndup(b, l);
 		if (!diff)
 			r = ferr(err, -ENOMEM, "out of memory");
+		else if (strstr(diff, SERVICES_DIR "/"))
+			r = ferr(err, -ENOENT,
+			         "%s lacks services the component holds sessions to:\n%s", s->to,
+			         diff);
 		else if (!s->o->carry_files)
 			r = ferr(err, -ESTALE,
 			         "files differ at %s (use --carry-files to send them along):\n%s",
@@ -957,7 +962,7 @@ int ferry_migrate(const struct ferry_node *n, const char *name, const char *to,
 		size_t np = 0;
 		char log_path[PATH_MAX];
 		runtime_log_path(&s.n->rt, name, log_path, sizeof(log_path));
-		r = proc_paths(rec.pid, log_path, &paths, &np);
+		r = proc_paths(&s.n->rt, rec.pid, log_path, &paths, &np);
 		r = r < 0 ? ferr(err, r, "out of memory") : check_paths(&s, paths, np, err);
 		if (r == 0)
 			r = send_log(&s, err);

@@ -86,11 +86,13 @@ int image_model(const char *dir, struct component **ret, struct ferry_error *err
 /* model_paths - the files component c uses: executable, mapped files, open files. */
 int model_paths(const struct component *c, char ***paths, size_t *np, struct ferry_error *err);
 /* proc_paths - the same read from /proc while it runs, its log (log_path) left out. */
-int proc_paths(pid_t pid, const char *log_path, char ***paths, size_t *np);
+int proc_paths(const struct ferry_runtime *rt, pid_t pid, const char *log_path, char ***paths,
+               size_t *np);
 /* files_list - the MSG_FILES text: "path\tsize\thash\n" per file. */
 int files_list(char **paths, size_t np, char **ret, size_t *ret_len, struct ferry_error *err);
 /* files_compare - the destination: the lines of list that differ here; *ret NULL if none. */
-int files_compare(const char *list, size_t len, char **ret, size_t *ret_len);
+int files_compare(const char *list, size_t len, const struct ferry_service *sv, size_t nsv,
+                  char **ret, size_t *ret_len);
 
 /* node_connect - TCP connection to HOST:PORT within timeout_ms. */
 int node_connect(const char *addr, int timeout_ms, struct ferry_error *err);

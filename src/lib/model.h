@@ -276,6 +276,7 @@ struct component {
 	size_t nservices;
 	struct session_reg *sessreg;
 	size_t nsessreg;
+	bool ending; /* at capture, not stored: it ends after it (checkpoint --stop) */
 };
 
 /* model_free - release everything a component owns (NULL ok); returns NULL. */

@@ -140,48 +140,62 @@ struct interest {
 	uint64_t data;
 };
 
-static size_t interests(pid_t pid, int fd, struct interest *out, size_t max)
+/* Where fd of pid is referred to: the interest of each epoll instance watching it, and the
+ * other fds of the same socket (inode ino: dups). */
+struct refs {
+	struct interest in[16];
+	size_t nin;
+	int dups[16];
+	size_t ndups;
+};
+
+static void refs_of(pid_t pid, int fd, uint64_t ino, struct refs *rf)
 {
 	char path[64], link[64];
-	size_t n = 0;
 	struct dirent *de;
 
+	rf->nin = rf->ndups = 0;
 	snprintf(path, sizeof(path), "/proc/%d/fd", pid);
 	DIR *d = opendir(path);
-	while (d && (de = readdir(d)) && n < max) {
+	while (d && (de = readdir(d))) {
 		char p2[128];
+		struct stat sb;
+		int k = atoi(de->d_name);
 		snprintf(p2, sizeof(p2), "%s/%s", path, de->d_name);
 		ssize_t l = readlink(p2, link, sizeof(link) - 1);
-		if (l < 0)
+		if (l < 0 || k == fd)
 			continue;
 		link[l] = '\0';
-		if (strcmp(link, "anon_inode:[eventpoll]") != 0)
-			continue;
-		int epfd = atoi(de->d_name);
+		if (stat(p2, &sb) == 0 && S_ISSOCK(sb.st_mode) && sb.st_ino == ino &&
+		    rf->ndups < ARRAY_SIZE(rf->dups))
+			rf->dups[rf->ndups++] = k;
 		_cleanup_free_ char *info = NULL;
-		if (fds_fdinfo(pid, epfd, &info) < 0)
+		if (strcmp(link, "anon_inode:[eventpoll]") != 0 || fds_fdinfo(pid, k, &info) < 0)
 			continue;
-		for (char *t = strstr(info, "tfd:"); t && n < max; t = strstr(t + 4, "tfd:")) {
+		for (char *t = strstr(info, "tfd:"); t && rf->nin < ARRAY_SIZE(rf->in);
+		     t = strstr(t + 4, "tfd:")) {
 			int tfd;
 			unsigned ev;
 			unsigned long long data;
 			if (sscanf(t, "tfd: %d events: %x data: %llx", &tfd, &ev, &data) == 3 &&
 			    tfd == fd)
-				out[n++] = (struct interest){epfd, ev, data};
+				rf->in[rf->nin++] = (struct interest){k, ev, data};
 		}
 	}
 	if (d)
 		closedir(d);
-	return n;
 }
 
 /*
  * In the stopped thread t of x->pid: receive the connection queued in the pair (one byte with
  * SCM_RIGHTS), put it at the fd, close the extra number, register the epoll interest again.
  */
-static int inject(struct relay_sess *x, struct tracee *t, bool cloexec, const struct interest *in,
-                  size_t nin, struct ferry_error *err)
+static int inject(struct relay_sess *x, struct tracee *t, bool cloexec, const struct refs *rf,
+                  struct ferry_error *err)
 {
+	const int *dups = rf->dups;
+	const struct interest *in = rf->in;
+	size_t ndups = rf->ndups, nin = rf->nin;
 	struct stack_scratch sc;
 	long ret;
 	int r = stack_scratch_take(&sc, x->pid, t, err);
@@ -225,6 +239,14 @@ static int inject(struct relay_sess *x, struct tracee *t, bool cloexec, const st
 	if (r == 0 && ret < 0)
 		r = ferr(err, (int)ret, "pid %d: dup3 %d to %d: %s", x->pid, newfd, x->h.fd,
 		         strerror((int)-ret));
+	/* the other numbers of the same open file (dup): the same connection */
+	for (size_t i = 0; r == 0 && i < ndups; i++) {
+		r = tracee_syscall(t, &ret, NULL, SYS_dup3, (uint64_t)newfd, (uint64_t)dups[i], 0,
+		                   0, 0, 0, err);
+		if (r == 0 && ret < 0)
+			r = ferr(err, (int)ret, "pid %d: dup3 %d to %d: %s", x->pid, newfd, dups[i],
+			         strerror((int)-ret));
+	}
 	long ignored;
 	(void)tracee_syscall(t, &ignored, NULL, SYS_close, (uint64_t)newfd, 0, 0, 0, 0, 0, NULL);
 	for (size_t i = 0; r == 0 && i < nin; i++) {
@@ -259,16 +281,39 @@ static int swap(struct relay *rl, struct relay_sess *x, struct ferry_error *err)
 
 	if (r < 0)
 		return ferr(err, r, "pid %d: its threads: %s", x->pid, strerror(-r));
-	t = calloc(ntids, sizeof(*t));
+	size_t cap = ntids + 16;
+	t = calloc(cap, sizeof(*t));
 	if (!t)
 		return ferr(err, -ENOMEM, "out of memory");
-	for (size_t i = 0; i < ntids; i++) {
-		r = tracee_seize_stop(&t[nt], tids[i], PTRACE_O_TRACESYSGOOD, err);
-		if (r == -ESRCH)
-			continue;
-		nt++;
-		if (r < 0)
-			goto out;
+	/* every thread, those made while we stop the others included */
+	for (bool more = true; more;) {
+		more = false;
+		for (size_t i = 0; i < ntids; i++) {
+			bool have = false;
+			for (size_t j = 0; j < nt && !have; j++)
+				have = t[j].tid == tids[i];
+			if (have)
+				continue;
+			if (nt == cap) {
+				r = ferr(err, -EAGAIN, "pid %d: threads keep coming", x->pid);
+				goto out;
+			}
+			r = tracee_seize_stop(&t[nt], tids[i], PTRACE_O_TRACESYSGOOD, err);
+			if (r == -ESRCH)
+				continue;
+			nt++;
+			more = true;
+			if (r < 0)
+				goto out;
+		}
+		if (more) {
+			free(tids);
+			tids = NULL;
+			if ((r = procfs_tids(x->pid, &tids, &ntids)) < 0) {
+				r = ferr(err, r, "pid %d: its threads: %s", x->pid, strerror(-r));
+				goto out;
+			}
+		}
 	}
 	if (nt == 0) {
 		r = ferr(err, -ESRCH, "pid %d: gone", x->pid);
@@ -292,8 +337,8 @@ static int swap(struct relay *rl, struct relay_sess *x, struct ferry_error *err)
 		r = ferr(err, -ESTALE, "pid %d fd %d: no longer the session", x->pid, x->h.fd);
 		goto out;
 	}
-	struct interest in[16];
-	size_t nin = interests(x->pid, x->h.fd, in, ARRAY_SIZE(in));
+	struct refs rf;
+	refs_of(x->pid, x->h.fd, sb.st_ino, &rf);
 	if (fcntl(x->svc, F_SETFL, (int)(flags & O_NONBLOCK)) < 0) {
 		r = ferr(err, -errno, "session %s: F_SETFL: %m", x->h.service);
 		goto out;
@@ -320,7 +365,7 @@ static int swap(struct relay *rl, struct relay_sess *x, struct ferry_error *err)
 		r = ferr(err, r, "pid %d: no syscall instruction", x->pid);
 		goto out;
 	}
-	r = inject(x, &t[0], flags & O_CLOEXEC, in, nin, err);
+	r = inject(x, &t[0], flags & O_CLOEXEC, &rf, err);
 	if (r == 0) {
 		struct stat nb;
 		struct session_reg g = {.id = x->h.id, .seq = x->h.seq};
