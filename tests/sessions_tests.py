@@ -21,12 +21,15 @@ import migrate_tests as m
 SESSIONS_TIMEOUT = 120
 
 COMPONENT = r"""
-import socket, time
+import os, socket, sys, time
 rom = open('/run/ferry/rom/calibration')
 s = socket.socket(socket.AF_UNIX)
 s.connect('/run/ferry/services/sensor')
 log = socket.socket(socket.AF_UNIX)
 log.connect('/run/ferry/services/log')
+if len(sys.argv) > 1 and os.fork() > 0:
+    os.wait()  # the parent holds the sessions too; its child uses them
+    sys.exit(0)
 f = s.makefile('rb', buffering=0)
 n = 0
 while True:
@@ -145,24 +148,26 @@ def flowing(ctx, svc, what):
     ctx.wait_for(f"log lines at {svc.name} ({what})", lambda: len(svc.logged) > n + 5, limit=20)
 
 
-def moves(ctx):
+def moves(ctx, tree=False):
+    """tree: the sessions are opened by the init, which forks; its child uses them (both
+    processes hold them, the relay puts the connection in both)."""
     key = m.make_key(ctx)
     (a, sa), (b, sb) = make_node(ctx, key, "A"), make_node(ctx, key, "B")
     c, _ = make_node(ctx, key, "C", sensor=False)
     prog = os.path.join(ctx.scratch, "component.py")
     with open(prog, "w") as f:
         f.write(COMPONENT)
-    a.ferry("run", "--name", "comp", "--", "python3", prog)
+    a.ferry("run", "--name", "comp", "--", "python3", prog, *(["fork"] if tree else []))
     flowing(ctx, sa, "after the start")
     # the sessions as caps shows them
     caps = json.loads(a.ferry("caps", "comp", "--json")[1])
-    fds = [fd for p in caps.get("processes", [caps]) for fd in p.get("fds", [])]
+    fds = [fd for p in caps.get("processes", [caps])[-1:] for fd in p.get("fds", [])]
     sess = {fd.get("fd"): fd.get("meaning", "") for fd in fds if fd.get("kind") == "session"}
     for want in ("service sensor", "service log", "ROM calibration"):
         if not any(want in v for v in sess.values()):
             raise h.Fail(f"`ferry caps` shows no session to {want}: {sess}")
     where, svc = a, sa
-    for i in range(4):
+    for i in range(2 if tree else 4):
         dst, dsvc = (b, sb) if where is a else (a, sa)
         m.migrate(ctx, where, "comp", dst)
         where, svc = dst, dsvc
@@ -185,7 +190,7 @@ def moves(ctx):
     time.sleep(0.3)
     where.ferry("kill", "comp")
     time.sleep(0.3)
-    check(sa, sb)
+    check(sa, sb, 2 if tree else 4)
 
 
 WAITER = r"""
@@ -250,7 +255,7 @@ def restored(ctx):
                      f"{recs[first:first + 3]}, sent {sa.sent[first:first + 3]}")
 
 
-def check(sa, sb):
+def check(sa, sb, nmoves):
     sent = sa.sent + sb.sent
     recs = []
     for s in (sa, sb):
@@ -282,10 +287,11 @@ def check(sa, sb):
                      f"expected), repeated: {[r for r, n in cmds.items() if n > 1][:5]}")
     # each re-created sensor session announced itself, with the same id and the next sequence
     resumes = sorted(sa.resumes + sb.resumes, key=lambda r: int(r[2]))
-    if [int(r[2]) for r in resumes] != [1, 2, 3, 4] or len({r[1] for r in resumes}) != 1 or \
+    if [int(r[2]) for r in resumes] != list(range(1, nmoves + 1)) or len({r[1] for r in resumes}) != 1 or \
             any(r[0] != "sensor" for r in resumes):
         raise h.Fail(f"FERRY-RESUME lines: {resumes}")
 
 
 def tests():
-    return [("moves", moves, SESSIONS_TIMEOUT), ("restored", restored, SESSIONS_TIMEOUT)]
+    return [("moves", moves, SESSIONS_TIMEOUT), ("restored", restored, SESSIONS_TIMEOUT),
+            ("tree", lambda ctx: moves(ctx, tree=True), SESSIONS_TIMEOUT)]

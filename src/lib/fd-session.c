@@ -252,13 +252,7 @@ static int session_restore(const struct fd_entry *e, struct fd_restore_ctx *ctx,
 			return ferr(err, -errno, "session %s: F_SETFL: %m", e->path);
 		return TAKE_FD(s);
 	}
-	/* bytes to deliver first: through a pair the monitor relays until they are read; the
-	 * monitor puts the connection in one process only */
-	if (e->share >= 0)
-		return ferr(err, -ENOTSUP,
-		            "session %s: held by several processes, with bytes to deliver first "
-		            "(unsupported)",
-		            e->path);
+	/* bytes to deliver first: through a pair the monitor relays until they are read */
 	int sp[2];
 	if (socketpair(AF_UNIX, type | SOCK_CLOEXEC, 0, sp) < 0)
 		return ferr(err, -errno, "session %s: socketpair: %m", e->path);

@@ -187,10 +187,11 @@ static void refs_of(pid_t pid, int fd, uint64_t ino, struct refs *rf)
 }
 
 /*
- * In the stopped thread t of x->pid: receive the connection queued in the pair (one byte with
- * SCM_RIGHTS), put it at the fd, close the extra number, register the epoll interest again.
+ * In the stopped thread t of pid: receive the connection queued in the pair (one byte with
+ * SCM_RIGHTS) on fd, put it there and at the fd's dups, close the extra number, register the
+ * epoll interest again.
  */
-static int inject(struct relay_sess *x, struct tracee *t, bool cloexec, const struct refs *rf,
+static int inject(pid_t pid, int fd, struct tracee *t, bool cloexec, const struct refs *rf,
                   struct ferry_error *err)
 {
 	const int *dups = rf->dups;
@@ -198,7 +199,7 @@ static int inject(struct relay_sess *x, struct tracee *t, bool cloexec, const st
 	size_t ndups = rf->ndups, nin = rf->nin;
 	struct stack_scratch sc;
 	long ret;
-	int r = stack_scratch_take(&sc, x->pid, t, err);
+	int r = stack_scratch_take(&sc, pid, t, err);
 
 	if (r < 0)
 		return r;
@@ -211,115 +212,189 @@ static int inject(struct relay_sess *x, struct tracee *t, bool cloexec, const st
 	struct iovec io = {(void *)(sc.addr + 80), 1};
 	memcpy(buf, &mh, sizeof(mh));
 	memcpy(buf + 64, &io, sizeof(io));
-	if (tracee_poke(x->pid, sc.addr, buf, sizeof(buf)) < 0) {
-		r = ferr(err, -EIO, "pid %d: writing the scratch", x->pid);
+	if (tracee_poke(pid, sc.addr, buf, sizeof(buf)) < 0) {
+		r = ferr(err, -EIO, "pid %d: writing the scratch", pid);
 		goto out;
 	}
-	r = tracee_syscall(t, &ret, NULL, SYS_recvmsg, (uint64_t)x->h.fd, sc.addr, MSG_CMSG_CLOEXEC,
-	                   0, 0, 0, err);
+	r = tracee_syscall(t, &ret, NULL, SYS_recvmsg, (uint64_t)fd, sc.addr, MSG_CMSG_CLOEXEC, 0,
+	                   0, 0, err);
 	if (r == 0 && ret != 1)
-		r = ferr(err, ret < 0 ? (int)ret : -EPROTO, "pid %d fd %d: recvmsg: %s", x->pid,
-		         x->h.fd, ret < 0 ? strerror((int)-ret) : "no message");
+		r = ferr(err, ret < 0 ? (int)ret : -EPROTO, "pid %d fd %d: recvmsg: %s", pid, fd,
+		         ret < 0 ? strerror((int)-ret) : "no message");
 	if (r < 0)
 		goto out;
 	uint8_t got[CMSG_SPACE(sizeof(int))];
 	struct cmsghdr ch;
 	int newfd = -1;
-	if (tracee_peek(x->pid, sc.addr + 96, got, sizeof(got)) == 0) {
+	if (tracee_peek(pid, sc.addr + 96, got, sizeof(got)) == 0) {
 		memcpy(&ch, got, sizeof(ch));
 		if (ch.cmsg_level == SOL_SOCKET && ch.cmsg_type == SCM_RIGHTS)
 			memcpy(&newfd, got + CMSG_LEN(0), sizeof(int));
 	}
 	if (newfd < 0) {
-		r = ferr(err, -EPROTO, "pid %d fd %d: no connection received", x->pid, x->h.fd);
+		r = ferr(err, -EPROTO, "pid %d fd %d: no connection received", pid, fd);
 		goto out;
 	}
-	r = tracee_syscall(t, &ret, NULL, SYS_dup3, (uint64_t)newfd, (uint64_t)x->h.fd,
+	r = tracee_syscall(t, &ret, NULL, SYS_dup3, (uint64_t)newfd, (uint64_t)fd,
 	                   cloexec ? O_CLOEXEC : 0, 0, 0, 0, err);
 	if (r == 0 && ret < 0)
-		r = ferr(err, (int)ret, "pid %d: dup3 %d to %d: %s", x->pid, newfd, x->h.fd,
+		r = ferr(err, (int)ret, "pid %d: dup3 %d to %d: %s", pid, newfd, fd,
 		         strerror((int)-ret));
 	/* the other numbers of the same open file (dup): the same connection */
 	for (size_t i = 0; r == 0 && i < ndups; i++) {
 		r = tracee_syscall(t, &ret, NULL, SYS_dup3, (uint64_t)newfd, (uint64_t)dups[i], 0,
 		                   0, 0, 0, err);
 		if (r == 0 && ret < 0)
-			r = ferr(err, (int)ret, "pid %d: dup3 %d to %d: %s", x->pid, newfd, dups[i],
+			r = ferr(err, (int)ret, "pid %d: dup3 %d to %d: %s", pid, newfd, dups[i],
 			         strerror((int)-ret));
 	}
 	long ignored;
 	(void)tracee_syscall(t, &ignored, NULL, SYS_close, (uint64_t)newfd, 0, 0, 0, 0, 0, NULL);
 	for (size_t i = 0; r == 0 && i < nin; i++) {
 		struct epoll_event ev = {.events = in[i].events, .data.u64 = in[i].data};
-		if (tracee_poke(x->pid, sc.addr + 128, &ev, sizeof(ev)) < 0) {
-			r = ferr(err, -EIO, "pid %d: writing the scratch", x->pid);
+		if (tracee_poke(pid, sc.addr + 128, &ev, sizeof(ev)) < 0) {
+			r = ferr(err, -EIO, "pid %d: writing the scratch", pid);
 			break;
 		}
 		r = tracee_syscall(t, &ret, NULL, SYS_epoll_ctl, (uint64_t)in[i].epfd,
-		                   EPOLL_CTL_ADD, (uint64_t)x->h.fd, sc.addr + 128, 0, 0, err);
+		                   EPOLL_CTL_ADD, (uint64_t)fd, sc.addr + 128, 0, 0, err);
 		if (r == 0 && ret < 0 && ret != -EEXIST)
-			r = ferr(err, (int)ret, "pid %d: epoll fd %d: adding fd %d again: %s",
-			         x->pid, in[i].epfd, x->h.fd, strerror((int)-ret));
+			r = ferr(err, (int)ret, "pid %d: epoll fd %d: adding fd %d again: %s", pid,
+			         in[i].epfd, fd, strerror((int)-ret));
 	}
 out:;
 	int r2 = stack_scratch_release(&sc, err);
 	return r < 0 ? r : r2;
 }
 
-/* The connection at the component's fd in place of the pair's end: with every thread of its
- * process stopped, so none is inside a call on it (a blocked read restarts on the new file). */
-static int swap(struct relay *rl, struct relay_sess *x, struct ferry_error *err)
+/* Every thread of pid stopped (those it makes meanwhile too), appended to *t. */
+static int stop_threads(pid_t pid, struct tracee **t, size_t *nt, size_t *cap,
+                        struct ferry_error *err)
 {
-	_cleanup_free_ pid_t *tids = NULL;
-	_cleanup_free_ struct tracee *t = NULL;
-	_cleanup_free_ struct proc_map *maps = NULL;
-	_cleanup_free_ char *info = NULL;
-	size_t ntids = 0, nmaps = 0, nt = 0;
-	char path[64];
-	struct stat sb;
-	int r = procfs_tids(x->pid, &tids, &ntids);
-
-	if (r < 0)
-		return ferr(err, r, "pid %d: its threads: %s", x->pid, strerror(-r));
-	size_t cap = ntids + 16;
-	t = calloc(cap, sizeof(*t));
-	if (!t)
-		return ferr(err, -ENOMEM, "out of memory");
-	/* every thread, those made while we stop the others included */
 	for (bool more = true; more;) {
+		_cleanup_free_ pid_t *tids = NULL;
+		size_t ntids = 0;
+		int r = procfs_tids(pid, &tids, &ntids);
+		if (r < 0)
+			return ferr(err, r, "pid %d: its threads: %s", pid, strerror(-r));
 		more = false;
 		for (size_t i = 0; i < ntids; i++) {
 			bool have = false;
-			for (size_t j = 0; j < nt && !have; j++)
-				have = t[j].tid == tids[i];
+			for (size_t j = 0; j < *nt && !have; j++)
+				have = (*t)[j].tid == tids[i];
 			if (have)
 				continue;
-			if (nt == cap) {
-				r = ferr(err, -EAGAIN, "pid %d: threads keep coming", x->pid);
-				goto out;
+			if (*nt == *cap) {
+				size_t nc = *cap * 2 + 16;
+				struct tracee *n = realloc(*t, nc * sizeof(**t));
+				if (!n)
+					return ferr(err, -ENOMEM, "out of memory");
+				*t = n;
+				*cap = nc;
 			}
-			r = tracee_seize_stop(&t[nt], tids[i], PTRACE_O_TRACESYSGOOD, err);
+			r = tracee_seize_stop(&(*t)[*nt], tids[i], PTRACE_O_TRACESYSGOOD, err);
 			if (r == -ESRCH)
 				continue;
-			nt++;
+			(*nt)++;
 			more = true;
 			if (r < 0)
-				goto out;
+				return r;
 		}
-		if (more) {
-			free(tids);
-			tids = NULL;
-			if ((r = procfs_tids(x->pid, &tids, &ntids)) < 0) {
-				r = ferr(err, r, "pid %d: its threads: %s", x->pid, strerror(-r));
-				goto out;
-			}
+	}
+	return 0;
+}
+
+/* A process holding the pair's end: its first fd of it, its stopped threads in t[t0..). */
+struct holder {
+	pid_t pid;
+	int fd;
+	size_t t0;
+};
+
+/* The first fd of pid that is the socket with inode ino (-1: none). */
+static int fd_of(pid_t pid, uint64_t ino)
+{
+	char path[64];
+	int found = -1;
+	struct dirent *de;
+
+	snprintf(path, sizeof(path), "/proc/%d/fd", pid);
+	DIR *d = opendir(path);
+	while (d && (de = readdir(d))) {
+		char p2[128];
+		struct stat sb;
+		snprintf(p2, sizeof(p2), "%s/%s", path, de->d_name);
+		int k = atoi(de->d_name);
+		if (de->d_name[0] >= '0' && de->d_name[0] <= '9' && stat(p2, &sb) == 0 &&
+		    S_ISSOCK(sb.st_mode) && sb.st_ino == ino && (found < 0 || k < found))
+			found = k;
+	}
+	if (d)
+		closedir(d);
+	return found;
+}
+
+/* The processes holding the pair's end: pid and its descendants (a session the init made
+ * before its children forked is held by them too). */
+static int holders_of(pid_t pid, uint64_t ino, struct holder **ret, size_t *ret_n)
+{
+	_cleanup_free_ pid_t *todo = malloc(sizeof(pid_t));
+	size_t ntodo = 1;
+
+	if (!todo)
+		return -ENOMEM;
+	todo[0] = pid;
+	for (size_t i = 0; i < ntodo; i++) {
+		int fd = fd_of(todo[i], ino);
+		if (fd >= 0) {
+			if (GROW(*ret, *ret_n) < 0)
+				return -ENOMEM;
+			(*ret)[(*ret_n)++] = (struct holder){todo[i], fd, 0};
 		}
+		_cleanup_free_ pid_t *kids = NULL;
+		size_t nkids = 0;
+		if (procfs_children(todo[i], &kids, &nkids) < 0 || !nkids)
+			continue;
+		pid_t *n = realloc(todo, (ntodo + nkids) * sizeof(pid_t));
+		if (!n)
+			return -ENOMEM;
+		todo = n;
+		memcpy(todo + ntodo, kids, nkids * sizeof(pid_t));
+		ntodo += nkids;
+	}
+	return 0;
+}
+
+/* The connection at the component's fds in place of the pair's end: with every thread of every
+ * process holding it stopped, so none is inside a call on it (a blocked read restarts on the
+ * new file). Each process receives it from the pair by an injected recvmsg. */
+static int swap(struct relay *rl, struct relay_sess *x, struct ferry_error *err)
+{
+	_cleanup_free_ struct tracee *t = NULL;
+	_cleanup_free_ struct holder *hs = NULL;
+	_cleanup_free_ char *info = NULL;
+	size_t nt = 0, cap = 0, nh = 0;
+	char path[64];
+	struct stat sb;
+	uint64_t flags = 0;
+	int r;
+
+	snprintf(path, sizeof(path), "/proc/%d/fd/%d", x->pid, x->h.fd);
+	if (stat(path, &sb) < 0 || !S_ISSOCK(sb.st_mode))
+		return ferr(err, -ESTALE, "pid %d fd %d: no longer the session", x->pid, x->h.fd);
+	if ((r = holders_of(x->pid, sb.st_ino, &hs, &nh)) < 0)
+		return ferr(err, r, "pid %d: the holders of fd %d: %s", x->pid, x->h.fd,
+		            strerror(-r));
+	for (size_t i = 0; i < nh; i++) {
+		hs[i].t0 = nt;
+		if ((r = stop_threads(hs[i].pid, &t, &nt, &cap, err)) < 0)
+			goto out;
 	}
 	if (nt == 0) {
 		r = ferr(err, -ESRCH, "pid %d: gone", x->pid);
 		goto out;
 	}
-	/* the last of what it wrote, on; the fd's flags and interest as they are */
+	/* the last of what it wrote, on; the fd's flags as they are */
 	if ((r = forward(x)) < 0) {
 		r = ferr(err, r, "session %s: forwarding: %s", x->h.service, strerror(-r));
 		goto out;
@@ -329,43 +404,54 @@ static int swap(struct relay *rl, struct relay_sess *x, struct ferry_error *err)
 		r = ferr(err, -EAGAIN, "session %s: not read yet", x->h.service);
 		goto out;
 	}
-	snprintf(path, sizeof(path), "/proc/%d/fd/%d", x->pid, x->h.fd);
-	uint64_t flags = 0;
-	if (stat(path, &sb) < 0 || !S_ISSOCK(sb.st_mode) ||
-	    (r = fds_fdinfo(x->pid, x->h.fd, &info)) < 0 ||
+	if ((r = fds_fdinfo(hs[0].pid, hs[0].fd, &info)) < 0 ||
 	    fds_fdinfo_u64(info, "flags", 8, &flags) < 0) {
 		r = ferr(err, -ESTALE, "pid %d fd %d: no longer the session", x->pid, x->h.fd);
 		goto out;
 	}
-	struct refs rf;
-	refs_of(x->pid, x->h.fd, sb.st_ino, &rf);
 	if (fcntl(x->svc, F_SETFL, (int)(flags & O_NONBLOCK)) < 0) {
 		r = ferr(err, -errno, "session %s: F_SETFL: %m", x->h.service);
 		goto out;
 	}
-	/* the connection, queued for the injected recvmsg */
-	union {
-		struct cmsghdr h;
-		char b[CMSG_SPACE(sizeof(int))];
-	} cm = {0};
-	char one = 0;
-	struct iovec io = {&one, 1};
-	struct msghdr mh = {
-	        .msg_iov = &io, .msg_iovlen = 1, .msg_control = &cm, .msg_controllen = sizeof(cm)};
-	cm.h.cmsg_level = SOL_SOCKET;
-	cm.h.cmsg_type = SCM_RIGHTS;
-	cm.h.cmsg_len = CMSG_LEN(sizeof(int));
-	memcpy(CMSG_DATA(&cm.h), &x->svc, sizeof(int));
-	if (sendmsg(x->mon, &mh, MSG_NOSIGNAL) != 1) {
-		r = ferr(err, -errno, "session %s: sending the connection: %m", x->h.service);
-		goto out;
+	/* the connection, queued once for each holder's injected recvmsg */
+	for (size_t i = 0; i < nh; i++) {
+		union {
+			struct cmsghdr h;
+			char b[CMSG_SPACE(sizeof(int))];
+		} cm = {0};
+		char one = 0;
+		struct iovec io = {&one, 1};
+		struct msghdr mh = {.msg_iov = &io,
+		                    .msg_iovlen = 1,
+		                    .msg_control = &cm,
+		                    .msg_controllen = sizeof(cm)};
+		cm.h.cmsg_level = SOL_SOCKET;
+		cm.h.cmsg_type = SCM_RIGHTS;
+		cm.h.cmsg_len = CMSG_LEN(sizeof(int));
+		memcpy(CMSG_DATA(&cm.h), &x->svc, sizeof(int));
+		if (sendmsg(x->mon, &mh, MSG_NOSIGNAL) != 1) {
+			r = ferr(err, -errno, "session %s: sending the connection: %m",
+			         x->h.service);
+			goto out;
+		}
 	}
-	if ((r = procfs_maps_noflags(x->pid, &maps, &nmaps)) < 0 ||
-	    (r = tracee_find_syscall_insn(x->pid, maps, nmaps, &t[0].syscall_ip)) < 0) {
-		r = ferr(err, r, "pid %d: no syscall instruction", x->pid);
-		goto out;
+	for (size_t i = 0; r == 0 && i < nh; i++) {
+		_cleanup_free_ struct proc_map *maps = NULL;
+		_cleanup_free_ char *finfo = NULL;
+		size_t nmaps = 0;
+		uint64_t fflags = 0;
+		struct tracee *th = &t[hs[i].t0];
+		struct refs rf;
+		if ((r = procfs_maps_noflags(hs[i].pid, &maps, &nmaps)) < 0 ||
+		    (r = tracee_find_syscall_insn(hs[i].pid, maps, nmaps, &th->syscall_ip)) < 0) {
+			r = ferr(err, r, "pid %d: no syscall instruction", hs[i].pid);
+			break;
+		}
+		if (fds_fdinfo(hs[i].pid, hs[i].fd, &finfo) == 0)
+			(void)fds_fdinfo_u64(finfo, "flags", 8, &fflags);
+		refs_of(hs[i].pid, hs[i].fd, sb.st_ino, &rf);
+		r = inject(hs[i].pid, hs[i].fd, th, fflags & O_CLOEXEC, &rf, err);
 	}
-	r = inject(x, &t[0], flags & O_CLOEXEC, &rf, err);
 	if (r == 0) {
 		struct stat nb;
 		struct session_reg g = {.id = x->h.id, .seq = x->h.seq};
