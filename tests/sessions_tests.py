@@ -1,5 +1,5 @@
 """Sessions to node services (issue 6): a component holding sessions to a sensor gateway, a log
-service and a ROM migrates back and forth between two nodes while data flows; every sensor
+service and a ROM migrates back and forth between two nodes while data flows, in each mode; every sensor
 record, command and log line is accounted for exactly once across the two nodes' services, the
 component reads the ROM of the node it is on, a resume-aware service is told which session each
 re-created connection continues, and a migration to a node lacking a service is refused.
@@ -167,9 +167,12 @@ def moves(ctx, tree=False):
         if not any(want in v for v in sess.values()):
             raise h.Fail(f"`ferry caps` shows no session to {want}: {sess}")
     where, svc = a, sa
-    for i in range(2 if tree else 4):
+    # each mode once (post-copy and stop-and-copy carry the late bytes with GO too)
+    modes = ["precopy", "postcopy"] if tree else ["precopy", "postcopy", "stop-and-copy",
+                                                  "precopy"]
+    for i, mode in enumerate(modes):
         dst, dsvc = (b, sb) if where is a else (a, sa)
-        m.migrate(ctx, where, "comp", dst)
+        m.migrate(ctx, where, "comp", dst, "--mode", mode)
         where, svc = dst, dsvc
         flowing(ctx, svc, f"after move {i + 1}")
     # a node without the sensor gateway: refused, and the component runs on where it was

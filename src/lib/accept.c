@@ -56,6 +56,8 @@ struct post_dst {
 	uint64_t npages, missing;
 	bool end;   /* the source sent everything */
 	int ctl;    /* GO or ABORT received, 0 until then */
+	void *late; /* GO's payload: the sessions' late bytes (session_late), malloc'd */
+	size_t nlate;
 	int failed; /* the connection failed: -errno */
 	struct lazy_source src;
 };
@@ -150,9 +152,13 @@ static void *post_receiver(void *arg)
 			pthread_mutex_lock(&pd->mu);
 			if (r == 0 && t == MSG_PAGES_END)
 				pd->end = true;
-			else if (r == 0 && (t == MSG_GO || t == MSG_ABORT))
+			else if (r == 0 && (t == MSG_GO || t == MSG_ABORT)) {
 				pd->ctl = t;
-			else if (r == 0)
+				if (t == MSG_GO && l && (pd->late = malloc(l))) {
+					memcpy(pd->late, b, l);
+					pd->nlate = l;
+				}
+			} else if (r == 0)
 				r = -EPROTO;
 		}
 		if (r < 0)
@@ -394,8 +400,14 @@ static int dst_hold(void *arg, enum restore_phase phase, pid_t pid,
 				pthread_cond_wait(&pd->cond, &pd->mu);
 			int ctl = pd->ctl;
 			pthread_mutex_unlock(&pd->mu);
-			if (ctl == MSG_GO)
+			if (ctl == MSG_GO) {
+				struct ferry_error e = {0};
+				(void)session_late_deliver(&d->n->rt, d->name, pd->late, pd->nlate,
+				                           &e);
+				free(pd->late);
+				pd->late = NULL;
 				return 0;
+			}
 			if (ctl == MSG_ABORT)
 				return ferr(err, -ECANCELED, "the source aborted the migration");
 		}

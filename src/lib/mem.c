@@ -120,6 +120,24 @@ static void job_place(struct copy_job *jb, const void *buf, struct image_writer 
 }
 
 /*
+ * Page by page, a run of which some page cannot be read even through /proc/PID/mem (seen,
+ * rarely, on pages the tracking reported written in a frozen component: "Input/output error").
+ * What the kernel cannot read the process cannot either: such a page has no content to keep;
+ * it is staged as zeros, which drop out of the image as empty pages.
+ */
+static int read_pages_or_zero(pid_t pid, int memfd, uint64_t addr, uint8_t *dst, uint64_t len)
+{
+	for (uint64_t at = 0; at < len; at += MODEL_PAGE) {
+		int r = read_mem(pid, memfd, addr + at, dst + at, MODEL_PAGE, true);
+		if (r == -EIO || r == -EFAULT)
+			memset(dst + at, 0, MODEL_PAGE);
+		else if (r < 0)
+			return r;
+	}
+	return 0;
+}
+
+/*
  * A few pages (a post-copy freeze copies a handful, the stack and TLS): read and write in
  * turn, one buffer and no writer thread, whose start would cost more than the copy.
  */
@@ -134,6 +152,8 @@ static int copy_inline(pid_t pid, struct copy_job *jobs, size_t njobs, struct im
 		struct copy_job *jb = &jobs[j];
 		int r = jb->src_fd < 0 ? read_mem(pid, memfd, jb->src, buf, jb->len, nopin)
 		                       : pread_page(jb->src_fd, buf, jb->len, (off_t)jb->src);
+		if (jb->src_fd < 0 && (r == -EIO || r == -EFAULT))
+			r = read_pages_or_zero(pid, memfd, jb->src, buf, jb->len);
 		if (r < 0)
 			return ferr(err, r, "reading %s 0x%" PRIx64 "+0x%" PRIx64 ": %s",
 			            jb->src_fd < 0 ? "memory at" : "shared memory object at offset",
@@ -604,24 +624,6 @@ struct stage_part {
 	int r;
 	struct ferry_error err;
 };
-
-/*
- * Page by page, a run of which some page cannot be read even through /proc/PID/mem (seen,
- * rarely, on pages the tracking reported written in a frozen component: "Input/output error").
- * What the kernel cannot read the process cannot either: such a page has no content to keep;
- * it is staged as zeros, which drop out of the image as empty pages.
- */
-static int read_pages_or_zero(pid_t pid, int memfd, uint64_t addr, uint8_t *dst, uint64_t len)
-{
-	for (uint64_t at = 0; at < len; at += MODEL_PAGE) {
-		int r = read_mem(pid, memfd, addr + at, dst + at, MODEL_PAGE, true);
-		if (r == -EIO || r == -EFAULT)
-			memset(dst + at, 0, MODEL_PAGE);
-		else if (r < 0)
-			return r;
-	}
-	return 0;
-}
 
 static void *stage_part_copy(void *arg)
 {
