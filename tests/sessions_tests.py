@@ -258,6 +258,36 @@ def restored(ctx):
                      f"{recs[first:first + 3]}, sent {sa.sent[first:first + 3]}")
 
 
+def default_state(ctx):
+    """With the default state directory, /run/ferry (a systemd node's), a component runs, is
+    checkpointed and restored: the services' mounts (/run/ferry/services, /rom, /resume) hide
+    none of the state, and those names cannot name a component."""
+    env = dict(os.environ, FERRY_STATE_DIR="/run/ferry")
+    name = f"sessions-default-{os.getpid()}"
+    img = os.path.join(ctx.scratch, "img")
+
+    def fr(*args, ok=True):
+        rc, out, err = h.run_cmd([ctx.ferry_bin, *args], env=env, timeout=60)
+        if ok and rc != 0:
+            raise h.Fail(f"`ferry {' '.join(args)}` (state /run/ferry) exited {rc}: "
+                         f"{h.tail(err, 3)}")
+        return rc, out, err
+    ctx.on_cleanup.append(lambda: h.run_cmd([ctx.ferry_bin, "kill", name], env=env, timeout=15))
+    fr("run", "--name", name, "--", "sh", "-c",
+       "ls /run/ferry/services /run/ferry/rom >/dev/null && echo SEEN; "
+       "while sleep 0.05; do :; done")
+    ctx.wait_for("the component's output", lambda: "SEEN" in fr("logs", name)[1], limit=10)
+    fr("checkpoint", name, "--dir", img, "--stop")
+    fr("restore", "--dir", img)
+    ps = json.loads(fr("ps", "--json")[1])
+    if not any(c.get("name") == name and c.get("state") == "running" for c in ps):
+        raise h.Fail(f"{name} does not run after its restore: {ps}")
+    fr("kill", name)
+    rc, _, err = fr("run", "--name", "services", "--", "true", ok=False)
+    if rc == 0 or "reserved" not in err:
+        raise h.Fail(f"a component named 'services' was not refused: rc {rc}, {err!r}")
+
+
 def check(sa, sb, nmoves):
     sent = sa.sent + sb.sent
     recs = []
@@ -297,4 +327,5 @@ def check(sa, sb, nmoves):
 
 def tests():
     return [("moves", moves, SESSIONS_TIMEOUT), ("restored", restored, SESSIONS_TIMEOUT),
-            ("tree", lambda ctx: moves(ctx, tree=True), SESSIONS_TIMEOUT)]
+            ("tree", lambda ctx: moves(ctx, tree=True), SESSIONS_TIMEOUT),
+            ("default-state", default_state, SESSIONS_TIMEOUT)]

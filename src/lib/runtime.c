@@ -357,6 +357,12 @@ static int monitor_prepare(const struct ferry_runtime *rt, const char *name, uin
 	if (!ferry_name_valid(name))
 		return ferr(err, -EINVAL,
 		            "invalid component name '%s' (use letters, digits, . _ -)", name);
+	if (services_reserved(name))
+		return ferr(
+		        err, -EINVAL,
+		        "component name '%s' is reserved (a component finds the node's services "
+		        "at " SERVICES_DIR "/services, /rom and /resume)",
+		        name);
 	if (record_read(rt, name, &cur) == 0 && runtime_is_live(&cur))
 		return ferr(err, -EEXIST, "component %s is already running (pid %d)", name,
 		            cur.pid);

@@ -302,6 +302,38 @@ static int mount_point(const char *path)
 	return 0;
 }
 
+bool services_reserved(const char *name)
+{
+	return strcmp(name, "services") == 0 || strcmp(name, "rom") == 0 ||
+	       strcmp(name, "resume") == 0;
+}
+
+/* A small tmpfs at SERVICES_DIR/sub (made on the host if need be). */
+static int mount_dir(const char *sub, struct ferry_error *err)
+{
+	char path[64];
+
+	snprintf(path, sizeof(path), SERVICES_DIR "/%s", sub);
+	int r = mkdir_p(path, 0755);
+	if (r < 0)
+		return ferr(err, r, "%s: %s", path, strerror(-r));
+	if (mount("ferry-services", path, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC,
+	          "mode=0755,size=64k") < 0)
+		return ferr(err, -errno, "mounting a tmpfs on %s: %m", path);
+	return 0;
+}
+
+static int seal_dir(const char *sub, struct ferry_error *err)
+{
+	char path[64];
+
+	snprintf(path, sizeof(path), SERVICES_DIR "/%s", sub);
+	if (mount(NULL, path, NULL, MS_REMOUNT | MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RDONLY,
+	          NULL) < 0)
+		return ferr(err, -errno, "%s: read-only: %m", path);
+	return 0;
+}
+
 int services_mount(const struct ferry_runtime *rt, struct ferry_error *err)
 {
 	_cleanup_free_ struct ferry_service *list = NULL;
@@ -311,18 +343,12 @@ int services_mount(const struct ferry_runtime *rt, struct ferry_error *err)
 
 	if (r < 0)
 		return r;
-	if (mkdir(SERVICES_DIR, 0755) < 0 && errno != EEXIST) {
-		/* no /run/ferry to be had: a node without services needs none */
-		if (n == 0)
-			return 0;
-		return ferr(err, -errno, "%s: %m", SERVICES_DIR);
-	}
-	if (mount("ferry-services", SERVICES_DIR, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC,
-	          "mode=0755,size=256k") < 0)
-		return ferr(err, -errno, "mounting a tmpfs on %s: %m", SERVICES_DIR);
-	if (mkdir(SERVICES_DIR "/services", 0755) < 0 || mkdir(SERVICES_DIR "/rom", 0755) < 0 ||
-	    mkdir(SERVICES_DIR "/resume", 0755) < 0)
-		return ferr(err, -errno, "%s: mkdir: %m", SERVICES_DIR);
+	/* three directories of their own, not a tmpfs over SERVICES_DIR: that may be the
+	 * node's state directory (the default), which the restore helper reads */
+	static const char *const dirs[] = {"services", "rom", "resume"};
+	for (size_t i = 0; i < ARRAY_SIZE(dirs); i++)
+		if ((r = mount_dir(dirs[i], err)) < 0)
+			return n == 0 ? 0 : r; /* a node without services needs none */
 	for (size_t i = 0; i < n; i++) {
 		const struct ferry_service *s = &list[i];
 		switch (s->kind) {
@@ -351,8 +377,8 @@ int services_mount(const struct ferry_runtime *rt, struct ferry_error *err)
 			break;
 		}
 	}
-	if (mount(NULL, SERVICES_DIR, NULL,
-	          MS_REMOUNT | MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RDONLY, NULL) < 0)
-		return ferr(err, -errno, "%s: read-only: %m", SERVICES_DIR);
+	for (size_t i = 0; i < ARRAY_SIZE(dirs); i++)
+		if ((r = seal_dir(dirs[i], err)) < 0)
+			return r;
 	return 0;
 }

@@ -1,6 +1,8 @@
 /* The node's services as a component sees them (services.c). */
 #pragma once
 
+#include <stdbool.h>
+
 #include "ferry/ferry.h"
 
 /*
@@ -12,8 +14,13 @@
 #define SERVICES_DIR "/run/ferry"
 
 /*
- * services_mount - in a component's new mount namespace (private mounts): a tmpfs on
- * SERVICES_DIR holding the node's services (rt's STATE/.services), made read-only. A node
- * without services and without /run/ferry gets none.
+ * services_mount - in a component's new mount namespace (private mounts): a tmpfs on each of
+ * SERVICES_DIR/services, /rom and /resume holding the node's services (rt's STATE/.services),
+ * made read-only. SERVICES_DIR itself is left alone: it may be the node's state directory. A
+ * node without services that cannot make them gets none.
  */
 int services_mount(const struct ferry_runtime *rt, struct ferry_error *err);
+
+/* services_reserved - "services", "rom", "resume": not a component's name (with the default
+ * state directory, /run/ferry, its directory would be under a mount of services_mount). */
+bool services_reserved(const char *name);
