@@ -50,19 +50,20 @@ while True:
 class Services:
     """One node's sensor gateway and log service."""
 
-    def __init__(self, ctx, name, d):
+    def __init__(self, ctx, name, d, seqpacket=False):
         self.name, self.dir = name, d
+        self.type = socket.SOCK_SEQPACKET if seqpacket else socket.SOCK_STREAM
         self.lock = threading.Lock()
         self.sent, self.cmds, self.resumes, self.logged = [], [], [], []
         self.sending = True
         self.closed = False
         self.seq = 0
-        self.sensor = self._listen("sensor.sock", self._sensor)
+        self.sensor = self._listen("sensor.sock", self._sensor, self.type)
         self.log = self._listen("log.sock", self._log)
         ctx.on_cleanup.append(self.close)
 
-    def _listen(self, name, serve):
-        s = socket.socket(socket.AF_UNIX)
+    def _listen(self, name, serve, kind=socket.SOCK_STREAM):
+        s = socket.socket(socket.AF_UNIX, kind)
         s.bind(os.path.join(self.dir, name))
         s.listen()
         threading.Thread(target=self._accept, args=(s, serve), daemon=True).start()
@@ -129,12 +130,12 @@ class Services:
         self.log.close()
 
 
-def make_node(ctx, key, name, sensor=True):
+def make_node(ctx, key, name, sensor=True, seqpacket=False):
     d = os.path.join(ctx.root, f"sess-{name}")
     os.makedirs(d)
     with open(os.path.join(d, "calibration"), "w") as f:
         f.write(f"calibration of {name}\n")
-    svc = Services(ctx, name, d)
+    svc = Services(ctx, name, d, seqpacket)
     args = ["--service", f"log=unix:{d}/log.sock",
             "--service", f"calibration=rom:{d}/calibration"]
     if sensor:
@@ -199,7 +200,7 @@ def moves(ctx, tree=False):
 WAITER = r"""
 import os, selectors, socket, sys
 go = sys.argv[1]
-s = socket.socket(socket.AF_UNIX)
+s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET if sys.argv[2:] else socket.SOCK_STREAM)
 s.connect('/run/ferry/services/sensor')
 log = socket.socket(socket.AF_UNIX)
 log.connect('/run/ferry/services/log')
@@ -220,18 +221,18 @@ while True:
 """
 
 
-def restored(ctx):
+def restored(ctx, seqpacket=False):
     """Records the sensor sent while the component did not read are in the image; the restore
     delivers them first, then the new connection's, in order; the component's epoll instance
     watches the session throughout (before and after the connection takes the pair's place)."""
     key = m.make_key(ctx)
-    a, sa = make_node(ctx, key, "A")
+    a, sa = make_node(ctx, key, "A", seqpacket=seqpacket)
     prog = os.path.join(ctx.scratch, "waiter.py")
     with open(prog, "w") as f:
         f.write(WAITER)
     go = os.path.join(ctx.scratch, "go")
     img = os.path.join(ctx.scratch, "img")
-    a.ferry("run", "--name", "w", "--", "python3", prog, go)
+    a.ferry("run", "--name", "w", "--", "python3", prog, go, *(["seq"] if seqpacket else []))
     ctx.wait_for("records queued", lambda: len(sa.sent) > 50, limit=20)
     a.ferry("checkpoint", "w", "--dir", img, "--stop")
     queued = len(sa.sent)
@@ -328,4 +329,5 @@ def check(sa, sb, nmoves):
 def tests():
     return [("moves", moves, SESSIONS_TIMEOUT), ("restored", restored, SESSIONS_TIMEOUT),
             ("tree", lambda ctx: moves(ctx, tree=True), SESSIONS_TIMEOUT),
-            ("default-state", default_state, SESSIONS_TIMEOUT)]
+            ("default-state", default_state, SESSIONS_TIMEOUT),
+            ("restored-seqpacket", lambda ctx: restored(ctx, seqpacket=True), SESSIONS_TIMEOUT)]

@@ -134,6 +134,15 @@ static int peek_queue(struct fd_capture_ctx *ctx, int fd, int s, int type, struc
 			q->nrights--;
 			break;
 		}
+		/* a seqpacket socket that receives nothing more (its peer closed, or its read side
+		 * shut) peeks 0 for ever at the end of its queue: the end, not empty messages */
+		struct stat sb;
+		int shut = 0;
+		if (n == 0 && type == SOCK_SEQPACKET && !q->rights[at] && fstat(s, &sb) == 0 &&
+		    (shut = fd_unix_shutdown((uint32_t)sb.st_ino)) > 0 && (shut & 1)) {
+			q->nrights--;
+			break;
+		}
 		if (q->len + (size_t)n > MAX_QUEUE) {
 			r = ferr(err, -ENOTSUP, "%s: more than %u MiB queued", what,
 			         MAX_QUEUE >> 20);

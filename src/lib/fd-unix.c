@@ -144,6 +144,14 @@ int fd_unix_peer(uint32_t ino, uint32_t *peer)
 	return 0;
 }
 
+int fd_unix_shutdown(uint32_t ino)
+{
+	struct ux_diag d;
+	int r = unix_diag(ino, &d);
+
+	return r < 0 ? r : d.shutdown;
+}
+
 static int pending_client(struct fd_capture_ctx *ctx, const struct fd_info *fi, struct fd_entry *e,
                           uint64_t *v, int s, const struct ux_diag *d, struct ferry_error *err);
 static void addr_str(const uint64_t *a, uint64_t alen, char *buf, size_t len);

@@ -69,6 +69,10 @@ int ux_fill_pair(const uint64_t *v, int s0, int s1, struct fd_restore_ctx *ctx,
 int ux_fill_alone(int s, const uint64_t *v, const struct sockaddr_un *sa, socklen_t sl,
                   struct fd_restore_ctx *ctx, struct ferry_error *err);
 
+/* fd_unix_shutdown - the shutdown bits of the Unix socket with inode ino (1: no more to
+ * receive, 2: no more to send), or -errno. */
+int fd_unix_shutdown(uint32_t ino);
+
 /* fd_unix_peer - the inode of the peer of the Unix socket with inode ino (sock_diag). */
 int fd_unix_peer(uint32_t ino, uint32_t *peer);
 

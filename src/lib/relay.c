@@ -68,6 +68,23 @@ bool relay_needed(const struct component *c, bool all)
 	return false;
 }
 
+/* Is pid a process of the restore this monitor runs (its helper, or a child of it)? Anyone in
+ * the network namespace can reach the relay's address. */
+static bool ours(pid_t pid)
+{
+	pid_t self = getpid();
+
+	for (int depth = 0; pid > 1 && depth < 64; depth++) {
+		uint64_t st[PROCFS_STAT_FIELDS];
+		if (procfs_stat(pid, st) < 0)
+			return false;
+		pid = (pid_t)st[4];
+		if (pid == self)
+			return true;
+	}
+	return false;
+}
+
 /* A helper hands over a relay: its two fds, and who it is (the sender's pid, as we see it). */
 static int take(struct relay *rl, int lis)
 {
@@ -86,7 +103,7 @@ static int take(struct relay *rl, int lis)
 		return -errno;
 	(void)setsockopt(a, SOL_SOCKET, SO_PASSCRED, &one, sizeof(one));
 	struct pollfd pf = {.fd = a, .events = POLLIN};
-	if (poll(&pf, 1, 5000) <= 0)
+	if (poll(&pf, 1, 1000) <= 0)
 		return -ETIMEDOUT;
 	ssize_t got = recvmsg(a, &mh, MSG_CMSG_CLOEXEC);
 	for (struct cmsghdr *h = got > 0 ? CMSG_FIRSTHDR(&mh) : NULL; h; h = CMSG_NXTHDR(&mh, h)) {
@@ -103,7 +120,7 @@ static int take(struct relay *rl, int lis)
 			x.pid = uc.pid;
 		}
 	}
-	if (got != (ssize_t)sizeof(x.h) || x.mon < 0 || x.svc < 0 || x.pid <= 0 ||
+	if (got != (ssize_t)sizeof(x.h) || x.mon < 0 || x.svc < 0 || x.pid <= 0 || !ours(x.pid) ||
 	    GROW(rl->s, rl->n) < 0) {
 		safe_close(x.mon);
 		safe_close(x.svc);
