@@ -18,6 +18,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -120,11 +121,11 @@ static int session_capture(struct fd_capture_ctx *ctx, const struct fd_info *fi,
 	v[UX_RCVBUF] = (uint64_t)fds_sockopt(s, SOL_SOCKET, SO_RCVBUF);
 	v[SS_KIND] = FERRY_SERVICE_UNIX;
 	session_identity(ctx->c, fi->st.st_ino, &v[SS_ID], &v[SS_SEQ]);
-	int outq = 0;
-	/* written by the component, not read by the service yet (for describe: the service of
-	 * this node reads them, once) */
-	if (ioctl(s, SIOCOUTQ, &outq) == 0 && outq > 0)
-		v[SS_OUTQ] = (uint64_t)outq;
+	/* written by the component, not read by the service yet, in the service's end (for
+	 * describe: the service of this node reads them, once) */
+	uint32_t peer = 0, outq = 0;
+	if (fd_unix_peer((uint32_t)fi->st.st_ino, &peer) == 0 && fd_unix_queued(peer, &outq) == 0)
+		v[SS_OUTQ] = outq;
 	/* it ends after this capture: nothing more may come (the service's later sends fail;
 	 * they were not delivered) */
 	if (ctx->c->ending && shutdown(s, SHUT_RD) < 0)
@@ -291,6 +292,41 @@ static void session_describe(const struct fd_entry *e, char *buf, size_t len)
 	         e->extra[SS_ID], e->extra[SS_SEQ], e->extra[UX_QBYTES], e->extra[SS_OUTQ]);
 }
 
+/* What recognising and re-creating a session needs: a connected socket's peer name, the size
+ * of its queue, and its read side shut. */
+static int session_kernel_probe(char *detail, size_t len)
+{
+	struct sockaddr_un sa = {.sun_family = AF_UNIX}, pa;
+	socklen_t sl = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 +
+	                           (size_t)snprintf(sa.sun_path + 1, sizeof(sa.sun_path) - 1,
+	                                            "ferry-probe-%d", getpid()));
+	socklen_t pl = sizeof(pa);
+	_cleanup_close_ int l = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	_cleanup_close_ int c = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	_cleanup_close_ int a = -EBADF;
+	int inq = 0;
+
+	if (l < 0 || c < 0 || bind(l, (struct sockaddr *)&sa, sl) < 0 || listen(l, 1) < 0 ||
+	    connect(c, (struct sockaddr *)&sa, sl) < 0 ||
+	    (a = accept4(l, NULL, NULL, SOCK_CLOEXEC)) < 0) {
+		snprintf(detail, len, "a Unix connection: %s", strerror(errno));
+		return 0;
+	}
+	if (getpeername(c, (struct sockaddr *)&pa, &pl) < 0 || pl != sl ||
+	    memcmp(pa.sun_path, sa.sun_path, sl - offsetof(struct sockaddr_un, sun_path)) != 0) {
+		snprintf(detail, len, "getpeername does not name the listener");
+		return 0;
+	}
+	if (send(a, "abc", 3, 0) != 3 || ioctl(c, SIOCINQ, &inq) < 0 || inq != 3 ||
+	    shutdown(c, SHUT_RD) < 0) {
+		snprintf(detail, len, "queue size or shutdown: %s (SIOCINQ %d)", strerror(errno),
+		         inq);
+		return 0;
+	}
+	snprintf(detail, len, "peer name, queue size and shutdown of a Unix connection");
+	return 1;
+}
+
 const struct fd_ops fd_session_ops = {
         .name = "session",
         .kind = FD_SESSION,
@@ -298,6 +334,7 @@ const struct fd_ops fd_session_ops = {
         .capture = session_capture,
         .restore = session_restore,
         .describe = session_describe,
+        .kernel_probe = session_kernel_probe,
 };
 
 int session_load(struct component *c, const struct ferry_runtime *rt, const char *name,

@@ -144,6 +144,17 @@ int fd_unix_peer(uint32_t ino, uint32_t *peer)
 	return 0;
 }
 
+int fd_unix_queued(uint32_t ino, uint32_t *bytes)
+{
+	struct ux_diag d;
+	int r = unix_diag(ino, &d);
+
+	if (r < 0)
+		return r;
+	*bytes = d.rq;
+	return 0;
+}
+
 int fd_unix_shutdown(uint32_t ino)
 {
 	struct ux_diag d;

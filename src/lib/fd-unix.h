@@ -69,6 +69,9 @@ int ux_fill_pair(const uint64_t *v, int s0, int s1, struct fd_restore_ctx *ctx,
 int ux_fill_alone(int s, const uint64_t *v, const struct sockaddr_un *sa, socklen_t sl,
                   struct fd_restore_ctx *ctx, struct ferry_error *err);
 
+/* fd_unix_queued - the bytes queued in the Unix socket with inode ino, not read yet. */
+int fd_unix_queued(uint32_t ino, uint32_t *bytes);
+
 /* fd_unix_shutdown - the shutdown bits of the Unix socket with inode ino (1: no more to
  * receive, 2: no more to send), or -errno. */
 int fd_unix_shutdown(uint32_t ino);
