@@ -45,9 +45,7 @@ static bool frozen_has(const struct frozen *fz, pid_t tid)
 	return false;
 }
 
-/* Seize every thread, again and again until no new thread appears (a stopped thread cannot
- * clone, so this ends). */
-static int freeze(pid_t pid, struct frozen *fz, struct ferry_error *err)
+int checkpoint_freeze(pid_t pid, struct frozen *fz, struct ferry_error *err)
 {
 	for (bool more = true; more;) {
 		_cleanup_free_ pid_t *tids = NULL;
@@ -310,7 +308,7 @@ static int freeze_tree(pid_t root, struct component *c, struct frozen *fz, struc
 			p->exit_status = (int32_t)f[52];
 			continue;
 		}
-		r = freeze(hp, fz, err);
+		r = checkpoint_freeze(hp, fz, err);
 		sp->n = fz->n - sp->first;
 		if (r < 0)
 			return r;
@@ -456,7 +454,7 @@ static int start_tracking(pid_t pid, struct track *tk, uint64_t *ret_freeze_ns,
 		return ferr(err, r, "pid %d: reading mappings: %s", pid, strerror(-r));
 	if (tracee_find_syscall_insn(pid, maps, nmaps, &sys_ip) < 0)
 		return ferr(err, -ENOTSUP, "pid %d: no vdso with a syscall instruction", pid);
-	r = freeze(pid, &fz, err);
+	r = checkpoint_freeze(pid, &fz, err);
 	for (size_t i = 0; r == 0 && i < fz.n; i++)
 		if (fz.t[i].tid == pid) {
 			uint64_t sr = 0;

@@ -28,6 +28,11 @@ struct prefreeze {
 	uint64_t sigreturn_ip; /* an rt_sigreturn trampoline in it (tracee_arm), or 0 */
 };
 
+/* checkpoint_freeze - seize and stop every thread of pid into fz, again and again until no new
+ * thread appears (a stopped thread cannot clone, so this ends); on failure, fz holds those
+ * seized so far, for checkpoint_thaw. */
+int checkpoint_freeze(pid_t pid, struct frozen *fz, struct ferry_error *err);
+
 /* checkpoint_thaw - detach every thread (they run on); fz is emptied. */
 void checkpoint_thaw(struct frozen *fz);
 

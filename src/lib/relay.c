@@ -18,13 +18,13 @@
 #include <sys/epoll.h>
 #include <sys/ioctl.h>
 #include <sys/prctl.h>
-#include <sys/ptrace.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 #include <linux/sockios.h>
 
+#include "checkpoint.h"
 #include "fds.h"
 #include "procfs.h"
 #include "session.h"
@@ -284,44 +284,7 @@ out:;
 	return r < 0 ? r : r2;
 }
 
-/* Every thread of pid stopped (those it makes meanwhile too), appended to *t. */
-static int stop_threads(pid_t pid, struct tracee **t, size_t *nt, size_t *cap,
-                        struct ferry_error *err)
-{
-	for (bool more = true; more;) {
-		_cleanup_free_ pid_t *tids = NULL;
-		size_t ntids = 0;
-		int r = procfs_tids(pid, &tids, &ntids);
-		if (r < 0)
-			return ferr(err, r, "pid %d: its threads: %s", pid, strerror(-r));
-		more = false;
-		for (size_t i = 0; i < ntids; i++) {
-			bool have = false;
-			for (size_t j = 0; j < *nt && !have; j++)
-				have = (*t)[j].tid == tids[i];
-			if (have)
-				continue;
-			if (*nt == *cap) {
-				size_t nc = *cap * 2 + 16;
-				struct tracee *n = realloc(*t, nc * sizeof(**t));
-				if (!n)
-					return ferr(err, -ENOMEM, "out of memory");
-				*t = n;
-				*cap = nc;
-			}
-			r = tracee_seize_stop(&(*t)[*nt], tids[i], PTRACE_O_TRACESYSGOOD, err);
-			if (r == -ESRCH)
-				continue;
-			(*nt)++;
-			more = true;
-			if (r < 0)
-				return r;
-		}
-	}
-	return 0;
-}
-
-/* A process holding the pair's end: its first fd of it, its stopped threads in t[t0..). */
+/* A process holding the pair's end: its first fd of it, its stopped threads in fz.t[t0..). */
 struct holder {
 	pid_t pid;
 	int fd;
@@ -387,10 +350,10 @@ static int holders_of(pid_t pid, uint64_t ino, struct holder **ret, size_t *ret_
  * new file). Each process receives it from the pair by an injected recvmsg. */
 static int swap(struct relay *rl, struct relay_sess *x, struct ferry_error *err)
 {
-	_cleanup_free_ struct tracee *t = NULL;
+	struct frozen fz = {0};
 	_cleanup_free_ struct holder *hs = NULL;
 	_cleanup_free_ char *info = NULL;
-	size_t nt = 0, cap = 0, nh = 0;
+	size_t nh = 0;
 	char path[64];
 	struct stat sb;
 	uint64_t flags = 0;
@@ -403,11 +366,15 @@ static int swap(struct relay *rl, struct relay_sess *x, struct ferry_error *err)
 		return ferr(err, r, "pid %d: the holders of fd %d: %s", x->pid, x->h.fd,
 		            strerror(-r));
 	for (size_t i = 0; i < nh; i++) {
-		hs[i].t0 = nt;
-		if ((r = stop_threads(hs[i].pid, &t, &nt, &cap, err)) < 0)
+		hs[i].t0 = fz.n;
+		if ((r = checkpoint_freeze(hs[i].pid, &fz, err)) < 0)
 			goto out;
+		if (fz.n == hs[i].t0) {
+			r = ferr(err, -ESRCH, "pid %d: gone", hs[i].pid);
+			goto out;
+		}
 	}
-	if (nt == 0) {
+	if (nh == 0) {
 		r = ferr(err, -ESRCH, "pid %d: gone", x->pid);
 		goto out;
 	}
@@ -457,7 +424,7 @@ static int swap(struct relay *rl, struct relay_sess *x, struct ferry_error *err)
 		_cleanup_free_ char *finfo = NULL;
 		size_t nmaps = 0;
 		uint64_t fflags = 0;
-		struct tracee *th = &t[hs[i].t0];
+		struct tracee *th = &fz.t[hs[i].t0];
 		struct refs rf;
 		if ((r = procfs_maps_noflags(hs[i].pid, &maps, &nmaps)) < 0 ||
 		    (r = tracee_find_syscall_insn(hs[i].pid, maps, nmaps, &th->syscall_ip)) < 0) {
@@ -478,8 +445,7 @@ static int swap(struct relay *rl, struct relay_sess *x, struct ferry_error *err)
 		}
 	}
 out:
-	for (size_t i = 0; i < nt; i++)
-		(void)tracee_detach(&t[i], NULL);
+	checkpoint_thaw(&fz);
 	return r;
 }
 
