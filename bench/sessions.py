@@ -17,11 +17,20 @@ Each figure is the median of ROUNDS runs; the three cases alternate, round by ro
 import json
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+
+
+def safe_kill(pid, sig):
+    """The one way this script signals: only a process it started, never pid <= 0 (kill(-1)
+    as root ends every process on the machine)."""
+    if pid <= 0:
+        raise ValueError(f"refusing to signal pid {pid}")
+    os.kill(pid, sig)
 
 
 def die(msg):
@@ -151,12 +160,13 @@ def main():
         print(f"written to {out}")
     finally:
         for p in procs:
-            if p.poll() is None and p.pid > 0:
-                p.terminate()
+            if p.poll() is None:
+                safe_kill(p.pid, signal.SIGTERM)
                 try:
                     p.wait(timeout=10)
                 except subprocess.TimeoutExpired:
-                    p.kill()
+                    safe_kill(p.pid, signal.SIGKILL)
+                    p.wait()
         shutil.rmtree(work, ignore_errors=True)
 
 

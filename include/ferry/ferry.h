@@ -290,8 +290,8 @@ int ferry_service_parse(const char *spec, struct ferry_service *s, struct ferry_
 
 /*
  * ferry_services_config - add the services of a configuration file to *list (*n of them): one
- * a line, "service NAME KIND:TARGET [resume]"; blank lines and lines from '#' on are ignored. An error
- * names the file and line.
+ * a line, "service NAME KIND:TARGET [resume]"; blank lines and lines from '#' on are ignored. An
+ * error names the file and line.
  */
 int ferry_services_config(const char *path, struct ferry_service **list, size_t *n,
                           struct ferry_error *err);
