@@ -4,7 +4,8 @@ record, command and log line is accounted for exactly once across the two nodes'
 component reads the ROM of the node it is on, a resume-aware service is told which session each
 re-created connection continues, and a migration to a node lacking a service is refused.
 
-The services are threads of this test, listening on Unix sockets of its own directory.
+The services are threads of this test, listening on Unix sockets of its own directory, or for
+the sensor on a TCP port of loopback (the `-tcp` tests).
 Imported by run.py, whose helpers it uses through __main__.
 """
 
@@ -12,6 +13,7 @@ import collections
 import json
 import os
 import socket
+import struct
 import threading
 import time
 
@@ -23,8 +25,13 @@ SESSIONS_TIMEOUT = 120
 COMPONENT = r"""
 import os, socket, sys, time
 rom = open('/run/ferry/rom/calibration')
-s = socket.socket(socket.AF_UNIX)
-s.connect('/run/ferry/services/sensor')
+to = os.readlink('/run/ferry/services/sensor')  # its socket, or tcp:HOST:PORT
+if to.startswith('tcp:'):
+    host, port = to[4:].rsplit(':', 1)
+    s = socket.create_connection((host, int(port)))
+else:
+    s = socket.socket(socket.AF_UNIX)
+    s.connect('/run/ferry/services/sensor')
 log = socket.socket(socket.AF_UNIX)
 log.connect('/run/ferry/services/log')
 if len(sys.argv) > 1 and os.fork() > 0:
@@ -50,15 +57,24 @@ while True:
 class Services:
     """One node's sensor gateway and log service."""
 
-    def __init__(self, ctx, name, d, seqpacket=False):
-        self.name, self.dir = name, d
+    def __init__(self, ctx, name, d, seqpacket=False, tcp=False):
+        self.name, self.dir, self.tcp = name, d, tcp
         self.type = socket.SOCK_SEQPACKET if seqpacket else socket.SOCK_STREAM
         self.lock = threading.Lock()
         self.sent, self.cmds, self.resumes, self.logged = [], [], [], []
         self.sending = True
         self.closed = False
         self.seq = 0
-        self.sensor = self._listen("sensor.sock", self._sensor, self.type)
+        self.unacked = 0  # TCP: records sent after the session ended, not acknowledged
+        if tcp:
+            self.sensor = socket.socket()
+            self.sensor.bind(("127.0.0.1", 0))
+            self.sensor.listen()
+            self.port = self.sensor.getsockname()[1]
+            threading.Thread(target=self._accept, args=(self.sensor, self._sensor),
+                             daemon=True).start()
+        else:
+            self.sensor = self._listen("sensor.sock", self._sensor, self.type)
         self.log = self._listen("log.sock", self._log)
         ctx.on_cleanup.append(self.close)
 
@@ -98,7 +114,10 @@ class Services:
                     self.resumes.append(ln.split()[1:])
                 else:
                     self.cmds.append(ln)
+        if self.tcp:  # each record on the wire at once (no Nagle): fewer held back
+            c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         threading.Thread(target=self._lines, args=(c, on_line), daemon=True).start()
+        offset, ends = 0, []  # TCP: where each record sent on this connection ends
         try:
             while not self.closed:
                 if not self.sending:
@@ -107,13 +126,24 @@ class Services:
                 with self.lock:
                     self.seq += 1
                     rec = f"{self.name}:{self.seq}"
-                # counted as sent once the kernel took it: it is in the component's queue
+                # unix: counted as sent once the kernel took it: it is in the component's
+                # queue (a send after the session ended fails)
                 c.sendall(f"{rec}\n".encode())
+                offset += len(rec) + 1
+                ends.append((offset, rec))
                 with self.lock:
                     self.sent.append(rec)
                 time.sleep(0.002)
         except OSError:
-            pass  # the component moved on: what was not sent stays unsent
+            # the component moved on. TCP: the connection was reset; what reached the
+            # component is what its kernel acknowledged (tcpi_bytes_acked), the rest did not
+            if self.tcp:
+                acked = struct.unpack_from(
+                    "<Q", c.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 256), 120)[0]
+                lost = {rec for end, rec in ends if end > acked}
+                with self.lock:
+                    self.sent = [r for r in self.sent if r not in lost]
+                    self.unacked += len(lost)
         finally:
             c.close()
 
@@ -130,15 +160,17 @@ class Services:
         self.log.close()
 
 
-def make_node(ctx, key, name, sensor=True, seqpacket=False):
+def make_node(ctx, key, name, sensor=True, seqpacket=False, tcp=False):
     d = os.path.join(ctx.root, f"sess-{name}")
     os.makedirs(d)
     with open(os.path.join(d, "calibration"), "w") as f:
         f.write(f"calibration of {name}\n")
-    svc = Services(ctx, name, d, seqpacket)
+    svc = Services(ctx, name, d, seqpacket, tcp)
     args = ["--service", f"log=unix:{d}/log.sock",
             "--service", f"calibration=rom:{d}/calibration"]
-    if sensor:
+    if sensor and tcp:
+        args += ["--service", f"sensor=tcp:127.0.0.1:{svc.port},resume"]
+    elif sensor:
         args += ["--service", f"sensor=unix:{d}/sensor.sock,resume"]
     return m.Node(ctx, name, key, args=args).start(), svc
 
@@ -149,11 +181,12 @@ def flowing(ctx, svc, what):
     ctx.wait_for(f"log lines at {svc.name} ({what})", lambda: len(svc.logged) > n + 5, limit=20)
 
 
-def moves(ctx, tree=False):
+def moves(ctx, tree=False, tcp=False):
     """tree: the sessions are opened by the init, which forks; its child uses them (both
-    processes hold them, the relay puts the connection in both)."""
+    processes hold them, the relay puts the connection in both). tcp: the sensor is a TCP
+    service, on a port of its own at each node."""
     key = m.make_key(ctx)
-    (a, sa), (b, sb) = make_node(ctx, key, "A"), make_node(ctx, key, "B")
+    (a, sa), (b, sb) = make_node(ctx, key, "A", tcp=tcp), make_node(ctx, key, "B", tcp=tcp)
     c, _ = make_node(ctx, key, "C", sensor=False)
     prog = os.path.join(ctx.scratch, "component.py")
     with open(prog, "w") as f:
@@ -164,7 +197,8 @@ def moves(ctx, tree=False):
     caps = json.loads(a.ferry("caps", "comp", "--json")[1])
     fds = [fd for p in caps.get("processes", [caps])[-1:] for fd in p.get("fds", [])]
     sess = {fd.get("fd"): fd.get("meaning", "") for fd in fds if fd.get("kind") == "session"}
-    for want in ("service sensor", "service log", "ROM calibration"):
+    for want in ("service sensor (tcp" if tcp else "service sensor", "service log",
+                 "ROM calibration"):
         if not any(want in v for v in sess.values()):
             raise h.Fail(f"`ferry caps` shows no session to {want}: {sess}")
     where, svc = a, sa
@@ -195,13 +229,22 @@ def moves(ctx, tree=False):
     where.ferry("kill", "comp")
     time.sleep(0.3)
     check(sa, sb, 2 if tree else 4)
+    if tcp:
+        print(f"# TCP sensor: {len(sa.sent) + len(sb.sent)} records delivered, "
+              f"{sa.unacked + sb.unacked} sent after their session ended (not acknowledged, "
+              f"known to the sensor)")
 
 
 WAITER = r"""
 import os, selectors, socket, sys
 go = sys.argv[1]
-s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET if sys.argv[2:] else socket.SOCK_STREAM)
-s.connect('/run/ferry/services/sensor')
+to = os.readlink('/run/ferry/services/sensor')
+if to.startswith('tcp:'):
+    host, port = to[4:].rsplit(':', 1)
+    s = socket.create_connection((host, int(port)))
+else:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET if sys.argv[2:] else socket.SOCK_STREAM)
+    s.connect('/run/ferry/services/sensor')
 log = socket.socket(socket.AF_UNIX)
 log.connect('/run/ferry/services/log')
 sel = selectors.DefaultSelector()  # epoll: its interest in the session must survive
@@ -221,12 +264,12 @@ while True:
 """
 
 
-def restored(ctx, seqpacket=False):
+def restored(ctx, seqpacket=False, tcp=False):
     """Records the sensor sent while the component did not read are in the image; the restore
     delivers them first, then the new connection's, in order; the component's epoll instance
     watches the session throughout (before and after the connection takes the pair's place)."""
     key = m.make_key(ctx)
-    a, sa = make_node(ctx, key, "A", seqpacket=seqpacket)
+    a, sa = make_node(ctx, key, "A", seqpacket=seqpacket, tcp=tcp)
     prog = os.path.join(ctx.scratch, "waiter.py")
     with open(prog, "w") as f:
         f.write(WAITER)
@@ -239,7 +282,8 @@ def restored(ctx, seqpacket=False):
     caps = json.loads(a.ferry("inspect", img, "--json")[1])
     fds = [fd for p in caps.get("processes", [caps]) for fd in p.get("fds", [])]
     sens = [fd["session"] for fd in fds if fd.get("session", {}).get("service") == "sensor"]
-    if not sens or sens[0].get("bytes_to_component", 0) <= 0:
+    if not sens or sens[0].get("bytes_to_component", 0) <= 0 or \
+            sens[0].get("kind") != ("tcp" if tcp else "unix"):
         raise h.Fail(f"inspect shows no sensor session with bytes in flight: {sens}")
     a.ferry("restore", "--dir", img, "--name", "w")
     ctx.wait_for("a new sensor connection", lambda: len(sa.sent) > queued + 20, limit=20)
@@ -330,4 +374,6 @@ def tests():
     return [("moves", moves, SESSIONS_TIMEOUT), ("restored", restored, SESSIONS_TIMEOUT),
             ("tree", lambda ctx: moves(ctx, tree=True), SESSIONS_TIMEOUT),
             ("default-state", default_state, SESSIONS_TIMEOUT),
-            ("restored-seqpacket", lambda ctx: restored(ctx, seqpacket=True), SESSIONS_TIMEOUT)]
+            ("restored-seqpacket", lambda ctx: restored(ctx, seqpacket=True), SESSIONS_TIMEOUT),
+            ("moves-tcp", lambda ctx: moves(ctx, tcp=True), SESSIONS_TIMEOUT),
+            ("restored-tcp", lambda ctx: restored(ctx, tcp=True), SESSIONS_TIMEOUT)]

@@ -681,6 +681,14 @@ static int checkpoint_once(const struct ferry_runtime *rt, const char *name, con
 	}
 	if (stop) {
 		s.freeze_ns += now_ns() - tf;
+		if (!o->handover) {
+			/* its sessions end here: a TCP one acknowledges what the image holds and
+			 * is reset (a migration's did so at its decision) */
+			_cleanup_free_ uint8_t *late = NULL;
+			size_t nlate = 0;
+			struct ferry_error e = {0};
+			(void)session_late(c, &late, &nlate, &e);
+		}
 		r = safe_kill(rec.pid, SIGKILL);
 		/* as its tracer we see its threads die first; only then can its monitor reap it */
 		reap_killed(&fz);

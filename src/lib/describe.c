@@ -170,14 +170,16 @@ static json_object *describe_vma(const struct vma *v, const struct component *c)
 static json_object *describe_session(const struct fd_entry *e)
 {
 	json_object *o = json_object_new_object();
-	bool rom = e->nextra >= SS_N && e->extra[SS_KIND] == FERRY_SERVICE_ROM;
+	bool rom = e->nextra >= SS_MIN && e->extra[SS_KIND] == FERRY_SERVICE_ROM;
 	char path[PATH_MAX], id[20];
 
-	if (e->nextra < SS_N || !e->path)
+	if (e->nextra < SS_MIN || !e->path)
 		return o;
 	snprintf(path, sizeof(path), SERVICES_DIR "/%s/%s", rom ? "rom" : "services", e->path);
 	json_object_object_add(o, "service", json_object_new_string(e->path));
-	json_object_object_add(o, "kind", json_object_new_string(rom ? "rom" : "unix"));
+	json_object_object_add(o, "kind",
+	                       json_object_new_string(ferry_service_kind_name(
+	                               (enum ferry_service_kind)e->extra[SS_KIND])));
 	json_object_object_add(o, "address", json_object_new_string(path));
 	if (rom) {
 		json_object_object_add(o, "offset", json_object_new_int64((int64_t)e->pos));

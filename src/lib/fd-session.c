@@ -8,6 +8,14 @@
  *   the fd is then a socket pair whose other end the monitor holds (relay.c), until the
  *   component has read them and the monitor puts the service's connection itself at the fd.
  *   What the component wrote is in the service's own queue: its node's service reads it once.
+ * - a TCP service: a TCP connection whose peer is the declared HOST:PORT of a service of the
+ *   node. Re-created by connecting to the HOST:PORT the node of the restore declares for that
+ *   name, at the same fd, the unread bytes delivered first in the same way. Before it is
+ *   captured, what the component wrote must have been acknowledged by the service (it is
+ *   frozen: nothing more comes; waited for, briefly), so that nothing it wrote is in flight.
+ *   When the session ends at the source, a socket filter stops it from taking (acknowledging)
+ *   anything more, and what it took is delivered: the service's kernel counts exactly what
+ *   reached the component (tcpi_bytes_acked), and the connection is reset.
  * - a ROM: a read-only file at /run/ferry/rom/NAME, the node's own file, reopened there at the
  *   same offset.
  * Each session has an identity and a sequence (how many times it was re-created), kept in the
@@ -18,6 +26,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <netdb.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -27,7 +36,10 @@
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
+#include <linux/filter.h>
 #include <linux/sockios.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <xxhash.h>
 
 #include "fd-unix.h"
@@ -62,12 +74,37 @@ static const struct ferry_service *service_of(const struct component *c, int s)
 	return service_at(c, sa.sun_path);
 }
 
+/* The TCP service a connected TCP socket s (ours) is a session to, by its peer's address. */
+static const struct ferry_service *tcp_service_of(const struct component *c, int s)
+{
+	struct sockaddr_storage sa;
+	socklen_t sl = sizeof(sa);
+
+	if (!c->nsvaddrs || getpeername(s, (struct sockaddr *)&sa, &sl) < 0)
+		return NULL;
+	int i = services_tcp_peer(c->svaddrs, c->nsvaddrs, (struct sockaddr *)&sa, sl);
+	return i >= 0 && (size_t)i < c->nservices ? &c->services[i] : NULL;
+}
+
+static bool is_tcp(const struct fd_info *fi)
+{
+	return (fi->sock_domain == AF_INET || fi->sock_domain == AF_INET6) &&
+	       fi->sock_type == SOCK_STREAM && fi->sock_proto == IPPROTO_TCP &&
+	       fi->sock_connected && !fi->sock_listening;
+}
+
 static bool session_probe(const struct fd_info *fi, const struct fd_capture_ctx *ctx)
 {
 	if (ctx->inflight)
 		return false;
 	if (S_ISREG(fi->st.st_mode))
 		return strncmp(fi->link, ROM_PREFIX, strlen(ROM_PREFIX)) == 0;
+	if (is_tcp(fi)) {
+		if (!ctx->c->nsvaddrs)
+			return false;
+		_cleanup_close_ int s = pidfd_getfd_of(ctx->p->host_pid, fi->fd);
+		return s >= 0 && tcp_service_of(ctx->c, s) != NULL;
+	}
 	if (fi->sock_domain != AF_UNIX || !fi->sock_connected || fi->sock_type == SOCK_DGRAM ||
 	    !ctx->c->nservices)
 		return false;
@@ -91,6 +128,83 @@ static void session_identity(const struct component *c, uint64_t ino, uint64_t *
 	*seq = 0;
 }
 
+/* A socket filter that takes nothing: the segments that come are dropped, not acknowledged. */
+static int drop_all(int s)
+{
+	struct sock_filter code[] = {BPF_STMT(BPF_RET | BPF_K, 0)};
+	struct sock_fprog prog = {.len = 1, .filter = code};
+	return setsockopt(s, SOL_SOCKET, SO_ATTACH_FILTER, &prog, sizeof(prog)) < 0 ? -errno : 0;
+}
+
+/*
+ * A TCP session's end, its filter on (it takes nothing more) and its bytes read already: they
+ * are taken out of the queue and acknowledged at once (TCP_QUICKACK: an ACK held back would
+ * leave the service thinking they did not arrive), then the connection is reset (connect to
+ * AF_UNSPEC: tcp_disconnect) so that the service learns at once that it ended.
+ */
+static void tcp_end(const int *s)
+{
+	struct sockaddr sa = {.sa_family = AF_UNSPEC};
+	char scratch[4096];
+	int one = 1;
+
+	if (*s < 0)
+		return;
+	while (recv(*s, scratch, sizeof(scratch), MSG_DONTWAIT) > 0)
+		;
+	(void)setsockopt(*s, IPPROTO_TCP, TCP_QUICKACK, &one, sizeof(one));
+	(void)connect(*s, &sa, sizeof(sa));
+}
+
+/* How long a capture waits for the service to acknowledge what the component wrote. */
+#define TCP_DRAIN_US (200 * 1000)
+
+static int tcp_capture(struct fd_capture_ctx *ctx, const struct fd_info *fi, struct fd_entry *e,
+                       uint64_t *v, struct ferry_error *err)
+{
+	_cleanup_close_ int s = pidfd_getfd_of(ctx->p->host_pid, fi->fd);
+	if (s < 0)
+		return ferr(err, s, "%s: pidfd_getfd: %s", fi->link, strerror(-s));
+	const struct ferry_service *sv = tcp_service_of(ctx->c, s);
+	if (!sv)
+		return ferr(err, -EAGAIN, "%s: no longer connected to a service", fi->link);
+	e->path = strdup(sv->name);
+	if (!e->path)
+		return ferr(err, -ENOMEM, "out of memory");
+	v[UX_INO] = fi->st.st_ino;
+	v[UX_TYPE] = SOCK_STREAM;
+	v[SS_KIND] = FERRY_SERVICE_TCP;
+	session_identity(ctx->c, fi->st.st_ino, &v[SS_ID], &v[SS_SEQ]);
+	if (fds_sockopt(s, IPPROTO_TCP, TCP_NODELAY) > 0)
+		v[SS_TCPOPT] |= SS_NODELAY;
+	if (fds_sockopt(s, SOL_SOCKET, SO_KEEPALIVE) > 0)
+		v[SS_TCPOPT] |= SS_KEEPALIVE;
+	/* what the component wrote, acknowledged by the service: then nothing of it is in
+	 * flight (it is frozen, it writes no more), and the service has it once */
+	int outq = 0;
+	for (int waited = 0;; waited += 100) {
+		if (ioctl(s, SIOCOUTQ, &outq) < 0)
+			return ferr(err, -errno, "%s: SIOCOUTQ: %m", fi->link);
+		if (outq == 0)
+			break;
+		if (waited >= TCP_DRAIN_US)
+			return ferr(
+			        err, -EBUSY,
+			        "%s (session %s): the service has not acknowledged %d bytes the "
+			        "component wrote within %d ms (it does not read?); try again",
+			        fi->link, sv->name, outq, TCP_DRAIN_US / 1000);
+		usleep(100);
+	}
+	/* it ends after this capture: the service's later bytes are not taken (not
+	 * acknowledged: its kernel knows they did not arrive) */
+	int r;
+	if (ctx->c->ending && (r = drop_all(s)) < 0)
+		return ferr(err, r, "%s: a socket filter: %s", fi->link, strerror(-r));
+	char what[128];
+	snprintf(what, sizeof(what), "%s (session %s)", fi->link, sv->name);
+	return ux_save_queues(ctx, v, fi->fd, s, -1, SOCK_STREAM, what, err);
+}
+
 static int session_capture(struct fd_capture_ctx *ctx, const struct fd_info *fi, struct fd_entry *e,
                            struct ferry_error *err)
 {
@@ -105,6 +219,10 @@ static int session_capture(struct fd_capture_ctx *ctx, const struct fd_info *fi,
 			return ferr(err, -ENOMEM, "out of memory");
 		v[SS_KIND] = FERRY_SERVICE_ROM;
 		return fds_set_extra(e, v, SS_N, err);
+	}
+	if (is_tcp(fi)) {
+		int r = tcp_capture(ctx, fi, e, v, err);
+		return r < 0 ? r : fds_set_extra(e, v, SS_N, err);
 	}
 	_cleanup_close_ int s = pidfd_getfd_of(ctx->p->host_pid, fi->fd);
 	if (s < 0)
@@ -206,12 +324,61 @@ static int hand_to_monitor(const struct fd_entry *e, int mine, int service,
 	return 0;
 }
 
+/* A new connection to the TCP service this node declares under the session's name (the
+ * link SERVICES_DIR/services/NAME reads tcp:HOST:PORT), with the session's options. */
+static int tcp_connect(const struct fd_entry *e, int *ret, struct ferry_error *err)
+{
+	char path[PATH_MAX], to[320];
+
+	snprintf(path, sizeof(path), SERVICES_DIR "/services/%s", e->path);
+	ssize_t n = readlink(path, to, sizeof(to) - 1);
+	if (n < 0 || (to[n] = '\0', strncmp(to, "tcp:", 4) != 0))
+		return ferr(err, -ENOENT, "session %s: this node declares no TCP service %s",
+		            e->path, e->path);
+	struct addrinfo *ai = NULL;
+	int r = addr_resolve(to + 4, false, &ai, err);
+	if (r < 0)
+		return ferr_prefix(err, "session %s", e->path);
+	r = -ECONNREFUSED;
+	for (struct addrinfo *p = ai; p && r < 0; p = p->ai_next) {
+		_cleanup_close_ int s = socket(p->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+		struct timeval tv = {.tv_sec = 10};
+		if (s < 0) {
+			r = -errno;
+			continue;
+		}
+		(void)setsockopt(s, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+		if (connect(s, p->ai_addr, p->ai_addrlen) < 0) {
+			r = -errno;
+			continue;
+		}
+		tv.tv_sec = 0;
+		(void)setsockopt(s, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+		uint64_t o = e->nextra > SS_TCPOPT ? e->extra[SS_TCPOPT] : 0;
+		int one = 1;
+		if (((o & SS_NODELAY) &&
+		     setsockopt(s, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) < 0) ||
+		    ((o & SS_KEEPALIVE) &&
+		     setsockopt(s, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one)) < 0)) {
+			r = -errno;
+			continue;
+		}
+		*ret = TAKE_FD(s);
+		r = 0;
+	}
+	freeaddrinfo(ai);
+	if (r < 0)
+		return ferr(err, r, "session %s: connecting to %s: %s", e->path, to + 4,
+		            strerror(-r));
+	return 0;
+}
+
 static int session_restore(const struct fd_entry *e, struct fd_restore_ctx *ctx,
                            struct ferry_error *err)
 {
 	char path[PATH_MAX];
 
-	if (e->nextra < SS_N || !e->path || !ferry_name_valid(e->path))
+	if (e->nextra < SS_MIN || !e->path || !ferry_name_valid(e->path))
 		return ferr(err, -EPROTO, "session record without its service");
 	if (e->extra[SS_KIND] == FERRY_SERVICE_ROM) {
 		snprintf(path, sizeof(path), ROM_PREFIX "%s", e->path);
@@ -228,25 +395,34 @@ static int session_restore(const struct fd_entry *e, struct fd_restore_ctx *ctx,
 		}
 		return fd;
 	}
-	if (e->extra[SS_KIND] != FERRY_SERVICE_UNIX)
+	bool tcp = e->extra[SS_KIND] == FERRY_SERVICE_TCP;
+	if (e->extra[SS_KIND] != FERRY_SERVICE_UNIX && !tcp)
 		return ferr(err, -EPROTO, "session %s: unknown kind %" PRIu64, e->path,
 		            e->extra[SS_KIND]);
 	int type = (int)e->extra[UX_TYPE];
-	if (type != SOCK_STREAM && type != SOCK_SEQPACKET)
+	if (type != SOCK_STREAM && (type != SOCK_SEQPACKET || tcp))
 		return ferr(err, -EPROTO, "session %s: socket type %d", e->path, type);
-	struct sockaddr_un sa = {.sun_family = AF_UNIX};
-	snprintf(sa.sun_path, sizeof(sa.sun_path), SERVICES_DIR "/services/%s", e->path);
-	_cleanup_close_ int s = socket(AF_UNIX, type | SOCK_CLOEXEC, 0);
-	if (s < 0)
-		return ferr(err, -errno, "session %s: socket: %m", e->path);
-	if (connect(s, (struct sockaddr *)&sa, sizeof(sa)) < 0)
-		return ferr(err, -errno, "session %s: %s", e->path,
-		            errno == ENOENT ? "this node declares no such service"
-		                            : strerror(errno));
-	int r = say_resume(s, e, err);
+	_cleanup_close_ int s = -EBADF;
+	int r;
+	if (tcp) {
+		r = tcp_connect(e, &s, err);
+		if (r < 0)
+			return r;
+	} else {
+		struct sockaddr_un sa = {.sun_family = AF_UNIX};
+		snprintf(sa.sun_path, sizeof(sa.sun_path), SERVICES_DIR "/services/%s", e->path);
+		s = socket(AF_UNIX, type | SOCK_CLOEXEC, 0);
+		if (s < 0)
+			return ferr(err, -errno, "session %s: socket: %m", e->path);
+		if (connect(s, (struct sockaddr *)&sa, sizeof(sa)) < 0)
+			return ferr(err, -errno, "session %s: %s", e->path,
+			            errno == ENOENT ? "this node declares no such service"
+			                            : strerror(errno));
+	}
+	r = say_resume(s, e, err);
 	if (r < 0)
 		return r;
-	if (ux_set_bufs(s, e->extra[UX_SNDBUF], e->extra[UX_RCVBUF]) < 0)
+	if (!tcp && ux_set_bufs(s, e->extra[UX_SNDBUF], e->extra[UX_RCVBUF]) < 0)
 		return ferr(err, -errno, "session %s: buffer sizes: %m", e->path);
 	if (!e->extra[UX_LEN] && !ctx->relay_all) {
 		if (fcntl(s, F_SETFL, (int)(e->flags & O_NONBLOCK)) < 0)
@@ -262,6 +438,8 @@ static int session_restore(const struct fd_entry *e, struct fd_restore_ctx *ctx,
 	uint64_t v[UX_N];
 	memcpy(v, e->extra, sizeof(v));
 	v[UX_PSNDBUF] = v[UX_PRCVBUF] = 0;
+	if (tcp) /* a TCP queue may be larger than a pair's default buffers */
+		ux_big_bufs(mine), ux_big_bufs(comp);
 	r = ux_fill_pair(v, comp, mine, ctx, err);
 	if (r < 0)
 		return ferr_prefix(err, "session %s", e->path);
@@ -275,7 +453,7 @@ static int session_restore(const struct fd_entry *e, struct fd_restore_ctx *ctx,
 
 static void session_describe(const struct fd_entry *e, char *buf, size_t len)
 {
-	if (e->nextra < SS_N || !e->path) {
+	if (e->nextra < SS_MIN || !e->path) {
 		snprintf(buf, len, "session (malformed)");
 		return;
 	}
@@ -285,10 +463,11 @@ static void session_describe(const struct fd_entry *e, char *buf, size_t len)
 		return;
 	}
 	snprintf(buf, len,
-	         "session to service %s (unix %s, " SERVICES_DIR "/services/%s), id %016" PRIx64
+	         "session to service %s (%s %s, " SERVICES_DIR "/services/%s), id %016" PRIx64
 	         ", re-created %" PRIu64 " times; in flight: %" PRIu64
 	         " bytes to the component, %" PRIu64 " to the service",
-	         e->path, e->extra[UX_TYPE] == SOCK_SEQPACKET ? "seqpacket" : "stream", e->path,
+	         e->path, e->extra[SS_KIND] == FERRY_SERVICE_TCP ? "tcp" : "unix",
+	         e->extra[UX_TYPE] == SOCK_SEQPACKET ? "seqpacket" : "stream", e->path,
 	         e->extra[SS_ID], e->extra[SS_SEQ], e->extra[UX_QBYTES], e->extra[SS_OUTQ]);
 }
 
@@ -346,6 +525,9 @@ int session_load(struct component *c, const struct ferry_runtime *rt, const char
 
 	if (r < 0)
 		return r;
+	/* resolved now, not in the freeze */
+	if (services_tcp_addrs(c->services, c->nservices, &c->svaddrs, &c->nsvaddrs) < 0)
+		return ferr(err, -ENOMEM, "out of memory");
 	c->log_id = runtime_log_id(rt, name);
 	snprintf(path, sizeof(path), "%s/%s/sessions", rt->state_dir, name);
 	r = read_file(path, &text, NULL);
@@ -412,16 +594,22 @@ int session_late(const struct component *c, uint8_t **buf, size_t *len, struct f
 	for (size_t k = 0; k < c->nprocs; k++)
 		for (size_t i = 0; i < c->procs[k].nfds; i++) {
 			const struct fd_entry *e = &c->procs[k].fds[i];
-			if (e->kind != FD_SESSION || e->nextra < SS_N ||
-			    e->extra[SS_KIND] != FERRY_SERVICE_UNIX || e->dup_of >= 0)
+			if (e->kind != FD_SESSION || e->nextra < SS_MIN ||
+			    e->extra[SS_KIND] == FERRY_SERVICE_ROM || e->dup_of >= 0)
 				continue;
+			bool tcp = e->extra[SS_KIND] == FERRY_SERVICE_TCP;
 			_cleanup_close_ int s = pidfd_getfd_of(c->procs[k].host_pid, e->fd);
 			if (s < 0)
 				return ferr(err, s, "session %s (pid %d fd %d): pidfd_getfd: %s",
 				            e->path, c->procs[k].pid, e->fd, strerror(-s));
-			/* nothing more can come: what came is all there will be */
-			if (shutdown(s, SHUT_RD) < 0)
-				return ferr(err, -errno, "session %s: shutdown: %m", e->path);
+			/* nothing more can come: what came is all there will be (TCP: not
+			 * acknowledged, so the service's kernel knows it did not arrive) */
+			int r = tcp ? drop_all(s) : shutdown(s, SHUT_RD) < 0 ? -errno : 0;
+			if (r < 0)
+				return ferr(err, r, "session %s: %s: %s", e->path,
+				            tcp ? "a socket filter" : "shutdown", strerror(-r));
+			/* then acknowledged and reset, once read */
+			_cleanup_(tcp_end) int ending = tcp ? s : -1;
 			int inq = 0;
 			if (ioctl(s, SIOCINQ, &inq) < 0 || (uint64_t)inq <= e->extra[UX_QBYTES])
 				continue;

@@ -92,12 +92,17 @@ int image_model(const char *dir, struct component **ret, struct ferry_error *err
 	return r;
 }
 
-/* A session's service, as the path it has in the component (SERVICES_DIR/KIND/NAME). */
-static int add_session(char ***paths, size_t *np, const char *name, bool rom)
+/* A session in the list: SERVICES_DIR/services/NAME (unix), /tcp/NAME or /rom/NAME (not
+ * paths the component opens: names the destination must declare, of that kind). */
+static int add_session(char ***paths, size_t *np, const char *name, uint64_t kind)
 {
 	char path[PATH_MAX];
 
-	snprintf(path, sizeof(path), SERVICES_DIR "/%s/%s", rom ? "rom" : "services", name);
+	snprintf(path, sizeof(path), SERVICES_DIR "/%s/%s",
+	         kind == FERRY_SERVICE_ROM   ? "rom"
+	         : kind == FERRY_SERVICE_TCP ? "tcp"
+	                                     : "services",
+	         name);
 	return add_path(paths, np, path);
 }
 
@@ -122,8 +127,8 @@ int model_paths(const struct component *c, char ***paths, size_t *np, struct fer
 				r = add_path(paths, np, e->path);
 			else if (e->kind == FD_SESSION && e->path)
 				r = add_session(paths, np, e->path,
-				                e->nextra > SS_KIND &&
-				                        e->extra[SS_KIND] == FERRY_SERVICE_ROM);
+				                e->nextra > SS_KIND ? e->extra[SS_KIND]
+				                                    : FERRY_SERVICE_UNIX);
 		}
 	}
 	return r < 0 ? ferr(err, r, "out of memory") : 0;
@@ -163,6 +168,10 @@ int proc_paths(const struct ferry_runtime *rt, pid_t pid, const char *log_path, 
 	_cleanup_free_ struct ferry_service *sv = NULL;
 	size_t nsv = 0;
 	(void)ferry_services_list(rt, &sv, &nsv, NULL);
+	_cleanup_free_ struct svc_addr *addrs = NULL;
+	size_t naddrs = 0;
+	if (services_tcp_addrs(sv, nsv, &addrs, &naddrs) < 0)
+		return -ENOMEM;
 	snprintf(path, sizeof(path), "/proc/%d/fd", pid);
 	DIR *d = opendir(path);
 	struct dirent *de;
@@ -173,15 +182,24 @@ int proc_paths(const struct ferry_runtime *rt, pid_t pid, const char *log_path, 
 		n = readlink(fdp, buf, sizeof(buf) - 1);
 		if (n > 0 && nsv && stat(fdp, &sb) == 0 && S_ISSOCK(sb.st_mode)) {
 			_cleanup_close_ int s = pidfd_getfd_of(pid, atoi(de->d_name));
-			struct sockaddr_un sa = {0};
-			socklen_t sl = sizeof(sa) - 1;
-			if (s < 0 || getpeername(s, (struct sockaddr *)&sa, &sl) < 0 ||
+			struct sockaddr_storage ss = {0};
+			socklen_t sl = sizeof(ss) - 1;
+			if (s < 0 || getpeername(s, (struct sockaddr *)&ss, &sl) < 0 ||
 			    sl <= sizeof(sa_family_t))
 				continue;
+			if (ss.ss_family != AF_UNIX) {
+				int i = services_tcp_peer(addrs, naddrs, (struct sockaddr *)&ss,
+				                          sl);
+				if (i >= 0 &&
+				    add_session(paths, np, sv[i].name, FERRY_SERVICE_TCP) < 0)
+					break;
+				continue;
+			}
+			const struct sockaddr_un *sa = (const struct sockaddr_un *)&ss;
 			for (size_t i = 0; i < nsv; i++)
 				if (sv[i].kind == FERRY_SERVICE_UNIX &&
-				    strcmp(sv[i].target, sa.sun_path) == 0 &&
-				    add_session(paths, np, sv[i].name, false) < 0)
+				    strcmp(sv[i].target, sa->sun_path) == 0 &&
+				    add_session(paths, np, sv[i].name, FERRY_SERVICE_UNIX) < 0)
 					break;
 			continue;
 		}
@@ -263,15 +281,17 @@ int files_compare(const char *list, size_t len, const struct ferry_service *sv, 
 		if (strncmp(line, SERVICES_DIR "/", strlen(SERVICES_DIR) + 1) == 0) {
 			/* a session: this node must declare the service, of the same kind */
 			const char *name = strrchr(line, '/') + 1;
-			bool rom =
-			        strncmp(line, SERVICES_DIR "/rom/", strlen(SERVICES_DIR) + 5) == 0;
+			const char *sub = line + strlen(SERVICES_DIR) + 1;
+			enum ferry_service_kind kind =
+			        strncmp(sub, "rom/", 4) == 0   ? FERRY_SERVICE_ROM
+			        : strncmp(sub, "tcp/", 4) == 0 ? FERRY_SERVICE_TCP
+			                                       : FERRY_SERVICE_UNIX;
 			bool have = false;
 			for (size_t i = 0; i < nsv && !have; i++)
-				have = strcmp(sv[i].name, name) == 0 &&
-				       sv[i].kind == (rom ? FERRY_SERVICE_ROM : FERRY_SERVICE_UNIX);
+				have = strcmp(sv[i].name, name) == 0 && sv[i].kind == kind;
 			if (!have)
 				snprintf(why, sizeof(why), "this node declares no %s service %s",
-				         rom ? "rom" : "unix", name);
+				         ferry_service_kind_name(kind), name);
 		} else if ((e = file_digest(line, &hs, &hh)) < 0)
 			snprintf(why, sizeof(why), "%s", strerror(-e));
 		else if (hh != hash && (hash <= 2 || hh <= 2))

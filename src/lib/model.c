@@ -88,6 +88,7 @@ struct component *model_free(struct component *c)
 		safe_close(c->inflight_pre[i]);
 	free(c->services);
 	free(c->sessreg);
+	free(c->svaddrs);
 	free(c->inflight_pre);
 	free(c);
 	return NULL;

@@ -5,6 +5,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <sys/user.h>
 
 #include "image.h"
@@ -104,6 +105,14 @@ struct shmem {
 	size_t nruns;
 	int32_t sysv_key, sysv_id; /* SHMEM_SYSV */
 	uint32_t sysv_mode;        /* its permissions, and SHM_DEST if it is to go with its users */
+};
+
+/* A TCP service's address (one of what its HOST:PORT resolves to): svc indexes the node's
+ * services. */
+struct svc_addr {
+	struct sockaddr_storage sa;
+	socklen_t len;
+	uint32_t svc;
 };
 
 /* One pending signal, the kernel's 128-byte siginfo kept as bytes. */
@@ -276,6 +285,8 @@ struct component {
 	size_t nservices;
 	struct session_reg *sessreg;
 	size_t nsessreg;
+	struct svc_addr *svaddrs; /* the addresses of its TCP services, resolved */
+	size_t nsvaddrs;
 	bool ending; /* at capture, not stored: it ends after it (checkpoint --stop) */
 };
 

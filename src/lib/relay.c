@@ -61,8 +61,8 @@ bool relay_needed(const struct component *c, bool all)
 	for (size_t k = 0; k < c->nprocs; k++)
 		for (size_t i = 0; i < c->procs[k].nfds; i++) {
 			const struct fd_entry *e = &c->procs[k].fds[i];
-			if (e->kind == FD_SESSION && e->nextra >= SS_N &&
-			    e->extra[SS_KIND] == FERRY_SERVICE_UNIX && (all || e->extra[UX_LEN]))
+			if (e->kind == FD_SESSION && e->nextra >= SS_MIN &&
+			    e->extra[SS_KIND] != FERRY_SERVICE_ROM && (all || e->extra[UX_LEN]))
 				return true;
 		}
 	return false;

@@ -772,8 +772,8 @@ static void register_sessions(const struct restore_arg *a, const pid_t *host)
 			const struct fd_entry *e = &a->c->procs[i].fds[j];
 			char path[64];
 			struct stat sb;
-			if (e->kind != FD_SESSION || e->nextra < SS_N ||
-			    e->extra[SS_KIND] != FERRY_SERVICE_UNIX || !host[i])
+			if (e->kind != FD_SESSION || e->nextra < SS_MIN ||
+			    e->extra[SS_KIND] == FERRY_SERVICE_ROM || !host[i])
 				continue;
 			snprintf(path, sizeof(path), "/proc/%d/fd/%d", host[i], e->fd);
 			if (stat(path, &sb) < 0 || GROW(g, n) < 0)

@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <netdb.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -61,9 +62,8 @@ static int service_set(struct ferry_service *s, const char *name, const char *ki
 		return ferr(err, -EINVAL, "service %s: no %s target", name, kind);
 	snprintf(s->target, sizeof(s->target), "%s", target);
 	s->resume = resume;
-	if (resume && s->kind != FERRY_SERVICE_UNIX)
-		return ferr(err, -EINVAL, "service %s: only a unix service can take 'resume'",
-		            name);
+	if (resume && s->kind == FERRY_SERVICE_ROM)
+		return ferr(err, -EINVAL, "service %s: a ROM cannot take 'resume'", name);
 	if (s->kind == FERRY_SERVICE_UNIX) {
 		if (target[0] != '/' ||
 		    strlen(target) >= sizeof(((struct sockaddr_un *)0)->sun_path))
@@ -372,13 +372,99 @@ int services_mount(const struct ferry_runtime *rt, struct ferry_error *err)
 				return ferr(err, -errno, "ROM %s: binding %s on %s: %m", s->name,
 				            s->target, path);
 			break;
-		case FERRY_SERVICE_TCP:
-			/* reached at its own HOST:PORT; sessions to it are not re-created yet */
+		case FERRY_SERVICE_TCP: {
+			/* reached at its own HOST:PORT: a link that names it, for a program
+			 * that looks the service up by name */
+			char to[sizeof(s->target) + 8];
+			snprintf(to, sizeof(to), "tcp:%s", s->target);
+			snprintf(path, sizeof(path), SERVICES_DIR "/services/%s", s->name);
+			if (symlink(to, path) < 0)
+				return ferr(err, -errno, "service %s: %s: %m", s->name, path);
+			snprintf(path, sizeof(path), SERVICES_DIR "/resume/%s", s->name);
+			if (s->resume && (r = mount_point(path)) < 0)
+				return ferr(err, r, "service %s: %s: %s", s->name, path,
+				            strerror(-r));
 			break;
+		}
 		}
 	}
 	for (size_t i = 0; i < ARRAY_SIZE(dirs); i++)
 		if ((r = seal_dir(dirs[i], err)) < 0)
 			return r;
 	return 0;
+}
+
+int services_tcp_addrs(const struct ferry_service *sv, size_t n, struct svc_addr **ret,
+                       size_t *nret)
+{
+	struct svc_addr *out = NULL;
+	size_t k = 0;
+
+	for (size_t i = 0; i < n; i++) {
+		struct addrinfo *ai = NULL;
+		struct ferry_error e = {0};
+		if (sv[i].kind != FERRY_SERVICE_TCP ||
+		    addr_resolve(sv[i].target, false, &ai, &e) < 0)
+			continue;
+		for (struct addrinfo *p = ai; p; p = p->ai_next) {
+			if (p->ai_addrlen > sizeof(struct sockaddr_storage))
+				continue;
+			struct svc_addr *na = realloc(out, (k + 1) * sizeof(*na));
+			if (!na) {
+				freeaddrinfo(ai);
+				free(out);
+				return -ENOMEM;
+			}
+			out = na;
+			memset(&out[k], 0, sizeof(out[k]));
+			memcpy(&out[k].sa, p->ai_addr, p->ai_addrlen);
+			out[k].len = p->ai_addrlen;
+			out[k].svc = (uint32_t)i;
+			k++;
+		}
+		freeaddrinfo(ai);
+	}
+	*ret = out;
+	*nret = k;
+	return 0;
+}
+
+/* An address as IPv4 if it is an IPv4 address mapped into IPv6. */
+static void unmap(struct sockaddr_storage *ss)
+{
+	const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)ss;
+	if (ss->ss_family != AF_INET6 || !IN6_IS_ADDR_V4MAPPED(&s6->sin6_addr))
+		return;
+	struct sockaddr_in s4 = {.sin_family = AF_INET, .sin_port = s6->sin6_port};
+	memcpy(&s4.sin_addr, &s6->sin6_addr.s6_addr[12], 4);
+	memset(ss, 0, sizeof(*ss));
+	memcpy(ss, &s4, sizeof(s4));
+}
+
+int services_tcp_peer(const struct svc_addr *a, size_t na, const struct sockaddr *peer,
+                      socklen_t len)
+{
+	struct sockaddr_storage p = {0};
+
+	if (len > sizeof(p))
+		return -1;
+	memcpy(&p, peer, len);
+	unmap(&p);
+	for (size_t i = 0; i < na; i++) {
+		struct sockaddr_storage t = a[i].sa;
+		unmap(&t);
+		if (t.ss_family != p.ss_family)
+			continue;
+		if (p.ss_family == AF_INET) {
+			const struct sockaddr_in *x = (const void *)&p, *y = (const void *)&t;
+			if (x->sin_port == y->sin_port && x->sin_addr.s_addr == y->sin_addr.s_addr)
+				return (int)a[i].svc;
+		} else if (p.ss_family == AF_INET6) {
+			const struct sockaddr_in6 *x = (const void *)&p, *y = (const void *)&t;
+			if (x->sin6_port == y->sin6_port &&
+			    memcmp(&x->sin6_addr, &y->sin6_addr, sizeof(x->sin6_addr)) == 0)
+				return (int)a[i].svc;
+		}
+	}
+	return -1;
 }

@@ -2,6 +2,8 @@
 #pragma once
 
 #include <stdbool.h>
+#include <stddef.h>
+#include <sys/socket.h>
 
 #include "ferry/ferry.h"
 
@@ -9,7 +11,9 @@
  * Where a component finds the services of the node it runs on, the same on every node:
  * SERVICES_DIR/services/NAME (a Unix socket service: a link to the node's socket),
  * SERVICES_DIR/rom/NAME (a ROM: the node's file, bound read-only), SERVICES_DIR/resume/NAME
- * (present when service NAME speaks the session-resume protocol).
+ * (present when service NAME speaks the session-resume protocol). A TCP service is reached at
+ * its own HOST:PORT; SERVICES_DIR/services/NAME is then a link that reads "tcp:HOST:PORT" (it
+ * leads nowhere: a program that looks a service up by name reads it).
  */
 #define SERVICES_DIR "/run/ferry"
 
@@ -24,3 +28,15 @@ int services_mount(const struct ferry_runtime *rt, struct ferry_error *err);
 /* services_reserved - "services", "rom", "resume": not a component's name (with the default
  * state directory, /run/ferry, its directory would be under a mount of services_mount). */
 bool services_reserved(const char *name);
+
+struct svc_addr;
+
+/* services_tcp_addrs - every address the TCP services of sv[0..n) resolve to (*ret malloc'd;
+ * a service that does not resolve has none). */
+int services_tcp_addrs(const struct ferry_service *sv, size_t n, struct svc_addr **ret,
+                       size_t *nret);
+
+/* services_tcp_peer - the index in sv of the TCP service a connection's peer address is one of
+ * (an IPv4 address mapped into IPv6 counts as the IPv4 one); -1: none. */
+int services_tcp_peer(const struct svc_addr *a, size_t na, const struct sockaddr *peer,
+                      socklen_t len);

@@ -12,12 +12,16 @@
 /* A session's e->extra: the Unix socket layout (UX_*: type, buffers, the component's unread
  * bytes in the pages file), then the session's own numbers. */
 enum {
-	SS_KIND = UX_N, /* enum ferry_service_kind: unix or rom */
-	SS_ID,          /* the session's identity, the same in every incarnation */
-	SS_SEQ,         /* how many times it was re-created before this capture */
-	SS_OUTQ,        /* bytes the component wrote that its service had not read */
+	SS_KIND = UX_N,     /* enum ferry_service_kind: unix, tcp or rom */
+	SS_ID,              /* the session's identity, the same in every incarnation */
+	SS_SEQ,             /* how many times it was re-created before this capture */
+	SS_OUTQ,            /* bytes the component wrote that its service had not read */
+	SS_MIN,             /* a record has at least the above (images before TCP sessions) */
+	SS_TCPOPT = SS_MIN, /* a TCP session's options: SS_NODELAY, SS_KEEPALIVE */
 	SS_N
 };
+#define SS_NODELAY   (1u << 0)
+#define SS_KEEPALIVE (1u << 1)
 
 /* What a running component's monitor knows of its re-created sessions (STATE/NAME/sessions):
  * the socket at the fd, and the session it continues. */
@@ -66,8 +70,10 @@ bool relay_needed(const struct component *c, bool all);
 /*
  * session_late - at a migration's source, once it is decided (the component never runs here
  * again): each unix session's receive side is shut (its service's later sends fail: they were
- * not delivered), and the bytes that came after the capture, beyond what the image holds, are
- * returned as records ([8] id, [4] length, bytes) in *buf (malloc'd; *len 0: none).
+ * not delivered); each TCP session takes no more segments (a socket filter drops them: not
+ * acknowledged, not delivered) and is reset once read; the bytes that came after the capture,
+ * beyond what the image holds, are returned as records ([8] id, [4] length, bytes) in *buf
+ * (malloc'd; *len 0: none).
  */
 int session_late(const struct component *c, uint8_t **buf, size_t *len, struct ferry_error *err);
 
