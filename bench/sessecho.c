@@ -2,7 +2,9 @@
  * The session benchmark's two ends (bench/sessions.py).
  *
  *   bench-sessecho serve PATH          a Unix stream service: echoes what it gets
- *   bench-sessecho client PATH [GO]    connects to PATH (once GO exists, if given: a file),
+ *   bench-sessecho serve tcp:HOST:PORT the same on TCP (TCP_NODELAY on every connection)
+ *   bench-sessecho client PATH [GO]    connects to PATH, or tcp:HOST:PORT (once GO exists, if
+ *                                      given: a file),
  *                                      then measures on that one session and prints JSON:
  *     - round trip: 64-byte messages sent and echoed one at a time (median and p99, us);
  *     - throughput: 64 KiB writes streamed while the echo is read back (MB/s each way);
@@ -11,6 +13,9 @@
  * restore, migration) before it is measured.
  */
 #include <errno.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -51,6 +56,44 @@ static ssize_t wr(int fd, void *b, size_t l)
 	return write(fd, b, l);
 }
 
+/* A socket for PATH or tcp:HOST:PORT: listening (serve) or connected; -1 and errno. */
+static int open_at(const char *spec, int serve)
+{
+	if (strncmp(spec, "tcp:", 4) != 0) {
+		struct sockaddr_un sa = {.sun_family = AF_UNIX};
+		int s = socket(AF_UNIX, SOCK_STREAM, 0);
+		snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", spec);
+		if (serve)
+			unlink(spec);
+		if (s < 0 ||
+		    (serve ? bind(s, (struct sockaddr *)&sa, sizeof(sa)) < 0 || listen(s, 16) < 0
+		           : connect(s, (struct sockaddr *)&sa, sizeof(sa)) < 0))
+			return -1;
+		return s;
+	}
+	char host[256];
+	const char *colon = strrchr(spec + 4, ':');
+	struct addrinfo hints = {.ai_socktype = SOCK_STREAM}, *ai = NULL;
+	int one = 1;
+	if (!colon || (size_t)(colon - spec - 4) >= sizeof(host))
+		return errno = EINVAL, -1;
+	snprintf(host, sizeof(host), "%.*s", (int)(colon - spec - 4), spec + 4);
+	if (getaddrinfo(host, colon + 1, &hints, &ai) != 0)
+		return errno = EHOSTUNREACH, -1;
+	int s = socket(ai->ai_family, SOCK_STREAM, 0);
+	if (s >= 0)
+		setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+	if (s < 0 ||
+	    (serve ? bind(s, ai->ai_addr, ai->ai_addrlen) < 0 || listen(s, 16) < 0
+	           : connect(s, ai->ai_addr, ai->ai_addrlen) < 0 ||
+	                     setsockopt(s, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) < 0)) {
+		freeaddrinfo(ai);
+		return -1;
+	}
+	freeaddrinfo(ai);
+	return s;
+}
+
 static void *echo(void *arg)
 {
 	int c = (int)(intptr_t)arg;
@@ -67,12 +110,9 @@ static void *echo(void *arg)
 
 static int serve(const char *path)
 {
-	struct sockaddr_un sa = {.sun_family = AF_UNIX};
-	int l = socket(AF_UNIX, SOCK_STREAM, 0);
+	int l = open_at(path, 1), one = 1;
 
-	snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", path);
-	unlink(path);
-	if (l < 0 || bind(l, (struct sockaddr *)&sa, sizeof(sa)) < 0 || listen(l, 16) < 0) {
+	if (l < 0) {
 		perror(path);
 		return 1;
 	}
@@ -83,6 +123,8 @@ static int serve(const char *path)
 		pthread_t th;
 		if (c < 0)
 			continue;
+		if (strncmp(path, "tcp:", 4) == 0)
+			setsockopt(c, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 		if (pthread_create(&th, NULL, echo, (void *)(intptr_t)c) == 0)
 			pthread_detach(th);
 		else
@@ -132,14 +174,12 @@ static int cmp(const void *a, const void *b)
 
 static int client(const char *path, const char *go)
 {
-	struct sockaddr_un sa = {.sun_family = AF_UNIX};
-	int s = socket(AF_UNIX, SOCK_STREAM, 0);
+	int s = open_at(path, 0);
 	enum { RTT = 20000 };
 	static uint64_t rtt[RTT];
 	char msg[64] = {0};
 
-	snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", path);
-	if (s < 0 || connect(s, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+	if (s < 0) {
 		perror(path);
 		return 1;
 	}

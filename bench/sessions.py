@@ -4,15 +4,16 @@
 Usage (as root): bench/sessions.py BUILD_DIR      (part of `make bench`)
 Environment: ROUNDS (default 5), OUT (default docs/performance-sessions.md).
 
-One echo service (bench-sessecho serve) on a Unix socket; one client (bench-sessecho client)
-measuring round trips of 64-byte messages, streaming throughput in 64 KiB writes and 64-byte
-messages per second on one session:
+One echo service (bench-sessecho serve) on a Unix socket, and one on a TCP port of loopback;
+one client (bench-sessecho client) measuring round trips of 64-byte messages, streaming
+throughput in 64 KiB writes and 64-byte messages per second on one session, for each:
 - direct: the client runs outside ferry and connects to the socket itself (the reference);
-- under ferry: a component connecting to /run/ferry/services/echo on node A;
+- under ferry: a component connecting to /run/ferry/services/echo (or to the TCP service's
+  port) on node A;
 - after a migration: the same, measured once the component has been migrated to node B (its
   session re-created there, relayed while its delivered bytes were read, then put directly at
   its fd).
-Each figure is the median of ROUNDS runs; the three cases alternate, round by round.
+Each figure is the median of ROUNDS runs; the six cases alternate, round by round.
 """
 import json
 import os
@@ -53,10 +54,12 @@ def main():
     procs = []
     try:
         sock = os.path.join(work, "echo.sock")
-        srv = subprocess.Popen([echo, "serve", sock], stdout=subprocess.PIPE, text=True)
-        procs.append(srv)
-        if srv.stdout.readline().strip() != "READY":
-            die("the echo service did not start")
+        tcp = f"tcp:127.0.0.1:{46800 + os.getpid() % 500}"
+        for addr in (sock, tcp):
+            srv = subprocess.Popen([echo, "serve", addr], stdout=subprocess.PIPE, text=True)
+            procs.append(srv)
+            if srv.stdout.readline().strip() != "READY":
+                die(f"the echo service at {addr} did not start")
         key = os.path.join(work, "cluster.key")
         subprocess.run([ferryd, "--gen-key", key], check=True, capture_output=True)
         nodes = {}
@@ -66,7 +69,8 @@ def main():
             log = open(os.path.join(work, f"ferryd-{name}.log"), "w")
             p = subprocess.Popen([ferryd, "--node", name, "--listen", f"127.0.0.1:{port}",
                                   "--key", key, "--state-dir", state,
-                                  "--service", f"echo=unix:{sock}"], stdout=log, stderr=log)
+                                  "--service", f"echo=unix:{sock}", "--service", f"echot={tcp}"],
+                                 stdout=log, stderr=log)
             procs.append(p)
             nodes[name] = (dict(os.environ, FERRY_STATE_DIR=state), f"127.0.0.1:{port}")
         for env, _ in nodes.values():
@@ -94,65 +98,74 @@ def main():
                 time.sleep(0.1)
             die(f"{name}: no result on {node}")
 
-        def direct(k):
-            r = subprocess.run([echo, "client", sock], capture_output=True, text=True,
+        # what a client connects to: outside ferry, and in a component
+        at = {"unix": (sock, "/run/ferry/services/echo", "echo"), "tcp": (tcp, tcp, "echot")}
+
+        def direct(k, t):
+            r = subprocess.run([echo, "client", at[t][0]], capture_output=True, text=True,
                                timeout=300)
             return json.loads(r.stdout.splitlines()[-1])
 
-        def under(k):
-            go = os.path.join(work, f"go-u{k}")
+        def under(k, t):
+            go = os.path.join(work, f"go-u{t}{k}")
             open(go, "w").close()
-            fr("A", "run", "--name", f"u{k}", "--", echo, "client", "/run/ferry/services/echo", go)
-            res = result_of("A", f"u{k}", None)
-            fr("A", "kill", f"u{k}")
+            fr("A", "run", "--name", f"u{t}{k}", "--", echo, "client", at[t][1], go)
+            res = result_of("A", f"u{t}{k}", None)
+            fr("A", "kill", f"u{t}{k}")
             return res
 
-        def moved(k):
-            go = os.path.join(work, f"go-m{k}")
-            name = f"m{k}"
-            fr("A", "run", "--name", name, "--", echo, "client", "/run/ferry/services/echo", go)
+        def moved(k, t):
+            go = os.path.join(work, f"go-m{t}{k}")
+            name = f"m{t}{k}"
+            fr("A", "run", "--name", name, "--", echo, "client", at[t][1], go)
             for _ in range(100):
                 if "CONNECTED" in fr("A", "logs", name):
                     break
                 time.sleep(0.05)
             fr("A", "migrate", name, "--to", nodes["B"][1])
             caps = fr("B", "caps", name)
-            if "session to service echo" not in caps:
-                die(f"{name}: no echo session after the migration:\n{caps}")
+            if f"session to service {at[t][2]} ({t}" not in caps:
+                die(f"{name}: no {t} echo session after the migration:\n{caps}")
             time.sleep(0.2)  # the swap: the pair's end replaced by the connection
             open(go, "w").close()
             res = result_of("B", name, None)
             fr("B", "kill", name)
             return res
 
-        cases = [("direct (reference)", direct), ("under ferry", under),
-                 ("under ferry, after a migration", moved)]
+        cases = [(t, label, fn) for t in ("unix", "tcp") for label, fn in
+                 (("direct (reference)", direct), ("under ferry", under),
+                  ("under ferry, after a migration", moved))]
         # the cases interleaved round by round, so that the machine's drift hits all alike
-        runs = {label: [] for label, _ in cases}
+        runs = {(t, label): [] for t, label, _ in cases}
         for k in range(rounds):
-            for label, fn in cases:
-                runs[label].append(fn(k))
+            for t, label, fn in cases:
+                runs[(t, label)].append(fn(k, t))
         rows = []
-        for label, _ in cases:
-            med = {m: statistics.median(r[m] for r in runs[label]) for m in runs[label][0]}
-            rows.append((label, med))
-            print(f"{label:34} rtt {med['rtt_median_us']:7.2f} us (p99 {med['rtt_p99_us']:7.2f})"
-                  f"  {med['throughput_mbs']:8.1f} MB/s  {med['messages_per_s']:10.0f} msg/s")
-        ref = rows[0][1]
+        for t, label, _ in cases:
+            r = runs[(t, label)]
+            med = {m: statistics.median(x[m] for x in r) for m in r[0]}
+            rows.append((t, label, med))
+            print(f"{t:4} {label:34} rtt {med['rtt_median_us']:7.2f} us (p99 "
+                  f"{med['rtt_p99_us']:7.2f})  {med['throughput_mbs']:8.1f} MB/s  "
+                  f"{med['messages_per_s']:10.0f} msg/s")
+        ref = {t: med for t, label, med in rows if label.startswith("direct")}
         with open(out, "w") as f:
             f.write("# Sessions to node services: direct and through ferry\n\n"
                     f"Measured by `bench/sessions.py` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
                     f"{os.cpu_count()} CPUs, kernel {os.uname().release}; median of {rounds} "
-                    "runs each, the three cases alternating round by round. One echo service on a Unix stream socket; one client on one "
+                    "runs each, the six cases alternating round by round. One echo service on a "
+                    "Unix stream socket and one on a TCP port of loopback (TCP_NODELAY); one "
+                    "client on one "
                     "session: 20000 round trips of 64-byte messages, 256 MiB streamed in 64 KiB "
                     "writes (echoed back), 16 MiB streamed in 64-byte messages. The direct "
                     "client, outside ferry, is the reference of the same run.\n\n"
-                    "| session | round trip median (us) | p99 (us) | throughput (MB/s) | "
-                    "64-byte messages/s | vs direct (msg/s) |\n|---|---|---|---|---|---|\n")
-            for label, med in rows:
-                f.write(f"| {label} | {med['rtt_median_us']:.2f} | {med['rtt_p99_us']:.2f} | "
+                    "| service | session | round trip median (us) | p99 (us) | throughput (MB/s) | "
+                    "64-byte messages/s | vs direct (msg/s) |\n|---|---|---|---|---|---|---|\n")
+            for t, label, med in rows:
+                f.write(f"| {t} | {label} | {med['rtt_median_us']:.2f} | "
+                        f"{med['rtt_p99_us']:.2f} | "
                         f"{med['throughput_mbs']:.1f} | {med['messages_per_s']:.0f} | "
-                        f"{100 * med['messages_per_s'] / ref['messages_per_s']:.0f} % |\n")
+                        f"{100 * med['messages_per_s'] / ref[t]['messages_per_s']:.0f} % |\n")
             f.write("\nNo system call of an established session is intercepted: the component's fd "
                     "is a connection to the service itself (after a migration, once the bytes "
                     "delivered first are read, the monitor puts the connection at the fd: "

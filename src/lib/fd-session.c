@@ -25,6 +25,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <arpa/inet.h>
 #include <inttypes.h>
 #include <netdb.h>
 #include <stddef.h>
@@ -472,7 +473,7 @@ static void session_describe(const struct fd_entry *e, char *buf, size_t len)
 }
 
 /* What recognising and re-creating a session needs: a connected socket's peer name, the size
- * of its queue, and its read side shut. */
+ * of its queue, and its read side shut; a TCP session's end. */
 static int session_kernel_probe(char *detail, size_t len)
 {
 	struct sockaddr_un sa = {.sun_family = AF_UNIX}, pa;
@@ -502,7 +503,34 @@ static int session_kernel_probe(char *detail, size_t len)
 		         inq);
 		return 0;
 	}
-	snprintf(detail, len, "peer name, queue size and shutdown of a Unix connection");
+	/* a TCP session's end: a filter that drops, a reset, the service's count after it */
+	struct sockaddr_in ta = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+	socklen_t tl = sizeof(ta);
+	_cleanup_close_ int tlis = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	_cleanup_close_ int tc = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	_cleanup_close_ int ts = -EBADF;
+	uint8_t ti[256]; /* struct tcp_info: the C library's lacks tcpi_bytes_acked (at 120) */
+	socklen_t til = sizeof(ti);
+	int r = 0;
+	if (tlis < 0 || tc < 0 || bind(tlis, (struct sockaddr *)&ta, sizeof(ta)) < 0 ||
+	    getsockname(tlis, (struct sockaddr *)&ta, &tl) < 0 || listen(tlis, 1) < 0 ||
+	    connect(tc, (struct sockaddr *)&ta, sizeof(ta)) < 0 ||
+	    (ts = accept4(tlis, NULL, NULL, SOCK_CLOEXEC)) < 0) {
+		snprintf(detail, len, "a TCP connection on loopback: %s", strerror(errno));
+		return 0;
+	}
+	if ((r = drop_all(tc)) < 0) {
+		snprintf(detail, len, "a socket filter on a TCP connection: %s", strerror(-r));
+		return 0;
+	}
+	tcp_end(&tc);
+	if (getsockopt(ts, IPPROTO_TCP, TCP_INFO, ti, &til) < 0 || til < 128) {
+		snprintf(detail, len, "TCP_INFO without tcpi_bytes_acked");
+		return 0;
+	}
+	snprintf(detail, len,
+	         "peer name, queue size and shutdown of a Unix connection; a socket filter and a "
+	         "reset on a TCP connection");
 	return 1;
 }
 
