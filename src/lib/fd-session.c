@@ -638,6 +638,7 @@ int session_late(const struct component *c, uint8_t **buf, size_t *len, struct f
 				            tcp ? "a socket filter" : "shutdown", strerror(-r));
 			/* then acknowledged and reset, once read */
 			_cleanup_(tcp_end) int ending = tcp ? s : -1;
+			(void)ending; /* for its cleanup */
 			int inq = 0;
 			if (ioctl(s, SIOCINQ, &inq) < 0 || (uint64_t)inq <= e->extra[UX_QBYTES])
 				continue;
