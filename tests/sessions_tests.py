@@ -247,6 +247,9 @@ else:
     s.connect('/run/ferry/services/sensor')
 log = socket.socket(socket.AF_UNIX)
 log.connect('/run/ferry/services/log')
+os.dup2(s.fileno(), 50, inheritable=True)  # dups of the session, one without close-on-exec
+os.dup2(s.fileno(), 51, inheritable=False)
+print(f"FD {s.fileno()}", flush=True)
 sel = selectors.DefaultSelector()  # epoll: its interest in the session must survive
 sel.register(s, selectors.EVENT_READ)
 while not os.path.exists(go):
@@ -289,6 +292,19 @@ def restored(ctx, seqpacket=False, tcp=False):
     ctx.wait_for("a new sensor connection", lambda: len(sa.sent) > queued + 20, limit=20)
     open(go, "w").close()
     flowing(ctx, sa, "after the restore")
+    # the connection is at the session's fd and at both dups, each with its own flags
+    pid = next(c["pid"] for c in json.loads(a.ferry("ps", "--json")[1]) if c.get("name") == "w")
+    fd = int(next(ln.split()[1] for ln in a.ferry("logs", "w")[1].splitlines()
+                  if ln.startswith("FD ")))
+    links = {k: os.readlink(f"/proc/{pid}/fd/{k}") for k in (fd, 50, 51)}
+    flags = {}
+    for k in (fd, 50, 51):
+        with open(f"/proc/{pid}/fdinfo/{k}") as f:
+            flags[k] = int(next(ln.split()[1] for ln in f if ln.startswith("flags:")), 8)
+    if len(set(links.values())) != 1 or flags[50] & 0o2000000 or not flags[51] & 0o2000000 \
+            or not flags[fd] & 0o2000000:
+        raise h.Fail(f"the session's fd and its dups after the restore: {links}, flags "
+                     f"{ {k: oct(v) for k, v in flags.items()} }")
     sa.sending = False
     got = lambda: sum(1 for ln in sa.logged if ln.startswith("got "))  # noqa: E731
     ctx.wait_for("every record sent to be logged", lambda: got() >= len(sa.sent), limit=20)

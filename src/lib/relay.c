@@ -163,8 +163,22 @@ struct refs {
 	struct interest in[16];
 	size_t nin;
 	int dups[16];
+	bool dup_cloexec[16]; /* each dup's own close-on-exec flag */
 	size_t ndups;
 };
+
+/* fd k of pid has close-on-exec set (its fdinfo's flags). */
+static bool fd_cloexec(pid_t pid, int k)
+{
+	_cleanup_free_ char *info = NULL;
+	unsigned flags = 0;
+	const char *f;
+
+	if (fds_fdinfo(pid, k, &info) < 0 || !(f = strstr(info, "flags:")) ||
+	    sscanf(f, "flags: %o", &flags) != 1)
+		return false;
+	return flags & O_CLOEXEC;
+}
 
 static void refs_of(pid_t pid, int fd, uint64_t ino, struct refs *rf)
 {
@@ -184,8 +198,10 @@ static void refs_of(pid_t pid, int fd, uint64_t ino, struct refs *rf)
 			continue;
 		link[l] = '\0';
 		if (stat(p2, &sb) == 0 && S_ISSOCK(sb.st_mode) && sb.st_ino == ino &&
-		    rf->ndups < ARRAY_SIZE(rf->dups))
+		    rf->ndups < ARRAY_SIZE(rf->dups)) {
+			rf->dup_cloexec[rf->ndups] = fd_cloexec(pid, k);
 			rf->dups[rf->ndups++] = k;
+		}
 		_cleanup_free_ char *info = NULL;
 		if (strcmp(link, "anon_inode:[eventpoll]") != 0 || fds_fdinfo(pid, k, &info) < 0)
 			continue;
@@ -259,8 +275,8 @@ static int inject(pid_t pid, int fd, struct tracee *t, bool cloexec, const struc
 		         strerror((int)-ret));
 	/* the other numbers of the same open file (dup): the same connection */
 	for (size_t i = 0; r == 0 && i < ndups; i++) {
-		r = tracee_syscall(t, &ret, NULL, SYS_dup3, (uint64_t)newfd, (uint64_t)dups[i], 0,
-		                   0, 0, 0, err);
+		r = tracee_syscall(t, &ret, NULL, SYS_dup3, (uint64_t)newfd, (uint64_t)dups[i],
+		                   rf->dup_cloexec[i] ? O_CLOEXEC : 0, 0, 0, 0, err);
 		if (r == 0 && ret < 0)
 			r = ferr(err, (int)ret, "pid %d: dup3 %d to %d: %s", pid, newfd, dups[i],
 			         strerror((int)-ret));
