@@ -160,7 +160,7 @@ class Services:
         self.log.close()
 
 
-def make_node(ctx, key, name, sensor=True, seqpacket=False, tcp=False):
+def make_node(ctx, key, name, sensor=True, seqpacket=False, tcp=False, hook=None):
     d = os.path.join(ctx.root, f"sess-{name}")
     os.makedirs(d)
     with open(os.path.join(d, "calibration"), "w") as f:
@@ -172,7 +172,7 @@ def make_node(ctx, key, name, sensor=True, seqpacket=False, tcp=False):
         args += ["--service", f"sensor=tcp:127.0.0.1:{svc.port},resume"]
     elif sensor:
         args += ["--service", f"sensor=unix:{d}/sensor.sock,resume"]
-    return m.Node(ctx, name, key, args=args).start(), svc
+    return m.Node(ctx, name, key, args=args).start(**(hook or {})), svc
 
 
 def flowing(ctx, svc, what):
@@ -233,6 +233,34 @@ def moves(ctx, tree=False, tcp=False):
         print(f"# TCP sensor: {len(sa.sent) + len(sb.sent)} records delivered, "
               f"{sa.unacked + sb.unacked} sent after their session ended (not acknowledged, "
               f"known to the sensor)")
+
+
+def asked(ctx, tcp=False):
+    """The link breaks right after the decision, before GO: the destination learns the outcome
+    by asking the source, and gets the sessions' bytes that came after the capture with the
+    answer (none lost, none twice)."""
+    key = m.make_key(ctx)
+    a, sa = make_node(ctx, key, "A", tcp=tcp, hook={"FERRY_TEST_MIGRATE_CUT": "src-decided"})
+    b, sb = make_node(ctx, key, "B", tcp=tcp)
+    prog = os.path.join(ctx.scratch, "component.py")
+    with open(prog, "w") as f:
+        f.write(COMPONENT)
+    a.ferry("run", "--name", "comp", "--", "python3", prog)
+    flowing(ctx, sa, "after the start")
+    a.ferry("migrate", "comp", "--to", b.addr, ok=False, timeout=120)
+    ctx.wait_for("the component to run at B", lambda: b.running("comp"), limit=60)
+    if a.running("comp"):
+        raise h.Fail("the component runs at A too")
+    flowing(ctx, sb, "after the move")
+    for s in (sa, sb):
+        s.sending = False
+    total = lambda: len(sa.sent) + len(sb.sent)  # noqa: E731
+    got = lambda: sum(1 for s in (sa, sb) for ln in s.logged if ln.startswith("got "))  # noqa
+    ctx.wait_for("every record sent to be logged", lambda: got() >= total(), limit=20)
+    time.sleep(0.3)
+    b.ferry("kill", "comp")
+    time.sleep(0.3)
+    check(sa, sb, 1)
 
 
 WAITER = r"""
@@ -392,4 +420,6 @@ def tests():
             ("default-state", default_state, SESSIONS_TIMEOUT),
             ("restored-seqpacket", lambda ctx: restored(ctx, seqpacket=True), SESSIONS_TIMEOUT),
             ("moves-tcp", lambda ctx: moves(ctx, tcp=True), SESSIONS_TIMEOUT),
-            ("restored-tcp", lambda ctx: restored(ctx, tcp=True), SESSIONS_TIMEOUT)]
+            ("restored-tcp", lambda ctx: restored(ctx, tcp=True), SESSIONS_TIMEOUT),
+            ("asked", asked, SESSIONS_TIMEOUT),
+            ("asked-tcp", lambda ctx: asked(ctx, tcp=True), SESSIONS_TIMEOUT)]

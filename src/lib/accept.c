@@ -358,12 +358,21 @@ static int ask_source(struct dst *d, struct ferry_error *err)
 		}
 		if (r == 0)
 			r = recv_expect(ch, MSG_ANSWER, &b, &l, &e);
-		if (r == 0 && kv_get(b, l, "outcome", out, sizeof(out)) < 0)
+		/* the outcome, then (after a NUL) the sessions' late bytes the GO would have had */
+		size_t tl = r == 0 ? strnlen(b, l) : 0;
+		if (r == 0 && kv_get(b, tl, "outcome", out, sizeof(out)) < 0)
 			r = -EPROTO;
+		if (r == 0 && strcmp(out, "handed-over") == 0) {
+			if (tl + 1 < l)
+				(void)session_late_deliver(&d->n->rt, d->name,
+				                           (const char *)b + tl + 1, l - tl - 1,
+				                           &e);
+			channel_free(ch);
+			safe_close(fd);
+			return 0;
+		}
 		channel_free(ch);
 		safe_close(fd);
-		if (r == 0 && strcmp(out, "handed-over") == 0)
-			return 0;
 		if (r == 0 && strcmp(out, "aborted") == 0)
 			return ferr(err, -ECANCELED, "the source aborted the migration");
 		/* pending, or the source node is down: it decides, we wait */

@@ -469,6 +469,19 @@ static int write_decision(struct src *s, struct ferry_error *err)
 	return 0;
 }
 
+/* The sessions' late bytes, kept beside the decision until the destination has them: one that
+ * lost the connection learns the outcome by asking (migrate_answer), and gets them then. */
+static void keep_late(const struct src *s, const void *b, size_t n)
+{
+	char path[PATH_MAX + 8], tmp[PATH_MAX + 16];
+
+	snprintf(path, sizeof(path), "%s.late", s->intent);
+	snprintf(tmp, sizeof(tmp), "%s.tmp", path);
+	_cleanup_close_ int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	if (fd < 0 || write_full(fd, b, n) < 0 || rename(tmp, path) < 0)
+		(void)unlink(tmp);
+}
+
 /* ---- post-copy, the source: the frozen component's pages, streamed and on request ---- */
 
 /* The pages the last link (c) deferred: the runs of its anonymous mappings it left empty. */
@@ -726,6 +739,10 @@ static int handover(void *arg, uint64_t frozen_at, const struct component *c,
 		}
 	}
 	s->st->downtime_ns = now_ns() - frozen_at;
+	/* not confirmed: the destination may ask for the outcome, and these come with it (our
+	 * worker holds the migration's lock until it ends: it is asked only after this) */
+	if (nlate && !s->st->confirmed)
+		keep_late(s, late, nlate);
 	if (post && went) {
 		/* decided: whatever DONE said, the only copy there needs the pages (a broken
 		 * connection fails here at once) */
@@ -1065,8 +1082,21 @@ int migrate_answer(const struct ferry_node *n, struct channel *ch, const char *q
 	if (kv_get(q, len, "id", id, sizeof(id)) < 0 || strlen(id) != 32 || strchr(id, '/'))
 		return ferr(err, -EPROTO, "malformed question");
 	const char *o = settle(n, id, err);
-	snprintf(text, sizeof(text), "outcome=%s\n", o);
-	return channel_send(ch, MSG_ANSWER, text, strlen(text), err);
+	int tl = snprintf(text, sizeof(text), "outcome=%s\n", o);
+	/* handed over: with the sessions' late bytes, after a NUL, if the GO did not arrive */
+	char mdir[PATH_MAX], path[PATH_MAX + 48];
+	_cleanup_free_ char *late = NULL;
+	size_t nlate = 0;
+	mig_dir(n, mdir, sizeof(mdir));
+	snprintf(path, sizeof(path), "%s/%s.late", mdir, id);
+	if (strcmp(o, "handed-over") != 0 || read_file(path, &late, &nlate) < 0 || !nlate)
+		return channel_send(ch, MSG_ANSWER, text, (size_t)tl, err);
+	_cleanup_free_ char *msg = malloc((size_t)tl + 1 + nlate);
+	if (!msg)
+		return ferr(err, -ENOMEM, "out of memory");
+	memcpy(msg, text, (size_t)tl + 1);
+	memcpy(msg + tl + 1, late, nlate);
+	return channel_send(ch, MSG_ANSWER, msg, (size_t)tl + 1 + nlate, err);
 }
 
 int migrate_recover(const struct ferry_node *n, struct ferry_error *err)
@@ -1086,7 +1116,7 @@ int migrate_recover(const struct ferry_node *n, struct ferry_error *err)
 		struct stat sb;
 		if (strlen(f) == 32) {
 			(void)settle(n, f, err);
-		} else if (strstr(f, ".handed-over") && stat(p, &sb) == 0 &&
+		} else if ((strstr(f, ".handed-over") || strstr(f, ".late")) && stat(p, &sb) == 0 &&
 		           time(NULL) - sb.st_mtime > 7 * 86400) {
 			/* a destination in doubt asks within moments of losing us: a week is plenty
 			 */
