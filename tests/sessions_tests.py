@@ -30,27 +30,30 @@ if to.startswith('tcp:'):
     host, port = to[4:].rsplit(':', 1)
     s = socket.create_connection((host, int(port)))
 else:
-    s = socket.socket(socket.AF_UNIX)
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET if 'seq' in sys.argv else
+                      socket.SOCK_STREAM)
     s.connect('/run/ferry/services/sensor')
 log = socket.socket(socket.AF_UNIX)
 log.connect('/run/ferry/services/log')
-if len(sys.argv) > 1 and os.fork() > 0:
+if 'fork' in sys.argv and os.fork() > 0:
     os.wait()  # the parent holds the sessions too; its child uses them
     sys.exit(0)
-f = s.makefile('rb', buffering=0)
-n = 0
+n, buf = 0, b""
 while True:
-    line = f.readline()
-    if not line:
+    b = s.recv(65536)  # a stream's bytes, or one seqpacket message (one record)
+    if not b:
         time.sleep(0.05)
         continue
-    rec = line.strip().decode()
-    rom.seek(0)
-    cal = rom.read().strip()
-    log.sendall(f"got {rec} rom={cal}\n".encode())
-    n += 1
-    if n % 10 == 0:
-        s.sendall(f"cmd {rec}\n".encode())
+    buf += b
+    *lines, buf = buf.split(b"\n")
+    for line in lines:
+        rec = line.strip().decode()
+        rom.seek(0)
+        cal = rom.read().strip()
+        log.sendall(f"got {rec} rom={cal}\n".encode())
+        n += 1
+        if n % 10 == 0:
+            s.sendall(f"cmd {rec}\n".encode())
 """
 
 
@@ -181,17 +184,18 @@ def flowing(ctx, svc, what):
     ctx.wait_for(f"log lines at {svc.name} ({what})", lambda: len(svc.logged) > n + 5, limit=20)
 
 
-def moves(ctx, tree=False, tcp=False):
+def moves(ctx, tree=False, tcp=False, seqpacket=False):
     """tree: the sessions are opened by the init, which forks; its child uses them (both
     processes hold them, the relay puts the connection in both). tcp: the sensor is a TCP
     service, on a port of its own at each node."""
     key = m.make_key(ctx)
-    (a, sa), (b, sb) = make_node(ctx, key, "A", tcp=tcp), make_node(ctx, key, "B", tcp=tcp)
+    (a, sa), (b, sb) = (make_node(ctx, key, n, tcp=tcp, seqpacket=seqpacket) for n in "AB")
     c, _ = make_node(ctx, key, "C", sensor=False)
     prog = os.path.join(ctx.scratch, "component.py")
     with open(prog, "w") as f:
         f.write(COMPONENT)
-    a.ferry("run", "--name", "comp", "--", "python3", prog, *(["fork"] if tree else []))
+    a.ferry("run", "--name", "comp", "--", "python3", prog, *(["fork"] if tree else []),
+            *(["seq"] if seqpacket else []))
     flowing(ctx, sa, "after the start")
     # the sessions as caps shows them
     caps = json.loads(a.ferry("caps", "comp", "--json")[1])
@@ -422,4 +426,5 @@ def tests():
             ("moves-tcp", lambda ctx: moves(ctx, tcp=True), SESSIONS_TIMEOUT),
             ("restored-tcp", lambda ctx: restored(ctx, tcp=True), SESSIONS_TIMEOUT),
             ("asked", asked, SESSIONS_TIMEOUT),
+            ("moves-seqpacket", lambda ctx: moves(ctx, seqpacket=True), SESSIONS_TIMEOUT),
             ("asked-tcp", lambda ctx: asked(ctx, tcp=True), SESSIONS_TIMEOUT)]

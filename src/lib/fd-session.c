@@ -615,6 +615,48 @@ fail:
 	return r;
 }
 
+/* One late record: [8] id, [4] length, the bytes (a seqpacket session's: one message). */
+static int late_record(uint64_t id, const uint8_t *b, uint32_t n, uint8_t **buf, size_t *len)
+{
+	uint8_t *nb = realloc(*buf, *len + 12 + n);
+	if (!nb)
+		return -ENOMEM;
+	*buf = nb;
+	memcpy(nb + *len, &id, 8);
+	memcpy(nb + *len + 8, &n, 4);
+	if (n)
+		memcpy(nb + *len + 12, b, n);
+	*len += 12 + n;
+	return 0;
+}
+
+/* A seqpacket session's messages beyond the captured bytes, one record each (its receive side
+ * is shut: the queue ends where inq bytes end; an empty message at its very end is not seen). */
+static int late_messages(int s, const struct fd_entry *e, uint64_t inq, uint8_t **buf, size_t *len,
+                         struct ferry_error *err)
+{
+	_cleanup_free_ uint8_t *msg = malloc((size_t)inq);
+	int zero = 0;
+	uint64_t seen = 0;
+
+	if (!msg)
+		return ferr(err, -ENOMEM, "out of memory");
+	if (setsockopt(s, SOL_SOCKET, SO_PEEK_OFF, &zero, sizeof(zero)) < 0)
+		return ferr(err, -errno, "session %s: SO_PEEK_OFF: %m", e->path);
+	for (unsigned i = 0; seen < inq; i++) {
+		ssize_t n = recv(s, msg, (size_t)inq, MSG_PEEK | MSG_DONTWAIT);
+		if (n < 0 || i > (1u << 20))
+			return ferr(err, n < 0 ? -errno : -EPROTO,
+			            "session %s: peeking its messages: %s", e->path,
+			            n < 0 ? strerror(errno) : "they do not end");
+		if (seen >= e->extra[UX_QBYTES] &&
+		    late_record(e->extra[SS_ID], msg, (uint32_t)n, buf, len) < 0)
+			return ferr(err, -ENOMEM, "out of memory");
+		seen += (uint64_t)n;
+	}
+	return 0;
+}
+
 int session_late(const struct component *c, uint8_t **buf, size_t *len, struct ferry_error *err)
 {
 	*buf = NULL;
@@ -642,12 +684,12 @@ int session_late(const struct component *c, uint8_t **buf, size_t *len, struct f
 			int inq = 0;
 			if (ioctl(s, SIOCINQ, &inq) < 0 || (uint64_t)inq <= e->extra[UX_QBYTES])
 				continue;
-			if (e->extra[UX_TYPE] != SOCK_STREAM)
-				return ferr(err, -ENOTSUP,
-				            "session %s: %" PRIu64
-				            " bytes came after the capture to a "
-				            "seqpacket session (unsupported)",
-				            e->path, (uint64_t)inq - e->extra[UX_QBYTES]);
+			if (e->extra[UX_TYPE] == SOCK_SEQPACKET) {
+				r = late_messages(s, e, (uint64_t)inq, buf, len, err);
+				if (r < 0)
+					return r;
+				continue;
+			}
 			_cleanup_free_ uint8_t *all = malloc((size_t)inq);
 			int zero = 0;
 			if (!all)
@@ -658,14 +700,9 @@ int session_late(const struct component *c, uint8_t **buf, size_t *len, struct f
 				return ferr(err, -EIO, "session %s: peeking its queue: %m",
 				            e->path);
 			uint32_t more = (uint32_t)((uint64_t)n - e->extra[UX_QBYTES]);
-			uint8_t *nb = realloc(*buf, *len + 12 + more);
-			if (!nb)
+			if (late_record(e->extra[SS_ID], all + e->extra[UX_QBYTES], more, buf,
+			                len) < 0)
 				return ferr(err, -ENOMEM, "out of memory");
-			*buf = nb;
-			memcpy(nb + *len, &e->extra[SS_ID], 8);
-			memcpy(nb + *len + 8, &more, 4);
-			memcpy(nb + *len + 12, all + e->extra[UX_QBYTES], more);
-			*len += 12 + more;
 		}
 	return 0;
 }
