@@ -424,6 +424,7 @@ def tests():
             ("default-state", default_state, SESSIONS_TIMEOUT),
             ("restored-seqpacket", lambda ctx: restored(ctx, seqpacket=True), SESSIONS_TIMEOUT),
             ("moves-tcp", lambda ctx: moves(ctx, tcp=True), SESSIONS_TIMEOUT),
+            ("tree-tcp", lambda ctx: moves(ctx, tree=True, tcp=True), SESSIONS_TIMEOUT),
             ("restored-tcp", lambda ctx: restored(ctx, tcp=True), SESSIONS_TIMEOUT),
             ("asked", asked, SESSIONS_TIMEOUT),
             ("moves-seqpacket", lambda ctx: moves(ctx, seqpacket=True), SESSIONS_TIMEOUT),
