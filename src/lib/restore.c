@@ -63,6 +63,7 @@ struct restore_arg {
 	struct lazy *lz; /* RESTORE_LAZY: the pages of anonymous mappings come after the start */
 	struct ferry_restore_stats stats;
 	pid_t monitor; /* the monitor's pid (the helper's parent), where relays go (relay.c) */
+	bool ns_ready; /* a helper made in advance: its namespaces are set up already */
 };
 
 long rs_sys(struct restorer *rs, const char *what, long nr, uint64_t a0, uint64_t a1, uint64_t a2,
@@ -420,7 +421,7 @@ static int helper_common(struct restore_arg *a, int sync_rd, int rep_wr, const c
 
 	sigfillset(&all);
 	sigprocmask(SIG_SETMASK, &all, NULL);
-	r = runtime_ns_setup(a->rt, err);
+	r = a->ns_ready ? 0 : runtime_ns_setup(a->rt, err);
 	if (r < 0)
 		return r;
 	/* room for the temporary slots whatever the image's limit */
@@ -1332,7 +1333,8 @@ _noreturn_ static void helper_standby(const struct ferry_runtime *rt, const char
 	safe_close(go_rd);
 	go.dir[sizeof(go.dir) - 1] = 0;
 	struct restore_opts o = {.flags = go.flags};
-	struct restore_arg a = {.rt = rt, .name = name, .opts = &o, .monitor = monitor};
+	struct restore_arg a = {
+	        .rt = rt, .name = name, .opts = &o, .monitor = monitor, .ns_ready = true};
 	if (restore_plan(go.dir, &a, &rd, &err) < 0)
 		goto fail;
 	runtime_log_path(rt, name, log_path, sizeof(log_path));
