@@ -184,6 +184,20 @@ def flowing(ctx, svc, what):
     ctx.wait_for(f"log lines at {svc.name} ({what})", lambda: len(svc.logged) > n + 5, limit=20)
 
 
+def finish(ctx, where, sa, sb, nmoves):
+    """The end: the sensors stop, the component (at where) reads all that was sent, then ends;
+    every record, command and resume line is checked."""
+    for s in (sa, sb):
+        s.sending = False
+    total = lambda: len(sa.sent) + len(sb.sent)  # noqa: E731
+    got = lambda: sum(1 for s in (sa, sb) for ln in s.logged if ln.startswith("got "))  # noqa
+    ctx.wait_for("every record sent to be logged", lambda: got() >= total(), limit=20)
+    time.sleep(0.3)
+    where.ferry("kill", "comp")
+    time.sleep(0.3)
+    check(sa, sb, nmoves)
+
+
 def moves(ctx, tree=False, tcp=False, seqpacket=False):
     """tree: the sessions are opened by the init, which forks; its child uses them (both
     processes hold them, the relay puts the connection in both). tcp: the sensor is a TCP
@@ -223,16 +237,7 @@ def moves(ctx, tree=False, tcp=False, seqpacket=False):
     if not where.running("comp"):
         raise h.Fail(f"the component does not run on {where.name} after the refused migration")
     flowing(ctx, svc, "after the refused migration")
-    # the end: the sensors stop, the component reads all that was sent, then ends
-    for s in (sa, sb):
-        s.sending = False
-    total = lambda: len(sa.sent) + len(sb.sent)  # noqa: E731
-    got = lambda: sum(1 for s in (sa, sb) for ln in s.logged if ln.startswith("got "))  # noqa
-    ctx.wait_for("every record sent to be logged", lambda: got() >= total(), limit=20)
-    time.sleep(0.3)
-    where.ferry("kill", "comp")
-    time.sleep(0.3)
-    check(sa, sb, 2 if tree else 4)
+    finish(ctx, where, sa, sb, 2 if tree else 4)
     if tcp:
         print(f"# TCP sensor: {len(sa.sent) + len(sb.sent)} records delivered, "
               f"{sa.unacked + sb.unacked} sent after their session ended (not acknowledged, "
@@ -256,15 +261,7 @@ def asked(ctx, tcp=False):
     if a.running("comp"):
         raise h.Fail("the component runs at A too")
     flowing(ctx, sb, "after the move")
-    for s in (sa, sb):
-        s.sending = False
-    total = lambda: len(sa.sent) + len(sb.sent)  # noqa: E731
-    got = lambda: sum(1 for s in (sa, sb) for ln in s.logged if ln.startswith("got "))  # noqa
-    ctx.wait_for("every record sent to be logged", lambda: got() >= total(), limit=20)
-    time.sleep(0.3)
-    b.ferry("kill", "comp")
-    time.sleep(0.3)
-    check(sa, sb, 1)
+    finish(ctx, b, sa, sb, 1)
 
 
 WAITER = r"""

@@ -129,6 +129,26 @@ static void session_identity(const struct component *c, uint64_t ino, uint64_t *
 	*seq = 0;
 }
 
+/* Our copy of the session socket at fi and its service (by its peer), whose name goes in
+ * e->path: 0, or -errno with err set. */
+static int session_socket(struct fd_capture_ctx *ctx, const struct fd_info *fi, struct fd_entry *e,
+                          bool tcp, int *ret_s, const struct ferry_service **ret_sv,
+                          struct ferry_error *err)
+{
+	_cleanup_close_ int s = pidfd_getfd_of(ctx->p->host_pid, fi->fd);
+	if (s < 0)
+		return ferr(err, s, "%s: pidfd_getfd: %s", fi->link, strerror(-s));
+	const struct ferry_service *sv = tcp ? tcp_service_of(ctx->c, s) : service_of(ctx->c, s);
+	if (!sv)
+		return ferr(err, -EAGAIN, "%s: no longer connected to a service", fi->link);
+	e->path = strdup(sv->name);
+	if (!e->path)
+		return ferr(err, -ENOMEM, "out of memory");
+	*ret_s = TAKE_FD(s);
+	*ret_sv = sv;
+	return 0;
+}
+
 /* A socket filter that takes nothing: the segments that come are dropped, not acknowledged. */
 static int drop_all(int s)
 {
@@ -163,15 +183,11 @@ static void tcp_end(const int *s)
 static int tcp_capture(struct fd_capture_ctx *ctx, const struct fd_info *fi, struct fd_entry *e,
                        uint64_t *v, struct ferry_error *err)
 {
-	_cleanup_close_ int s = pidfd_getfd_of(ctx->p->host_pid, fi->fd);
-	if (s < 0)
-		return ferr(err, s, "%s: pidfd_getfd: %s", fi->link, strerror(-s));
-	const struct ferry_service *sv = tcp_service_of(ctx->c, s);
-	if (!sv)
-		return ferr(err, -EAGAIN, "%s: no longer connected to a service", fi->link);
-	e->path = strdup(sv->name);
-	if (!e->path)
-		return ferr(err, -ENOMEM, "out of memory");
+	_cleanup_close_ int s = -EBADF;
+	const struct ferry_service *sv = NULL;
+	int r = session_socket(ctx, fi, e, true, &s, &sv, err);
+	if (r < 0)
+		return r;
 	v[UX_INO] = fi->st.st_ino;
 	v[UX_TYPE] = SOCK_STREAM;
 	v[SS_KIND] = FERRY_SERVICE_TCP;
@@ -198,7 +214,6 @@ static int tcp_capture(struct fd_capture_ctx *ctx, const struct fd_info *fi, str
 	}
 	/* it ends after this capture: the service's later bytes are not taken (not
 	 * acknowledged: its kernel knows they did not arrive) */
-	int r;
 	if (ctx->c->ending && (r = drop_all(s)) < 0)
 		return ferr(err, r, "%s: a socket filter: %s", fi->link, strerror(-r));
 	char what[128];
@@ -225,15 +240,11 @@ static int session_capture(struct fd_capture_ctx *ctx, const struct fd_info *fi,
 		int r = tcp_capture(ctx, fi, e, v, err);
 		return r < 0 ? r : fds_set_extra(e, v, SS_N, err);
 	}
-	_cleanup_close_ int s = pidfd_getfd_of(ctx->p->host_pid, fi->fd);
-	if (s < 0)
-		return ferr(err, s, "%s: pidfd_getfd: %s", fi->link, strerror(-s));
-	const struct ferry_service *sv = service_of(ctx->c, s);
-	if (!sv)
-		return ferr(err, -EAGAIN, "%s: no longer connected to a service", fi->link);
-	e->path = strdup(sv->name);
-	if (!e->path)
-		return ferr(err, -ENOMEM, "out of memory");
+	_cleanup_close_ int s = -EBADF;
+	const struct ferry_service *sv = NULL;
+	int r = session_socket(ctx, fi, e, false, &s, &sv, err);
+	if (r < 0)
+		return r;
 	v[UX_INO] = fi->st.st_ino;
 	v[UX_TYPE] = (uint64_t)fi->sock_type;
 	v[UX_SNDBUF] = (uint64_t)fds_sockopt(s, SOL_SOCKET, SO_SNDBUF);
@@ -252,7 +263,7 @@ static int session_capture(struct fd_capture_ctx *ctx, const struct fd_info *fi,
 	/* what the service sent and the component has not read: delivered first at restore */
 	char what[128];
 	snprintf(what, sizeof(what), "%s (session %s)", fi->link, sv->name);
-	int r = ux_save_queues(ctx, v, fi->fd, s, -1, fi->sock_type, what, err);
+	r = ux_save_queues(ctx, v, fi->fd, s, -1, fi->sock_type, what, err);
 	if (r < 0)
 		return r;
 	if (v[UX_FLAGS] & UX_RIGHTS)
